@@ -1,0 +1,88 @@
+"""Synthetic embedding data for the heads' tests: classes that differ only in the order of the same frames.
+
+Class 2i shows a sequence of prototype frames and class 2i+1 the same prototypes in reverse, each
+stretched to a random length with noise, so an order-blind head can tell the pair apart no better
+than chance while a sequence model can. Written in stage 2's format (.npy memmap + .json).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from utils import atomic_write_json
+
+
+def make_order_task(
+    num_samples: int,
+    num_pairs: int = 2,
+    dim: int = 16,
+    num_protos: int = 3,
+    min_len: int = 6,
+    max_len: int = 12,
+    noise: float = 0.3,
+    seed: int = 0,
+    proto_seed: int = 1234,
+) -> tuple[list[np.ndarray], np.ndarray]:
+    """Return (list of (length, dim) float32 arrays, labels). Prototypes depend on proto_seed only,
+    so train and val drawn with different `seed` share the same classes."""
+    protos = np.random.default_rng(proto_seed).normal(size=(num_pairs, num_protos, dim)).astype(np.float32)
+    rng = np.random.default_rng(seed)
+    videos, labels = [], []
+    for i in range(num_samples):
+        label = i % (2 * num_pairs)
+        seq = protos[label // 2] if label % 2 == 0 else protos[label // 2][::-1]
+        length = int(rng.integers(min_len, max_len + 1))
+        # stretch the prototype sequence to `length` frames, keeping its order
+        idx = np.minimum((np.arange(length) * num_protos) // length, num_protos - 1)
+        frames = seq[idx] + noise * rng.normal(size=(length, dim)).astype(np.float32)
+        videos.append(frames.astype(np.float32))
+        labels.append(label)
+    return videos, np.asarray(labels, dtype=np.int64)
+
+
+def write_embedding_split(
+    out_dir: str | Path,
+    split: str,
+    videos: list[np.ndarray],
+    labels: np.ndarray,
+    class_names: list[str] | None = None,
+    dtype: str = "float32",
+    pad_value: float = 0.0,
+) -> Path:
+    """Write `<split>.npy` and `<split>.json` as prepare_data.py does; returns the JSON path."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    num_classes = int(labels.max()) + 1 if class_names is None else len(class_names)
+    class_names = class_names or [f"class_{c}" for c in range(num_classes)]
+    max_len = max(len(v) for v in videos)
+    dim = videos[0].shape[1]
+    arr = np.lib.format.open_memmap(out_dir / f"{split}.npy", mode="w+", dtype=dtype, shape=(len(videos), max_len, dim))
+    arr[:] = pad_value
+    records = []
+    for i, (video, label) in enumerate(zip(videos, labels, strict=True)):
+        arr[i, : len(video)] = video
+        records.append(
+            {"video_idx": i, "video_name": f"{split}_{i:05d}", "video_length": len(video), "label_idx": int(label)}
+        )
+    arr.flush()
+    del arr
+    meta = {
+        "data": records,
+        "memmap_size": [len(videos), max_len, dim],
+        "split": split,
+        "backbone": "synthetic",
+        "weights": "none",
+        "fps": 1.0,
+        "image_size": 64,
+        "resize": "crop",
+        "dtype": dtype,
+        "max_len": max_len,
+        "feature_dim": dim,
+        "class_names": class_names,
+        "num_classes": num_classes,
+    }
+    path = out_dir / f"{split}.json"
+    atomic_write_json(path, meta)
+    return path
