@@ -1,0 +1,425 @@
+"""End-to-end models: a torchvision CNN trained jointly with one of the sequence heads.
+
+`EndToEndModel` = `models.backbone.build_backbone(name, weights)` (the same backbone as stage 2) followed by
+`models.build_model(head_name, input_dim=D, ...)` (the same head code as the embedding route). It maps
+`(clips (B, T, 3, H, W), lengths (B,))` to logits; a 6-D `(B, V, T, 3, H, W)` input (V test-time views)
+returns the logits averaged over the views.
+
+Clips may be uint8 RGB (what `clip_dataset.ClipDataset` yields: 4x less worker-to-main and host-to-device
+traffic) and are then scaled and ImageNet-normalised here, on the device; float clips are taken as already
+normalised (what `models.backbone.preprocess_frame` produces for predict.py).
+
+Names are `e2e_<head>`: e2e_bilstm, e2e_bert, e2e_roberta, e2e_meanpool. `build_e2e_model(**model.config)`
+rebuilds a model from a checkpoint's config, like `build_model` does for heads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import os
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from models import MODEL_NAMES, build_model
+from models.base import length_mask
+from utils import BadInputError
+
+log = logging.getLogger("actionbert")
+
+E2E_PREFIX = "e2e_"
+E2E_MODEL_NAMES = tuple(E2E_PREFIX + name for name in MODEL_NAMES)
+
+# Used only when models/backbone.py does not provide them (it is the reference; these are the standard values).
+_FALLBACK_MEAN = (0.485, 0.456, 0.406)
+_FALLBACK_STD = (0.229, 0.224, 0.225)
+
+
+def is_e2e_name(name: str) -> bool:
+    return name.startswith(E2E_PREFIX)
+
+
+def head_name_of(name: str) -> str:
+    """`e2e_bert` -> `bert`, refusing names that are not an end-to-end model."""
+    if name not in E2E_MODEL_NAMES:
+        raise ValueError(f"unknown end-to-end model {name!r}; choose from {', '.join(E2E_MODEL_NAMES)}")
+    return name[len(E2E_PREFIX) :]
+
+
+def _build_backbone(name: str, weights: str) -> tuple[nn.Module, int]:
+    """Stage 2's `build_backbone`; a plain torchvision fallback (weights none only) while that module is absent."""
+    try:
+        from models.backbone import build_backbone
+    except ModuleNotFoundError as exc:
+        if exc.name != "models.backbone":
+            raise
+        import torchvision
+
+        if weights != "none":
+            raise BadInputError(f"models/backbone.py is missing: only --weights none works, not {weights!r}") from exc
+        net = torchvision.models.get_model(name, weights=None)
+        dim = net.fc.in_features
+        net.fc = nn.Identity()
+        return net, dim
+    return build_backbone(name, weights)
+
+
+def _imagenet_stats() -> tuple[Any, Any]:
+    try:
+        from models.backbone import IMAGENET_MEAN, IMAGENET_STD
+    except ImportError:
+        return _FALLBACK_MEAN, _FALLBACK_STD
+    return IMAGENET_MEAN, IMAGENET_STD
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Stages: what --freeze_backbone_stages counts and what --grad_checkpointing wraps.
+
+
+def _find_resnet(module: nn.Module) -> nn.Module | None:
+    """The first submodule shaped like a torchvision ResNet (the backbone may be wrapped)."""
+    names = ("conv1", "bn1", "layer1", "layer2", "layer3", "layer4")
+    for sub in module.modules():
+        if all(isinstance(getattr(sub, n, None), nn.Module) for n in names):
+            return sub
+    return None
+
+
+def backbone_stages(backbone: nn.Module) -> list[list[nn.Module]]:
+    """Stages in input order, each a list of modules.
+
+    ResNets: stage 0 = conv1 + bn1 (the stem), stages 1-4 = layer1..layer4. Other architectures: the
+    children of a `features` Sequential when there is one (VGG, MobileNet, EfficientNet, DenseNet), else the
+    top-level children that hold parameters. Freezing K stages freezes the first K of this list.
+    """
+    net = _find_resnet(backbone)
+    if net is not None:
+        return [[net.conv1, net.bn1], [net.layer1], [net.layer2], [net.layer3], [net.layer4]]
+    features = getattr(backbone, "features", None)
+    parent = features if isinstance(features, nn.Sequential) else backbone
+    return [[child] for child in parent.children() if any(True for _ in child.parameters())]
+
+
+def _batch_norms(modules: Iterable[nn.Module]) -> Iterator[nn.modules.batchnorm._BatchNorm]:
+    for module in modules:
+        for sub in module.modules():
+            if isinstance(sub, nn.modules.batchnorm._BatchNorm):
+                yield sub
+
+
+@contextlib.contextmanager
+def bn_stats_frozen(modules: Iterable[nn.Module]) -> Iterator[None]:
+    """BatchNorm layers compute exactly what they would, and their running stats are put back afterwards.
+
+    Used for the recomputation of gradient checkpointing, which would otherwise update the running stats a
+    second time for the same batch, and for estimating feature statistics. (Snapshot and restore rather than
+    switching tracking off: the recomputation must save the same tensors as the original forward.)
+    """
+    saved = [
+        (buf, buf.clone())
+        for bn in _batch_norms(modules)
+        for buf in (bn.running_mean, bn.running_var, bn.num_batches_tracked)
+        if buf is not None
+    ]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for buf, value in saved:
+                buf.copy_(value)
+
+
+class _CheckpointedStage:
+    """Mixin put in front of a stage's class: its forward runs under torch.utils.checkpoint.
+
+    Swapping the class (rather than wrapping the module) keeps state_dict keys identical with and without
+    --grad_checkpointing, so checkpoints load either way, and deep copies stay correct.
+    """
+
+    def forward(self, *args: Any) -> Any:
+        parent_forward = super().forward  # type: ignore[misc]
+        if not torch.is_grad_enabled():
+            return parent_forward(*args)
+        calls = 0
+
+        def run(*inner: Any) -> Any:
+            nonlocal calls
+            calls += 1
+            if calls == 1:
+                return parent_forward(*inner)
+            with bn_stats_frozen([self]):  # the recomputation in backward must not count the batch twice
+                return parent_forward(*inner)
+
+        return checkpoint(run, *args, use_reentrant=False)
+
+
+@functools.cache
+def _checkpointed_class(cls: type) -> type:
+    return type(f"Checkpointed{cls.__name__}", (_CheckpointedStage, cls), {})
+
+
+def set_stage_checkpointing(module: nn.Module, enabled: bool) -> None:
+    cls = type(module)
+    if enabled and not issubclass(cls, _CheckpointedStage):
+        module.__class__ = _checkpointed_class(cls)
+    elif not enabled and issubclass(cls, _CheckpointedStage):
+        module.__class__ = cls.__bases__[1]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class EndToEndModel(nn.Module):
+    """A CNN applied to every real frame, then a sequence head over the per-frame features."""
+
+    def __init__(
+        self,
+        head_name: str,
+        num_classes: int,
+        backbone: str = "resnet18",
+        weights: str = "none",
+        freeze_backbone_stages: int = 0,
+        grad_checkpointing: bool = False,
+        channels_last: bool = True,
+        **head_config: Any,
+    ) -> None:
+        super().__init__()
+        self.head_name = head_name
+        self.backbone_name = backbone
+        self.backbone, dim = _build_backbone(backbone, weights)
+        self.feature_dim = int(dim)
+        self.head = build_model(head_name, input_dim=self.feature_dim, num_classes=num_classes, **head_config)
+        self.num_classes = int(num_classes)
+        self.channels_last = bool(channels_last)
+        mean, std = _imagenet_stats()
+        self.register_buffer("pixel_mean", torch.as_tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), False)
+        self.register_buffer("pixel_std", torch.as_tensor(std, dtype=torch.float32).view(1, 3, 1, 1), False)
+        self._stages = backbone_stages(self.backbone)
+        self.freeze_backbone_stages = 0
+        self.grad_checkpointing = False
+        self.set_frozen_stages(freeze_backbone_stages)
+        self.set_grad_checkpointing(grad_checkpointing)
+        head_cfg = {k: v for k, v in self.head.config.items() if k not in ("name", "input_dim", "num_classes")}
+        self.config: dict[str, Any] = {
+            "name": E2E_PREFIX + head_name,
+            "input_dim": self.feature_dim,
+            "num_classes": self.num_classes,
+            "backbone": backbone,
+            "weights": weights,
+            "freeze_backbone_stages": self.freeze_backbone_stages,
+            "grad_checkpointing": self.grad_checkpointing,
+            "channels_last": self.channels_last,
+            **head_cfg,
+        }
+
+    # -- options -----------------------------------------------------------------------------------------------
+
+    @property
+    def num_stages(self) -> int:
+        return len(self._stages)
+
+    def frozen_modules(self) -> list[nn.Module]:
+        return [m for stage in self._stages[: self.freeze_backbone_stages] for m in stage]
+
+    def set_frozen_stages(self, k: int) -> None:
+        """Freeze the first k stages: no gradients, and their BatchNorm stays in eval mode while training."""
+        if not 0 <= k <= self.num_stages:
+            raise BadInputError(
+                f"--freeze_backbone_stages {k}: {self.backbone_name} has {self.num_stages} stages (0..{self.num_stages})"
+            )
+        self.freeze_backbone_stages = int(k)
+        for i, stage in enumerate(self._stages):
+            for module in stage:
+                module.requires_grad_(i >= k)
+        self.train(self.training)
+        if hasattr(self, "config"):
+            self.config["freeze_backbone_stages"] = self.freeze_backbone_stages
+
+    def set_grad_checkpointing(self, enabled: bool) -> None:
+        """Recompute each trainable stage's activations in backward instead of storing them."""
+        self.grad_checkpointing = bool(enabled)
+        for i, stage in enumerate(self._stages):
+            for module in stage:
+                set_stage_checkpointing(module, enabled and i >= self.freeze_backbone_stages)
+        if hasattr(self, "config"):
+            self.config["grad_checkpointing"] = self.grad_checkpointing
+
+    def train(self, mode: bool = True) -> EndToEndModel:
+        super().train(mode)
+        for module in self.frozen_modules():
+            module.eval()
+        return self
+
+    def prepare_for_device(self, device: torch.device | str) -> EndToEndModel:
+        """`.to(device)`, plus channels_last weights on CUDA (faster convolutions with tensor cores)."""
+        device = torch.device(device)
+        self.to(device)
+        if device.type == "cuda" and self.channels_last:
+            self.backbone.to(memory_format=torch.channels_last)
+        return self
+
+    def param_groups(
+        self, backbone_lr: float | None, head_lr: float, weight_decay: float = 0.0
+    ) -> list[dict[str, Any]]:
+        """Optimizer groups: backbone and head at their own learning rates; no decay on biases and norms."""
+        backbone_lr = head_lr if backbone_lr is None else backbone_lr
+        groups: list[dict[str, Any]] = []
+        for part, module, lr in (("backbone", self.backbone, backbone_lr), ("head", self.head, head_lr)):
+            decay, no_decay = [], []
+            for p in module.parameters():
+                if p.requires_grad:
+                    (decay if p.ndim >= 2 else no_decay).append(p)
+            for suffix, params, wd in (("", decay, weight_decay), ("_no_decay", no_decay, 0.0)):
+                if params:
+                    groups.append({"name": part + suffix, "params": params, "lr": lr, "weight_decay": wd})
+        return groups
+
+    # -- forward -----------------------------------------------------------------------------------------------
+
+    def _to_backbone_input(self, frames: torch.Tensor) -> torch.Tensor:
+        if frames.dtype == torch.uint8:
+            frames = (frames.float() / 255.0 - self.pixel_mean) / self.pixel_std
+        else:
+            frames = frames.float()
+        if frames.is_cuda and self.channels_last:
+            frames = frames.contiguous(memory_format=torch.channels_last)
+        return frames
+
+    def frame_features(self, clips: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """(B, T, 3, H, W) -> (B, T, D) features, the backbone run on the real frames only (padding stays 0)."""
+        b, t = clips.shape[:2]
+        mask = length_mask(lengths.to(clips.device), t)
+        frames = clips[mask] if not bool(mask.all()) else clips.flatten(0, 1)
+        feats = self.backbone(self._to_backbone_input(frames)).flatten(1).float()
+        if feats.shape[1] != self.feature_dim:
+            raise RuntimeError(f"backbone gave {feats.shape[1]} features per frame, expected {self.feature_dim}")
+        if frames.shape[0] == b * t:
+            return feats.view(b, t, -1)
+        out = feats.new_zeros(b, t, feats.shape[1])
+        out[mask] = feats
+        return out
+
+    def forward(self, clips: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        if clips.dim() == 6:  # (B, V, T, 3, H, W): average the logits of the V views
+            b, v = clips.shape[:2]
+            logits = self.forward(clips.flatten(0, 1), lengths.repeat_interleave(v))
+            return logits.view(b, v, -1).mean(1)
+        if clips.dim() != 5:
+            raise ValueError(f"expected clips (B, T, 3, H, W) or (B, V, T, 3, H, W), got {tuple(clips.shape)}")
+        lengths = lengths.to(clips.device)
+        return self.head(self.frame_features(clips, lengths), lengths)
+
+    # -- initialisation ----------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def estimate_feature_stats(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], max_batches: int = 8) -> int:
+        """Set the head's standardisation from the features of the first training batches; returns frames seen.
+
+        The heads standardise their input (per-dimension mean/std; see DESIGN.md: CNN features share one
+        dominant direction, worst for a randomly initialised backbone). Estimated once at the start, in
+        training mode (BatchNorm on batch statistics, as the training forward sees them) without touching BN
+        running stats, then fixed: they travel in the checkpoint, so predict.py standardises exactly as
+        training did, and the head learns to follow the backbone as it drifts. Call before wrapping in DDP
+        (which then broadcasts rank 0's buffers), never on resume or after init_head_from.
+        """
+        device = self.pixel_mean.device
+        was_training = self.training
+        self.train(True)
+        total = sq = None
+        count = 0
+        try:
+            with bn_stats_frozen([self.backbone]):
+                for i, (clips, lengths) in enumerate(batches):
+                    if i >= max_batches:
+                        break
+                    if clips.dim() == 6:
+                        lengths = lengths.repeat_interleave(clips.shape[1])
+                        clips = clips.flatten(0, 1)
+                    clips, lengths = clips.to(device, non_blocking=True), lengths.to(device)
+                    feats = self.frame_features(clips, lengths)
+                    real = feats[length_mask(lengths, feats.shape[1])].double()
+                    total = real.sum(0) if total is None else total + real.sum(0)
+                    sq = (real**2).sum(0) if sq is None else sq + (real**2).sum(0)
+                    count += real.shape[0]
+        finally:
+            self.train(was_training)
+        if count < 2:
+            raise BadInputError("no frames to estimate feature statistics from")
+        mean = total / count
+        std = ((sq / count - mean**2).clamp_min(0) * count / (count - 1)).sqrt()
+        self.head.set_feature_stats(mean.float(), std.float())
+        return count
+
+    def init_head_from(self, ckpt_path: str | os.PathLike) -> None:
+        """Load a head trained on frozen embeddings (the two-step recipe), refusing any other model.
+
+        Accepts a head checkpoint (model_config name = this head's name) or an end-to-end one of the same head
+        (its `head.` weights are used). The feature standardisation comes with the head's weights.
+        """
+        path = os.fspath(ckpt_path)
+        if not os.path.isfile(path):
+            raise BadInputError(f"--init_head_from: checkpoint not found: {path}")
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # torch raises many types for a bad file
+            raise BadInputError(f"--init_head_from: cannot read checkpoint {path}: {exc}") from exc
+        if not isinstance(ckpt, dict) or "model_state" not in ckpt or "model_config" not in ckpt:
+            raise BadInputError(f"--init_head_from: {path} is not a model checkpoint (no model_state/model_config)")
+        config, state = dict(ckpt["model_config"]), ckpt["model_state"]
+        name = str(config.get("name"))
+        if is_e2e_name(name):
+            name = name[len(E2E_PREFIX) :]
+            state = {k[len("head.") :]: v for k, v in state.items() if k.startswith("head.")}
+        problems = []
+        if name != self.head_name:
+            problems.append(f"head {name!r} (this model's head is {self.head_name!r})")
+        if config.get("input_dim") != self.feature_dim:
+            problems.append(f"input_dim {config.get('input_dim')} ({self.backbone_name} gives {self.feature_dim})")
+        if config.get("num_classes") != self.num_classes:
+            problems.append(f"num_classes {config.get('num_classes')} (this run has {self.num_classes})")
+        if problems:
+            raise BadInputError(f"--init_head_from {path} does not fit: " + "; ".join(problems))
+        ckpt_backbone = ckpt.get("backbone")
+        if isinstance(ckpt_backbone, str) and ckpt_backbone != self.backbone_name:
+            log.warning("--init_head_from: head was trained on %s features, backbone is %s", ckpt_backbone,
+                        self.backbone_name)
+        result = self.head.load_state_dict(state, strict=False)
+        bad = list(result.missing_keys) + list(result.unexpected_keys)
+        if bad:
+            raise BadInputError(
+                f"--init_head_from {path}: head weights do not match this {self.head_name} head "
+                f"(different layer sizes or counts?): {', '.join(bad[:5])}"
+            )
+        log.info("head initialised from %s", path)
+
+
+def build_e2e_model(
+    name: str,
+    num_classes: int,
+    input_dim: int | None = None,
+    backbone: str = "resnet18",
+    weights: str = "none",
+    **config: Any,
+) -> EndToEndModel:
+    """Build `e2e_<head>`; `build_e2e_model(**model.config)` rebuilds a model (pass weights="none" to skip
+    loading pretrained backbone weights that the checkpoint's state overwrites anyway)."""
+    model = EndToEndModel(head_name_of(name), num_classes, backbone=backbone, weights=weights, **config)
+    if input_dim is not None and int(input_dim) != model.feature_dim:
+        raise BadInputError(f"{name}: input_dim {input_dim} but backbone {backbone} gives {model.feature_dim}")
+    return model
+
+
+def load_e2e_model(model_config: dict[str, Any], model_state: dict[str, torch.Tensor]) -> EndToEndModel:
+    """Rebuild a trained end-to-end model from a checkpoint (predict.py, test mode): no weight download."""
+    config = dict(model_config)
+    config["weights"] = "none"
+    config["grad_checkpointing"] = False
+    model = build_e2e_model(**config)
+    model.load_state_dict(model_state)
+    model.config["weights"] = model_config.get("weights", "none")
+    return model
