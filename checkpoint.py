@@ -1,0 +1,166 @@
+"""One checkpoint file holds everything predict.py needs and everything an exact resume needs.
+
+Only tensors and plain Python values go in, so `torch.load(weights_only=True)` reads it: no pickled
+classes, no code execution from a downloaded file. RNG states are converted to tensors and lists.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import pickle
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from models import build_model
+from models.base import VideoHead
+from utils import BadInputError, atomic_write_bytes
+
+log = logging.getLogger("actionbert")
+
+FORMAT_VERSION = 1
+KIND = "actionbert-checkpoint"
+# What a usable checkpoint must hold (training state keys are optional: a weights-only export is fine).
+REQUIRED_KEYS = ("format_version", "model_name", "model_config", "model_state", "class_names", "num_classes",
+                 "feature_dim")
+
+
+def rng_state() -> dict[str, Any]:
+    """Python, NumPy, torch CPU and CUDA generator states as tensors and plain lists."""
+    np_state = np.random.get_state()
+    py_state = random.getstate()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": {
+            "name": str(np_state[0]),
+            "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached_gaussian": float(np_state[4]),
+        },
+        "python": {"version": py_state[0], "state": list(py_state[1]), "gauss_next": py_state[2]},
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    npst = state["numpy"]
+    np.random.set_state(
+        (npst["name"], npst["keys"].numpy().astype(np.uint32), npst["pos"], npst["has_gauss"], npst["cached_gaussian"])
+    )
+    py = state["python"]
+    random.setstate((py["version"], tuple(py["state"]), py["gauss_next"]))
+    if "cuda" in state and torch.cuda.is_available():
+        cuda_states = list(state["cuda"])[: torch.cuda.device_count()]
+        if len(cuda_states) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda_states)
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The bare model under DDP / torch.compile wrappers."""
+    model = getattr(model, "module", model)
+    return getattr(model, "_orig_mod", model)
+
+
+def build_checkpoint(
+    model: torch.nn.Module,
+    class_names: list[str],
+    provenance: dict[str, Any],
+    **training_state: Any,
+) -> dict[str, Any]:
+    """Assemble the checkpoint dict. `training_state` adds optimizer, scheduler, scaler, epoch, ... as given."""
+    head = unwrap(model)
+    config = dict(head.config)
+    return {
+        "format_version": FORMAT_VERSION,
+        "kind": KIND,
+        "model_name": str(config.get("name")),
+        "model_config": config,
+        "model_state": {k: v.detach().cpu() for k, v in head.state_dict().items()},
+        "class_names": list(class_names),
+        "num_classes": int(head.num_classes),
+        "feature_dim": int(head.input_dim),
+        "data_info": dict(provenance),
+        **training_state,
+    }
+
+
+def save_checkpoint(ckpt: dict[str, Any], path: str | os.PathLike, *more_paths: str | os.PathLike) -> None:
+    """Serialise once, then write each path atomically (temp file + fsync + rename): a kill never leaves half a
+    file. `more_paths` get the same bytes (best.pth beside last.pth)."""
+    buf = io.BytesIO()
+    torch.save(ckpt, buf)
+    for target in (path, *more_paths):
+        atomic_write_bytes(target, buf.getvalue())
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load with weights_only=True and check it is one of ours; every failure is a BadInputError naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise BadInputError(f"checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise BadInputError(f"{path} is not a readable ActionBERT checkpoint: {first}") from exc
+    if not isinstance(ckpt, dict) or any(k not in ckpt for k in REQUIRED_KEYS):
+        missing = [k for k in REQUIRED_KEYS if not isinstance(ckpt, dict) or k not in ckpt]
+        raise BadInputError(f"{path} is not an ActionBERT checkpoint (missing {', '.join(missing)})")
+    if int(ckpt["format_version"]) > FORMAT_VERSION:
+        raise BadInputError(
+            f"{path} has checkpoint format {ckpt['format_version']}, newer than this code's {FORMAT_VERSION}"
+        )
+    return ckpt
+
+
+def check_compatible(
+    ckpt: dict[str, Any],
+    path: str | os.PathLike,
+    model_name: str | None = None,
+    num_classes: int | None = None,
+    feature_dim: int | None = None,
+    class_names: list[str] | None = None,
+) -> None:
+    """Refuse a checkpoint of another model, class count, feature size or class list, saying which and why."""
+    if model_name is not None and ckpt["model_name"] != model_name:
+        raise BadInputError(
+            f"{path} is a checkpoint of model {ckpt['model_name']!r}, not {model_name!r}; "
+            f"pass --model {ckpt['model_name']} or another checkpoint"
+        )
+    if num_classes is not None and int(ckpt["num_classes"]) != int(num_classes):
+        raise BadInputError(
+            f"{path} was trained for {ckpt['num_classes']} classes but the data has {num_classes}"
+        )
+    if feature_dim is not None and int(ckpt["feature_dim"]) != int(feature_dim):
+        raise BadInputError(
+            f"{path} expects {ckpt['feature_dim']}-dim frame embeddings but the data has {feature_dim}-dim ones "
+            "(another backbone?)"
+        )
+    if class_names is not None and list(ckpt["class_names"]) != list(class_names):
+        raise BadInputError(f"{path} was trained on other class names than the data's (same count, another order?)")
+
+
+def model_from_checkpoint(ckpt: dict[str, Any], device: str | torch.device = "cpu") -> VideoHead:
+    """Rebuild the head from its config, load its weights (including feature statistics), eval mode."""
+    config = dict(ckpt["model_config"])
+    name = config.pop("name", ckpt["model_name"])
+    # a pretrained transformer's weights are in model_state: do not look for the original directory again
+    config.pop("pretrained", None)
+    try:
+        model = build_model(name, **config)
+        model.load_state_dict(ckpt["model_state"])
+    except (ValueError, RuntimeError, TypeError) as exc:
+        raise BadInputError(f"cannot rebuild model {name!r} from the checkpoint: {exc}") from exc
+    model.config["name"] = name
+    if "pretrained" in ckpt["model_config"]:
+        model.config["pretrained"] = ckpt["model_config"]["pretrained"]
+    return model.to(device).eval()

@@ -1,0 +1,360 @@
+"""Stage 2's embeddings as a torch Dataset: memmap reads, temporal augmentation, dynamic padding, samplers.
+
+Nothing here holds a whole split in RAM: rows are read from the `.npy` memmap one video at a time,
+and the feature statistics are streamed in chunks. Data order and augmentation depend only on
+(seed, epoch, index), never on the number of workers or ranks, so a resumed run replays exactly.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from utils import BadInputError, read_json
+
+log = logging.getLogger("actionbert")
+
+# Keys of a split JSON that describe how the embeddings were made; copied into checkpoints for predict.py.
+PROVENANCE_KEYS = ("backbone", "weights", "fps", "image_size", "resize", "dtype", "max_len")
+
+
+@dataclass
+class SplitInfo:
+    """A split's checked metadata: which rows to read, their lengths and labels, and how they were made."""
+
+    split: str
+    npy_path: Path
+    json_path: Path
+    rows: np.ndarray  # (n,) row of each usable video in the memmap
+    lengths: np.ndarray  # (n,) true number of frames
+    labels: np.ndarray  # (n,) 0-based class
+    names: list[str]
+    shape: tuple[int, int, int]  # (N, max_len, D) of the memmap
+    class_names: list[str]
+    provenance: dict[str, Any] = field(default_factory=dict)
+    skipped: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def feature_dim(self) -> int:
+        return int(self.shape[2])
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
+def _npy_shape(path: Path) -> tuple[int, ...]:
+    try:
+        return tuple(np.load(path, mmap_mode="r").shape)
+    except (OSError, ValueError) as exc:
+        raise BadInputError(f"cannot read embeddings {path}: {exc}") from exc
+
+
+def load_split_info(data_dir: str | Path, split: str, strict: bool = False) -> SplitInfo:
+    """Read `<split>.json`, check it against `<split>.npy`'s header, and keep the usable records.
+
+    A shape disagreement between the two files is always an error naming both. Single bad records
+    (length out of range, label out of range, row out of range) are left out with a warning, or
+    refused with `strict`.
+    """
+    data_dir = Path(data_dir)
+    json_path, npy_path = data_dir / f"{split}.json", data_dir / f"{split}.npy"
+    meta = read_json(json_path, f"{split} split metadata")
+    if not isinstance(meta, dict) or not isinstance(meta.get("data"), list):
+        raise BadInputError(f"{json_path} has no 'data' list of records; is it stage 2's output (prepare_data.py)?")
+    if not npy_path.is_file():
+        raise BadInputError(f"embeddings not found: {npy_path} (listed by {json_path})")
+    shape = _npy_shape(npy_path)
+    declared = meta.get("memmap_size")
+    if len(shape) != 3:
+        raise BadInputError(f"{npy_path} has shape {list(shape)}, expected (N, max_len, D) as declared in {json_path}")
+    if declared is not None and [int(s) for s in declared] != list(shape):
+        raise BadInputError(
+            f"{npy_path} has shape {list(shape)} but {json_path} declares memmap_size {list(declared)}; "
+            "the two files do not belong together (rerun prepare_data.py)"
+        )
+    num_rows, max_len, dim = shape
+    if meta.get("feature_dim") is not None and int(meta["feature_dim"]) != dim:
+        raise BadInputError(f"{json_path} declares feature_dim {meta['feature_dim']} but {npy_path} has D={dim}")
+    records = meta["data"]
+    if len(records) > num_rows:
+        raise BadInputError(f"{json_path} lists {len(records)} videos but {npy_path} holds only {num_rows} rows")
+    class_names = meta.get("class_names")
+    labels_all = [r.get("label_idx") for r in records if isinstance(r, dict)]
+    if class_names is None:
+        num_classes = int(meta.get("num_classes") or (max((int(x) for x in labels_all if x is not None), default=-1) + 1))
+        class_names = [f"class_{c}" for c in range(num_classes)]
+    if meta.get("num_classes") is not None and int(meta["num_classes"]) != len(class_names):
+        raise BadInputError(
+            f"{json_path} declares num_classes {meta['num_classes']} but lists {len(class_names)} class names"
+        )
+    rows, lengths, labels, names, skipped = [], [], [], [], []
+    for pos, rec in enumerate(records):
+        try:
+            row = int(rec.get("video_idx", pos))
+            length = int(rec["video_length"])
+            label = int(rec["label_idx"])
+            name = str(rec.get("video_name", f"{split}_{row}"))
+        except (AttributeError, KeyError, TypeError, ValueError):
+            skipped.append({"file": str(json_path), "reason": f"record {pos} is malformed: {rec!r}"[:200]})
+            continue
+        reason = None
+        if not 0 <= row < num_rows:
+            reason = f"video_idx {row} outside the {num_rows} rows of {npy_path.name}"
+        elif not 1 <= length <= max_len:
+            reason = f"video_length {length} outside 1..{max_len}"
+        elif not 0 <= label < len(class_names):
+            reason = f"label_idx {label} outside 0..{len(class_names) - 1}"
+        if reason:
+            skipped.append({"file": name, "reason": reason})
+            continue
+        rows.append(row)
+        lengths.append(length)
+        labels.append(label)
+        names.append(name)
+    if skipped:
+        if strict:
+            raise BadInputError(f"{json_path}: {len(skipped)} bad record(s), first: {skipped[0]} (--strict)")
+        log.warning("%s: left out %d bad record(s), first: %s", json_path, len(skipped), skipped[0])
+    if not rows:
+        raise BadInputError(f"{json_path} has no usable videos")
+    return SplitInfo(
+        split=split,
+        npy_path=npy_path,
+        json_path=json_path,
+        rows=np.asarray(rows, dtype=np.int64),
+        lengths=np.asarray(lengths, dtype=np.int64),
+        labels=np.asarray(labels, dtype=np.int64),
+        names=names,
+        shape=(int(num_rows), int(max_len), int(dim)),
+        class_names=[str(c) for c in class_names],
+        provenance={k: meta.get(k) for k in PROVENANCE_KEYS if k in meta},
+        skipped=skipped,
+    )
+
+
+def check_same_classes(train: SplitInfo, other: SplitInfo) -> None:
+    """A validation split must share the training split's classes and feature size."""
+    if other.class_names != train.class_names:
+        raise BadInputError(
+            f"{other.json_path} has {other.num_classes} classes that differ from the "
+            f"{train.num_classes} of {train.json_path}; prepare both splits from the same class list"
+        )
+    if other.feature_dim != train.feature_dim:
+        raise BadInputError(
+            f"{other.npy_path} has feature dim {other.feature_dim} but {train.npy_path} has {train.feature_dim}"
+        )
+
+
+@dataclass(frozen=True)
+class TemporalAugment:
+    """Train-time temporal augmentation. Each field at its default turns that part off.
+
+    crop: keep a random contiguous window of at least this fraction of the frames (1.0 = off).
+    max_stride: take every s-th frame, s drawn from 1..max_stride, from a random phase (1 = off).
+    frame_dropout: drop each frame with this probability, always keeping one.
+    """
+
+    crop: float = 1.0
+    max_stride: int = 1
+    frame_dropout: float = 0.0
+
+    @property
+    def enabled(self) -> bool:
+        return self.crop < 1.0 or self.max_stride > 1 or self.frame_dropout > 0.0
+
+    def __call__(self, length: int, rng: np.random.Generator) -> np.ndarray:
+        """Indices (sorted, at least one) of the frames to keep from a video of `length` frames."""
+        idx = np.arange(length)
+        if self.crop < 1.0 and length > 1:
+            keep = max(1, math.ceil(length * rng.uniform(self.crop, 1.0)))
+            start = int(rng.integers(0, length - keep + 1))
+            idx = idx[start : start + keep]
+        if self.max_stride > 1 and len(idx) > 1:
+            stride = int(rng.integers(1, self.max_stride + 1))
+            stride = min(stride, len(idx))
+            idx = idx[int(rng.integers(0, stride)) :: stride]
+        if self.frame_dropout > 0.0 and len(idx) > 1:
+            kept = idx[rng.random(len(idx)) >= self.frame_dropout]
+            idx = kept if len(kept) else idx[[int(rng.integers(0, len(idx)))]]
+        return idx
+
+
+class EmbeddingDataset(Dataset):
+    """One video's real (unpadded) rows per item, read from the memmap.
+
+    An item key is an index, or `(index, epoch)` from a training sampler: the pair seeds the
+    augmentation, so a sample's frames depend on (seed, epoch, index) alone, in any worker.
+    """
+
+    def __init__(self, info: SplitInfo, augment: TemporalAugment | None = None, seed: int = 0) -> None:
+        self.info = info
+        self.augment = augment if augment is not None and augment.enabled else None
+        self.seed = int(seed)
+        self._data: np.ndarray | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        # never pickle the memmap into worker processes: each worker opens its own
+        state = self.__dict__.copy()
+        state["_data"] = None
+        return state
+
+    @property
+    def data(self) -> np.ndarray:
+        if self._data is None:
+            self._data = np.load(self.info.npy_path, mmap_mode="r")
+        return self._data
+
+    def __len__(self) -> int:
+        return len(self.info)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[np.ndarray, int, int]:
+        index, epoch = key if isinstance(key, tuple) else (key, None)
+        row, length = int(self.info.rows[index]), int(self.info.lengths[index])
+        feats = np.array(self.data[row, :length], dtype=np.float32)  # a private, writable copy
+        if self.augment is not None and epoch is not None:
+            rng = np.random.default_rng([self.seed, int(epoch), int(index)])
+            feats = feats[self.augment(length, rng)]
+        return feats, int(self.info.labels[index]), int(index)
+
+
+def pad_collate(batch: Sequence[tuple[np.ndarray, int, int]]) -> dict[str, torch.Tensor]:
+    """Pad to the batch's own longest video (dynamic padding), not the split's maximum."""
+    lengths = torch.tensor([len(f) for f, _, _ in batch], dtype=torch.long)
+    width, dim = int(lengths.max()), batch[0][0].shape[1]
+    feats = torch.zeros(len(batch), width, dim, dtype=torch.float32)
+    for i, (f, _, _) in enumerate(batch):
+        feats[i, : len(f)] = torch.as_tensor(f, dtype=torch.float32)
+    return {
+        "feats": feats,
+        "lengths": lengths,
+        "labels": torch.tensor([lab for _, lab, _ in batch], dtype=torch.long),
+        "indices": torch.tensor([i for _, _, i in batch], dtype=torch.long),
+    }
+
+
+def fixed_pad_collate(max_len: int):
+    """Collate padding every batch to `max_len` frames: the original loader's behaviour, kept for benchmarks."""
+
+    def collate(batch: Sequence[tuple[np.ndarray, int, int]]) -> dict[str, torch.Tensor]:
+        out = pad_collate(batch)
+        feats = torch.zeros(out["feats"].shape[0], max_len, out["feats"].shape[2])
+        feats[:, : out["feats"].shape[1]] = out["feats"]
+        out["feats"] = feats
+        return out
+
+    return collate
+
+
+class TrainSampler(Sampler):
+    """Shuffled (optionally class-balanced) order from (seed, epoch) alone, sharded over ranks.
+
+    Every rank draws the same global order and takes positions rank, rank+W, ...; the order is
+    padded by repeating its start so that ranks get equal counts, as DistributedSampler does, so a
+    global batch of B spread over W ranks holds the same samples as one process with batch B.
+    Yields `(index, epoch)` so the dataset can seed the augmentation. `set_start(k)` skips the
+    first k of this rank's samples, for resuming in the middle of an epoch.
+    """
+
+    def __init__(
+        self,
+        labels: np.ndarray,
+        seed: int = 0,
+        balanced: bool = False,
+        num_replicas: int = 1,
+        rank: int = 0,
+    ) -> None:
+        self.labels = np.asarray(labels)
+        self.seed = int(seed)
+        self.balanced = balanced
+        self.num_replicas = int(num_replicas)
+        self.rank = int(rank)
+        self.epoch = 0
+        self.start = 0
+        self.num_samples = math.ceil(len(self.labels) / self.num_replicas)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def set_start(self, start: int) -> None:
+        self.start = int(start)
+
+    def global_order(self) -> list[int]:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        n = len(self.labels)
+        if self.balanced:
+            counts = np.bincount(self.labels)
+            weights = torch.as_tensor(1.0 / counts[self.labels], dtype=torch.double)
+            order = torch.multinomial(weights, n, replacement=True, generator=g).tolist()
+        else:
+            order = torch.randperm(n, generator=g).tolist()
+        total = self.num_samples * self.num_replicas
+        order += order[: total - n]
+        return order
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        mine = self.global_order()[self.rank :: self.num_replicas][self.start :]
+        return iter([(i, self.epoch) for i in mine])
+
+    def __len__(self) -> int:
+        return max(0, self.num_samples - self.start)
+
+
+class EvalSampler(Sampler):
+    """Every sample exactly once, split over ranks without padding (uneven shards are fine: sums are reduced)."""
+
+    def __init__(self, size: int, num_replicas: int = 1, rank: int = 0) -> None:
+        self.indices = list(range(size))[rank::num_replicas]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+def feature_stats(
+    info: SplitInfo, chunk_rows: int = 64, rank: int = 0, world_size: int = 1
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """Per-dimension sum, sum of squares and frame count over the real rows of this rank's share.
+
+    Streamed over the memmap `chunk_rows` videos at a time (float64 sums), so memory stays flat.
+    Reduce the three over ranks, then `stats_from_sums`.
+    """
+    arr = np.load(info.npy_path, mmap_mode="r")
+    dim = info.feature_dim
+    total, total_sq, count = np.zeros(dim), np.zeros(dim), 0
+    order = np.argsort(info.rows, kind="stable")[rank::world_size]
+    rows, lengths = info.rows[order], info.lengths[order]
+    for start in range(0, len(rows), chunk_rows):
+        r, n = rows[start : start + chunk_rows], lengths[start : start + chunk_rows]
+        lo, hi = int(r.min()), int(r.max()) + 1
+        block_len = int(n.max())
+        if hi - lo <= 2 * len(r):  # nearly contiguous rows: one slice read
+            block = np.asarray(arr[lo:hi, :block_len], dtype=np.float64)[r - lo]
+        else:
+            block = np.stack([np.asarray(arr[i, :block_len], dtype=np.float64) for i in r])
+        mask = np.arange(block_len)[None, :] < n[:, None]
+        real = block[mask]
+        total += real.sum(0)
+        total_sq += np.square(real).sum(0)
+        count += int(mask.sum())
+    return total, total_sq, count
+
+
+def stats_from_sums(total: np.ndarray, total_sq: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and (population) std from streamed sums."""
+    mean = total / max(count, 1)
+    var = np.maximum(total_sq / max(count, 1) - np.square(mean), 0.0)
+    return mean.astype(np.float32), np.sqrt(var).astype(np.float32)

@@ -1,0 +1,90 @@
+"""Figures written beside a run's logs: learning curves and a confusion matrix readable at 101 classes."""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from utils import atomic_write_bytes
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: str | os.PathLike, dpi: int) -> None:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def plot_curves(history: Sequence[dict[str, Any]], path: str | os.PathLike) -> None:
+    """Train and val loss and top-1 per epoch, from the per-epoch records of metrics.jsonl."""
+    plt = _pyplot()
+    epochs = [h["epoch"] for h in history]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
+    for split, style in (("train", "-o"), ("val", "-s")):
+        ax_loss.plot(epochs, [h.get(f"{split}_loss", np.nan) for h in history], style, ms=3, label=split)
+        ax_acc.plot(epochs, [h.get(f"{split}_top1", np.nan) for h in history], style, ms=3, label=f"{split} top-1")
+    if history and "val_mean_class_acc" in history[0]:
+        ax_acc.plot(epochs, [h.get("val_mean_class_acc", np.nan) for h in history], ":", label="val mean class acc")
+    ax_loss.set(xlabel="epoch", ylabel="loss", title="loss")
+    ax_acc.set(xlabel="epoch", ylabel="accuracy", title="accuracy", ylim=(0, 1.02))
+    for ax in (ax_loss, ax_acc):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    _save(fig, path, dpi=100)
+    plt.close(fig)
+
+
+def confusion_layout(num_classes: int) -> tuple[float, float]:
+    """(figure side in inches, tick font size): every class labelled, ~0.2 inch per class past a dozen."""
+    side = max(6.0, 2.5 + 0.2 * num_classes)
+    font = float(np.clip(180.0 / max(num_classes, 1), 4.0, 10.0))
+    return side, font
+
+
+def plot_confusion(
+    confusion: np.ndarray, class_names: Sequence[str], path: str | os.PathLike, title: str = ""
+) -> None:
+    """Row-normalised confusion matrix (recall per true class), every class labelled on both axes.
+
+    With 101 classes the figure grows to ~23 inches at a small font, so each label stays legible
+    when zoomed instead of being thinned out by matplotlib.
+    """
+    plt = _pyplot()
+    cm = np.asarray(confusion, dtype=np.float64)
+    support = cm.sum(1, keepdims=True)
+    norm = np.divide(cm, support, out=np.zeros_like(cm), where=support > 0)
+    n = len(class_names)
+    side, font = confusion_layout(n)
+    fig, ax = plt.subplots(figsize=(side, side * 0.92))
+    im = ax.imshow(norm, cmap="Blues", vmin=0.0, vmax=1.0, interpolation="nearest")
+    ticks = np.arange(n)
+    ax.set_xticks(ticks)
+    ax.set_yticks(ticks)
+    ax.set_xticklabels(class_names, rotation=90, fontsize=font)
+    ax.set_yticklabels(class_names, fontsize=font)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    if n <= 30:  # numbers in the cells only while they fit
+        for i in range(n):
+            for j in range(n):
+                if cm[i, j]:
+                    colour = "white" if norm[i, j] > 0.5 else "black"
+                    ax.text(j, i, int(cm[i, j]), ha="center", va="center", fontsize=font * 0.8, color=colour)
+    ax.set_title(title or "confusion matrix (rows normalised)")
+    fig.colorbar(im, ax=ax, fraction=0.03, pad=0.02)
+    fig.tight_layout()
+    _save(fig, path, dpi=100 if n > 50 else 120)
+    plt.close(fig)
