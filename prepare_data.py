@@ -1,0 +1,692 @@
+"""Stage 2: per-frame CNN embeddings of every video of a split, streamed into an (N, max_len, D) .npy memmap.
+
+    prepare_data.py -s train -f OUT/frames -j OUT/train_ucf101.json -o DATA [-m resnet18] [-bs 128] [-nw 4] [-g 0]
+    torchrun --nproc_per_node=K prepare_data.py ...   (videos sharded across ranks, one shared memmap)
+
+Frames are decoded and resized in DataLoader workers and batched across videos; the backbone runs in eval mode
+(BatchNorm uses its running statistics, so a video's embedding never depends on its batch-mates). Rows go
+straight into `<split>.npy.partial`; after each flush the finished videos are appended to a progress log, so a
+killed run rerun with the same command redoes only unfinished videos and ends byte-identical to an uninterrupted
+run (batches are planned over the whole shard, so every frame meets the same batch-mates either way). The .npy is
+renamed into place and `<split>.json` is written last, atomically.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from distributed import DistInfo, barrier, cleanup, init_distributed
+from models.backbone import (
+    PRECISIONS,
+    RESIZE_MODES,
+    build_backbone,
+    default_threads,
+    embed_batch,
+    normalize_batch,
+    resize_frame,
+    resolve_precision,
+)
+from utils import (
+    BadInputError,
+    atomic_write_json,
+    atomic_write_text,
+    log_failure_summary,
+    read_json,
+    resolve_device,
+    run_cli,
+    setup_logging,
+    write_failure_report,
+)
+
+log = logging.getLogger("actionbert")
+
+FRAME_EXTS = (".jpg", ".jpeg", ".png")
+DTYPES = ("float32", "float16")
+# Fields that say how the embeddings were made: a rerun must match them all, or it would mix two kinds of rows.
+IDENTITY_KEYS = ("backbone", "weights", "seed", "image_size", "resize", "dtype", "max_len_cap", "precision")
+CHECKPOINT_SECONDS = 1.0
+
+
+class FrameError(Exception):
+    """One frame file that cannot be used (empty, truncated, not an image)."""
+
+
+@dataclass(frozen=True)
+class VideoPlan:
+    name: str
+    label: int
+    frame_dir: str
+    frames: tuple[str, ...]  # the file names to embed, in order (already subsampled to max_len)
+    num_frames: int  # frames in the folder before subsampling
+
+
+# ----------------------------------------------------------------------------------------------- inputs
+
+
+def read_split(json_file: str | Path) -> list[tuple[str, int]]:
+    """(video_name, label_idx) pairs of a split JSON, validated so later errors can name the file."""
+    data = read_json(json_file, "split JSON")
+    if not isinstance(data, list):
+        raise BadInputError(f"split JSON {json_file} must hold a list of {{video_name, label_idx}} records")
+    entries, seen = [], set()
+    for k, rec in enumerate(data):
+        if not isinstance(rec, dict) or not isinstance(rec.get("video_name"), str) or "label_idx" not in rec:
+            raise BadInputError(f"split JSON {json_file}: record {k} lacks video_name/label_idx: {rec!r:.120}")
+        label = rec["label_idx"]
+        if isinstance(label, bool) or not isinstance(label, int) or label < 0:
+            raise BadInputError(f"split JSON {json_file}: record {k} has label_idx {label!r}, not an int >= 0")
+        name = rec["video_name"]
+        if name in seen:
+            raise BadInputError(f"split JSON {json_file}: video_name {name!r} appears twice")
+        seen.add(name)
+        entries.append((name, label))
+    if not entries:
+        raise BadInputError(f"split JSON {json_file} lists no videos")
+    return entries
+
+
+def read_class_names(json_file: str | Path, labels: Sequence[int]) -> list[str]:
+    """Class names from classInd.txt beside the split JSON (`1 Name` lines, 1-based), else class_<i>."""
+    path = Path(json_file).parent / "classInd.txt"
+    top = max(labels) + 1
+    if not path.is_file():
+        log.warning("no %s: naming classes class_0 .. class_%d", path, top - 1)
+        return [f"class_{i}" for i in range(top)]
+    names: dict[int, str] = {}
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        parts = line.split(maxsplit=1)
+        if len(parts) != 2 or not parts[0].isdigit():
+            raise BadInputError(f"{path} line {lineno}: expected `<id> <ClassName>`, got {line.strip()!r}")
+        names[int(parts[0]) - 1] = parts[1].strip()
+    if sorted(names) != list(range(len(names))):
+        raise BadInputError(f"{path}: class ids must run 1..{len(names)} without gaps")
+    if top > len(names):
+        raise BadInputError(f"split JSON {json_file} uses label_idx {top - 1} but {path} lists {len(names)} classes")
+    return [names[i] for i in range(len(names))]
+
+
+def read_fps(frames_dir: str | Path) -> float | None:
+    path = Path(frames_dir) / "manifest.json"
+    if not path.is_file():
+        log.warning("no %s: fps recorded as null", path)
+        return None
+    fps = read_json(path, "frames manifest").get("fps")
+    return None if fps is None else float(fps)
+
+
+def list_frame_files(video_dir: Path) -> list[str]:
+    """Image file names in a video's frame folder, in frame order (stage 1 zero-pads the numbers)."""
+    with os.scandir(video_dir) as it:
+        names = [e.name for e in it if e.name.lower().endswith(FRAME_EXTS) and e.is_file()]
+    return sorted(names)
+
+
+def subsample_indices(num_frames: int, max_len: int | None) -> np.ndarray:
+    """Indices of max_len frames spread uniformly (centre of each of max_len equal spans); all when shorter."""
+    if max_len is None or num_frames <= max_len:
+        return np.arange(num_frames)
+    return ((np.arange(max_len) + 0.5) * num_frames / max_len).astype(np.int64)
+
+
+def plan_videos(
+    entries: Sequence[tuple[str, int]], frames_dir: str | Path, max_len: int | None
+) -> tuple[list[VideoPlan], list[dict[str, Any]]]:
+    """The videos that have frames, with the frames to embed; the others as failure records."""
+    frames_dir = Path(frames_dir)
+    plans, failures = [], []
+    for name, label in entries:
+        video_dir = frames_dir / name
+        if Path(name).is_absolute() or ".." in Path(name).parts:
+            failures.append({"file": name, "video_name": name, "reason": "video_name is not a plain folder name"})
+            continue
+        if not video_dir.is_dir():
+            failures.append({"file": str(video_dir), "video_name": name, "reason": "no frames folder"})
+            continue
+        names = list_frame_files(video_dir)
+        if not names:
+            failures.append({"file": str(video_dir), "video_name": name, "reason": "frames folder holds no images"})
+            continue
+        keep = tuple(names[i] for i in subsample_indices(len(names), max_len))
+        plans.append(VideoPlan(name, label, str(video_dir), keep, len(names)))
+    return plans, failures
+
+
+def plan_fingerprint(plans: Sequence[VideoPlan], max_len: int) -> str:
+    """Hash of what the memmap rows mean; a resume or a 'done already' must see the same one."""
+    blob = json.dumps([max_len, [(p.name, p.label, p.num_frames, p.frames) for p in plans]])
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+# ----------------------------------------------------------------------------------------------- decoding
+
+
+def decode_bgr(path: str) -> np.ndarray:
+    """Decode one frame file to BGR uint8, refusing empty, non-image and truncated JPEG files."""
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read()
+    except OSError as exc:
+        raise FrameError(f"unreadable ({exc.strerror})") from exc
+    if not data:
+        raise FrameError("empty file")
+    if path.lower().endswith((".jpg", ".jpeg")):
+        if data[:2] != b"\xff\xd8":
+            raise FrameError("not a JPEG (no start-of-image marker)")
+        # libjpeg fills a truncated image with grey and only warns; the end-of-image marker tells them apart.
+        if b"\xff\xd9" not in data[-32:]:
+            raise FrameError("truncated JPEG (no end-of-image marker)")
+    try:
+        img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    except cv2.error as exc:
+        raise FrameError(f"cannot be decoded ({exc})") from exc
+    if img is None:
+        raise FrameError("cannot be decoded as an image")
+    return img
+
+
+def load_frame(path: str, image_size: int, resize: str) -> torch.Tensor:
+    """Frame file -> uint8 (3, S, S) RGB, exactly as models.backbone.preprocess_frame on the decoded RGB frame
+    (resizing before the BGR->RGB swap is the same arithmetic on fewer pixels)."""
+    bgr = resize_frame(decode_bgr(path), image_size, resize)
+    return torch.from_numpy(np.ascontiguousarray(bgr[:, :, ::-1].transpose(2, 0, 1)))
+
+
+class FrameBatches(Dataset):
+    """Item k = batch `batch_ids[k]` of a fixed plan that cuts the concatenated frames of `videos` into runs of
+    batch_size, so batches span videos and the plan does not depend on which videos are still to do."""
+
+    def __init__(
+        self, videos: Sequence[VideoPlan], batch_ids: Sequence[int], batch_size: int, image_size: int, resize: str
+    ) -> None:
+        self.dirs = [v.frame_dir for v in videos]
+        self.frames = [v.frames for v in videos]
+        self.offsets = np.concatenate([[0], np.cumsum([len(f) for f in self.frames])]).astype(np.int64)
+        self.batch_ids = list(batch_ids)
+        self.batch_size, self.image_size, self.resize = batch_size, image_size, resize
+
+    def __len__(self) -> int:
+        return len(self.batch_ids)
+
+    def __getitem__(self, k: int) -> dict[str, Any]:
+        b = self.batch_ids[k]
+        g = np.arange(b * self.batch_size, min((b + 1) * self.batch_size, int(self.offsets[-1])))
+        vpos = np.searchsorted(self.offsets, g, side="right") - 1
+        fpos = g - self.offsets[vpos]
+        images, ok, errors = [], np.ones(len(g), dtype=bool), []
+        for j, (v, f) in enumerate(zip(vpos, fpos, strict=True)):
+            path = os.path.join(self.dirs[v], self.frames[v][f])
+            try:
+                images.append(load_frame(path, self.image_size, self.resize))
+            except FrameError as exc:
+                ok[j] = False
+                errors.append(f"{path}: {exc}")
+        s = self.image_size
+        x = torch.stack(images) if images else torch.empty((0, 3, s, s), dtype=torch.uint8)
+        return {"vpos": torch.from_numpy(vpos), "fpos": torch.from_numpy(fpos), "ok": torch.from_numpy(ok),
+                "images": x, "errors": errors}
+
+
+def num_batches(videos: Sequence[VideoPlan], batch_size: int) -> int:
+    return -(-sum(len(v.frames) for v in videos) // batch_size)
+
+
+def batches_touching(videos: Sequence[VideoPlan], wanted: Sequence[int], batch_size: int) -> list[int]:
+    """Batch ids of the fixed plan that hold at least one frame of the videos at positions `wanted`."""
+    offsets = np.concatenate([[0], np.cumsum([len(v.frames) for v in videos])])
+    ids: set[int] = set()
+    for p in wanted:
+        ids.update(range(int(offsets[p]) // batch_size, (int(offsets[p + 1]) - 1) // batch_size + 1))
+    return sorted(ids)
+
+
+def _worker_init(_: int) -> None:
+    cv2.setNumThreads(1)  # one process per core already; cv2's own pool would oversubscribe
+
+
+# ----------------------------------------------------------------------------------------------- progress
+
+
+def progress_path(out_dir: Path, split: str, rank: int) -> Path:
+    return out_dir / f".{split}.progress.rank{rank}.jsonl"
+
+
+def progress_files(out_dir: Path, split: str) -> list[Path]:
+    return sorted(out_dir.glob(f".{split}.progress.rank*.jsonl"))
+
+
+def read_progress_file(path: Path) -> tuple[dict[str, Any] | None, dict[int, dict[str, int]]]:
+    """(header, {video position: record}); a torn last line from a kill is ignored."""
+    header, done = None, {}
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            try:
+                item = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if "header" in item:
+                header = item["header"]
+            for rec in item.get("done", []):
+                done[int(rec["pos"])] = rec
+    return header, done
+
+
+def read_progress(out_dir: Path, split: str) -> tuple[list[dict[str, Any]], dict[int, dict[str, int]]]:
+    headers, done = [], {}
+    for path in progress_files(out_dir, split):
+        header, recs = read_progress_file(path)
+        if header is not None:
+            headers.append(header)
+        done.update(recs)
+    return headers, done
+
+
+class ProgressLog:
+    """Append-only, fsynced log of finished videos, one file per rank (ranks never write the same file)."""
+
+    def __init__(self, path: Path, header: dict[str, Any], keep: dict[int, dict[str, int]]) -> None:
+        self.path = path
+        lines = [json.dumps({"header": header})]
+        if keep:
+            lines.append(json.dumps({"done": [keep[k] for k in sorted(keep)]}))
+        atomic_write_text(path, "\n".join(lines) + "\n")  # drops any torn line left by a kill
+        self.fh = open(path, "a", encoding="utf-8")  # noqa: SIM115 - held open for the whole run
+
+    def append(self, records: list[dict[str, int]]) -> None:
+        self.fh.write(json.dumps({"done": records}) + "\n")
+        self.fh.flush()
+        os.fsync(self.fh.fileno())
+
+    def close(self) -> None:
+        self.fh.close()
+
+
+# ----------------------------------------------------------------------------------------------- outputs
+
+
+def identity_of(meta: dict[str, Any]) -> dict[str, Any]:
+    return {k: meta.get(k) for k in IDENTITY_KEYS}
+
+
+def refuse_mix(out_dir: Path, split: str, theirs: dict[str, Any], ours: dict[str, Any], what: str) -> None:
+    diffs = [f"{k}={theirs.get(k)!r} (this run: {ours.get(k)!r})" for k in IDENTITY_KEYS if theirs.get(k) != ours.get(k)]
+    if diffs:
+        raise BadInputError(
+            f"{out_dir} already holds {what} for split {split!r} made with {', '.join(diffs)}; refusing to mix "
+            f"them. Use another --out_dir, or delete {out_dir}/{split}.* and {out_dir}/.{split}.progress.* to redo it"
+        )
+
+
+def inspect_outputs(out_dir: Path, split: str, identity: dict[str, Any], fingerprint: str) -> str:
+    """What is in OUT for this split: 'complete', 'finalize' (all rows done, files to rename/write), 'resume' or
+    'fresh'. Raises BadInputError rather than touch files made another way."""
+    npy, meta_path, partial = out_dir / f"{split}.npy", out_dir / f"{split}.json", out_dir / f"{split}.npy.partial"
+    if meta_path.is_file():
+        meta = read_json(meta_path, "embedding JSON")
+        refuse_mix(out_dir, split, meta, identity, f"{meta_path.name}")
+        if meta.get("plan_sha256") != fingerprint:
+            raise BadInputError(
+                f"{meta_path} was made from another split file or other frames than this run's; use another "
+                f"--out_dir, or delete {out_dir}/{split}.* to redo it"
+            )
+        if not npy.is_file():
+            raise BadInputError(f"{meta_path} exists but {npy} is missing; delete {meta_path} to redo the split")
+        return "complete"
+    headers, _ = read_progress(out_dir, split)
+    for header in headers:
+        refuse_mix(out_dir, split, header, identity, "an interrupted run")
+        if header.get("plan_sha256") != fingerprint:
+            raise BadInputError(
+                f"the interrupted run in {out_dir} used another split file or other frames; delete "
+                f"{out_dir}/.{split}.progress.* and {partial} to start over"
+            )
+    if headers and partial.is_file():
+        return "resume"
+    if headers and npy.is_file():
+        return "finalize"
+    if npy.is_file():
+        raise BadInputError(f"{npy} exists without {meta_path.name}: made by something else; move it away first")
+    return "fresh"
+
+
+def finalize(
+    out_dir: Path,
+    split: str,
+    plans: Sequence[VideoPlan],
+    done: dict[int, dict[str, int]],
+    planning_failures: list[dict[str, Any]],
+    meta: dict[str, Any],
+    strict: bool,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Put `<split>.npy` in place (dropping videos with no readable frame), then the failure report, then the
+    JSON last. Safe to repeat after a kill at any point."""
+    npy, partial = out_dir / f"{split}.npy", out_dir / f"{split}.npy.partial"
+    missing = [p for p in range(len(plans)) if p not in done]
+    if missing:
+        raise BadInputError(f"{len(missing)} video(s) still lack embeddings (e.g. {plans[missing[0]].name}); rerun")
+    failures = list(planning_failures)
+    keep = []
+    for p, plan in enumerate(plans):
+        rec = done[p]
+        if rec["video_length"] == 0:
+            failures.append({"file": plan.frame_dir, "video_name": plan.name,
+                             "reason": f"no readable frame ({rec['skipped_frames']} corrupt)"})
+        else:
+            keep.append(p)
+    report = out_dir / f"failed_{split}.json"
+    if failures and strict:
+        write_failure_report(report, failures)
+        raise BadInputError(f"{len(failures)} video(s) unusable under --strict (e.g. {failures[0]['file']}: "
+                            f"{failures[0]['reason']}); listed in {report}")
+    if not keep:
+        write_failure_report(report, failures)
+        raise BadInputError(f"no video of {split} has a readable frame; listed in {report}")
+    if partial.is_file():
+        if len(keep) == len(plans):
+            os.replace(partial, npy)
+        else:
+            src = np.load(partial, mmap_mode="r")
+            tmp = out_dir / f".{split}.npy.compact.tmp"
+            dst = np.lib.format.open_memmap(tmp, mode="w+", dtype=src.dtype, shape=(len(keep), *src.shape[1:]))
+            for new, old in enumerate(keep):
+                dst[new] = src[old]
+            dst.flush()
+            del dst, src
+            os.replace(tmp, npy)
+            partial.unlink()
+    records = []
+    for new, p in enumerate(keep):
+        plan, rec = plans[p], done[p]
+        records.append({"video_idx": new, "video_name": plan.name, "video_length": rec["video_length"],
+                        "label_idx": plan.label, "num_frames": plan.num_frames,
+                        "skipped_frames": rec["skipped_frames"]})
+    meta = {"data": records, "memmap_size": [len(keep), meta["max_len"], meta["feature_dim"]], **meta}
+    meta["skipped_frames"] = sum(r["skipped_frames"] for r in records)
+    write_failure_report(report, failures)
+    atomic_write_json(out_dir / f"{split}.json", meta)
+    for path in progress_files(out_dir, split):
+        path.unlink()
+    return meta, failures
+
+
+# ----------------------------------------------------------------------------------------------- extraction
+
+
+def extract(
+    model: torch.nn.Module,
+    videos: Sequence[VideoPlan],
+    rows: Sequence[int],
+    todo: set[int],
+    arr: np.ndarray,
+    on_flush: Callable[[list[dict[str, int]]], None],
+    *,
+    batch_size: int,
+    num_workers: int,
+    image_size: int,
+    resize: str,
+    device: torch.device,
+    precision: str,
+    channels_last: bool,
+    strict: bool = False,
+    seed: int = 0,
+    show_progress: bool = True,
+) -> None:
+    """Embed the frames of `videos` (memmap rows `rows`), writing only the videos whose position is in `todo`.
+
+    A video is reported to `on_flush` only after the memmap holding its rows has been flushed. On CUDA the
+    copy of batch b's features overlaps the forward of batch b+1.
+    """
+    wanted = [i for i in range(len(videos)) if i in todo]
+    if not wanted:
+        return
+    dataset = FrameBatches(videos, batches_touching(videos, wanted, batch_size), batch_size, image_size, resize)
+    cuda = device.type == "cuda"
+    loader = DataLoader(
+        dataset,
+        batch_size=None,
+        shuffle=False,
+        num_workers=num_workers,
+        pin_memory=cuda,
+        worker_init_fn=_worker_init,
+        prefetch_factor=4 if num_workers > 0 else None,
+        generator=torch.Generator().manual_seed(seed),
+    )
+    max_len, dtype = arr.shape[1], arr.dtype
+    good = {i: 0 for i in wanted}
+    bad = {i: 0 for i in wanted}
+    finished: list[dict[str, int]] = []
+    last_flush = time.monotonic()
+
+    def consume(batch: dict[str, Any], feats: torch.Tensor) -> None:
+        nonlocal last_flush
+        feats_np = feats.numpy().astype(dtype, copy=False)
+        vpos, fpos, ok = batch["vpos"].numpy(), batch["fpos"].numpy(), batch["ok"].numpy()
+        row_of = np.cumsum(ok) - 1  # index into feats of each ok frame
+        starts = np.flatnonzero(np.r_[True, vpos[1:] != vpos[:-1]])
+        for s, e in zip(starts, np.r_[starts[1:], len(vpos)], strict=True):
+            v = int(vpos[s])
+            if v not in todo:
+                continue  # done in an earlier run; computed only to keep its batch-mates' batch unchanged
+            sel = ok[s:e]
+            n_ok = int(sel.sum())
+            if n_ok:
+                first = int(row_of[s:e][sel][0])
+                arr[rows[v], good[v] : good[v] + n_ok] = feats_np[first : first + n_ok]
+            good[v] += n_ok
+            bad[v] += int((~sel).sum())
+            if int(fpos[e - 1]) == len(videos[v].frames) - 1:
+                if good[v] < max_len:
+                    arr[rows[v], good[v] :] = 0  # padding, even over rows a killed run may have left
+                if bad[v]:
+                    log.warning("%s: skipped %d corrupt frame(s) of %d", videos[v].name, bad[v], len(videos[v].frames))
+                finished.append({"pos": rows[v], "video_length": good[v], "skipped_frames": bad[v]})
+        now = time.monotonic()
+        if finished and now - last_flush >= CHECKPOINT_SECONDS:
+            flush()
+
+    def flush() -> None:
+        nonlocal last_flush
+        if finished:
+            arr.flush()  # rows on disk before the log says they are there
+            on_flush(list(finished))
+            finished.clear()
+        last_flush = time.monotonic()
+
+    pending: tuple[dict[str, Any], torch.Tensor, torch.cuda.Event | None] | None = None
+    for batch in tqdm(loader, desc="embedding", unit="batch", disable=not show_progress):
+        for err in batch["errors"]:
+            if strict:
+                raise BadInputError(f"corrupt frame {err} (--strict)")
+            log.debug("skipping frame %s", err)
+        x = batch["images"]
+        if len(x):
+            out = embed_batch(model, normalize_batch(x, device, channels_last), precision)
+            event = None
+            if cuda:
+                out = out.to("cpu", non_blocking=True)  # pinned; waited on by the event below
+                event = torch.cuda.Event()
+                event.record()
+        else:
+            out, event = torch.empty((0, arr.shape[2])), None
+        if pending is not None:
+            if pending[2] is not None:
+                pending[2].synchronize()
+            consume(pending[0], pending[1])
+        pending = (batch, out, event)
+    if pending is not None:
+        if pending[2] is not None:
+            pending[2].synchronize()
+        consume(pending[0], pending[1])
+    flush()
+
+
+def check_backbone(model: torch.nn.Module, dim: int, image_size: int, device: torch.device, precision: str,
+                   channels_last: bool, name: str) -> None:
+    """A tiny forward at the chosen size, so a model that cannot take it fails with one clear line."""
+    x = torch.zeros((1, 3, image_size, image_size), dtype=torch.uint8)
+    try:
+        out = embed_batch(model, normalize_batch(x, device, channels_last), precision)
+    except Exception as exc:  # torchvision asserts (e.g. ViT's fixed size) surface here
+        raise BadInputError(f"backbone {name} cannot embed {image_size}x{image_size} frames: {exc}") from exc
+    if out.shape != (1, dim):
+        raise BadInputError(f"backbone {name} gives features of shape {tuple(out.shape)}, expected (1, {dim})")
+
+
+# ----------------------------------------------------------------------------------------------- CLI
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-s", "--split", required=True, help="split name: output files are <out_dir>/<split>.npy/.json")
+    p.add_argument("-f", "--frames_dir", required=True, help="frames/ folder of stage 1 (<video_name>/frame_*.jpg)")
+    p.add_argument("-j", "--json_file", required=True, help="split JSON of stage 1 (list of {video_name, label_idx})")
+    p.add_argument("-o", "--out_dir", required=True)
+    p.add_argument("-m", "--model", default="resnet18", help="any torchvision classification model (default resnet18)")
+    p.add_argument("--weights", default="imagenet", help="imagenet (torchvision's), none (random init) or a state_dict PATH")
+    p.add_argument("-bs", "--batch_size", type=int, default=128, help="frames per forward pass (batches span videos)")
+    p.add_argument("-nw", "--num_workers", type=int, default=4, help="DataLoader processes decoding and resizing frames")
+    p.add_argument("-g", "--gpu_id", type=int, default=0, help="CUDA device; the CPU is used when there is none")
+    p.add_argument("--image_size", type=int, default=224)
+    p.add_argument("--resize", choices=RESIZE_MODES, default="crop",
+                   help="crop: shorter side to image_size then centre crop; squash: straight to SxS (old behaviour)")
+    p.add_argument("--precision", choices=PRECISIONS, default="auto", help="auto: fp16 autocast on CUDA, fp32 on CPU")
+    p.add_argument("--channels_last", action=argparse.BooleanOptionalAction, default=None,
+                   help="channels_last memory format (default: on for CUDA, off on the CPU)")
+    p.add_argument("--dtype", choices=DTYPES, default="float32", help="dtype of the stored embeddings")
+    p.add_argument("--max_len", type=int, default=None,
+                   help="cap on frames per video: longer videos are subsampled uniformly (default: no cap)")
+    p.add_argument("--seed", type=int, default=0, help="fixes the random backbone of --weights none and data order")
+    p.add_argument("--strict", action="store_true", help="fail on any missing video or corrupt frame")
+    p.add_argument("-v", "--verbose", action="store_true")
+    return p
+
+
+def validate_args(args: argparse.Namespace) -> None:
+    for flag, value, low in (("--batch_size", args.batch_size, 1), ("--num_workers", args.num_workers, 0),
+                             ("--image_size", args.image_size, 16)):
+        if value < low:
+            raise BadInputError(f"{flag} must be >= {low}, got {value}")
+    if args.max_len is not None and args.max_len < 1:
+        raise BadInputError(f"--max_len must be >= 1, got {args.max_len}")
+    if not Path(args.frames_dir).is_dir():
+        raise BadInputError(f"frames folder not found: {args.frames_dir}")
+
+
+def main(args: argparse.Namespace) -> int:
+    setup_logging(args.verbose)
+    validate_args(args)
+    info: DistInfo = init_distributed()
+    try:
+        return _main(args, info)
+    finally:
+        cleanup(info)
+
+
+def _main(args: argparse.Namespace, info: DistInfo) -> int:
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", info.world_size))
+    torch.set_num_threads(default_threads(local_world))
+    device = resolve_device(info.local_rank if info.enabled and torch.cuda.is_available() else args.gpu_id)
+    precision = resolve_precision(args.precision, device)
+    channels_last = device.type == "cuda" if args.channels_last is None else args.channels_last
+    out_dir = Path(args.out_dir)
+
+    entries = read_split(args.json_file)
+    class_names = read_class_names(args.json_file, [label for _, label in entries])
+    fps = read_fps(args.frames_dir)
+    plans, plan_failures = plan_videos(entries, args.frames_dir, args.max_len)
+    report = out_dir / f"failed_{args.split}.json"
+    if plan_failures and args.strict:
+        f = plan_failures[0]
+        raise BadInputError(f"{len(plan_failures)} video(s) of {args.json_file} have no frames (e.g. {f['file']}: "
+                            f"{f['reason']}) and --strict is set")
+    if not plans:
+        if info.is_main:
+            write_failure_report(report, plan_failures)
+        raise BadInputError(f"none of the {len(entries)} videos of {args.json_file} has frames in {args.frames_dir}; "
+                            f"listed in {report}")
+    max_len = max(len(p.frames) for p in plans)
+    fingerprint = plan_fingerprint(plans, max_len)
+    identity = {"backbone": args.model, "weights": args.weights, "seed": args.seed if args.weights == "none" else None,
+                "image_size": args.image_size, "resize": args.resize, "dtype": args.dtype,
+                "max_len_cap": args.max_len, "precision": precision}
+
+    state = inspect_outputs(out_dir, args.split, identity, fingerprint) if out_dir.is_dir() else "fresh"
+    if state == "complete":
+        log.info("%s/%s.npy is complete for this command: nothing to do", out_dir, args.split)
+        return 0
+
+    model, dim = build_backbone(args.model, args.weights, seed=args.seed)
+    model = model.to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    check_backbone(model, dim, args.image_size, device, precision, channels_last, args.model)
+    header = {**identity, "plan_sha256": fingerprint}
+    partial = out_dir / f"{args.split}.npy.partial"
+    shape = (len(plans), max_len, dim)
+
+    barrier(info)  # every rank has looked at OUT before rank 0 changes it
+    if info.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if state == "fresh":
+            for path in progress_files(out_dir, args.split):
+                path.unlink()
+            atomic_write_text(progress_path(out_dir, args.split, 0), json.dumps({"header": header}) + "\n")
+            np.lib.format.open_memmap(partial, mode="w+", dtype=args.dtype, shape=shape).flush()
+    barrier(info)
+    _, done = read_progress(out_dir, args.split)
+    barrier(info)  # all ranks have read every log before any rank rewrites its own
+
+    if state != "finalize":
+        arr = np.load(partial, mmap_mode="r+")
+        if arr.shape != shape or arr.dtype != np.dtype(args.dtype):
+            raise BadInputError(f"{partial} has shape {arr.shape} {arr.dtype}, expected {shape} {args.dtype}; "
+                                f"delete it and {out_dir}/.{args.split}.progress.* to start over")
+        mine = list(range(info.rank, len(plans), info.world_size))
+        own_path = progress_path(out_dir, args.split, info.rank)
+        own_done = read_progress_file(own_path)[1] if own_path.is_file() else {}
+        plog = ProgressLog(own_path, header, own_done)
+        todo = {k for k, pos in enumerate(mine) if pos not in done}
+        log.info("rank %d: %d of %d video(s) to embed (%d done before), %s frames, D=%d, %s, %s", info.rank,
+                 len(todo), len(mine), len(mine) - len(todo), f"{args.image_size}px {args.resize}", dim, device,
+                 precision)
+        try:
+            extract(model, [plans[p] for p in mine], mine, todo, arr, plog.append, batch_size=args.batch_size,
+                    num_workers=args.num_workers, image_size=args.image_size, resize=args.resize, device=device,
+                    precision=precision, channels_last=channels_last, strict=args.strict, seed=args.seed,
+                    show_progress=info.is_main)
+        finally:
+            plog.close()
+            del arr
+    barrier(info)
+    if not info.is_main:
+        return 0
+    _, done = read_progress(out_dir, args.split)
+    meta = {"split": args.split, **identity, "fps": fps, "max_len": max_len, "feature_dim": dim,
+            "class_names": class_names, "num_classes": len(class_names),
+            "subsampled_videos": sum(p.num_frames > len(p.frames) for p in plans), "plan_sha256": fingerprint}
+    meta, failures = finalize(out_dir, args.split, plans, done, plan_failures, meta, args.strict)
+    log_failure_summary(failures, report)
+    n, length, d = meta["memmap_size"]
+    log.info("wrote %s/%s.npy (%d videos x %d frames x %d) and %s.json; %d video(s) left out, %d corrupt frame(s) "
+             "skipped", out_dir, args.split, n, length, d, args.split, len(failures), meta["skipped_frames"])
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main, get_args_parser().parse_args())
