@@ -1,0 +1,490 @@
+"""Stage 1: split a folder of labelled videos and extract frames at exact times k / fps.
+
+    python prepare_ucf101.py -v VIDEO_DIR -o OUT [-s 0.8] [-fps 1] [--split_dir DIR --split_id 1]
+
+VIDEO_DIR/<Class>/<video>.<ext> in; OUT/train_ucf101.json, val_ucf101.json (test_ucf101.json with official
+splits), classInd.txt, failed_videos.json and frames/<video_name>/frame_000001.jpg ... plus frames/manifest.json
+out. Each video is written to frames/.tmp/<name> and renamed when complete, with its metadata in
+frames/.meta/<name>.json, so a killed run rerun with the same command skips finished videos and ends with the
+same bytes as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import multiprocessing
+import os
+import shutil
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+from tqdm import tqdm
+
+from splits import OfficialSplit, group_split, match_entries, read_official_split, video_group
+from utils import (
+    BadInputError,
+    atomic_write_json,
+    atomic_write_text,
+    log_failure_summary,
+    run_cli,
+    setup_logging,
+    write_failure_report,
+)
+from video import VideoDecodeError, is_video_file, iter_frames_at_fps, truncation_reason
+
+log = logging.getLogger("actionbert.prepare")
+
+TMP_DIR = ".tmp"
+META_DIR = ".meta"
+MANIFEST = "manifest.json"
+
+
+@dataclass(frozen=True)
+class VideoItem:
+    """A video found under VIDEO_DIR; `video_name` is unique and names its frames folder."""
+
+    class_name: str  # folder name
+    rel_path: str  # "Class/file.ext", relative to VIDEO_DIR
+    video_name: str
+    group: str
+
+    @property
+    def stem(self) -> str:
+        return Path(self.rel_path).stem
+
+
+@dataclass
+class ScanResult:
+    videos: list[VideoItem]
+    failures: list[dict[str, str]]
+    ignored: list[str]
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        description="Split labelled videos into train/val(/test) and extract frames at exact times k/fps.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("-v", "--video_dir", required=True, help="folder of <Class>/<video>.<ext>")
+    p.add_argument("-o", "--out_dir", required=True, help="output folder (split JSONs, classInd.txt, frames/)")
+    p.add_argument("-s", "--split_ratio", type=float, default=0.8, help="train share of the random split")
+    p.add_argument("-fps", "--frame_rate", type=float, default=1.0, help="frames per second to keep; 0 keeps all")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random split and of the val carve")
+    p.add_argument("--split_dir", default=None, help="official UCF-101 or HMDB51 split files (detected)")
+    p.add_argument("--split_id", type=int, default=1, choices=(1, 2, 3), help="official split number")
+    p.add_argument(
+        "--val_ratio",
+        type=float,
+        default=0.1,
+        help="with --split_dir: share of train (whole groups, per class) held out as val; test is never touched",
+    )
+    p.add_argument("--allow_missing", action="store_true", help="skip videos named in split files but not found")
+    p.add_argument("--frame_size", type=int, default=None, help="resize the shorter side to N px (default: keep)")
+    p.add_argument("--jpeg_quality", type=int, default=95, help="JPEG quality of the frames (1-100)")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="decoding processes")
+    p.add_argument("--strict", action="store_true", help="exit non-zero when any input had to be left out")
+    p.add_argument(
+        "--keep_truncated",
+        action="store_true",
+        help="keep videos that decode far shorter than their header declares (left out by default)",
+    )
+    p.add_argument("--verbose", action="store_true", help="debug logging")
+    return p
+
+
+# ----- finding videos ------------------------------------------------------------------------------------------
+
+
+def _sorted_entries(folder: Path) -> list[os.DirEntry]:
+    with os.scandir(folder) as it:
+        return sorted(it, key=lambda e: e.name)
+
+
+def scan_video_dir(video_dir: Path) -> ScanResult:
+    """Find VIDEO_DIR/<Class>/<video> files with os.scandir (names may hold glob characters such as `[`).
+
+    Hidden entries are skipped; files without a video extension are ignored (returned in `ignored`, logged);
+    video files outside a class folder and class folders with no video file are failures.
+    """
+    if not video_dir.is_dir():
+        raise BadInputError(f"video folder not found: {video_dir}")
+    found: list[tuple[str, str]] = []  # (class, file name)
+    failures: list[dict[str, str]] = []
+    ignored: list[str] = []
+    for entry in _sorted_entries(video_dir):
+        if entry.name.startswith("."):
+            continue
+        if not entry.is_dir():
+            if is_video_file(entry.name):
+                failures.append({"file": entry.name, "reason": "video outside any class folder (VIDEO_DIR/<Class>/)"})
+            else:
+                ignored.append(entry.name)
+            continue
+        count = 0
+        for sub in _sorted_entries(Path(entry.path)):
+            rel = f"{entry.name}/{sub.name}"
+            if sub.name.startswith("."):
+                continue
+            if sub.is_dir():
+                ignored.append(rel + "/")
+            elif is_video_file(sub.name):  # broken links too: they fail later as unreadable
+                found.append((entry.name, sub.name))
+                count += 1
+            else:
+                ignored.append(rel)
+        if count == 0:
+            failures.append({"file": entry.name + "/", "reason": "empty class folder: no video files"})
+    if ignored:
+        log.info("ignoring %d non-video entr%s: %s", len(ignored), "y" if len(ignored) == 1 else "ies", _first(ignored))
+    return ScanResult(assign_video_names(found), failures, ignored)
+
+
+def _first(names: list[str], n: int = 5) -> str:
+    return ", ".join(names[:n]) + (f", ... ({len(names) - n} more)" if len(names) > n else "")
+
+
+def assign_video_names(found: list[tuple[str, str]]) -> list[VideoItem]:
+    """Name each video by its file stem; stems shared by several files (compared case-insensitively, so frame
+    folders stay distinct on any file system) become `<Class>__<stem>`, then `<Class>__<file name>`."""
+
+    def unique(candidates: dict[tuple[str, str], str]) -> tuple[dict[tuple[str, str], str], set[tuple[str, str]]]:
+        seen: dict[str, int] = defaultdict(int)
+        for name in candidates.values():
+            seen[name.casefold()] += 1
+        ok = {k: v for k, v in candidates.items() if seen[v.casefold()] == 1}
+        return ok, set(candidates) - set(ok)
+
+    names, clash = unique({(c, f): Path(f).stem for c, f in found})
+    if clash:
+        log.info(
+            "%d videos share a file name with a video in another folder; naming them <Class>__<stem>: %s",
+            len(clash),
+            _first(sorted(f"{c}/{f}" for c, f in clash)),
+        )
+        more, clash = unique({(c, f): f"{c}__{Path(f).stem}" for c, f in clash})
+        names.update(more)
+        if clash:
+            more, clash = unique({(c, f): f"{c}__{f.replace('.', '_')}" for c, f in clash})
+            names.update(more)
+        for n, key in enumerate(sorted(clash), 1):  # only file names equal up to case in one folder remain
+            names[key] = f"{key[0]}__{key[1].replace('.', '_')}__{n}"
+    return [
+        VideoItem(class_name=c, rel_path=f"{c}/{f}", video_name=names[(c, f)], group=video_group(Path(f).stem))
+        for c, f in sorted(found)
+    ]
+
+
+# ----- frame extraction ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ExtractTask:
+    video_name: str
+    source: str  # relative path, recorded in the manifest and in failure reports
+    path: str  # absolute path
+    frames_dir: str
+    fps: float
+    frame_size: int | None
+    jpeg_quality: int
+    keep_truncated: bool
+
+
+def _settings(fps: float, frame_size: int | None, jpeg_quality: int) -> dict[str, Any]:
+    return {"fps": float(fps), "frame_size": frame_size, "jpeg_quality": jpeg_quality}
+
+
+def extract_video(task: ExtractTask) -> dict[str, Any]:
+    """Write one video's frames to frames/.tmp/<name>, its metadata to frames/.meta/<name>.json, then rename the
+    folder into place. Returns {"video_name", "meta"} or {"video_name", "failure"}; bad input never raises."""
+    frames_dir = Path(task.frames_dir)
+    tmp = frames_dir / TMP_DIR / task.video_name
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    params = [cv2.IMWRITE_JPEG_QUALITY, task.jpeg_quality]
+    times: list[float] = []
+    info: dict[str, Any] = {}
+    try:
+        frames = iter_frames_at_fps(task.path, task.fps, task.frame_size, rgb=False, info=info)
+        for n, (t, img) in enumerate(frames, 1):
+            ok, buf = cv2.imencode(".jpg", img, params)
+            if not ok:
+                raise VideoDecodeError(task.path, f"frame at {t:.3f} s cannot be encoded as JPEG")
+            with open(tmp / f"frame_{n:06d}.jpg", "wb") as fh:
+                fh.write(buf)
+            times.append(round(t, 6))
+        reason = None if task.keep_truncated else truncation_reason(info)
+        if reason:
+            raise VideoDecodeError(task.path, reason + " (--keep_truncated keeps such videos)")
+    except VideoDecodeError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        return {"video_name": task.video_name, "failure": {"file": task.source, "reason": exc.reason}}
+    except cv2.error as exc:  # a decoder failure inside OpenCV: still the video's fault, not ours
+        shutil.rmtree(tmp, ignore_errors=True)
+        msg = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        return {"video_name": task.video_name, "failure": {"file": task.source, "reason": f"decoder error: {msg}"}}
+    meta = {
+        **_settings(task.fps, task.frame_size, task.jpeg_quality),
+        "source": task.source,
+        "num_frames": len(times),
+        "timestamps": times,
+        "timing": info.get("timing", "decoded"),
+    }
+    if info.get("replaced_timestamps"):
+        meta["replaced_timestamps"] = info["replaced_timestamps"]
+    atomic_write_json(frames_dir / META_DIR / f"{task.video_name}.json", meta, indent=None)
+    final = frames_dir / task.video_name
+    if final.exists():  # a folder without matching metadata, e.g. from an older run
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    return {"video_name": task.video_name, "meta": meta}
+
+
+def _read_meta(path: Path) -> dict[str, Any] | None:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return json.load(fh)
+    except (OSError, ValueError):
+        return None
+
+
+def finished_meta(frames_dir: Path, item: VideoItem, settings: dict[str, Any]) -> dict[str, Any] | None:
+    """The metadata of a video already extracted with these settings from the same source, else None."""
+    folder = frames_dir / item.video_name
+    meta = _read_meta(frames_dir / META_DIR / f"{item.video_name}.json")
+    if meta is None or not folder.is_dir() or meta.get("source") != item.rel_path:
+        return None
+    if any(meta.get(k) != v for k, v in settings.items()):
+        return None
+    n = meta.get("num_frames", 0)
+    if n < 1 or not (folder / f"frame_{n:06d}.jpg").is_file():
+        return None
+    return meta
+
+
+def check_frames_settings(frames_dir: Path, settings: dict[str, Any]) -> None:
+    """Refuse to mix frames taken with other fps, frame size or JPEG quality into one frames folder."""
+    sources = []
+    manifest = _read_meta(frames_dir / MANIFEST)
+    if manifest is not None:
+        sources.append((frames_dir / MANIFEST, manifest))
+    meta_dir = frames_dir / META_DIR
+    if meta_dir.is_dir():
+        for entry in _sorted_entries(meta_dir):
+            if entry.name.endswith(".json") and (frames_dir / entry.name[: -len(".json")]).is_dir():
+                meta = _read_meta(Path(entry.path))
+                if meta is not None:
+                    sources.append((Path(entry.path), meta))
+    for path, meta in sources:
+        old = {k: meta.get(k) for k in settings}
+        if old != settings:
+            raise BadInputError(
+                f"{frames_dir} already holds frames made with {_fmt(old)} (see {path}); this run asks for "
+                f"{_fmt(settings)}. Mixing them in one frames folder is refused: use another --out_dir, "
+                f"or delete {frames_dir} to start over"
+            )
+
+
+def _fmt(settings: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in settings.items())
+
+
+def extract_all(
+    items: list[VideoItem], video_dir: Path, frames_dir: Path, args: argparse.Namespace
+) -> tuple[dict[str, dict[str, Any]], list[dict[str, str]]]:
+    """Extract every video not already done; returns ({video_name: meta}, failures). Completion order does not
+    matter: every output is keyed by video name."""
+    settings = _settings(args.frame_rate, args.frame_size, args.jpeg_quality)
+    frames_dir.mkdir(parents=True, exist_ok=True)
+    check_frames_settings(frames_dir, settings)
+    tmp = frames_dir / TMP_DIR
+    if tmp.is_dir():
+        leftovers = [e.name for e in _sorted_entries(tmp)]
+        if leftovers:
+            log.info("redoing %d video(s) left unfinished by an interrupted run: %s", len(leftovers), _first(leftovers))
+        shutil.rmtree(tmp)
+    metas: dict[str, dict[str, Any]] = {}
+    tasks = []
+    for item in items:
+        meta = finished_meta(frames_dir, item, settings)
+        if meta is not None:
+            metas[item.video_name] = meta
+        else:
+            tasks.append(
+                ExtractTask(
+                    item.video_name,
+                    item.rel_path,
+                    str(video_dir / item.class_name / Path(item.rel_path).name),
+                    str(frames_dir),
+                    args.frame_rate,
+                    args.frame_size,
+                    args.jpeg_quality,
+                    args.keep_truncated,
+                )
+            )
+    if metas:
+        log.info("%d video(s) already extracted, skipping them", len(metas))
+    failures: list[dict[str, str]] = []
+    workers = max(1, min(args.workers, len(tasks)))
+    bar = tqdm(total=len(items), initial=len(metas), desc="extracting frames", unit="video", dynamic_ncols=True)
+    if workers == 1:
+        results = map(extract_video, tasks)
+        _collect(results, metas, failures, bar)
+    else:
+        with multiprocessing.Pool(workers, initializer=setup_logging, initargs=(args.verbose,)) as pool:
+            _collect(pool.imap_unordered(extract_video, tasks), metas, failures, bar)
+    bar.close()
+    if tmp.is_dir():
+        shutil.rmtree(tmp)
+    return metas, failures
+
+
+def _collect(results, metas: dict, failures: list, bar: tqdm) -> None:
+    for res in results:
+        if "meta" in res:
+            metas[res["video_name"]] = res["meta"]
+        else:
+            failures.append(res["failure"])
+            log.warning("%s: %s", res["failure"]["file"], res["failure"]["reason"])
+        bar.update(1)
+
+
+def build_manifest(metas: dict[str, dict[str, Any]], settings: dict[str, Any]) -> dict[str, Any]:
+    videos = {}
+    for name in sorted(metas):
+        m = metas[name]
+        entry = {"num_frames": m["num_frames"], "timestamps": m["timestamps"], "source": m["source"]}
+        entry["timing"] = m.get("timing", "decoded")
+        if m.get("replaced_timestamps"):
+            entry["replaced_timestamps"] = m["replaced_timestamps"]
+        videos[name] = entry
+    return {**settings, "videos": videos}
+
+
+# ----- splits --------------------------------------------------------------------------------------------------
+
+
+def split_records(items: list[VideoItem], class_names: list[str], metas: dict[str, dict[str, Any]]) -> list[dict]:
+    """Split JSON records, sorted by label then name so reruns write identical files."""
+    label_of = {c: i for i, c in enumerate(class_names)}
+    records = [
+        {
+            "video_name": it.video_name,
+            "label_idx": label_of[it.class_name],
+            "class_name": it.class_name,
+            "video_path": it.rel_path,
+            "group": it.group,
+            "num_frames": metas[it.video_name]["num_frames"],
+        }
+        for it in items
+    ]
+    return sorted(records, key=lambda r: (r["label_idx"], r["video_name"]))
+
+
+def plan_official(
+    official: OfficialSplit, videos: list[VideoItem], allow_missing: bool
+) -> tuple[dict[str, list[VideoItem]], list[dict[str, str]]]:
+    """Map official train/test entries to found videos (relabelled with the split's class name)."""
+    planned: dict[str, list[VideoItem]] = {}
+    missing_failures: list[dict[str, str]] = []
+    all_missing = []
+    used = set()
+    for side, entries in (("train", official.train), ("test", official.test)):
+        pairs, missing = match_entries(entries, videos)
+        planned[side] = [VideoItem(e.class_name, it.rel_path, it.video_name, it.group) for e, it in pairs]
+        used.update(it.video_name for _, it in pairs)
+        all_missing.extend(missing)
+    if all_missing:
+        names = [f"{e.class_name}/{e.file_name}" for e in all_missing]
+        msg = f"{len(all_missing)} video(s) named in the split files are not in the video folder: {_first(names)}"
+        if not allow_missing:
+            raise BadInputError(msg + " (--allow_missing skips them)")
+        log.warning("%s; skipping them (--allow_missing)", msg)
+        missing_failures = [
+            {"file": f"{e.class_name}/{e.file_name}", "reason": f"named in {e.source} but not found"}
+            for e in all_missing
+        ]
+    unused = [it.rel_path for it in videos if it.video_name not in used]
+    if unused:
+        log.info("%d video(s) are in neither list of this split and are not extracted: %s", len(unused), _first(unused))
+    return planned, missing_failures
+
+
+def main(args: argparse.Namespace) -> int:
+    setup_logging(args.verbose)
+    if args.frame_rate < 0:
+        raise BadInputError(f"-fps must be >= 0 (0 keeps every frame), got {args.frame_rate}")
+    if not 0 < args.split_ratio <= 1:
+        raise BadInputError(f"-s/--split_ratio must be in (0, 1], got {args.split_ratio}")
+    if not 0 <= args.val_ratio < 1:
+        raise BadInputError(f"--val_ratio must be in [0, 1), got {args.val_ratio}")
+    if not 1 <= args.jpeg_quality <= 100:
+        raise BadInputError(f"--jpeg_quality must be in 1..100, got {args.jpeg_quality}")
+    if args.frame_size is not None and args.frame_size < 1:
+        raise BadInputError(f"--frame_size must be positive, got {args.frame_size}")
+    if args.workers < 1:
+        raise BadInputError(f"--workers must be >= 1, got {args.workers}")
+
+    video_dir, out_dir = Path(args.video_dir), Path(args.out_dir)
+    frames_dir = out_dir / "frames"
+    scan = scan_video_dir(video_dir)
+    failures = list(scan.failures)
+    log.info("found %d video file(s) in %d class folder(s)", len(scan.videos), len({v.class_name for v in scan.videos}))
+
+    official = read_official_split(args.split_dir, args.split_id) if args.split_dir else None
+    if official is not None:
+        planned, missing = plan_official(official, scan.videos, args.allow_missing)
+        failures += missing
+        to_extract = sorted(
+            {it.video_name: it for side in planned.values() for it in side}.values(), key=lambda it: it.video_name
+        )
+    else:
+        planned = {}
+        to_extract = scan.videos
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    metas, extract_failures = extract_all(to_extract, video_dir, frames_dir, args)
+    failures += extract_failures
+    settings = _settings(args.frame_rate, args.frame_size, args.jpeg_quality)
+    atomic_write_json(frames_dir / MANIFEST, build_manifest(metas, settings))
+
+    outputs: dict[str, list[VideoItem]]
+    if official is not None:
+        class_names = official.class_names
+        usable = {side: [it for it in items if it.video_name in metas] for side, items in planned.items()}
+        train, val = group_split(usable["train"], 1.0 - args.val_ratio, args.seed)
+        outputs = {"train": train, "val": val, "test": usable["test"]}
+    else:
+        usable_items = [it for it in scan.videos if it.video_name in metas]
+        class_names = sorted({it.class_name for it in usable_items})
+        dropped = sorted({it.class_name for it in scan.videos} - set(class_names))
+        if dropped:
+            log.warning("class folder(s) with no usable video, left out of classInd.txt: %s", _first(dropped))
+        train, val = group_split(usable_items, args.split_ratio, args.seed)
+        outputs = {"train": train, "val": val}
+
+    atomic_write_text(out_dir / "classInd.txt", "".join(f"{i} {c}\n" for i, c in enumerate(class_names, 1)))
+    for side, items in outputs.items():
+        atomic_write_json(out_dir / f"{side}_ucf101.json", split_records(items, class_names, metas))
+    report = out_dir / "failed_videos.json"
+    write_failure_report(report, failures)
+
+    counts = ", ".join(f"{len(items)} {side}" for side, items in outputs.items())
+    log.info("%d usable video(s) (%s), %d class(es); outputs in %s", len(metas), counts, len(class_names), out_dir)
+    log_failure_summary(sorted(failures, key=lambda f: f["file"]), report)
+    if not metas or not outputs["train"]:
+        log.error("nothing usable is left: no video could be extracted into the train split")
+        return 1
+    if args.strict and failures:
+        log.error("--strict: %d input(s) left out, see %s", len(failures), report)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main, get_args_parser().parse_args())
