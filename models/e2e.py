@@ -6,8 +6,8 @@
 returns the logits averaged over the views.
 
 Clips may be uint8 RGB (what `clip_dataset.ClipDataset` yields: 4x less worker-to-main and host-to-device
-traffic) and are then scaled and ImageNet-normalised here, on the device; float clips are taken as already
-normalised (what `models.backbone.preprocess_frame` produces for predict.py).
+traffic; `models.backbone.preprocess_frame` gives the same for predict.py) and are scaled and ImageNet-normalised
+here with stage 2's `normalize_batch`, on the device they are on; float clips are taken as already normalised.
 
 Names are `e2e_<head>`: e2e_bilstm, e2e_bert, e2e_roberta, e2e_meanpool. `build_e2e_model(**model.config)`
 rebuilds a model from a checkpoint's config, like `build_model` does for heads.
@@ -27,6 +27,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from models import MODEL_NAMES, build_model
+from models.backbone import build_backbone, normalize_batch
 from models.base import length_mask
 from utils import BadInputError
 
@@ -34,11 +35,6 @@ log = logging.getLogger("actionbert")
 
 E2E_PREFIX = "e2e_"
 E2E_MODEL_NAMES = tuple(E2E_PREFIX + name for name in MODEL_NAMES)
-
-# Used only when models/backbone.py does not provide them (it is the reference; these are the standard values).
-_FALLBACK_MEAN = (0.485, 0.456, 0.406)
-_FALLBACK_STD = (0.229, 0.224, 0.225)
-
 
 def is_e2e_name(name: str) -> bool:
     return name.startswith(E2E_PREFIX)
@@ -49,32 +45,6 @@ def head_name_of(name: str) -> str:
     if name not in E2E_MODEL_NAMES:
         raise ValueError(f"unknown end-to-end model {name!r}; choose from {', '.join(E2E_MODEL_NAMES)}")
     return name[len(E2E_PREFIX) :]
-
-
-def _build_backbone(name: str, weights: str) -> tuple[nn.Module, int]:
-    """Stage 2's `build_backbone`; a plain torchvision fallback (weights none only) while that module is absent."""
-    try:
-        from models.backbone import build_backbone
-    except ModuleNotFoundError as exc:
-        if exc.name != "models.backbone":
-            raise
-        import torchvision
-
-        if weights != "none":
-            raise BadInputError(f"models/backbone.py is missing: only --weights none works, not {weights!r}") from exc
-        net = torchvision.models.get_model(name, weights=None)
-        dim = net.fc.in_features
-        net.fc = nn.Identity()
-        return net, dim
-    return build_backbone(name, weights)
-
-
-def _imagenet_stats() -> tuple[Any, Any]:
-    try:
-        from models.backbone import IMAGENET_MEAN, IMAGENET_STD
-    except ImportError:
-        return _FALLBACK_MEAN, _FALLBACK_STD
-    return IMAGENET_MEAN, IMAGENET_STD
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -191,14 +161,12 @@ class EndToEndModel(nn.Module):
         super().__init__()
         self.head_name = head_name
         self.backbone_name = backbone
-        self.backbone, dim = _build_backbone(backbone, weights)
+        self.backbone, dim = build_backbone(backbone, weights)
+        self.backbone.requires_grad_(True)  # build_backbone hands out a frozen feature extractor
         self.feature_dim = int(dim)
         self.head = build_model(head_name, input_dim=self.feature_dim, num_classes=num_classes, **head_config)
         self.num_classes = int(num_classes)
         self.channels_last = bool(channels_last)
-        mean, std = _imagenet_stats()
-        self.register_buffer("pixel_mean", torch.as_tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), False)
-        self.register_buffer("pixel_std", torch.as_tensor(std, dtype=torch.float32).view(1, 3, 1, 1), False)
         self._stages = backbone_stages(self.backbone)
         self.freeze_backbone_stages = 0
         self.grad_checkpointing = False
@@ -282,13 +250,11 @@ class EndToEndModel(nn.Module):
     # -- forward -----------------------------------------------------------------------------------------------
 
     def _to_backbone_input(self, frames: torch.Tensor) -> torch.Tensor:
-        if frames.dtype == torch.uint8:
-            frames = (frames.float() / 255.0 - self.pixel_mean) / self.pixel_std
-        else:
-            frames = frames.float()
-        if frames.is_cuda and self.channels_last:
-            frames = frames.contiguous(memory_format=torch.channels_last)
-        return frames
+        channels_last = frames.is_cuda and self.channels_last
+        if frames.dtype == torch.uint8:  # stage 2's normalisation, on the device the clips are on
+            return normalize_batch(frames, frames.device, channels_last=channels_last)
+        frames = frames.float()
+        return frames.contiguous(memory_format=torch.channels_last) if channels_last else frames
 
     def frame_features(self, clips: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """(B, T, 3, H, W) -> (B, T, D) features, the backbone run on the real frames only (padding stays 0)."""
@@ -327,7 +293,7 @@ class EndToEndModel(nn.Module):
         training did, and the head learns to follow the backbone as it drifts. Call before wrapping in DDP
         (which then broadcasts rank 0's buffers), never on resume or after init_head_from.
         """
-        device = self.pixel_mean.device
+        device = next(self.parameters()).device
         was_training = self.training
         self.train(True)
         total = sq = None
