@@ -130,6 +130,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--log_interval", type=int, default=50, help="steps between TensorBoard scalars")
     g.add_argument("--save_interval", type=int, default=1000, help="steps between last.pth saves inside an "
                    "epoch (0 = only at epoch ends)")
+    g.add_argument("--stop_after_epochs", type=int, default=None, help="end this invocation after this many "
+                   "epochs (time-limited cluster jobs): rerun the same command to go on exactly where it stopped")
+    g.add_argument("--stop_after_steps", type=int, default=None, help="end this invocation at this global step, "
+                   "saving last.pth first (also mid-epoch)")
     g.add_argument("--verbose", action="store_true")
     return p
 
@@ -416,7 +420,11 @@ def train(args: argparse.Namespace, dist_info: DistInfo) -> int:
 
     if start_epoch >= args.epochs:
         log.info("already trained for %d of %d epochs; nothing to do", start_epoch, args.epochs)
-    for epoch in range(start_epoch, args.epochs):
+    end_epoch = args.epochs
+    if args.stop_after_epochs is not None:
+        end_epoch = min(end_epoch, start_epoch + args.stop_after_epochs)
+    stopped = False
+    for epoch in range(start_epoch, end_epoch):
         t0 = time.time()
         sampler.set_epoch(epoch)
         sampler.set_start(skip_batches * per_rank_batch)
@@ -447,9 +455,17 @@ def train(args: argparse.Namespace, dist_info: DistInfo) -> int:
                 writer.add_scalar("train/loss_step", loss.item(), global_step)
                 writer.add_scalar("train/lr", scheduler.get_last_lr()[0], global_step)
                 bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
-            if args.save_interval > 0 and global_step % args.save_interval == 0 and batch_idx + 1 < steps_per_epoch:
+            mid_epoch = batch_idx + 1 < steps_per_epoch
+            stop_here = args.stop_after_steps is not None and global_step == args.stop_after_steps
+            if mid_epoch and (stop_here or (args.save_interval > 0 and global_step % args.save_interval == 0)):
                 save(epoch, batch_idx + 1, acc)
+            if stop_here and mid_epoch:
+                stopped = True
+                break
         bar.close()
+        if stopped:
+            log.info("stopped at step %d (--stop_after_steps); rerun the same command to resume", global_step)
+            break
         skip_batches = 0
         train_metrics = acc.reduce(dist_info).compute()
         val_acc, _ = evaluate(model, val_loader, device, precision, num_classes, show=dist_info.is_main)
@@ -479,6 +495,9 @@ def train(args: argparse.Namespace, dist_info: DistInfo) -> int:
             for key in ("loss", "top1"):
                 writer.add_scalar(f"train/{key}", train_metrics[key], epoch + 1)
             writer.flush()
+        if args.stop_after_steps is not None and global_step == args.stop_after_steps:
+            log.info("stopped at step %d (--stop_after_steps); rerun the same command to resume", global_step)
+            break
     if writer is not None:
         writer.close()
     if dist_info.is_main:

@@ -21,9 +21,9 @@ def _pyplot():
     return plt
 
 
-def _save(fig, path: str | os.PathLike, dpi: int) -> None:
+def _save(fig, path: str | os.PathLike, dpi: int, tight: bool = True) -> None:
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight" if tight else None)
     atomic_write_bytes(path, buf.getvalue())
 
 
@@ -43,19 +43,23 @@ def plot_curves(history: Sequence[dict[str, Any]], path: str | os.PathLike) -> N
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
-    _save(fig, path, dpi=100)
+    _save(fig, path, dpi=80, tight=False)  # rewritten every epoch: keep it cheap
     plt.close(fig)
 
 
 def confusion_layout(num_classes: int) -> tuple[float, float]:
     """(figure side in inches, tick font size): every class labelled, ~0.2 inch per class past a dozen."""
     side = max(6.0, 2.5 + 0.2 * num_classes)
-    font = float(np.clip(180.0 / max(num_classes, 1), 4.0, 10.0))
+    font = float(np.clip(600.0 / max(num_classes, 1), 5.0, 10.0))
     return side, font
 
 
 def plot_confusion(
-    confusion: np.ndarray, class_names: Sequence[str], path: str | os.PathLike, title: str = ""
+    confusion: np.ndarray,
+    class_names: Sequence[str],
+    path: str | os.PathLike,
+    title: str = "",
+    dpi: int | None = None,
 ) -> None:
     """Row-normalised confusion matrix (recall per true class), every class labelled on both axes.
 
@@ -68,8 +72,13 @@ def plot_confusion(
     norm = np.divide(cm, support, out=np.zeros_like(cm), where=support > 0)
     n = len(class_names)
     side, font = confusion_layout(n)
-    fig, ax = plt.subplots(figsize=(side, side * 0.92))
-    im = ax.imshow(norm, cmap="Blues", vmin=0.0, vmax=1.0, interpolation="nearest")
+    # margins sized from the longest label, set by hand: tight layout would draw the 2n tick labels twice more
+    label_in = max((len(str(c)) for c in class_names), default=1) * font * 0.6 / 72 + 0.5
+    width, height = side + label_in + 1.2, side + label_in + 0.6
+    fig = plt.figure(figsize=(width, height))
+    ax = fig.add_axes((label_in / width, label_in / height, side / width, side / height))
+    cax = fig.add_axes(((label_in + side + 0.2) / width, label_in / height, 0.25 / width, side / height))
+    im = ax.imshow(norm, cmap="Blues", vmin=0.0, vmax=1.0, interpolation="nearest", aspect="auto")
     ticks = np.arange(n)
     ax.set_xticks(ticks)
     ax.set_yticks(ticks)
@@ -84,7 +93,7 @@ def plot_confusion(
                     colour = "white" if norm[i, j] > 0.5 else "black"
                     ax.text(j, i, int(cm[i, j]), ha="center", va="center", fontsize=font * 0.8, color=colour)
     ax.set_title(title or "confusion matrix (rows normalised)")
-    fig.colorbar(im, ax=ax, fraction=0.03, pad=0.02)
-    fig.tight_layout()
-    _save(fig, path, dpi=100 if n > 50 else 120)
+    fig.colorbar(im, cax=cax)
+    dpi = dpi or (150 if n > 50 else 120)  # 150: ~30 px per class row at 101 classes
+    _save(fig, path, dpi=dpi, tight=False)
     plt.close(fig)

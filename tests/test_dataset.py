@@ -1,0 +1,141 @@
+"""dataset.py: shape checks, dynamic padding, deterministic augmentation and order, samplers, streamed statistics."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from dataset import (
+    EmbeddingDataset,
+    EvalSampler,
+    TemporalAugment,
+    TrainSampler,
+    feature_stats,
+    load_split_info,
+    pad_collate,
+    stats_from_sums,
+)
+from tests.synthetic import make_order_task, write_embedding_split
+from utils import BadInputError
+
+
+@pytest.fixture()
+def split_dir(tmp_path):
+    videos, labels = make_order_task(23, num_pairs=2, dim=8, min_len=3, max_len=15, seed=5)
+    write_embedding_split(tmp_path, "train", videos, labels, pad_value=1e3)  # padding that must never leak in
+    return tmp_path, videos, labels
+
+
+def test_batches_pad_to_their_own_longest_video(split_dir):
+    path, videos, _ = split_dir
+    info = load_split_info(path, "train")
+    loader = DataLoader(EmbeddingDataset(info), batch_size=4, collate_fn=pad_collate)
+    batch = next(iter(loader))
+    lengths = [len(v) for v in videos[:4]]
+    assert batch["feats"].shape == (4, max(lengths), 8)
+    assert max(lengths) < info.shape[1]  # narrower than the split's global maximum
+    assert batch["lengths"].tolist() == lengths
+    for i, n in enumerate(lengths):
+        np.testing.assert_allclose(batch["feats"][i, :n].numpy(), videos[i], rtol=0, atol=0)
+        assert torch.all(batch["feats"][i, n:] == 0)  # collate's zeros, not the file's 1e3 padding
+
+
+def test_eval_sampler_keeps_every_sample_once_across_ranks(split_dir):
+    path, _, labels = split_dir
+    info = load_split_info(path, "train")
+    seen = []
+    for rank in range(3):
+        loader = DataLoader(EmbeddingDataset(info), batch_size=4, sampler=EvalSampler(len(info), 3, rank),
+                            collate_fn=pad_collate)
+        seen += [i for b in loader for i in b["indices"].tolist()]
+    assert sorted(seen) == list(range(len(labels)))  # 23: not a multiple of batch or ranks
+
+
+def test_shape_disagreement_names_both_files(split_dir):
+    path, _, _ = split_dir
+    meta = json.loads((path / "train.json").read_text())
+    meta["memmap_size"][2] = 9
+    (path / "train.json").write_text(json.dumps(meta))
+    with pytest.raises(BadInputError) as err:
+        load_split_info(path, "train")
+    assert "train.npy" in str(err.value) and "train.json" in str(err.value)
+
+
+def test_bad_records_left_out_or_refused_with_strict(split_dir):
+    path, _, labels = split_dir
+    meta = json.loads((path / "train.json").read_text())
+    meta["data"][3]["video_length"] = 0
+    meta["data"][5]["label_idx"] = 99
+    (path / "train.json").write_text(json.dumps(meta))
+    info = load_split_info(path, "train")
+    assert len(info) == len(labels) - 2 and len(info.skipped) == 2
+    with pytest.raises(BadInputError, match="strict"):
+        load_split_info(path, "train", strict=True)
+
+
+def test_augmentation_depends_only_on_seed_epoch_index(split_dir):
+    path, videos, _ = split_dir
+    info = load_split_info(path, "train")
+    aug = TemporalAugment(crop=0.5, max_stride=2, frame_dropout=0.3)
+    a, b = EmbeddingDataset(info, aug, seed=3), EmbeddingDataset(info, aug, seed=3)
+    for i in range(len(info)):
+        np.testing.assert_array_equal(a[(i, 2)][0], b[(i, 2)][0])
+        assert 1 <= len(a[(i, 2)][0]) <= len(videos[i])
+    changed = sum(not np.array_equal(a[(i, 1)][0], a[(i, 2)][0]) for i in range(len(info)))
+    assert changed > len(info) // 2  # another epoch, other crops
+    np.testing.assert_array_equal(a[4][0], videos[4])  # a plain index (evaluation) is never augmented
+    # kept frames stay in temporal order
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        idx = aug(20, rng)
+        assert np.all(np.diff(idx) > 0) and len(idx) >= 1
+
+
+def test_train_sampler_order_is_seeded_and_sharded_like_one_process():
+    labels = np.arange(20) % 4
+    one = TrainSampler(labels, seed=1)
+    one.set_epoch(3)
+    full = [i for i, _ in one]
+    assert sorted(full) == list(range(20)) and full == [i for i, _ in one]
+    one.set_epoch(4)
+    assert [i for i, _ in one] != full
+    shards = [TrainSampler(labels, seed=1, num_replicas=2, rank=r) for r in range(2)]
+    for s in shards:
+        s.set_epoch(3)
+    r0, r1 = ([i for i, _ in s] for s in shards)
+    # global batch k of 4 on one process == batch k of 2 on each rank
+    assert [sorted(full[4 * k : 4 * k + 4]) for k in range(5)] == [
+        sorted(r0[2 * k : 2 * k + 2] + r1[2 * k : 2 * k + 2]) for k in range(5)
+    ]
+    one.set_epoch(3)
+    one.set_start(8)
+    assert [i for i, _ in one] == full[8:] and len(one) == 12
+
+
+def test_balanced_sampler_evens_out_classes():
+    labels = np.array([0] * 90 + [1] * 10)
+    sampler = TrainSampler(labels, seed=0, balanced=True)
+    drawn = []
+    for epoch in range(5):
+        sampler.set_epoch(epoch)
+        drawn += [labels[i] for i, _ in sampler]
+    drawn = np.asarray(drawn)
+    assert 0.4 < drawn.mean() < 0.6
+
+
+def test_streamed_feature_stats_match_numpy_over_real_rows(split_dir):
+    path, videos, _ = split_dir
+    info = load_split_info(path, "train")
+    parts = [feature_stats(info, chunk_rows=4, rank=r, world_size=2) for r in range(2)]
+    total = sum(p[0] for p in parts)
+    total_sq = sum(p[1] for p in parts)
+    count = sum(p[2] for p in parts)
+    mean, std = stats_from_sums(total, total_sq, count)
+    real = np.concatenate(videos)
+    assert count == len(real)
+    np.testing.assert_allclose(mean, real.mean(0), atol=1e-5)
+    np.testing.assert_allclose(std, real.std(0), atol=1e-5)

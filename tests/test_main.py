@@ -1,0 +1,191 @@
+"""main.py end to end on synthetic embeddings: train, test outputs, exact resume, refusals, DDP on gloo."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import main
+from checkpoint import load_checkpoint
+from reports import confusion_layout, plot_confusion
+from tests.conftest import ROOT
+from tests.synthetic import make_order_task, write_embedding_split
+from utils import BadInputError
+
+DIM = 8
+
+
+def write_data(path, n_train=64, n_val=31, n_test=23, num_pairs=2, **kw):
+    """Train 64 (4 steps of 16), val 31 and test 23: neither a multiple of any batch size used below."""
+    for split, n, seed in (("train", n_train, 0), ("val", n_val, 1), ("test", n_test, 2)):
+        videos, labels = make_order_task(n, num_pairs=num_pairs, dim=DIM, seed=seed, **kw)
+        write_embedding_split(path, split, videos, labels)
+    return path
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return write_data(tmp_path_factory.mktemp("data"))
+
+
+def run_main(*argv) -> None:
+    args = main.get_args_parser().parse_args([str(a) for a in argv])
+    assert main.main(args) == 0
+
+
+def train_args(data_dir, expt_dir, run_name, *extra):
+    return ["--mode", "train", "--data_dir", data_dir, "--expt_dir", expt_dir, "--expt_name", "t",
+            "--run_name", run_name, "--model", "meanpool", "--batch_size", 16, "--num_workers", 0,
+            "--lr", 1e-2, "--warmup_epochs", 0.5, "--save_interval", 0, *extra]
+
+
+def epoch_records(run_dir):
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [{k: v for k, v in json.loads(line).items() if k != "epoch_time_s"} for line in lines]
+
+
+def test_train_then_test_writes_every_output_and_evaluates_every_sample(data_dir, tmp_path):
+    run_main(*train_args(data_dir, tmp_path, "r", "--epochs", 3))
+    run = tmp_path / "t" / "r"
+    assert (run / "checkpoints" / "best.pth").is_file() and (run / "checkpoints" / "last.pth").is_file()
+    log_text = (run / "train_log.txt").read_text()
+    assert "command:" in log_text and '"batch_size": 16' in log_text and '"label_smoothing": 0.0' in log_text
+    records = epoch_records(run)
+    assert [r["epoch"] for r in records] == [1, 2, 3]
+    assert all(r["val_count"] == 31 for r in records)  # 31 with batches of 16: no drop_last
+    assert len(list((run / "tensorboard").glob("events.out.tfevents.*"))) == 1
+    assert (run / "curves.png").read_bytes()[:4] == b"\x89PNG"
+
+    best = load_checkpoint(run / "checkpoints" / "best.pth")
+    for split, count in (("test", 23), ("val", 31)):
+        run_main("--mode", "test", "--model_ckpt", run / "checkpoints" / "best.pth", "--data_dir", data_dir,
+                 "--split", split, "--batch_size", 5, "--num_workers", 0)
+        results = json.loads((run / f"results_{split}.json").read_text())
+        assert results["count"] == count
+        with open(run / f"predictions_{split}.csv") as fh:
+            preds = list(csv.DictReader(fh))
+        assert len(preds) == count and len({p["video"] for p in preds}) == count
+        assert results["top1"] == pytest.approx(np.mean([p["true_label"] == p["top1"] for p in preds]))
+        assert all(float(p["prob1"]) >= float(p["prob2"]) for p in preds)
+        with open(run / f"per_class_{split}.csv") as fh:
+            per_class = list(csv.DictReader(fh))
+        assert [int(r["support"]) for r in per_class] and sum(int(r["support"]) for r in per_class) == count
+        assert (run / f"confusion_{split}.png").stat().st_size > 1000
+    # the test mode reproduces the validation accuracy recorded for the best epoch
+    assert json.loads((run / "results_val.json").read_text())["top1"] == pytest.approx(best["best_metric"])
+    assert best["epoch"] == best["best_epoch"]
+
+
+def test_resume_at_epoch_and_mid_epoch_matches_a_straight_run(data_dir, tmp_path):
+    # dropout, augmentation and label smoothing all on: every RNG and the data order must be restored
+    common = ["--epochs", 4, "--dropout", 0.3, "--frame_dropout", 0.2, "--temporal_crop", 0.7,
+              "--temporal_stride", 2, "--label_smoothing", 0.1, "--seed", 3]
+    run_main(*train_args(data_dir, tmp_path, "straight", *common))
+    run_main(*train_args(data_dir, tmp_path, "epochs", *common, "--stop_after_epochs", 2))
+    assert len(epoch_records(tmp_path / "t" / "epochs")) == 2
+    run_main(*train_args(data_dir, tmp_path, "epochs", *common))  # same command: --resume auto
+    run_main(*train_args(data_dir, tmp_path, "steps", *common, "--stop_after_steps", 6))
+    mid = load_checkpoint(tmp_path / "t" / "steps" / "checkpoints" / "last.pth")
+    assert (mid["epoch"], mid["batch_in_epoch"], mid["global_step"]) == (1, 2, 6)
+    run_main(*train_args(data_dir, tmp_path, "steps", *common))
+
+    straight = epoch_records(tmp_path / "t" / "straight")
+    final = load_checkpoint(tmp_path / "t" / "straight" / "checkpoints" / "last.pth")["model_state"]
+    for name in ("epochs", "steps"):
+        assert epoch_records(tmp_path / "t" / name) == straight
+        state = load_checkpoint(tmp_path / "t" / name / "checkpoints" / "last.pth")["model_state"]
+        for key, value in final.items():
+            torch.testing.assert_close(state[key], value, rtol=0, atol=1e-6)
+
+
+def test_refuses_checkpoint_of_another_model_or_class_count(data_dir, tmp_path):
+    run_main(*train_args(data_dir, tmp_path, "r", "--epochs", 1))
+    ckpt = tmp_path / "t" / "r" / "checkpoints" / "last.pth"
+    with pytest.raises(BadInputError, match="checkpoint of model 'meanpool', not 'bilstm'"):
+        run_main(*train_args(data_dir, tmp_path, "other", "--epochs", 2, "--model", "bilstm", "--model_ckpt", ckpt))
+    six = write_data(tmp_path / "six", num_pairs=3)
+    with pytest.raises(BadInputError, match="trained for 4 classes but the data has 6"):
+        run_main(*train_args(six, tmp_path, "other", "--epochs", 2, "--model_ckpt", ckpt))
+    with pytest.raises(BadInputError, match="trained for 4 classes but the data has 6"):
+        run_main("--mode", "test", "--model_ckpt", ckpt, "--data_dir", six, "--num_workers", 0)
+
+
+def test_shape_mismatch_is_a_clear_error(data_dir, tmp_path):
+    bad = write_data(tmp_path / "bad")
+    meta = json.loads((bad / "val.json").read_text())
+    meta["memmap_size"][0] += 5
+    (bad / "val.json").write_text(json.dumps(meta))
+    with pytest.raises(BadInputError, match=r"val\.npy has shape .* but .*val\.json declares"):
+        run_main(*train_args(bad, tmp_path, "r", "--epochs", 1))
+
+
+def test_num_cls_disagreeing_with_the_data_exits_with_one_line(data_dir, tmp_path):
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "main.py"), *map(str, train_args(data_dir, tmp_path, "r", "--num_cls", 7))],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2
+    assert "error: --num_cls 7 disagrees with the data" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_precision_flags():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda", 0)
+    assert main.resolve_precision(None, 0, cpu) == "fp32"
+    assert main.resolve_precision(None, 1, cpu) == "fp32"  # fp16 asked without CUDA: fp32, logged
+    assert main.resolve_precision(None, 1, cuda) == "fp16"
+    assert main.resolve_precision(None, 3, cpu) == "bf16"
+    assert main.resolve_precision("bf16", 0, cpu) == "bf16"  # --precision wins over --opt_lvl
+    text = main.get_args_parser().format_help()
+    assert "0 = fp32, 1 = fp16" in " ".join(text.split())
+
+
+def test_schedule_and_weight_decay_groups():
+    lrs = [main.warmup_cosine(s, 4, 20) for s in range(21)]
+    assert lrs[0] == pytest.approx(0.25) and lrs[3] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(lrs[3:], lrs[4:], strict=False)) and lrs[20] == pytest.approx(0.0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.LayerNorm(4))
+    decay, no_decay = main.param_groups(model, 0.1)
+    assert [p.shape for p in decay["params"]] == [torch.Size([4, 3])] and len(no_decay["params"]) == 3
+    assert no_decay["weight_decay"] == 0.0
+
+
+def test_confusion_matrix_readable_with_101_classes(tmp_path):
+    import matplotlib.image
+
+    names = [f"ApplyEyeMakeup_{i:03d}" for i in range(101)]
+    rng = np.random.default_rng(0)
+    cm = rng.integers(0, 3, size=(101, 101)) + np.diag(rng.integers(5, 30, size=101))
+    plot_confusion(cm, names, tmp_path / "cm.png", dpi=40)  # a low dpi keeps the test quick; the default is 150
+    side, font = confusion_layout(101)
+    assert side >= 20 and 5 <= font <= 7  # ~0.2 inch per class: every label has room at a 5-7 pt font
+    height, width = matplotlib.image.imread(tmp_path / "cm.png").shape[:2]
+    assert min(height, width) >= side * 40
+
+
+@pytest.mark.slow
+def test_ddp_on_gloo_matches_one_process(data_dir, tmp_path):
+    args = [str(a) for a in train_args(data_dir, tmp_path, "ddp", "--epochs", 2, "--dropout", 0.0,
+                                       "--frame_dropout", 0.2)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(ROOT / "main.py"),
+         *args],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, env=env,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_main(*train_args(data_dir, tmp_path, "single", "--epochs", 2, "--dropout", 0.0, "--frame_dropout", 0.2))
+    ddp, single = epoch_records(tmp_path / "t" / "ddp"), epoch_records(tmp_path / "t" / "single")
+    assert [r["val_count"] for r in ddp] == [31, 31]  # uneven shards (16 + 15), no duplicates counted
+    for a, b in zip(ddp, single, strict=True):
+        for key in ("val_loss", "val_top1", "val_top5", "val_mean_class_acc", "train_loss", "train_top1"):
+            assert a[key] == pytest.approx(b[key], abs=1e-5), key
+    run = tmp_path / "t" / "ddp"
+    assert len(list((run / "tensorboard").glob("events.out.tfevents.*"))) == 1  # only rank 0 writes
+    assert (run / "train_log.txt").read_text().count("command:") == 1
