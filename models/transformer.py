@@ -1,0 +1,220 @@
+"""BERT and RoBERTa encoders from Hugging Face `transformers` over frame embeddings, via `inputs_embeds`.
+
+Frames are projected to the encoder width and a learned [CLS] vector is put in front; the encoder's
+own embeddings module then adds its position (and token-type 0) embeddings exactly once and applies
+its LayerNorm, as it does for text. Padding is masked out of attention, so padded rows cannot change
+a prediction, and the final [CLS] state is classified. A video longer than the position table is
+subsampled uniformly to fit, with a warning, instead of failing with an index error.
+
+The word-embedding table is never read (there are no tokens); it is shrunk to `pad_token_id + 1`
+rows and frozen, so checkpoints do not carry a 30k-row vocabulary and DDP sees no unused parameter.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import BertConfig, BertModel, PreTrainedConfig, PreTrainedModel, RobertaConfig, RobertaModel
+
+from models.base import VideoHead, length_mask
+from utils import BadInputError
+
+logger = logging.getLogger(__name__)
+
+
+def uniform_frame_index(lengths: torch.Tensor, width: int, max_frames: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Which frames to keep so that no video has more than `max_frames`.
+
+    Returns `(index (B, min(width, max_frames)) long, new_lengths (B,))`. A video that fits keeps
+    `0, 1, 2, ...` (entries past its length point at padding); a longer one keeps `max_frames`
+    frames spread uniformly from its first to its last real frame, in order.
+    """
+    new_width = min(width, max_frames)
+    index = torch.arange(new_width, device=lengths.device).unsqueeze(0).repeat(lengths.shape[0], 1)
+    too_long = lengths > max_frames
+    if too_long.any():
+        steps = torch.linspace(0.0, 1.0, max_frames, device=lengths.device, dtype=torch.float64)
+        last = (lengths[too_long] - 1).to(torch.float64).unsqueeze(1)
+        index[too_long] = (steps.unsqueeze(0) * last).round().long()
+    return index, lengths.clamp(max=max_frames)
+
+
+class TransformerHead(VideoHead):
+    """Shared body of BertHead and RobertaHead; subclasses name the `transformers` classes."""
+
+    config_class: type[PreTrainedConfig]
+    model_class: type[PreTrainedModel]
+
+    def __init__(
+        self,
+        input_dim: int,
+        num_classes: int,
+        hidden_size: int | None = 256,
+        num_layers: int | None = 4,
+        num_heads: int | None = 4,
+        intermediate_size: int | None = None,
+        dropout: float | None = 0.1,
+        max_positions: int | None = 512,
+        pretrained: str | None = None,
+        attn_implementation: str = "sdpa",
+        encoder_config: dict[str, Any] | None = None,
+        **_: object,
+    ) -> None:
+        """Build the encoder from `encoder_config` (a rebuild from `.config`, no download and no file
+        needed), else from `pretrained` (a hub name or a local directory, loaded with its weights), else
+        from the size flags. `max_positions` counts the [CLS] token, so a video fits when its length is at
+        most `max_positions - 1`; `intermediate_size` defaults to `4 * hidden_size`."""
+        hidden_size = 256 if hidden_size is None else int(hidden_size)
+        num_layers = 4 if num_layers is None else int(num_layers)
+        num_heads = 4 if num_heads is None else int(num_heads)
+        intermediate_size = 4 * hidden_size if intermediate_size is None else int(intermediate_size)
+        dropout = 0.1 if dropout is None else float(dropout)
+        max_positions = 512 if max_positions is None else int(max_positions)
+
+        if encoder_config is not None:
+            hf_config = self.config_class.from_dict(dict(encoder_config))
+            encoder = self.model_class(hf_config, add_pooling_layer=False)
+        elif pretrained:
+            encoder = self._load_pretrained(str(pretrained), dropout)
+        else:
+            defaults = self.config_class()
+            hf_config = self.config_class(
+                vocab_size=(defaults.pad_token_id or 0) + 1,  # the encoder never sees token ids
+                hidden_size=hidden_size,
+                num_hidden_layers=num_layers,
+                num_attention_heads=num_heads,
+                intermediate_size=intermediate_size,
+                hidden_dropout_prob=dropout,
+                attention_probs_dropout_prob=dropout,
+                max_position_embeddings=max_positions + self._position_offset_for(defaults),
+                type_vocab_size=1,
+                bos_token_id=None,  # no vocabulary, so no special tokens either
+                eos_token_id=None,
+            )
+            encoder = self.model_class(hf_config, add_pooling_layer=False)
+        encoder.set_attn_implementation(attn_implementation)
+        self._shrink_word_embeddings(encoder)
+        hf_config = encoder.config
+
+        super().__init__(
+            input_dim,
+            num_classes,
+            hidden_size=int(hf_config.hidden_size),
+            num_layers=int(hf_config.num_hidden_layers),
+            num_heads=int(hf_config.num_attention_heads),
+            intermediate_size=int(hf_config.intermediate_size),
+            dropout=dropout,
+            max_positions=int(hf_config.max_position_embeddings) - self._position_offset_for(hf_config),
+            pretrained=None if pretrained is None else str(pretrained),
+            attn_implementation=attn_implementation,
+            encoder_config=hf_config.to_diff_dict(),
+        )
+        self.encoder = encoder
+        width = int(hf_config.hidden_size)
+        self.position_offset = self._position_offset_for(hf_config)
+        self.max_frames = int(hf_config.max_position_embeddings) - self.position_offset - 1
+        self.projection = nn.Linear(input_dim, width)
+        self.cls_token = nn.Parameter(torch.randn(width) * float(hf_config.initializer_range))
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(width, num_classes)
+        # Frame index kept for each token after [CLS] in the latest forward, (B, T'): maps attention to frames.
+        self.last_frame_index: torch.Tensor | None = None
+
+    @staticmethod
+    def _position_offset_for(hf_config: PreTrainedConfig) -> int:
+        return 0
+
+    def _load_pretrained(self, name_or_dir: str, dropout: float) -> PreTrainedModel:
+        try:
+            return self.model_class.from_pretrained(
+                name_or_dir,
+                add_pooling_layer=False,
+                hidden_dropout_prob=dropout,
+                attention_probs_dropout_prob=dropout,
+            )
+        except (OSError, ValueError) as exc:
+            raise BadInputError(f"cannot load pretrained encoder {name_or_dir!r}: {exc}") from exc
+
+    @staticmethod
+    def _shrink_word_embeddings(encoder: PreTrainedModel) -> None:
+        config = encoder.config
+        pad = config.pad_token_id
+        rows = 1 if pad is None else int(pad) + 1
+        if encoder.get_input_embeddings().num_embeddings != rows:
+            encoder.set_input_embeddings(nn.Embedding(rows, config.hidden_size, padding_idx=pad))
+            config.vocab_size = rows
+            for key in ("bos_token_id", "eos_token_id", "sep_token_id", "cls_token_id"):
+                token = getattr(config, key, None)
+                if isinstance(token, int) and token >= rows:
+                    setattr(config, key, None)
+        encoder.get_input_embeddings().requires_grad_(False)
+
+    def position_ids(self, num_tokens: int, device: torch.device) -> torch.Tensor:
+        """Position ids of [CLS] and the frames, (1, num_tokens); RoBERTa's start after its padding index."""
+        return torch.arange(self.position_offset, self.position_offset + num_tokens, device=device).unsqueeze(0)
+
+    def forward(
+        self, feats: torch.Tensor, lengths: torch.Tensor, return_attentions: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        """Logits (B, num_classes); with `return_attentions`, also one (B, heads, T'+1, T'+1) attention map
+        per layer (token 0 is [CLS], token i > 0 is frame `last_frame_index[b, i - 1]`)."""
+        x = self.standardize(feats, lengths)
+        lengths = lengths.to(x.device)
+        if x.shape[1] > self.max_frames and bool((lengths > self.max_frames).any()):
+            logger.warning(
+                "a video of %d frames is longer than the encoder's %d positions after [CLS]: "
+                "subsampling it uniformly to %d frames",
+                int(lengths.max()),
+                self.max_frames,
+                self.max_frames,
+            )
+        index, lengths = uniform_frame_index(lengths, x.shape[1], self.max_frames)
+        if x.shape[1] > self.max_frames:
+            x = torch.gather(x, 1, index.unsqueeze(-1).expand(-1, -1, x.shape[2]))
+        self.last_frame_index = index
+
+        batch, frames = x.shape[:2]
+        tokens = torch.cat([self.cls_token.to(x.dtype).expand(batch, 1, -1), self.projection(x)], dim=1)
+        attention_mask = length_mask(lengths + 1, frames + 1).long()  # [CLS] is always attended
+        kwargs: dict[str, Any] = {
+            "inputs_embeds": tokens,
+            "attention_mask": attention_mask,
+            "position_ids": self.position_ids(frames + 1, x.device),
+            "token_type_ids": torch.zeros_like(attention_mask),
+        }
+        if not return_attentions:
+            hidden = self.encoder(**kwargs).last_hidden_state
+            return self.classifier(self.dropout(hidden[:, 0]))
+
+        # Only the eager implementation materialises attention weights; switch for this call only.
+        previous = self.encoder.config._attn_implementation
+        if previous != "eager":
+            self.encoder.set_attn_implementation("eager")
+        try:
+            out = self.encoder(**kwargs, output_attentions=True)
+        finally:
+            if previous != "eager":
+                self.encoder.set_attn_implementation(previous)
+        logits = self.classifier(self.dropout(out.last_hidden_state[:, 0]))
+        return logits, tuple(out.attentions)
+
+
+class BertHead(TransformerHead):
+    config_class = BertConfig
+    model_class = BertModel
+
+
+class RobertaHead(TransformerHead):
+    """RoBERTa numbers positions from `pad_token_id + 1` (fairseq's habit), so its table of
+    `max_position_embeddings` rows holds `max_position_embeddings - pad_token_id - 1` tokens."""
+
+    config_class = RobertaConfig
+    model_class = RobertaModel
+
+    @staticmethod
+    def _position_offset_for(hf_config: PreTrainedConfig) -> int:
+        pad = hf_config.pad_token_id
+        return 0 if pad is None else int(pad) + 1

