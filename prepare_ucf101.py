@@ -174,7 +174,12 @@ def assign_video_names(found: list[tuple[str, str]]) -> list[VideoItem]:
         for n, key in enumerate(sorted(clash), 1):  # only file names equal up to case in one folder remain
             names[key] = f"{key[0]}__{key[1].replace('.', '_')}__{n}"
     return [
-        VideoItem(class_name=c, rel_path=f"{c}/{f}", video_name=names[(c, f)], group=video_group(Path(f).stem))
+        VideoItem(
+            class_name=c,
+            rel_path=f"{c}/{f}",
+            video_name=names[(c, f)],
+            group=video_group(Path(f).stem) or names[(c, f)].casefold(),  # no group in the name: its own
+        )
         for c, f in sorted(found)
     ]
 
@@ -329,6 +334,8 @@ def extract_all(
             )
     if metas:
         log.info("%d video(s) already extracted, skipping them", len(metas))
+    # Largest files first, so a long video does not start last and leave the other workers idle at the end.
+    tasks.sort(key=lambda t: (-_file_size(t.path), t.video_name))
     failures: list[dict[str, str]] = []
     workers = max(1, min(args.workers, len(tasks)))
     bar = tqdm(total=len(items), initial=len(metas), desc="extracting frames", unit="video", dynamic_ncols=True)
@@ -342,6 +349,13 @@ def extract_all(
     if tmp.is_dir():
         shutil.rmtree(tmp)
     return metas, failures
+
+
+def _file_size(path: str) -> int:
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return 0
 
 
 def _collect(results, metas: dict, failures: list, bar: tqdm) -> None:

@@ -8,6 +8,7 @@ keeps a group on one side. Names with neither pattern are their own group.
 from __future__ import annotations
 
 import logging
+import os
 import random
 import re
 from collections import defaultdict
@@ -33,15 +34,16 @@ class HasGroup(Protocol):
     group: str
 
 
-def video_group(stem: str) -> str:
-    """The source-video group of a clip name (case-insensitive), or the name itself when it has none."""
+def video_group(stem: str) -> str | None:
+    """The source-video group of a UCF-101 or HMDB51 clip name (case-insensitive); None for other names, which
+    callers treat as a group of their own."""
     m = _UCF_GROUP.match(stem)
     if m:
         return f"v_{m['cls']}_g{int(m['group']):02d}".casefold()
     m = _HMDB_GROUP.match(stem)
     if m:
         return m["source"].casefold()
-    return stem.casefold()
+    return None
 
 
 def group_split(items: Sequence[HasGroup], ratio: float, seed: int) -> tuple[list[Any], list[Any]]:
@@ -94,7 +96,7 @@ class SplitEntry:
 
     @property
     def stem(self) -> str:
-        return Path(self.file_name).stem
+        return os.path.splitext(self.file_name)[0]
 
 
 @dataclass
@@ -162,14 +164,16 @@ def _read_ucf101(split_dir: Path, split_id: int) -> OfficialSplit:
             raise BadInputError(f"UCF-101 split file missing: {path}")
         out = []
         for n, line in enumerate(_read_lines(path), 1):
-            parts = line.split()
+            parts = line.rsplit(None, 1) if with_label else [line]  # file names may hold spaces
             rel = parts[0].replace("\\", "/")
             if "/" not in rel:
                 raise BadInputError(f"{path}: line {n} is not `<Class>/<video>`: {line!r}")
             cls, file_name = rel.rsplit("/", 1)
             if cls.casefold() not in label_of:
                 raise BadInputError(f"{path}: line {n} names class {cls!r}, absent from classInd.txt")
-            if with_label and len(parts) > 1 and int(parts[1]) != label_of[cls.casefold()] + 1:
+            if with_label and (len(parts) != 2 or not parts[1].isdigit()):
+                raise BadInputError(f"{path}: line {n} is not `<Class>/<video> <label>`: {line!r}")
+            if with_label and int(parts[1]) != label_of[cls.casefold()] + 1:
                 raise BadInputError(f"{path}: line {n} gives label {parts[1]} for {cls}, classInd.txt says otherwise")
             out.append(SplitEntry(class_names[label_of[cls.casefold()]], file_name, name))
         return out
@@ -202,7 +206,7 @@ def _read_hmdb51(split_dir: Path, split_id: int) -> OfficialSplit:
     for cls in class_names:
         path = files[cls]
         for n, line in enumerate(_read_lines(path), 1):
-            parts = line.split()
+            parts = line.rsplit(None, 1)  # file names may hold spaces
             if len(parts) != 2 or parts[1] not in {"0", "1", "2"}:
                 raise BadInputError(f"{path}: line {n} is not `<video> <0|1|2>`: {line!r}")
             if parts[1] == "1":

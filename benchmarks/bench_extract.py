@@ -1,0 +1,166 @@
+"""Frame extraction (prepare_ucf101.py) against the decode limit, with the same number of processes.
+
+The limit: every frame of the same files decoded with `grab()` and nothing else. Extraction must decode every
+frame too (inter-coded video), so the gap is what it adds: converting, resizing, JPEG-encoding and writing the
+kept frames, plus the stage's own bookkeeping (scan, manifest, splits). Prints `extract/decode = R` (the ratio of
+rates, 1.0 = as fast as decoding alone) and appends a table to BENCHMARKS.md.
+
+    python benchmarks/bench_extract.py --workers 2 --min_seconds 30
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib.metadata
+import logging
+import math
+import multiprocessing
+import os
+import platform
+import resource
+import shlex
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import cv2  # noqa: E402
+
+import prepare_ucf101  # noqa: E402
+from utils import read_json  # noqa: E402
+from video import open_capture  # noqa: E402
+
+CLIPS = ["vtest.avi", "bikes.mp4", "carphone_pristine.mp4", "tree.avi"]
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--min_seconds", type=float, default=30.0, help="single-process decode work to reach")
+    p.add_argument("--fps", type=float, default=1.0)
+    p.add_argument("--frame_size", type=int, default=None)
+    p.add_argument("--jpeg_quality", type=int, default=95)
+    p.add_argument("--rounds", type=int, default=1, help="alternate decode and extract runs; best of each kept")
+    p.add_argument("--videos", default=str(ROOT.parent / "shared" / "data" / "videos"))
+    p.add_argument("--report", default=str(ROOT / "BENCHMARKS.md"), help="markdown file the table is appended to")
+    return p
+
+
+def decode_only(path: str) -> int:
+    """The floor's unit of work: decode every frame, convert none."""
+    cap = open_capture(path)
+    n = 0
+    while cap.grab():
+        n += 1
+    cap.release()
+    return n
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process and of its finished children (the pool workers)."""
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def time_decode(paths: list[str], workers: int) -> tuple[float, float, int]:
+    """(wall s, CPU s, frames); largest files first, as prepare_ucf101.py schedules them."""
+    paths = sorted(paths, key=lambda p: -os.stat(p).st_size)
+    start, cpu = time.perf_counter(), cpu_seconds()
+    with multiprocessing.Pool(workers) as pool:
+        frames = sum(pool.imap_unordered(decode_only, paths))
+    return time.perf_counter() - start, cpu_seconds() - cpu, frames
+
+
+def time_extract(video_dir: Path, out_dir: Path, args: argparse.Namespace) -> tuple[float, float]:
+    cli = prepare_ucf101.get_args_parser().parse_args(
+        ["-v", str(video_dir), "-o", str(out_dir), "-fps", str(args.fps), "--workers", str(args.workers)]
+        + ["--jpeg_quality", str(args.jpeg_quality)]
+        + (["--frame_size", str(args.frame_size)] if args.frame_size else [])
+    )
+    start, cpu = time.perf_counter(), cpu_seconds()
+    code = prepare_ucf101.main(cli)
+    elapsed, cpu = time.perf_counter() - start, cpu_seconds() - cpu
+    if code:
+        raise SystemExit(f"prepare_ucf101 failed with exit code {code}")
+    return elapsed, cpu
+
+
+def machine() -> str:
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        torch_version = importlib.metadata.version("torch")
+    except importlib.metadata.PackageNotFoundError:
+        torch_version = "absent"
+    return f"{cpu}, {os.cpu_count()} cores, torch {torch_version}, OpenCV {cv2.__version__}, Python {platform.python_version()}"
+
+
+def main(args: argparse.Namespace) -> None:
+    logging.basicConfig(level=logging.WARNING)
+    sources = [Path(args.videos) / c for c in CLIPS]
+    start = time.perf_counter()
+    for p in sources:
+        decode_only(str(p))
+    one_pass = time.perf_counter() - start
+    copies = max(args.workers, math.ceil(args.min_seconds / one_pass))
+    with tempfile.TemporaryDirectory(prefix="bench_extract_") as tmp:
+        video_dir = Path(tmp) / "videos" / "Clips"
+        video_dir.mkdir(parents=True)
+        paths = []
+        for i in range(copies):
+            for src in sources:
+                dst = video_dir / f"{src.stem}_{i:03d}{src.suffix}"
+                os.symlink(src, dst)
+                paths.append(str(dst))
+        decode_runs, extract_runs = [], []
+        for r in range(args.rounds):
+            wall, cpu, frames_decoded = time_decode(paths, args.workers)
+            decode_runs.append((wall, cpu))
+            extract_runs.append(time_extract(video_dir.parent, Path(tmp) / f"out{r}", args))
+        manifest = read_json(Path(tmp) / "out0" / "frames" / "manifest.json", "manifest")
+        frames_kept = sum(v["num_frames"] for v in manifest["videos"].values())
+    (decode_s, decode_cpu), (extract_s, extract_cpu) = min(decode_runs), min(extract_runs)
+    ratio, cpu_ratio = decode_s / extract_s, decode_cpu / extract_cpu
+    print(f"extract/decode = {ratio:.3f}")
+    print(f"(CPU-time ratio {cpu_ratio:.3f}; load average at the end {os.getloadavg()[0]:.1f})")
+
+    command = "python benchmarks/bench_extract.py " + shlex.join(sys.argv[1:])
+    size = args.frame_size or "original"
+    lines = [
+        "",
+        f"## Frame extraction vs decode limit ({datetime.date.today().isoformat()})",
+        "",
+        f"- machine: {machine()}",
+        f"- command: `{command}`",
+        f"- input: the four shared clips x {copies} ({len(paths)} videos, {frames_decoded} frames decoded); "
+        f"extraction at {args.fps:g} fps, frame size {size}, JPEG quality {args.jpeg_quality}, "
+        f"{args.workers} worker processes; best of {args.rounds} round(s)",
+        "",
+        f"- load average (1 min) at the end: {os.getloadavg()[0]:.1f} (other jobs share the cores when above "
+        f"{os.cpu_count()}; the CPU-time ratio is the steadier number then)",
+        "",
+        "| run | wall s | CPU s | decoded frames/s (wall) | kept frames |",
+        "|---|---|---|---|---|",
+        f"| decode only (grab every frame) | {decode_s:.2f} | {decode_cpu:.2f} | {frames_decoded / decode_s:.0f} | - |",
+        f"| prepare_ucf101.py (whole stage) | {extract_s:.2f} | {extract_cpu:.2f} | {frames_decoded / extract_s:.0f} "
+        f"| {frames_kept} |",
+        "",
+        f"extract/decode = **{ratio:.3f}** (wall; target >= 0.9), CPU-time ratio {cpu_ratio:.3f}",
+        "",
+    ]
+    with open(args.report, "a", encoding="utf-8") as fh:
+        fh.write("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main(get_args_parser().parse_args())
