@@ -145,7 +145,6 @@ def main(args: argparse.Namespace) -> None:
         f"- input: the four shared clips x {copies} ({len(paths)} videos, {frames_decoded} frames decoded); "
         f"extraction at {args.fps:g} fps, frame size {size}, JPEG quality {args.jpeg_quality}, "
         f"{args.workers} worker processes; best of {args.rounds} round(s)",
-        "",
         f"- load average (1 min) at the end: {os.getloadavg()[0]:.1f} (other jobs share the cores when above "
         f"{os.cpu_count()}; the CPU-time ratio is the steadier number then)",
         "",
