@@ -84,7 +84,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="with --split_dir: share of train (whole groups, per class) held out as val; test is never touched",
     )
     p.add_argument("--allow_missing", action="store_true", help="skip videos named in split files but not found")
-    p.add_argument("--frame_size", type=int, default=None, help="resize the shorter side to N px (default: keep)")
+    p.add_argument("--frame_size", type=int, default=None, help="resize the shorter side to N px; unset keeps the original size")
     p.add_argument("--jpeg_quality", type=int, default=95, help="JPEG quality of the frames (1-100)")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="decoding processes")
     p.add_argument("--strict", action="store_true", help="exit non-zero when any input had to be left out")
