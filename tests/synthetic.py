@@ -32,11 +32,15 @@ def make_order_task(
     videos, labels = [], []
     for i in range(num_samples):
         label = i % (2 * num_pairs)
-        seq = protos[label // 2] if label % 2 == 0 else protos[label // 2][::-1]
         length = int(rng.integers(min_len, max_len + 1))
-        # stretch the prototype sequence to `length` frames, keeping its order
+        # Stretch the prototypes to `length` frames, then reverse the whole sequence for the odd class: both
+        # classes then hold exactly the same multiset of frames (stretching the reversed prototypes instead
+        # would give the first prototype the spare frames and leak order to a mean).
         idx = np.minimum((np.arange(length) * num_protos) // length, num_protos - 1)
-        frames = seq[idx] + noise * rng.normal(size=(length, dim)).astype(np.float32)
+        clean = protos[label // 2][idx]
+        if label % 2:
+            clean = clean[::-1]
+        frames = clean + noise * rng.normal(size=(length, dim)).astype(np.float32)
         videos.append(frames.astype(np.float32))
         labels.append(label)
     return videos, np.asarray(labels, dtype=np.int64)
