@@ -208,16 +208,22 @@ def load_frame(path: str, image_size: int, resize: str) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(bgr[:, :, ::-1].transpose(2, 0, 1)))
 
 
+def frame_offsets(videos: Sequence[VideoPlan]) -> np.ndarray:
+    """offsets[v] = global index of video v's first frame; offsets[-1] = total frames."""
+    return np.concatenate([[0], np.cumsum([len(v.frames) for v in videos])]).astype(np.int64)
+
+
 class FrameBatches(Dataset):
-    """Item k = batch `batch_ids[k]` of a fixed plan that cuts the concatenated frames of `videos` into runs of
-    batch_size, so batches span videos and the plan does not depend on which videos are still to do."""
+    """Item k = batch `batch_ids[k]` of the fixed plan that cuts the concatenated frames of all videos into runs
+    of batch_size. Batches span videos, and a frame meets the same batch-mates whichever rank, resume or
+    world size computes it (the backbone's numerics differ in the last bits between batch shapes)."""
 
     def __init__(
         self, videos: Sequence[VideoPlan], batch_ids: Sequence[int], batch_size: int, image_size: int, resize: str
     ) -> None:
         self.dirs = [v.frame_dir for v in videos]
         self.frames = [v.frames for v in videos]
-        self.offsets = np.concatenate([[0], np.cumsum([len(f) for f in self.frames])]).astype(np.int64)
+        self.offsets = frame_offsets(videos)
         self.batch_ids = list(batch_ids)
         self.batch_size, self.image_size, self.resize = batch_size, image_size, resize
 
@@ -239,21 +245,17 @@ class FrameBatches(Dataset):
                 errors.append(f"{path}: {exc}")
         s = self.image_size
         x = torch.stack(images) if images else torch.empty((0, 3, s, s), dtype=torch.uint8)
-        return {"vpos": torch.from_numpy(vpos), "fpos": torch.from_numpy(fpos), "ok": torch.from_numpy(ok),
-                "images": x, "errors": errors}
+        return {"start": int(g[0]), "vpos": torch.from_numpy(vpos), "fpos": torch.from_numpy(fpos),
+                "ok": torch.from_numpy(ok), "images": x, "errors": errors}
 
 
-def num_batches(videos: Sequence[VideoPlan], batch_size: int) -> int:
-    return -(-sum(len(v.frames) for v in videos) // batch_size)
-
-
-def batches_touching(videos: Sequence[VideoPlan], wanted: Sequence[int], batch_size: int) -> list[int]:
-    """Batch ids of the fixed plan that hold at least one frame of the videos at positions `wanted`."""
-    offsets = np.concatenate([[0], np.cumsum([len(v.frames) for v in videos])])
-    ids: set[int] = set()
-    for p in wanted:
-        ids.update(range(int(offsets[p]) // batch_size, (int(offsets[p + 1]) - 1) // batch_size + 1))
-    return sorted(ids)
+def batches_to_do(total_frames: int, done: np.ndarray, batch_size: int, rank: int = 0, world_size: int = 1) -> list[int]:
+    """This rank's share (batch b goes to rank b % world_size) of the batches holding any frame not yet done."""
+    ids = []
+    for b in range(rank, -(-total_frames // batch_size), world_size):
+        if not done[b * batch_size : (b + 1) * batch_size].all():
+            ids.append(b)
+    return ids
 
 
 def _worker_init(_: int) -> None:
@@ -271,9 +273,10 @@ def progress_files(out_dir: Path, split: str) -> list[Path]:
     return sorted(out_dir.glob(f".{split}.progress.rank*.jsonl"))
 
 
-def read_progress_file(path: Path) -> tuple[dict[str, Any] | None, dict[int, dict[str, int]]]:
-    """(header, {video position: record}); a torn last line from a kill is ignored."""
-    header, done = None, {}
+def read_progress_file(path: Path) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+    """(header, records {"r": [first, end) global frames, "bad": [global frames]}); a line torn by a kill is
+    ignored, since the rows it would have vouched for are simply redone."""
+    header, records = None, []
     with open(path, encoding="utf-8") as fh:
         for line in fh:
             try:
@@ -282,34 +285,37 @@ def read_progress_file(path: Path) -> tuple[dict[str, Any] | None, dict[int, dic
                 continue
             if "header" in item:
                 header = item["header"]
-            for rec in item.get("done", []):
-                done[int(rec["pos"])] = rec
-    return header, done
+            elif "r" in item:
+                records.append(item)
+    return header, records
 
 
-def read_progress(out_dir: Path, split: str) -> tuple[list[dict[str, Any]], dict[int, dict[str, int]]]:
-    headers, done = [], {}
+def read_progress(out_dir: Path, split: str, total_frames: int) -> tuple[list[dict[str, Any]], np.ndarray, set[int]]:
+    """Headers of every rank's log, and the union of their work: a done mask over all frames, the bad frames."""
+    headers, done, bad = [], np.zeros(total_frames, dtype=bool), set()
     for path in progress_files(out_dir, split):
-        header, recs = read_progress_file(path)
+        header, records = read_progress_file(path)
         if header is not None:
             headers.append(header)
-        done.update(recs)
-    return headers, done
+        for rec in records:
+            done[rec["r"][0] : rec["r"][1]] = True
+            bad.update(rec["bad"])
+    return headers, done, bad
 
 
 class ProgressLog:
-    """Append-only, fsynced log of finished videos, one file per rank (ranks never write the same file)."""
+    """Append-only, fsynced log of finished frame ranges, one file per rank (ranks never write the same file)."""
 
-    def __init__(self, path: Path, header: dict[str, Any], keep: dict[int, dict[str, int]]) -> None:
+    def __init__(self, path: Path, header: dict[str, Any]) -> None:
         self.path = path
         lines = [json.dumps({"header": header})]
-        if keep:
-            lines.append(json.dumps({"done": [keep[k] for k in sorted(keep)]}))
-        atomic_write_text(path, "\n".join(lines) + "\n")  # drops any torn line left by a kill
+        if path.is_file():  # keep this rank's earlier work, dropping any torn line
+            lines += [json.dumps(rec) for rec in read_progress_file(path)[1]]
+        atomic_write_text(path, "\n".join(lines) + "\n")
         self.fh = open(path, "a", encoding="utf-8")  # noqa: SIM115 - held open for the whole run
 
-    def append(self, records: list[dict[str, int]]) -> None:
-        self.fh.write(json.dumps({"done": records}) + "\n")
+    def append(self, records: list[dict[str, Any]]) -> None:
+        self.fh.write("".join(json.dumps(rec) + "\n" for rec in records))
         self.fh.flush()
         os.fsync(self.fh.fileno())
 
@@ -318,10 +324,6 @@ class ProgressLog:
 
 
 # ----------------------------------------------------------------------------------------------- outputs
-
-
-def identity_of(meta: dict[str, Any]) -> dict[str, Any]:
-    return {k: meta.get(k) for k in IDENTITY_KEYS}
 
 
 def refuse_mix(out_dir: Path, split: str, theirs: dict[str, Any], ours: dict[str, Any], what: str) -> None:
@@ -333,13 +335,13 @@ def refuse_mix(out_dir: Path, split: str, theirs: dict[str, Any], ours: dict[str
         )
 
 
-def inspect_outputs(out_dir: Path, split: str, identity: dict[str, Any], fingerprint: str) -> str:
-    """What is in OUT for this split: 'complete', 'finalize' (all rows done, files to rename/write), 'resume' or
-    'fresh'. Raises BadInputError rather than touch files made another way."""
+def inspect_outputs(out_dir: Path, split: str, identity: dict[str, Any], fingerprint: str, batch_size: int) -> str:
+    """What OUT holds for this split: 'complete', 'resume' (an interrupted run of this command) or 'fresh'.
+    Raises BadInputError rather than touch files made another way."""
     npy, meta_path, partial = out_dir / f"{split}.npy", out_dir / f"{split}.json", out_dir / f"{split}.npy.partial"
     if meta_path.is_file():
         meta = read_json(meta_path, "embedding JSON")
-        refuse_mix(out_dir, split, meta, identity, f"{meta_path.name}")
+        refuse_mix(out_dir, split, meta, identity, meta_path.name)
         if meta.get("plan_sha256") != fingerprint:
             raise BadInputError(
                 f"{meta_path} was made from another split file or other frames than this run's; use another "
@@ -348,7 +350,7 @@ def inspect_outputs(out_dir: Path, split: str, identity: dict[str, Any], fingerp
         if not npy.is_file():
             raise BadInputError(f"{meta_path} exists but {npy} is missing; delete {meta_path} to redo the split")
         return "complete"
-    headers, _ = read_progress(out_dir, split)
+    headers = [h for path in progress_files(out_dir, split) if (h := read_progress_file(path)[0]) is not None]
     for header in headers:
         refuse_mix(out_dir, split, header, identity, "an interrupted run")
         if header.get("plan_sha256") != fingerprint:
@@ -356,10 +358,13 @@ def inspect_outputs(out_dir: Path, split: str, identity: dict[str, Any], fingerp
                 f"the interrupted run in {out_dir} used another split file or other frames; delete "
                 f"{out_dir}/.{split}.progress.* and {partial} to start over"
             )
-    if headers and partial.is_file():
+        if header.get("batch_size") != batch_size:
+            raise BadInputError(
+                f"the interrupted run in {out_dir} used -bs {header.get('batch_size')}: rerun with it to resume "
+                f"(or delete {out_dir}/.{split}.progress.* and {partial} to start over)"
+            )
+    if headers and (partial.is_file() or npy.is_file()):
         return "resume"
-    if headers and npy.is_file():
-        return "finalize"
     if npy.is_file():
         raise BadInputError(f"{npy} exists without {meta_path.name}: made by something else; move it away first")
     return "fresh"
@@ -369,24 +374,28 @@ def finalize(
     out_dir: Path,
     split: str,
     plans: Sequence[VideoPlan],
-    done: dict[int, dict[str, int]],
+    bad: set[int],
     planning_failures: list[dict[str, Any]],
     meta: dict[str, Any],
     strict: bool,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Put `<split>.npy` in place (dropping videos with no readable frame), then the failure report, then the
-    JSON last. Safe to repeat after a kill at any point."""
+    """Put `<split>.npy` in place, then the failure report, then the JSON last; safe to repeat after a kill.
+
+    Rows were written at each frame's position; when frames were corrupt the readable ones are packed to the
+    front and videos with none are dropped, in a streamed copy (the .partial stays intact until renamed away).
+    """
     npy, partial = out_dir / f"{split}.npy", out_dir / f"{split}.npy.partial"
-    missing = [p for p in range(len(plans)) if p not in done]
-    if missing:
-        raise BadInputError(f"{len(missing)} video(s) still lack embeddings (e.g. {plans[missing[0]].name}); rerun")
-    failures = list(planning_failures)
-    keep = []
+    offsets = frame_offsets(plans)
+    bad_arr = np.zeros(int(offsets[-1]), dtype=bool)
+    bad_arr[list(bad)] = True
+    failures, keep = list(planning_failures), []
     for p, plan in enumerate(plans):
-        rec = done[p]
-        if rec["video_length"] == 0:
+        n_bad = int(bad_arr[offsets[p] : offsets[p + 1]].sum())
+        if n_bad:
+            log.warning("%s: skipped %d corrupt frame(s) of %d", plan.frame_dir, n_bad, len(plan.frames))
+        if n_bad == len(plan.frames):
             failures.append({"file": plan.frame_dir, "video_name": plan.name,
-                             "reason": f"no readable frame ({rec['skipped_frames']} corrupt)"})
+                             "reason": f"no readable frame ({n_bad} corrupt)"})
         else:
             keep.append(p)
     report = out_dir / f"failed_{split}.json"
@@ -398,24 +407,25 @@ def finalize(
         write_failure_report(report, failures)
         raise BadInputError(f"no video of {split} has a readable frame; listed in {report}")
     if partial.is_file():
-        if len(keep) == len(plans):
+        if not bad:
             os.replace(partial, npy)
         else:
             src = np.load(partial, mmap_mode="r")
             tmp = out_dir / f".{split}.npy.compact.tmp"
             dst = np.lib.format.open_memmap(tmp, mode="w+", dtype=src.dtype, shape=(len(keep), *src.shape[1:]))
-            for new, old in enumerate(keep):
-                dst[new] = src[old]
+            for new, p in enumerate(keep):
+                good = np.flatnonzero(~bad_arr[offsets[p] : offsets[p + 1]])
+                dst[new, : len(good)] = src[p, good]
             dst.flush()
             del dst, src
             os.replace(tmp, npy)
             partial.unlink()
     records = []
     for new, p in enumerate(keep):
-        plan, rec = plans[p], done[p]
-        records.append({"video_idx": new, "video_name": plan.name, "video_length": rec["video_length"],
-                        "label_idx": plan.label, "num_frames": plan.num_frames,
-                        "skipped_frames": rec["skipped_frames"]})
+        plan = plans[p]
+        n_bad = int(bad_arr[offsets[p] : offsets[p + 1]].sum())
+        records.append({"video_idx": new, "video_name": plan.name, "video_length": len(plan.frames) - n_bad,
+                        "label_idx": plan.label, "num_frames": plan.num_frames, "skipped_frames": n_bad})
     meta = {"data": records, "memmap_size": [len(keep), meta["max_len"], meta["feature_dim"]], **meta}
     meta["skipped_frames"] = sum(r["skipped_frames"] for r in records)
     write_failure_report(report, failures)
@@ -431,10 +441,9 @@ def finalize(
 def extract(
     model: torch.nn.Module,
     videos: Sequence[VideoPlan],
-    rows: Sequence[int],
-    todo: set[int],
+    batch_ids: Sequence[int],
     arr: np.ndarray,
-    on_flush: Callable[[list[dict[str, int]]], None],
+    on_flush: Callable[[list[dict[str, Any]]], None],
     *,
     batch_size: int,
     num_workers: int,
@@ -447,15 +456,14 @@ def extract(
     seed: int = 0,
     show_progress: bool = True,
 ) -> None:
-    """Embed the frames of `videos` (memmap rows `rows`), writing only the videos whose position is in `todo`.
+    """Embed the batches `batch_ids` of the plan over `videos`, writing frame f of video v to arr[v, f].
 
-    A video is reported to `on_flush` only after the memmap holding its rows has been flushed. On CUDA the
-    copy of batch b's features overlaps the forward of batch b+1.
+    Work is reported to `on_flush` only after the memmap holding it has been flushed. On CUDA the copy of
+    batch b's features overlaps the forward of batch b+1, and decoding runs ahead in the workers.
     """
-    wanted = [i for i in range(len(videos)) if i in todo]
-    if not wanted:
+    if not batch_ids:
         return
-    dataset = FrameBatches(videos, batches_touching(videos, wanted, batch_size), batch_size, image_size, resize)
+    dataset = FrameBatches(videos, batch_ids, batch_size, image_size, resize)
     cuda = device.type == "cuda"
     loader = DataLoader(
         dataset,
@@ -467,46 +475,25 @@ def extract(
         prefetch_factor=4 if num_workers > 0 else None,
         generator=torch.Generator().manual_seed(seed),
     )
-    max_len, dtype = arr.shape[1], arr.dtype
-    good = {i: 0 for i in wanted}
-    bad = {i: 0 for i in wanted}
-    finished: list[dict[str, int]] = []
+    pending_records: list[dict[str, Any]] = []
     last_flush = time.monotonic()
-
-    def consume(batch: dict[str, Any], feats: torch.Tensor) -> None:
-        nonlocal last_flush
-        feats_np = feats.numpy().astype(dtype, copy=False)
-        vpos, fpos, ok = batch["vpos"].numpy(), batch["fpos"].numpy(), batch["ok"].numpy()
-        row_of = np.cumsum(ok) - 1  # index into feats of each ok frame
-        starts = np.flatnonzero(np.r_[True, vpos[1:] != vpos[:-1]])
-        for s, e in zip(starts, np.r_[starts[1:], len(vpos)], strict=True):
-            v = int(vpos[s])
-            if v not in todo:
-                continue  # done in an earlier run; computed only to keep its batch-mates' batch unchanged
-            sel = ok[s:e]
-            n_ok = int(sel.sum())
-            if n_ok:
-                first = int(row_of[s:e][sel][0])
-                arr[rows[v], good[v] : good[v] + n_ok] = feats_np[first : first + n_ok]
-            good[v] += n_ok
-            bad[v] += int((~sel).sum())
-            if int(fpos[e - 1]) == len(videos[v].frames) - 1:
-                if good[v] < max_len:
-                    arr[rows[v], good[v] :] = 0  # padding, even over rows a killed run may have left
-                if bad[v]:
-                    log.warning("%s: skipped %d corrupt frame(s) of %d", videos[v].name, bad[v], len(videos[v].frames))
-                finished.append({"pos": rows[v], "video_length": good[v], "skipped_frames": bad[v]})
-        now = time.monotonic()
-        if finished and now - last_flush >= CHECKPOINT_SECONDS:
-            flush()
 
     def flush() -> None:
         nonlocal last_flush
-        if finished:
+        if pending_records:
             arr.flush()  # rows on disk before the log says they are there
-            on_flush(list(finished))
-            finished.clear()
+            on_flush(list(pending_records))
+            pending_records.clear()
         last_flush = time.monotonic()
+
+    def consume(batch: dict[str, Any], feats: torch.Tensor) -> None:
+        ok = batch["ok"].numpy()
+        if ok.any():
+            arr[batch["vpos"].numpy()[ok], batch["fpos"].numpy()[ok]] = feats.numpy()
+        start = batch["start"]
+        pending_records.append({"r": [start, start + len(ok)], "bad": (start + np.flatnonzero(~ok)).tolist()})
+        if time.monotonic() - last_flush >= CHECKPOINT_SECONDS:
+            flush()
 
     pending: tuple[dict[str, Any], torch.Tensor, torch.cuda.Event | None] | None = None
     for batch in tqdm(loader, desc="embedding", unit="batch", disable=not show_progress):
@@ -514,16 +501,15 @@ def extract(
             if strict:
                 raise BadInputError(f"corrupt frame {err} (--strict)")
             log.debug("skipping frame %s", err)
-        x = batch["images"]
+        x, event = batch["images"], None
         if len(x):
             out = embed_batch(model, normalize_batch(x, device, channels_last), precision)
-            event = None
             if cuda:
-                out = out.to("cpu", non_blocking=True)  # pinned; waited on by the event below
+                out = out.to("cpu", non_blocking=True)  # into pinned memory; the event says when it has landed
                 event = torch.cuda.Event()
                 event.record()
         else:
-            out, event = torch.empty((0, arr.shape[2])), None
+            out = torch.empty((0, arr.shape[2]))
         if pending is not None:
             if pending[2] is not None:
                 pending[2].synchronize()
@@ -600,7 +586,8 @@ def main(args: argparse.Namespace) -> int:
 
 def _main(args: argparse.Namespace, info: DistInfo) -> int:
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", info.world_size))
-    torch.set_num_threads(default_threads(local_world))
+    if "OMP_NUM_THREADS" not in os.environ:  # an explicit setting wins; torchrun sets 1 per rank
+        torch.set_num_threads(default_threads(local_world))
     device = resolve_device(info.local_rank if info.enabled and torch.cuda.is_available() else args.gpu_id)
     precision = resolve_precision(args.precision, device)
     channels_last = device.type == "cuda" if args.channels_last is None else args.channels_last
@@ -626,7 +613,9 @@ def _main(args: argparse.Namespace, info: DistInfo) -> int:
                 "image_size": args.image_size, "resize": args.resize, "dtype": args.dtype,
                 "max_len_cap": args.max_len, "precision": precision}
 
-    state = inspect_outputs(out_dir, args.split, identity, fingerprint) if out_dir.is_dir() else "fresh"
+    state = "fresh"
+    if out_dir.is_dir():
+        state = inspect_outputs(out_dir, args.split, identity, fingerprint, args.batch_size)
     if state == "complete":
         log.info("%s/%s.npy is complete for this command: nothing to do", out_dir, args.split)
         return 0
@@ -636,9 +625,10 @@ def _main(args: argparse.Namespace, info: DistInfo) -> int:
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     check_backbone(model, dim, args.image_size, device, precision, channels_last, args.model)
-    header = {**identity, "plan_sha256": fingerprint}
+    header = {**identity, "plan_sha256": fingerprint, "batch_size": args.batch_size}
     partial = out_dir / f"{args.split}.npy.partial"
     shape = (len(plans), max_len, dim)
+    total = int(frame_offsets(plans)[-1])
 
     barrier(info)  # every rank has looked at OUT before rank 0 changes it
     if info.is_main:
@@ -649,38 +639,40 @@ def _main(args: argparse.Namespace, info: DistInfo) -> int:
             atomic_write_text(progress_path(out_dir, args.split, 0), json.dumps({"header": header}) + "\n")
             np.lib.format.open_memmap(partial, mode="w+", dtype=args.dtype, shape=shape).flush()
     barrier(info)
-    _, done = read_progress(out_dir, args.split)
+    _, done, _ = read_progress(out_dir, args.split, total)
     barrier(info)  # all ranks have read every log before any rank rewrites its own
 
-    if state != "finalize":
+    batch_ids = batches_to_do(total, done, args.batch_size, info.rank, info.world_size)
+    log.info("rank %d: %d batch(es) of %d frames to embed (%d of %d frames done before); %dpx %s, D=%d, %s, %s",
+             info.rank, len(batch_ids), args.batch_size, int(done.sum()), total, args.image_size, args.resize, dim,
+             device, precision)
+    if partial.is_file():
         arr = np.load(partial, mmap_mode="r+")
         if arr.shape != shape or arr.dtype != np.dtype(args.dtype):
             raise BadInputError(f"{partial} has shape {arr.shape} {arr.dtype}, expected {shape} {args.dtype}; "
                                 f"delete it and {out_dir}/.{args.split}.progress.* to start over")
-        mine = list(range(info.rank, len(plans), info.world_size))
-        own_path = progress_path(out_dir, args.split, info.rank)
-        own_done = read_progress_file(own_path)[1] if own_path.is_file() else {}
-        plog = ProgressLog(own_path, header, own_done)
-        todo = {k for k, pos in enumerate(mine) if pos not in done}
-        log.info("rank %d: %d of %d video(s) to embed (%d done before), %s frames, D=%d, %s, %s", info.rank,
-                 len(todo), len(mine), len(mine) - len(todo), f"{args.image_size}px {args.resize}", dim, device,
-                 precision)
+        plog = ProgressLog(progress_path(out_dir, args.split, info.rank), header)
         try:
-            extract(model, [plans[p] for p in mine], mine, todo, arr, plog.append, batch_size=args.batch_size,
+            extract(model, plans, batch_ids, arr, plog.append, batch_size=args.batch_size,
                     num_workers=args.num_workers, image_size=args.image_size, resize=args.resize, device=device,
                     precision=precision, channels_last=channels_last, strict=args.strict, seed=args.seed,
                     show_progress=info.is_main)
         finally:
             plog.close()
             del arr
+    elif batch_ids:
+        raise BadInputError(f"{partial} is missing but the interrupted run is unfinished; delete "
+                            f"{out_dir}/.{args.split}.progress.* to start over")
     barrier(info)
     if not info.is_main:
         return 0
-    _, done = read_progress(out_dir, args.split)
+    _, done, bad = read_progress(out_dir, args.split, total)
+    if not done.all():
+        raise BadInputError(f"{int((~done).sum())} frame(s) of {args.split} still lack embeddings; rerun the command")
     meta = {"split": args.split, **identity, "fps": fps, "max_len": max_len, "feature_dim": dim,
             "class_names": class_names, "num_classes": len(class_names),
             "subsampled_videos": sum(p.num_frames > len(p.frames) for p in plans), "plan_sha256": fingerprint}
-    meta, failures = finalize(out_dir, args.split, plans, done, plan_failures, meta, args.strict)
+    meta, failures = finalize(out_dir, args.split, plans, bad, plan_failures, meta, args.strict)
     log_failure_summary(failures, report)
     n, length, d = meta["memmap_size"]
     log.info("wrote %s/%s.npy (%d videos x %d frames x %d) and %s.json; %d video(s) left out, %d corrupt frame(s) "

@@ -1,0 +1,351 @@
+"""Stage 2 on frames extracted from the real clips in ../shared/data/videos (random resnet18 at 64 px)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+import prepare_data as pd
+from models.backbone import build_backbone, embed_batch, normalize_batch, preprocess_frame
+from tests.conftest import ROOT, VIDEOS
+
+# clip -> keep every Nth decoded frame (about 10-14 frames each, different lengths)
+CLIP_STEPS = {"vtest.avi": 60, "bikes.mp4": 20, "carphone_pristine.mp4": 12, "tree.avi": 6}
+
+
+def write_frames_fixture(root: Path, clips: dict[str, int] = CLIP_STEPS, short_side: int = 80,
+                         copies: int = 1, jpeg_quality: int = 90) -> tuple[Path, Path]:
+    """Write frames/<video>/frame_000001.jpg... + manifest.json, split.json and classInd.txt in stage 1's
+    layout from the real clips; `copies` > 1 repeats each clip under new names (for size tests).
+    Returns (frames_dir, split_json)."""
+    frames_dir = root / "frames"
+    frames_dir.mkdir(parents=True, exist_ok=True)
+    videos, records = {}, []
+    for label, (clip, step) in enumerate(sorted(clips.items())):
+        cap = cv2.VideoCapture(str(VIDEOS / clip))
+        fps = cap.get(cv2.CAP_PROP_FPS) or 1.0
+        frames = []
+        k = 0
+        while True:
+            ok = cap.grab()
+            if not ok:
+                break
+            if k % step == 0:
+                ok, bgr = cap.retrieve()
+                if not ok:
+                    break
+                h, w = bgr.shape[:2]
+                scale = short_side / min(h, w)
+                frames.append((k / fps, cv2.resize(bgr, (round(w * scale), round(h * scale)),
+                                                   interpolation=cv2.INTER_AREA)))
+            k += 1
+        cap.release()
+        assert frames, clip
+        for c in range(copies):
+            name = f"{Path(clip).stem}_c{c:03d}"
+            vdir = frames_dir / name
+            vdir.mkdir(exist_ok=True)
+            for i, (_, bgr) in enumerate(frames, 1):
+                cv2.imwrite(str(vdir / f"frame_{i:06d}.jpg"), bgr, [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality])
+            videos[name] = {"num_frames": len(frames), "timestamps": [t for t, _ in frames], "source": clip}
+            records.append({"video_name": name, "label_idx": label})
+    manifest = {"fps": 1.0, "frame_size": short_side, "jpeg_quality": jpeg_quality, "videos": videos}
+    (frames_dir / "manifest.json").write_text(json.dumps(manifest))
+    split_json = root / "split.json"
+    split_json.write_text(json.dumps(records))
+    (root / "classInd.txt").write_text("".join(f"{i + 1} {Path(c).stem.title()}\n" for i, c in enumerate(sorted(clips))))
+    return frames_dir, split_json
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+
+FAST = ["--weights", "none", "--image_size", "64", "-m", "resnet18", "-bs", "4"]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+
+
+def run_stage(*args: str, check: bool = True, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, str(ROOT / "prepare_data.py"), *args]
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=ENV, timeout=300)
+    if check:
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def stage_args(frames: Path, split_json: Path, out: Path, *extra: str) -> list[str]:
+    return ["-s", "train", "-f", str(frames), "-j", str(split_json), "-o", str(out), "-nw", "0", *FAST, *extra]
+
+
+def run_main(*args: str) -> int:
+    """prepare_data.main in this process (no torch import per call); logging left to pytest's caplog.
+    One torch thread, like the subprocesses: spinning OpenMP threads crawl on a shared 2-core machine."""
+    threads = torch.get_num_threads()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(pd, "setup_logging", lambda verbose=False: None)
+        mp.setenv("OMP_NUM_THREADS", "1")
+        torch.set_num_threads(1)
+        try:
+            return pd.main(pd.get_args_parser().parse_args(list(args)))
+        finally:
+            torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def fixture_frames(tmp_path_factory) -> tuple[Path, Path]:
+    return write_frames_fixture(tmp_path_factory.mktemp("stage1"))
+
+
+@pytest.fixture(scope="module")
+def reference(fixture_frames, tmp_path_factory) -> Path:
+    """One uninterrupted single-process run that the other tests compare against."""
+    frames, split_json = fixture_frames
+    out = tmp_path_factory.mktemp("ref")
+    assert run_main(*stage_args(frames, split_json, out)) == 0
+    return out
+
+
+def load_out(out: Path, split: str = "train") -> tuple[np.ndarray, dict]:
+    return np.load(out / f"{split}.npy", mmap_mode="r"), json.loads((out / f"{split}.json").read_text())
+
+
+# ------------------------------------------------------------------------------------------------ outputs
+
+
+def test_outputs_match_json_shapes_lengths_padding(reference, fixture_frames):
+    frames, split_json = fixture_frames
+    arr, meta = load_out(reference)
+    manifest = json.loads((frames / "manifest.json").read_text())
+    assert isinstance(meta["data"], list)
+    assert list(arr.shape) == meta["memmap_size"] == [4, max(v["num_frames"] for v in manifest["videos"].values()), 512]
+    assert arr.dtype == np.float32 and meta["feature_dim"] == 512 and meta["dtype"] == "float32"
+    assert meta["class_names"] == ["Bikes", "Carphone_Pristine", "Tree", "Vtest"] and meta["num_classes"] == 4
+    assert meta["fps"] == manifest["fps"] and meta["backbone"] == "resnet18" and meta["weights"] == "none"
+    split = {r["video_name"]: r["label_idx"] for r in json.loads(split_json.read_text())}
+    for i, rec in enumerate(meta["data"]):
+        assert rec["video_idx"] == i and rec["label_idx"] == split[rec["video_name"]]
+        assert rec["video_length"] == manifest["videos"][rec["video_name"]]["num_frames"] == rec["num_frames"]
+        n = rec["video_length"]
+        assert np.all(arr[i, n:] == 0), "padding must be zeros"
+        assert np.all(np.abs(arr[i, :n]).sum(axis=1) > 0), "every real frame has an embedding"
+    assert json.loads((reference / "failed_train.json").read_text()) == []
+    assert not list(reference.glob(".train.*")) and not (reference / "train.npy.partial").exists()
+
+
+def test_rerun_is_noop_and_other_settings_are_refused(reference, fixture_frames, tmp_path, caplog):
+    frames, split_json = fixture_frames
+    out = tmp_path / "out"
+    shutil.copytree(reference, out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    caplog.set_level(logging.INFO, logger="actionbert")
+    assert run_main(*stage_args(frames, split_json, out)) == 0
+    assert "nothing to do" in caplog.text
+    for extra in (["--image_size", "32"], ["--dtype", "float16"], ["-m", "resnet34"], ["--resize", "squash"],
+                  ["--weights", "imagenet"], ["--max_len", "5"]):
+        with pytest.raises(pd.BadInputError, match="refusing to mix"):
+            run_main(*stage_args(frames, split_json, out, *extra))
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_embedding_does_not_depend_on_batch_mates(fixture_frames):
+    frames, _ = fixture_frames
+    torch.manual_seed(0)
+    model, dim = build_backbone("resnet18", "none", seed=0)
+    clips = sorted(p for p in frames.iterdir() if p.is_dir())
+    batch = [[pd.load_frame(str(f), 64, "crop") for f in sorted(c.glob("*.jpg"))[:4]] for c in clips[:3]]
+    alone = embed_batch(model, normalize_batch(torch.stack(batch[0]), "cpu"))
+    mixed = embed_batch(model, normalize_batch(torch.stack(batch[1][:3] + batch[0] + batch[2]), "cpu"))[3:7]
+    assert alone.shape == (4, dim)
+    torch.testing.assert_close(mixed, alone, rtol=1e-5, atol=1e-6)
+    # the original code's train-mode BatchNorm would fail this test
+    model.train()
+    with torch.no_grad():
+        mixed_train = model(normalize_batch(torch.stack(batch[1][:3] + batch[0] + batch[2]), "cpu"))[3:7]
+    assert not torch.allclose(mixed_train, alone, rtol=1e-3, atol=1e-4)
+
+
+def test_worker_decoding_matches_shared_preprocessing(fixture_frames):
+    """prepare_data's worker path equals models.backbone.preprocess_frame on the RGB frame (what predict.py uses)."""
+    frames, _ = fixture_frames
+    path = sorted((frames / "vtest_c000").glob("*.jpg"))[0]
+    rgb = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
+    for mode in ("crop", "squash"):
+        assert torch.equal(pd.load_frame(str(path), 64, mode), preprocess_frame(rgb, 64, mode))
+
+
+# ------------------------------------------------------------------------------------------------ resume
+
+
+def test_resume_after_sigkill_is_byte_identical(reference, fixture_frames, tmp_path, caplog):
+    frames, split_json = fixture_frames
+    out = tmp_path / "out"
+    cmd = [sys.executable, str(ROOT / "prepare_data.py"), *stage_args(frames, split_json, out)]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log_file = out / ".train.progress.rank0.jsonl"
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and proc.poll() is None:
+        if log_file.is_file() and '"r"' in log_file.read_text():
+            break
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    assert not (out / "train.json").exists() and (out / "train.npy.partial").exists()
+    caplog.set_level(logging.INFO, logger="actionbert")
+    assert run_main(*stage_args(frames, split_json, out)) == 0
+    done_before, total = map(int, caplog.text.split("frames to embed (")[1].split(" frames done before")[0].split(" of "))
+    assert 4 <= done_before < total, caplog.text  # it resumed: the first batches were not redone
+    for name in ("train.npy", "train.json", "failed_train.json"):
+        assert (out / name).read_bytes() == (reference / name).read_bytes(), name
+    assert not list(out.glob(".train.*")) and not (out / "train.npy.partial").exists()
+
+
+# ------------------------------------------------------------------------------------------------ torchrun
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_torchrun_two_ranks_equal_one_process(reference, fixture_frames, tmp_path):
+    frames, split_json = fixture_frames
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
+           str(ROOT / "prepare_data.py"), *stage_args(frames, split_json, out)]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=ENV, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "rank 1 of 2" in proc.stderr
+    arr, meta = load_out(out)
+    ref_arr, ref_meta = load_out(reference)
+    assert meta == ref_meta
+    np.testing.assert_allclose(arr, ref_arr, rtol=1e-5, atol=1e-6)
+    # ranks share out the batches of one plan, so every frame met the same batch-mates: identical bytes
+    for name in ("train.npy", "train.json"):
+        assert (out / name).read_bytes() == (reference / name).read_bytes(), name
+
+
+# ------------------------------------------------------------------------------------------------ bad input
+
+
+def test_missing_videos_and_corrupt_frames(reference, fixture_frames, tmp_path, caplog):
+    frames, split_json = fixture_frames
+    bad_frames = tmp_path / "frames"
+    shutil.copytree(frames, bad_frames)
+    # bikes: one truncated JPEG and one non-image file; tree: every frame garbage; plus a video with no folder
+    bikes = sorted((bad_frames / "bikes_c000").glob("*.jpg"))
+    bikes[2].write_bytes(bikes[2].read_bytes()[:300])
+    bikes[5].write_bytes(b"this is not a jpeg")
+    for f in (bad_frames / "tree_c000").glob("*.jpg"):
+        f.write_bytes(b"")
+    records = json.loads(split_json.read_text()) + [{"video_name": "v_Missing_g01_c01", "label_idx": 1}]
+    bad_json = tmp_path / "split.json"
+    bad_json.write_text(json.dumps(records))
+    shutil.copy(split_json.parent / "classInd.txt", tmp_path / "classInd.txt")
+    out = tmp_path / "out"
+
+    strict = run_stage(*stage_args(bad_frames, bad_json, out, "--strict"), check=False)
+    assert strict.returncode == 2 and "Traceback" not in strict.stderr
+    assert "error:" in strict.stderr and "v_Missing_g01_c01" in strict.stderr
+
+    caplog.set_level(logging.INFO, logger="actionbert")
+    assert run_main(*stage_args(bad_frames, bad_json, out)) == 0
+    arr, meta = load_out(out)
+    failed = json.loads((out / "failed_train.json").read_text())
+    assert {f["video_name"] for f in failed} == {"v_Missing_g01_c01", "tree_c000"}
+    assert "v_Missing_g01_c01" in caplog.text and "tree_c000" in caplog.text
+    assert "bikes_c000: skipped 2 corrupt frame(s)" in caplog.text
+    names = [r["video_name"] for r in meta["data"]]
+    assert names == ["bikes_c000", "carphone_pristine_c000", "vtest_c000"]
+    assert list(arr.shape) == meta["memmap_size"] and arr.shape[0] == 3
+    bikes_rec = meta["data"][0]
+    assert bikes_rec["skipped_frames"] == 2 and bikes_rec["video_length"] == bikes_rec["num_frames"] - 2
+    assert meta["skipped_frames"] == 2
+    # the other videos' rows are those of the clean run (moved intact; batch shapes differ, hence allclose)
+    ref_arr, ref_meta = load_out(reference)
+    ref_idx = {r["video_name"]: r["video_idx"] for r in ref_meta["data"]}
+    for i, name in enumerate(names[1:], 1):
+        np.testing.assert_allclose(arr[i], ref_arr[ref_idx[name]], rtol=1e-4, atol=1e-5)
+    # bikes keeps its readable frames, in order, with the bad ones dropped
+    keep = [k for k in range(bikes_rec["num_frames"]) if k not in (2, 5)]
+    np.testing.assert_allclose(arr[0, : len(keep)], ref_arr[ref_idx["bikes_c000"], keep], rtol=1e-5, atol=1e-6)
+    assert np.all(arr[0, len(keep) :] == 0)
+
+
+def test_max_len_dtype_and_class_name_fallback(fixture_frames, tmp_path, caplog):
+    frames, split_json = fixture_frames
+    lonely_json = tmp_path / "split.json"  # no classInd.txt beside it
+    lonely_json.write_text(json.dumps(json.loads(split_json.read_text())[:2]))
+    out = tmp_path / "out"
+    caplog.set_level(logging.INFO, logger="actionbert")
+    assert run_main(*stage_args(frames, lonely_json, out, "--max_len", "5", "--dtype", "float16", "--resize", "squash"))
+    assert "classInd.txt" in caplog.text
+    arr, meta = load_out(out)
+    assert arr.dtype == np.float16 and arr.shape == (2, 5, 512)
+    assert meta["max_len"] == 5 and meta["max_len_cap"] == 5 and meta["resize"] == "squash"
+    assert meta["class_names"] == ["class_0", "class_1"]
+    assert all(r["video_length"] == 5 < r["num_frames"] for r in meta["data"])
+    assert meta["subsampled_videos"] == 2
+
+
+# ------------------------------------------------------------------------------------------------ pure functions
+
+
+@pytest.mark.parametrize("n,cap", [(10, 3), (7, 7), (3, 10), (100, 16), (17, 16)])
+def test_subsample_indices_uniform(n, cap):
+    idx = pd.subsample_indices(n, cap)
+    assert len(idx) == min(n, cap) and len(set(idx.tolist())) == len(idx)
+    assert np.all(np.diff(idx) > 0) and idx[0] >= 0 and idx[-1] < n
+    if n > cap:  # spread over the whole video, not its start
+        assert idx[-1] >= n - 1 - n // cap and idx[0] <= n // cap
+
+
+def test_batch_plan_covers_every_frame_once(fixture_frames):
+    frames, split_json = fixture_frames
+    plans, failures = pd.plan_videos(pd.read_split(split_json), frames, None)
+    assert not failures
+    total = int(pd.frame_offsets(plans)[-1])
+    done = np.zeros(total, dtype=bool)
+    ids = pd.batches_to_do(total, done, 5)
+    assert ids == list(range(-(-total // 5)))
+    ds = pd.FrameBatches(plans, ids, 5, 32, "crop")
+    seen = [(int(v), int(f)) for k in range(len(ds)) for v, f in zip(ds[k]["vpos"], ds[k]["fpos"], strict=True)]
+    assert seen == [(v, f) for v, p in enumerate(plans) for f in range(len(p.frames))]
+    # two ranks split the batches between them; a batch with any frame left is redone whole
+    assert sorted(pd.batches_to_do(total, done, 5, 0, 2) + pd.batches_to_do(total, done, 5, 1, 2)) == ids
+    done[:12] = True
+    assert pd.batches_to_do(total, done, 5) == ids[2:]
+
+
+def test_bad_split_json_and_frames_dir_name_the_file(tmp_path, fixture_frames):
+    frames, _ = fixture_frames
+    bad = tmp_path / "bad.json"
+    for content in ('{"video_name": "x"}', '[{"video_name": "x"}]', "[", '[{"video_name": "x", "label_idx": -1}]'):
+        bad.write_text(content)
+        with pytest.raises(pd.BadInputError, match="bad.json"):
+            pd.read_split(bad)
+    with pytest.raises(pd.BadInputError, match="frames folder not found"):
+        run_main(*stage_args(tmp_path / "nope", bad, tmp_path / "out"))
+
+
+def test_decode_rejects_bad_files(tmp_path, fixture_frames):
+    frames, _ = fixture_frames
+    good = sorted((frames / "bikes_c000").glob("*.jpg"))[0]
+    assert pd.decode_bgr(str(good)).ndim == 3
+    cases = {"empty.jpg": b"", "text.jpg": b"hello", "cut.jpg": good.read_bytes()[:200]}
+    for name, data in cases.items():
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(pd.FrameError):
+            pd.decode_bgr(str(tmp_path / name))
