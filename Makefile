@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test lint pytest clean
+.PHONY: venv test lint pytest demo clean
 
 venv: $(STAMP)
 
@@ -23,6 +23,40 @@ pytest: $(STAMP)
 	$(PY) -m pytest -q
 
 test: lint pytest
+
+# ---- make demo: the whole pipeline on generated videos, offline, on the CPU in minutes ----------------------------
+# Every stage resumes, so rerunning `make demo` finishes what is missing. Override any variable:
+#   make demo WEIGHTS=imagenet            (real ImageNet features where torchvision can download them)
+#   make demo DEMO_DIR=/tmp/d DEMO_DATA_ARGS="--groups 3 --clips 2" DEMO_EPOCHS=10
+DEMO_DIR ?= demo
+WEIGHTS ?= none
+DEMO_DATA_ARGS ?=
+DEMO_IMAGE_SIZE ?= 112
+DEMO_EPOCHS ?= 40
+DEMO_HEADS ?= meanpool bilstm bert roberta
+DEMO_TRAIN_ARGS ?= --batch_size 32 --lr 1e-3 --hidden_size 128 --num_layers 2 --num_heads 4 --dropout 0.1 \
+	--weight_decay 0.01 --gpu_id 0 --num_workers 0 --opt_lvl 0 --seed 0
+DEMO_PREDICT_CLASSES ?= GrowingDisc ShrinkingDisc
+
+demo: $(STAMP)
+	$(PY) make_demo_data.py -o $(DEMO_DIR)/data $(DEMO_DATA_ARGS)
+	$(PY) prepare_ucf101.py -v $(DEMO_DIR)/data/videos -o $(DEMO_DIR)/prepared \
+		--split_dir $(DEMO_DIR)/data/splits --split_id 1 -fps 1
+	for split in train val test; do \
+		$(PY) prepare_data.py -s $$split -f $(DEMO_DIR)/prepared/frames -j $(DEMO_DIR)/prepared/$${split}_ucf101.json \
+			-o $(DEMO_DIR)/embeddings -m resnet18 --weights $(WEIGHTS) --image_size $(DEMO_IMAGE_SIZE) -g 0 -nw 2 \
+			|| exit 1; \
+	done
+	for head in $(DEMO_HEADS); do \
+		$(PY) main.py --mode train --expt_dir $(DEMO_DIR)/expts --expt_name demo --run_name $$head --model $$head \
+			--data_dir $(DEMO_DIR)/embeddings --epochs $(DEMO_EPOCHS) $(DEMO_TRAIN_ARGS) || exit 1; \
+		$(PY) main.py --mode test --expt_dir $(DEMO_DIR)/expts --expt_name demo --run_name $$head --split test \
+			--model_ckpt $(DEMO_DIR)/expts/demo/$$head/checkpoints/best.pth --data_dir $(DEMO_DIR)/embeddings \
+			--gpu_id 0 --num_workers 0 || exit 1; \
+	done
+	$(PY) predict.py --model_ckpt $(DEMO_DIR)/expts/demo/$(lastword $(DEMO_HEADS))/checkpoints/best.pth \
+		$(addprefix $(DEMO_DIR)/data/videos/,$(DEMO_PREDICT_CLASSES)) --topk 3 --json $(DEMO_DIR)/predictions.json
+	$(PY) compare_runs.py $(DEMO_DIR)/expts/demo --split test --class_groups $(DEMO_DIR)/data/demo_classes.json
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
