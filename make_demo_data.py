@@ -53,17 +53,20 @@ APPEARANCE_CLASSES: tuple[tuple[str, str], ...] = (
     ("Triangle", "triangle"),
     ("Ring", "ring"),
 )
-# Object colours of a group (RGB); pure red and blue are left to the colour pair.
-PALETTE: tuple[tuple[int, int, int], ...] = (
-    (250, 220, 40),
-    (60, 220, 80),
-    (240, 240, 240),
-    (250, 140, 30),
-    (230, 60, 230),
-    (40, 220, 230),
-)
+# Object colour of each kind (RGB), jittered per group. Both classes of a pair share it, and all appearance classes
+# share one, so colour never tells a pair apart and the appearance classes differ by shape and pattern only. The
+# group-to-group variation is kept small next to the change along a clip: with a random CNN, a big change of
+# background would otherwise swamp the order signal across groups.
+KIND_COLOURS: dict[str, tuple[int, int, int]] = {
+    "disc_size": (250, 215, 40),
+    "rotate": (235, 235, 235),
+    "fade": (230, 60, 230),
+}
+SHAPE_COLOUR = (60, 220, 80)
+STRIPE_COLOUR = (250, 140, 30)
 RED = (230, 30, 30)
 BLUE = (30, 60, 240)
+COLOUR_JITTER = 20.0
 SPLIT_ID = 1
 EOL = "\r\n"  # the official split files use CRLF
 
@@ -174,27 +177,27 @@ def _rng(seed: int, *keys: str | int) -> np.random.Generator:
 def make_group_look(seed: int, spec: ClassSpec, group: int, size: tuple[int, int]) -> GroupLook:
     width, height = size
     rng = _rng(seed, "look", spec.name, group)
-    base = rng.uniform(25, 105, size=3)
+    base = rng.uniform(35, 75) + rng.uniform(-8, 8, size=3)  # dark grey with a tint
     # A smooth texture fixed for the group: coarse random grid, upsampled.
     coarse = rng.normal(0.0, 1.0, size=(5, 5, 3)).astype(np.float32)
     texture = cv2.resize(coarse, (width, height), interpolation=cv2.INTER_CUBIC)
-    texture *= rng.uniform(6, 16)
+    texture *= rng.uniform(3, 8)
     background = np.clip(base[None, None, :] + texture, 0, 255).astype(np.float32)
-    i, j = rng.choice(len(PALETTE), size=2, replace=False)
-    first = _jitter_colour(rng, RED)
-    second = _jitter_colour(rng, BLUE)
+    colour = _jitter_colour(rng, KIND_COLOURS.get(spec.kind, SHAPE_COLOUR))
+    first, second = _jitter_colour(rng, RED), _jitter_colour(rng, BLUE)
     return GroupLook(
         background=background,
-        colour=PALETTE[i],
-        second_colour=second if spec.kind == "colour" else PALETTE[j],
+        colour=colour,
+        second_colour=second if spec.kind == "colour" else _jitter_colour(rng, STRIPE_COLOUR),
         first_colour=first,
         stripe_period=float(rng.uniform(0.09, 0.14) * min(size)),
         stripe_angle=float(rng.uniform(0, math.pi)),
     )
 
 
-def _jitter_colour(rng: np.random.Generator, rgb: tuple[int, int, int], amount: float = 25) -> tuple[int, int, int]:
-    return tuple(int(np.clip(c + rng.uniform(-amount, amount), 0, 255)) for c in rgb)  # type: ignore[return-value]
+def _jitter_colour(rng: np.random.Generator, rgb: tuple[int, int, int]) -> tuple[int, int, int]:
+    jitter = rng.uniform(-COLOUR_JITTER, COLOUR_JITTER, size=3)
+    return tuple(int(np.clip(c + j, 0, 255)) for c, j in zip(rgb, jitter, strict=True))  # type: ignore[return-value]
 
 
 def progress_profile(num_frames: int, rng: np.random.Generator) -> np.ndarray:
@@ -207,12 +210,18 @@ def progress_profile(num_frames: int, rng: np.random.Generator) -> np.ndarray:
     return x**gamma
 
 
+def clip_frame_count(seconds: int, fps: float) -> int:
+    """Whole seconds plus one frame: the last frame sits at t = seconds, so 1 fps sampling (t = 0, 1, ..., seconds)
+    sees both the first and the last state, and a pair's two classes show the same sampled states."""
+    return int(round(seconds * fps)) + 1
+
+
 def make_clip_params(
     seed: int, spec: ClassSpec, group: int, clip: int, fps: float, size: tuple[int, int], seconds: tuple[float, float]
 ) -> ClipParams:
     rng = _rng(seed, "clip", spec.name, group, clip)
     width, height = size
-    num_frames = max(2, int(round(rng.uniform(*seconds) * fps)))
+    num_frames = clip_frame_count(int(rng.integers(math.ceil(seconds[0]), math.floor(seconds[1]) + 1)), fps)
     progress = progress_profile(num_frames, rng)
     if spec.reverse:
         progress = progress[::-1].copy()
@@ -221,8 +230,10 @@ def make_clip_params(
     extra = {
         "r0": rng.uniform(0.05, 0.09) * s,  # disc radius at the start / end
         "r1": rng.uniform(0.40, 0.46) * s,
-        "angle0": rng.uniform(-12, 12),  # bar angle (degrees, clockwise on screen) at the start
-        "sweep": rng.uniform(110, 140),
+        # Bar angle (degrees, clockwise on screen): from about horizontal to about vertical, the largest change of
+        # orientation a symmetric bar can show.
+        "angle0": rng.uniform(-10, 10),
+        "sweep": rng.uniform(80, 100),
         "side": rng.uniform(0.42, 0.56) * s,  # static objects / hexagon size
         "tilt": rng.uniform(-15, 15),
     }
@@ -423,8 +434,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--size", type=parse_size, default=(112, 112), help="frame size, N or WxH (default 112)")
     parser.add_argument("--fps", type=float, default=8.0, help="frame rate of the written videos")
-    parser.add_argument("--min_seconds", type=float, default=4.0, help="shortest clip length")
-    parser.add_argument("--max_seconds", type=float, default=9.0, help="longest clip length")
+    parser.add_argument("--min_seconds", type=float, default=4.0, help="shortest clip (clips last whole seconds)")
+    parser.add_argument("--max_seconds", type=float, default=9.0, help="longest clip (clips last whole seconds)")
     parser.add_argument(
         "--classes", nargs="+", default=None, help=f"subset of classes (default all: {' '.join(all_class_specs())})"
     )
@@ -435,12 +446,24 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(args: argparse.Namespace) -> int:
-    setup_logging(args.verbose)
+def check_args(args: argparse.Namespace) -> None:
+    """Reject settings that cannot make a usable dataset, with a message naming the flag."""
     if not 1.0 <= args.fps <= 60.0:
         raise BadInputError(f"--fps must be in 1..60, got {args.fps}")
-    if not 0.5 <= args.min_seconds <= args.max_seconds:
-        raise BadInputError(f"need 0.5 <= --min_seconds <= --max_seconds, got {args.min_seconds}, {args.max_seconds}")
+    if not 1 <= math.ceil(args.min_seconds) <= math.floor(args.max_seconds):
+        raise BadInputError(
+            f"--min_seconds {args.min_seconds} .. --max_seconds {args.max_seconds} must hold a whole number >= 1 "
+            "(clips last whole seconds)"
+        )
+    if args.groups < 2:
+        raise BadInputError(f"--groups must be at least 2 (one for training, one for testing), got {args.groups}")
+    if args.workers < 1:
+        raise BadInputError(f"--workers must be at least 1, got {args.workers}")
+
+
+def main(args: argparse.Namespace) -> int:
+    setup_logging(args.verbose)
+    check_args(args)
     classes = select_classes(args.classes)
     test_groups = args.test_groups if args.test_groups is not None else max(1, args.groups // 3)
     plan = plan_videos(classes, args.groups, args.clips, test_groups)
