@@ -122,6 +122,20 @@ def eval_frame_transform(frame: np.ndarray, size: int, resize: str = "crop") -> 
     return resize_frame(frame, size, resize)
 
 
+def eval_clip_from_frames(
+    frames: Sequence[np.ndarray], clip_len: int, image_size: int, num_clips: int = 1, resize: str = "crop"
+) -> torch.Tensor:
+    """predict.py's input for an e2e model: all RGB uint8 frames of one video (decoded at the training fps, e.g. by
+    video.iter_frames_at_fps with the manifest's fps and frame_size) -> uint8 (V, T, 3, S, S), sampled and
+    transformed exactly as ClipDataset's evaluation items. Only the sampled frames are transformed."""
+    if not frames:
+        raise BadInputError("no frames to classify")
+    ks = eval_indices(len(frames), clip_len, num_clips)
+    cache = {int(k): eval_frame_transform(frames[int(k)], image_size, resize) for k in np.unique(ks)}
+    clip = np.stack([cache[int(k)] for k in ks.ravel()]).reshape(*ks.shape, image_size, image_size, 3)
+    return torch.from_numpy(clip).permute(0, 1, 4, 2, 3).contiguous()
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Split files and frame folders.
 

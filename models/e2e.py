@@ -133,6 +133,20 @@ def _checkpointed_class(cls: type) -> type:
     return type(f"Checkpointed{cls.__name__}", (_CheckpointedStage, cls), {})
 
 
+def checkpoint_units(stage: list[nn.Module]) -> Iterator[nn.Module]:
+    """The segments checkpointing wraps: the blocks of a Sequential of blocks (ResNet's layerN: one BasicBlock or
+    Bottleneck at a time, so backward holds one block's activations, not a stage's), else the module itself.
+    Single layers (ResNet's conv1 and bn1) are left alone: checkpointing one layer saves nothing."""
+    for module in stage:
+        children = list(module.children())
+        if not children:
+            continue
+        if isinstance(module, nn.Sequential) and all(any(True for _ in c.children()) for c in children):
+            yield from children
+        else:
+            yield module
+
+
 def set_stage_checkpointing(module: nn.Module, enabled: bool) -> None:
     cls = type(module)
     if enabled and not issubclass(cls, _CheckpointedStage):
@@ -163,7 +177,7 @@ class EndToEndModel(nn.Module):
         self.backbone_name = backbone
         self.backbone, dim = build_backbone(backbone, weights)
         self.backbone.requires_grad_(True)  # build_backbone hands out a frozen feature extractor
-        self.feature_dim = int(dim)
+        self.feature_dim = self.input_dim = int(dim)  # input_dim: what checkpoint.py records as feature_dim
         self.head = build_model(head_name, input_dim=self.feature_dim, num_classes=num_classes, **head_config)
         self.num_classes = int(num_classes)
         self.channels_last = bool(channels_last)
@@ -209,10 +223,10 @@ class EndToEndModel(nn.Module):
             self.config["freeze_backbone_stages"] = self.freeze_backbone_stages
 
     def set_grad_checkpointing(self, enabled: bool) -> None:
-        """Recompute each trainable stage's activations in backward instead of storing them."""
+        """Recompute the activations of each block of the trainable stages in backward instead of storing them."""
         self.grad_checkpointing = bool(enabled)
         for i, stage in enumerate(self._stages):
-            for module in stage:
+            for module in checkpoint_units(stage):
                 set_stage_checkpointing(module, enabled and i >= self.freeze_backbone_stages)
         if hasattr(self, "config"):
             self.config["grad_checkpointing"] = self.grad_checkpointing
@@ -234,14 +248,18 @@ class EndToEndModel(nn.Module):
     def param_groups(
         self, backbone_lr: float | None, head_lr: float, weight_decay: float = 0.0
     ) -> list[dict[str, Any]]:
-        """Optimizer groups: backbone and head at their own learning rates; no decay on biases and norms."""
+        """AdamW groups: backbone and head at their own learning rates (backbone_lr None = head_lr); frozen
+        parameters left out; no decay on biases, norm scales, embeddings and [CLS] (main.py's rule for heads)."""
         backbone_lr = head_lr if backbone_lr is None else backbone_lr
         groups: list[dict[str, Any]] = []
         for part, module, lr in (("backbone", self.backbone, backbone_lr), ("head", self.head, head_lr)):
             decay, no_decay = [], []
-            for p in module.parameters():
-                if p.requires_grad:
-                    (decay if p.ndim >= 2 else no_decay).append(p)
+            for name, p in module.named_parameters():
+                if not p.requires_grad:
+                    continue
+                lowered = name.lower()
+                exempt = p.ndim <= 1 or "embed" in lowered or "norm" in lowered or "cls" in lowered
+                (no_decay if exempt else decay).append(p)
             for suffix, params, wd in (("", decay, weight_decay), ("_no_decay", no_decay, 0.0)):
                 if params:
                     groups.append({"name": part + suffix, "params": params, "lr": lr, "weight_decay": wd})
@@ -383,9 +401,15 @@ def build_e2e_model(
 def load_e2e_model(model_config: dict[str, Any], model_state: dict[str, torch.Tensor]) -> EndToEndModel:
     """Rebuild a trained end-to-end model from a checkpoint (predict.py, test mode): no weight download."""
     config = dict(model_config)
-    config["weights"] = "none"
+    config["weights"] = "none"  # every backbone weight is in model_state
     config["grad_checkpointing"] = False
-    model = build_e2e_model(**config)
-    model.load_state_dict(model_state)
-    model.config["weights"] = model_config.get("weights", "none")
+    config.pop("pretrained", None)  # nor look for the head's pretrained transformer directory again
+    try:
+        model = build_e2e_model(**config)
+        model.load_state_dict(model_state)
+    except (ValueError, RuntimeError, TypeError) as exc:
+        raise BadInputError(f"cannot rebuild model {config.get('name')!r} from the checkpoint: {exc}") from exc
+    for key in ("weights", "pretrained"):
+        if key in model_config:
+            model.config[key] = model_config[key]
     return model

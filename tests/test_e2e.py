@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader
 from clip_dataset import (
     ClipDataset,
     clip_collate,
+    eval_clip_from_frames,
     eval_indices,
     frame_path,
     read_class_names,
@@ -146,6 +147,14 @@ def test_eval_frames_match_stage2_preprocessing(frames):
     assert torch.equal(clip[1], preprocess_frame(rgb, SIZE))
 
 
+def test_predict_input_matches_eval_items(frames):
+    root, entries = frames
+    test = ClipDataset(root, entries, CLIP_LEN, train=False, image_size=SIZE, num_clips=2)
+    name = entries[1]["video_name"]
+    rgb = [cv2.cvtColor(cv2.imread(str(frame_path(root, name, k))), cv2.COLOR_BGR2RGB) for k in range(10)]
+    assert torch.equal(eval_clip_from_frames(rgb, CLIP_LEN, SIZE, num_clips=2), test[1][0])
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Augmentation: one draw per clip
 
@@ -207,11 +216,11 @@ def _model(head: str = "meanpool", **kw) -> torch.nn.Module:
     return build_e2e_model(f"e2e_{head}", num_classes=3, backbone="resnet18", weights="none", **kw)
 
 
-def _batch(b: int = 2, seed: int = 0, size: int = 32) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Random uint8 clips; 32 px is enough for the model's mechanics and 4x cheaper than 64 on the CPU."""
+def _batch(b: int = 2, seed: int = 0, size: int = 32, t: int = 3) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Random uint8 clips; 32 px and 3 frames are enough for the model's mechanics and cheap on the CPU."""
     g = torch.Generator().manual_seed(seed)
-    clips = torch.randint(0, 256, (b, CLIP_LEN, 3, size, size), dtype=torch.uint8, generator=g)
-    return clips, torch.full((b,), CLIP_LEN), torch.arange(b) % 3
+    clips = torch.randint(0, 256, (b, t, 3, size, size), dtype=torch.uint8, generator=g)
+    return clips, torch.full((b,), t), torch.arange(b) % 3
 
 
 def _bn_buffers(module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -246,10 +255,25 @@ def test_names_and_rebuild_from_config():
         assert torch.allclose(model(views, lengths), expected, atol=1e-5)
 
 
+def test_checkpoint_round_trip_through_checkpoint_py(tmp_path):
+    from checkpoint import build_checkpoint, load_checkpoint, save_checkpoint
+
+    model = _model("bilstm", freeze_backbone_stages=1).eval()
+    ckpt = build_checkpoint(model, ["a", "b", "c"], {"backbone": "resnet18", "image_size": SIZE}, epoch=1)
+    assert ckpt["model_name"] == "e2e_bilstm" and ckpt["feature_dim"] == 512 and ckpt["num_classes"] == 3
+    save_checkpoint(ckpt, tmp_path / "last.pth")
+    loaded = load_checkpoint(tmp_path / "last.pth")  # weights_only=True: plain values only
+    again = load_e2e_model(loaded["model_config"], loaded["model_state"]).eval()
+    assert again.freeze_backbone_stages == 1 and again.config == model.config
+    clips, lengths, _ = _batch()
+    with torch.no_grad():
+        assert torch.allclose(model(clips, lengths), again(clips, lengths))
+
+
 def test_padding_frames_never_reach_the_backbone():
     model = _model().eval()
     clips, _, _ = _batch()
-    lengths = torch.tensor([CLIP_LEN, 2])
+    lengths = torch.tensor([3, 2])
     noisy = clips.clone()
     noisy[1, 2:] = 255 - noisy[1, 2:]
     with torch.no_grad():
@@ -297,7 +321,7 @@ def test_grad_checkpointing_matches_plain_backward():
     plain = _model(dropout=0.0)
     ckpt = copy.deepcopy(plain)
     ckpt.set_grad_checkpointing(True)
-    clips, lengths, labels = _batch(b=3)
+    clips, lengths, labels = _batch(b=2)
     losses = []
     for model in (plain, ckpt):
         model.train()
