@@ -8,10 +8,11 @@ background colour, texture and object colour) and several clips per group; the t
 UCF-101, so a model cannot score by remembering a group's look.
 
 The states along a clip change a lot (size, colour, angle, opacity from start to end) and the change is monotonic
-over most of the clip, because the demo samples frames at 1 fps (4-9 frames per clip) and embeds them with a randomly
-initialised resnet18, which only separates frames that differ grossly.
+over most of the clip, because the demo samples frames at 1 fps (5-10 frames per clip: clips last whole seconds plus
+one frame, so both end states are sampled) and embeds them with a randomly initialised resnet18, which only separates
+frames that differ grossly. Group-to-group variation is kept small next to that change, for the same reason.
 
-Output (all seeded: the same command writes byte-identical files):
+Output (all seeded: the same command writes byte-identical files with the same OpenCV build, whatever --workers):
     DIR/videos/<Class>/v_<Class>_g<NN>_c<MM>.avi   MJPG in AVI
     DIR/splits/classInd.txt, trainlist01.txt, testlist01.txt   official UCF-101 format, CRLF line endings
     DIR/demo_classes.json   {"order_pairs": [[A, B], ...], "appearance": [...], "classes": [...], ...}
@@ -433,7 +434,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--test_groups", type=int, default=None, help="last groups of each class in testlist01 (default: groups // 3)"
     )
     parser.add_argument("--size", type=parse_size, default=(112, 112), help="frame size, N or WxH (default 112)")
-    parser.add_argument("--fps", type=float, default=8.0, help="frame rate of the written videos")
+    parser.add_argument("--fps", type=float, default=8.0, help="frame rate of the written videos (default 8)")
     parser.add_argument("--min_seconds", type=float, default=4.0, help="shortest clip (clips last whole seconds)")
     parser.add_argument("--max_seconds", type=float, default=9.0, help="longest clip (clips last whole seconds)")
     parser.add_argument(
