@@ -122,16 +122,34 @@ def eval_frame_transform(frame: np.ndarray, size: int, resize: str = "crop") -> 
     return resize_frame(frame, size, resize)
 
 
+def jpeg_round_trip(rgb: np.ndarray, quality: int) -> np.ndarray:
+    """The frame as stage 1 stores it and ClipDataset reads it back (cv2 JPEG at `quality`)."""
+    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    if not ok:
+        raise BadInputError("cannot JPEG-encode a frame")
+    return cv2.cvtColor(cv2.imdecode(buf, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+
+
 def eval_clip_from_frames(
-    frames: Sequence[np.ndarray], clip_len: int, image_size: int, num_clips: int = 1, resize: str = "crop"
+    frames: Sequence[np.ndarray],
+    clip_len: int,
+    image_size: int,
+    num_clips: int = 1,
+    resize: str = "crop",
+    jpeg_quality: int | None = None,
 ) -> torch.Tensor:
     """predict.py's input for an e2e model: all RGB uint8 frames of one video (decoded at the training fps, e.g. by
     video.iter_frames_at_fps with the manifest's fps and frame_size) -> uint8 (V, T, 3, S, S), sampled and
-    transformed exactly as ClipDataset's evaluation items. Only the sampled frames are transformed."""
+    transformed exactly as ClipDataset's evaluation items. Only the sampled frames are transformed; with
+    `jpeg_quality` (stage 1's) they first go through the same JPEG round trip as the training frames did, so the
+    result equals test mode's input bit for bit."""
     if not frames:
         raise BadInputError("no frames to classify")
     ks = eval_indices(len(frames), clip_len, num_clips)
-    cache = {int(k): eval_frame_transform(frames[int(k)], image_size, resize) for k in np.unique(ks)}
+    cache = {}
+    for k in np.unique(ks):
+        rgb = frames[int(k)] if jpeg_quality is None else jpeg_round_trip(frames[int(k)], jpeg_quality)
+        cache[int(k)] = eval_frame_transform(rgb, image_size, resize)
     clip = np.stack([cache[int(k)] for k in ks.ravel()]).reshape(*ks.shape, image_size, image_size, 3)
     return torch.from_numpy(clip).permute(0, 1, 4, 2, 3).contiguous()
 
@@ -199,6 +217,16 @@ def count_frames(frames_dir: str | os.PathLike, video_name: str, expected: int |
     if n < len(names):
         log.warning("%s: frames stop at %d of %d files (a gap); using the first %d", folder, n, len(names), n)
     return n
+
+
+def clip_provenance(frames_dir: str | os.PathLike, **settings: Any) -> dict[str, Any]:
+    """What a checkpoint's data_info needs for predict.py to rebuild e2e inputs from a raw video: stage 1's fps,
+    frame_size and jpeg_quality (from frames/manifest.json when present) plus `settings` (backbone, weights,
+    image_size, resize, clip_len, num_clips)."""
+    path = Path(frames_dir) / "manifest.json"
+    manifest = read_json(path, "frames manifest") if path.is_file() else {}
+    info = {k: manifest.get(k) for k in ("fps", "frame_size", "jpeg_quality")}
+    return {**info, "resize": "crop", **settings}
 
 
 def read_frame(path: Path) -> np.ndarray | None:
