@@ -1,0 +1,545 @@
+"""Classify raw videos with a trained checkpoint: video -> frames -> backbone -> head -> top-k labels, one command.
+
+    python predict.py --model_ckpt RUN/checkpoints/best.pth VIDEO_OR_FOLDER [...] [--topk 5] [--json out.json]
+                      [--attention_plot out.png] [--backbone_weights PATH]
+
+Each video is decoded in memory (no frames written) at the checkpoint's fps with stage 1's exact-time sampling,
+and its frames go through the same pixels as training saw them: stage 1's shorter-side resize (`frame_size`) and
+its JPEG round trip at `jpeg_quality` (stage 1 writes BGR JPEGs with cv2.imencode, stage 2 reads them back with
+cv2.imdecode), then stage 2's preprocessing, the checkpoint's backbone (rebuilt from name, weights and seed), the
+same uniform subsampling to stage 2's `max_len_cap`, and the stored embedding dtype. So a video gets the same
+probabilities here as through prepare_ucf101 -> prepare_data -> main.py --mode test, up to float noise.
+
+End-to-end checkpoints (`e2e_*`) are rebuilt whole from the checkpoint and sample the clip as their evaluation
+does (uniform segment centres, `num_clips` views averaged).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+
+from checkpoint import load_checkpoint, model_from_checkpoint
+from models.backbone import (
+    PRECISIONS,
+    RESIZE_MODES,
+    build_backbone,
+    default_threads,
+    embed_batch,
+    normalize_batch,
+    preprocess_frame,
+    resolve_precision,
+)
+from prepare_data import subsample_indices
+from utils import BadInputError, atomic_write_json, resolve_device, run_cli, setup_logging
+from video import VideoDecodeError, is_video_file, iter_frames_at_fps
+
+log = logging.getLogger("actionbert.predict")
+
+ATTENTION_HEADS = ("bert", "roberta")
+E2E_PREFIX = "e2e_"
+THUMB_HEIGHT = 64  # pixels of the thumbnails kept for --attention_plot
+MAX_THUMBS = 16  # thumbnails drawn in the strip; more frames are shown by every k-th one
+
+
+# ----------------------------------------------------------------------------------------------- settings
+
+
+@dataclass(frozen=True)
+class FrameSettings:
+    """How training made its inputs from a raw video: stage 1's sampling and JPEGs, stage 2's preprocessing."""
+
+    fps: float
+    frame_size: int | None
+    jpeg_quality: int
+    image_size: int
+    resize: str
+    max_len_cap: int | None = None  # stage 2's --max_len (embedding route)
+    dtype: str = "float32"  # stored embedding dtype (embedding route)
+    clip_len: int | None = None  # end-to-end route
+    num_clips: int = 1
+
+
+def _require(info: dict[str, Any], key: str, ckpt_path: str | os.PathLike, where: str = "data_info") -> Any:
+    if key not in info:
+        raise BadInputError(
+            f"{ckpt_path}: the checkpoint's {where} lacks {key!r}, which predict.py needs to rebuild the inputs "
+            f"training saw (a checkpoint from before it was recorded: retrain, or rerun prepare_data.py and "
+            f"main.py with the current code)"
+        )
+    return info[key]
+
+
+def embedding_settings(ckpt: dict[str, Any], ckpt_path: str | os.PathLike) -> FrameSettings:
+    """FrameSettings of a head trained on stage 2's embeddings, from the checkpoint's data_info."""
+    info = ckpt.get("data_info") or {}
+    fps = _require(info, "fps", ckpt_path)
+    if fps is None:
+        raise BadInputError(f"{ckpt_path}: data_info fps is null (stage 2 found no frames manifest); cannot tell "
+                            "at which rate to sample the video")
+    frame_size = _require(info, "frame_size", ckpt_path)
+    if "max_len_cap" in info:
+        cap = info["max_len_cap"]
+    else:
+        cap = None
+        log.warning("%s: data_info has no max_len_cap (stage 2's --max_len); frames are not capped", ckpt_path)
+    resize = info.get("resize") or "crop"
+    if resize not in RESIZE_MODES:
+        raise BadInputError(f"{ckpt_path}: data_info resize {resize!r} is not one of {', '.join(RESIZE_MODES)}")
+    return FrameSettings(
+        fps=float(fps),
+        frame_size=None if frame_size is None else int(frame_size),
+        jpeg_quality=int(_require(info, "jpeg_quality", ckpt_path)),
+        image_size=int(_require(info, "image_size", ckpt_path)),
+        resize=resize,
+        max_len_cap=None if cap is None else int(cap),
+        dtype=str(info.get("dtype") or "float32"),
+    )
+
+
+def e2e_settings(ckpt: dict[str, Any], ckpt_path: str | os.PathLike) -> FrameSettings:
+    """FrameSettings of an end-to-end checkpoint: data_info first, then the training arguments it recorded."""
+    merged = {**(ckpt.get("args") or {}), **(ckpt.get("data_info") or {})}
+    fps = _require(merged, "fps", ckpt_path, "data_info/args")
+    frame_size = _require(merged, "frame_size", ckpt_path, "data_info/args")
+    return FrameSettings(
+        fps=float(fps),
+        frame_size=None if frame_size is None else int(frame_size),
+        jpeg_quality=int(_require(merged, "jpeg_quality", ckpt_path, "data_info/args")),
+        image_size=int(_require(merged, "image_size", ckpt_path, "data_info/args")),
+        resize=str(merged.get("resize") or "crop"),
+        clip_len=int(_require(merged, "clip_len", ckpt_path, "data_info/args")),
+        num_clips=int(merged.get("num_clips") or 1),
+    )
+
+
+# ----------------------------------------------------------------------------------------------- inputs
+
+
+def find_videos(paths: Sequence[str | os.PathLike]) -> tuple[list[Path], list[dict[str, str]]]:
+    """Files as given, and every video file under each folder (recursively, sorted; hidden entries skipped).
+
+    A missing path or a folder without videos is a failure record {"file", "reason"}; a file given by name is
+    tried whatever its extension (decoding then says whether it is a video)."""
+    videos: list[Path] = []
+    failures: list[dict[str, str]] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            found = []
+            for root, dirs, files in os.walk(path):
+                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+                found += [Path(root) / f for f in files if not f.startswith(".") and is_video_file(f)]
+            if not found:
+                failures.append({"file": str(path), "reason": "folder holds no video files"})
+            videos += sorted(found, key=lambda p: p.relative_to(path).parts)
+        elif path.exists() or path.is_symlink():
+            videos.append(path)
+        else:
+            failures.append({"file": str(path), "reason": "no such file or folder"})
+    return videos, failures
+
+
+def jpeg_round_trip(bgr: np.ndarray, quality: int) -> np.ndarray:
+    """The BGR frame as stage 2 reads it back from stage 1's JPEG (cv2.imencode at `quality`, cv2.imdecode)."""
+    ok, buf = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    if not ok:
+        raise ValueError("frame cannot be encoded as JPEG")
+    return cv2.imdecode(buf, cv2.IMREAD_COLOR)
+
+
+@dataclass
+class DecodedVideo:
+    times: list[float]  # seconds of each sampled frame
+    frames: list[torch.Tensor]  # uint8 (3, S, S), preprocessed as stage 2 does
+    thumbs: list[np.ndarray] = field(default_factory=list)  # small RGB frames, for --attention_plot
+
+
+def decode_video(path: str | os.PathLike, settings: FrameSettings, keep_thumbs: bool = False) -> DecodedVideo:
+    """Sample, resize, JPEG round-trip and preprocess one video's frames in memory.
+
+    Stage 2 resizes the BGR image and then swaps channels; swapping first is the same arithmetic (every OpenCV
+    resize works per channel), so preprocess_frame on RGB gives its exact pixels.
+    """
+    out = DecodedVideo([], [])
+    try:
+        for t, bgr in iter_frames_at_fps(path, settings.fps, settings.frame_size, rgb=False):
+            rgb = cv2.cvtColor(jpeg_round_trip(bgr, settings.jpeg_quality), cv2.COLOR_BGR2RGB)
+            out.times.append(t)
+            out.frames.append(preprocess_frame(rgb, settings.image_size, settings.resize))
+            if keep_thumbs:
+                h, w = rgb.shape[:2]
+                size = (max(1, round(w * THUMB_HEIGHT / h)), THUMB_HEIGHT)
+                out.thumbs.append(cv2.resize(rgb, size, interpolation=cv2.INTER_AREA))
+    except cv2.error as exc:  # a decoder failure inside OpenCV is the video's fault, as in stage 1
+        msg = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        raise VideoDecodeError(path, f"decoder error: {msg}") from None
+    if not out.frames:
+        raise VideoDecodeError(path, "no frames at the sampling times")
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- model
+
+
+@dataclass
+class Predictor:
+    """Everything loaded once and used for every video."""
+
+    ckpt_path: str
+    model_name: str
+    class_names: list[str]
+    settings: FrameSettings
+    model: torch.nn.Module  # the head, or the whole end-to-end model
+    backbone: torch.nn.Module | None  # None for end-to-end models
+    device: torch.device
+    precision: str
+
+    @property
+    def is_e2e(self) -> bool:
+        return self.model_name.startswith(E2E_PREFIX)
+
+    @property
+    def head_name(self) -> str:
+        return self.model_name.removeprefix(E2E_PREFIX)
+
+    @property
+    def has_attention(self) -> bool:
+        return self.head_name in ATTENTION_HEADS
+
+
+def rebuild_backbone(info: dict[str, Any], ckpt_path: str | os.PathLike, override: str | None) -> torch.nn.Module:
+    """The checkpoint's frame backbone: its name, weights (or --backbone_weights) and, for random weights, seed."""
+    name = _require(info, "backbone", ckpt_path)
+    weights = override or _require(info, "weights", ckpt_path)
+    seed = None
+    if weights == "none":
+        seed = _require(info, "seed", ckpt_path)
+        if seed is None:
+            raise BadInputError(f"{ckpt_path}: a random backbone (weights none) without a recorded seed cannot be "
+                                "rebuilt; pass the trained backbone with --backbone_weights PATH")
+    elif weights != "imagenet" and not Path(weights).is_file():
+        hint = "" if override else " (recorded in the checkpoint); pass a local copy with --backbone_weights PATH"
+        raise BadInputError(f"backbone weights {weights} not found{hint}")
+    try:
+        backbone, _ = build_backbone(name, weights, seed=seed)
+    except BadInputError as exc:
+        if weights == "imagenet":
+            raise BadInputError(
+                f"cannot get the ImageNet weights of backbone {name} that this checkpoint was trained with ({exc}). "
+                f"Offline, pass a local state_dict of torchvision's {name} ImageNet weights with "
+                "--backbone_weights PATH"
+            ) from exc
+        raise
+    return backbone
+
+
+def load_predictor(
+    ckpt_path: str | os.PathLike,
+    backbone_weights: str | None = None,
+    device: torch.device | str = "cpu",
+    precision: str = "auto",
+) -> Predictor:
+    """Load the checkpoint, its head (or end-to-end model) and, for heads, the backbone that made its features."""
+    device = torch.device(device)
+    ckpt = load_checkpoint(ckpt_path)
+    name = str(ckpt["model_name"])
+    if name.startswith(E2E_PREFIX):
+        try:
+            from models.e2e import load_e2e_model
+        except ImportError as exc:
+            raise BadInputError(f"{ckpt_path} is an end-to-end checkpoint ({name}) but models/e2e.py cannot be "
+                                f"imported: {exc}") from exc
+        settings = e2e_settings(ckpt, ckpt_path)
+        if backbone_weights:
+            log.info("--backbone_weights ignored: an end-to-end checkpoint holds its backbone's trained weights")
+        model = load_e2e_model(ckpt["model_config"], ckpt["model_state"])
+        model = model.prepare_for_device(device).eval()
+        backbone = None
+    else:
+        settings = embedding_settings(ckpt, ckpt_path)
+        info = ckpt.get("data_info") or {}
+        backbone = rebuild_backbone(info, ckpt_path, backbone_weights).to(device)
+        model = model_from_checkpoint(ckpt, device)
+        dim = int(ckpt["feature_dim"])
+        probe = embed_batch(backbone, normalize_batch(torch.zeros((1, 3, 32, 32), dtype=torch.uint8), device))
+        if probe.shape[1] != dim:
+            raise BadInputError(f"backbone {info.get('backbone')} gives {probe.shape[1]}-dim features but the head "
+                                f"{ckpt_path} expects {dim}")
+    return Predictor(
+        ckpt_path=str(ckpt_path),
+        model_name=name,
+        class_names=[str(c) for c in ckpt["class_names"]],
+        settings=settings,
+        model=model,
+        backbone=backbone,
+        device=device,
+        precision=resolve_precision(precision, device),
+    )
+
+
+def embed_frames(predictor: Predictor, frames: Sequence[torch.Tensor], batch_size: int) -> torch.Tensor:
+    """(T, D) float32 frame embeddings, rounded to the dtype stage 2 stored them in."""
+    assert predictor.backbone is not None
+    feats = []
+    for start in range(0, len(frames), batch_size):
+        x = torch.stack(list(frames[start : start + batch_size]))
+        feats.append(embed_batch(predictor.backbone, normalize_batch(x, predictor.device), predictor.precision))
+    out = torch.cat(feats).cpu()
+    return out.to(getattr(torch, predictor.settings.dtype)).float()
+
+
+# ----------------------------------------------------------------------------------------------- attention
+
+
+def cls_attention(attentions: Sequence[torch.Tensor]) -> np.ndarray:
+    """(layers + 1, T) attention of [CLS] to each frame: one row per layer (mean over heads, renormalised over
+    the frames so rows compare) and a last row of attention rollout (Abnar & Zuidema 2020: per layer, heads
+    averaged, plus the residual identity, rows renormalised; the product over layers).
+
+    `attentions` are one (heads, T+1, T+1) map per layer for a single video, token 0 being [CLS]."""
+    rows = []
+    rollout = None
+    for att in attentions:
+        a = att.float().mean(0)  # (T+1, T+1)
+        cls = a[0, 1:]
+        rows.append(cls / cls.sum().clamp_min(1e-12))
+        a = a + torch.eye(a.shape[0])
+        a = a / a.sum(-1, keepdim=True)
+        rollout = a if rollout is None else a @ rollout
+    roll = rollout[0, 1:]
+    rows.append(roll / roll.sum().clamp_min(1e-12))
+    return torch.stack(rows).numpy()
+
+
+def plot_attention(
+    out_path: str | os.PathLike,
+    maps: np.ndarray,
+    times: Sequence[float],
+    thumbs: Sequence[np.ndarray],
+    title: str,
+) -> None:
+    """A strip of the sampled frames above the [CLS] attention over time (one row per layer, then rollout)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = maps.shape[1]
+    rows = [f"layer {i + 1}" for i in range(maps.shape[0] - 1)] + ["rollout"]
+    # Lay out in inches so thumbnails keep their aspect ratio and sit exactly over their column.
+    cell = min(1.2, max(0.3, 14.0 / n))  # width of one frame's column
+    step = max(1, math.ceil(n / MAX_THUMBS))
+    h, w = thumbs[0].shape[:2]
+    thumb_h = min(2.5, step * cell * h / w)
+    att_h = 0.3 * len(rows) + 0.1
+    left, right, top, gap, bottom = 0.9, 1.2, 0.5, 0.1, 0.6
+    fig_w, fig_h = left + n * cell + right, top + thumb_h + gap + att_h + bottom
+    fig = plt.figure(figsize=(fig_w, fig_h))
+    ax_img = fig.add_axes((left / fig_w, (bottom + att_h + gap) / fig_h, n * cell / fig_w, thumb_h / fig_h))
+    ax_att = fig.add_axes((left / fig_w, bottom / fig_h, n * cell / fig_w, att_h / fig_h), sharex=ax_img)
+    ax_bar = fig.add_axes(((left + n * cell + 0.15) / fig_w, bottom / fig_h, 0.15 / fig_w, att_h / fig_h))
+    for i in range(0, n, step):
+        span = min(step, n - i)
+        ax_img.imshow(thumbs[i], extent=(i - 0.5 + 0.03, i - 0.5 + span - 0.03, 0, 1), aspect="auto")
+    ax_img.set_xlim(-0.5, n - 0.5)
+    ax_img.set_ylim(0, 1)
+    ax_img.set_yticks([])
+    ax_img.tick_params(labelbottom=False)
+    fig.suptitle(title, fontsize=10, y=1 - 0.15 / fig_h, va="top")
+    im = ax_att.imshow(maps, aspect="auto", cmap="viridis", interpolation="nearest", vmin=0.0,
+                       extent=(-0.5, n - 0.5, len(rows) - 0.5, -0.5))
+    ax_att.set_yticks(range(len(rows)), rows, fontsize=8)
+    ticks = list(range(0, n, max(1, math.ceil(n / 20))))
+    ax_att.set_xticks(ticks, [f"{times[i]:.1f}" for i in ticks], fontsize=8)
+    ax_att.set_xlabel("time in the video (s)")
+    fig.colorbar(im, cax=ax_bar)
+    ax_bar.set_ylabel("[CLS] attn.", fontsize=8)
+    ax_bar.tick_params(labelsize=7)
+    buf_path = Path(out_path)
+    buf_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = buf_path.with_name(f".{buf_path.name}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, buf_path)
+
+
+def attention_plot_paths(out: str | os.PathLike, videos: Sequence[Path]) -> list[Path]:
+    """One video: exactly `out`. Several: `<out stem>_<video stem>.png` beside it, made unique by a counter."""
+    out = Path(out)
+    if len(videos) == 1:
+        return [out]
+    paths, seen = [], set()
+    for v in videos:
+        stem = re.sub(r"[^A-Za-z0-9._-]+", "_", v.stem) or "video"
+        candidate, k = f"{out.stem}_{stem}", 1
+        while candidate.casefold() in seen:
+            k += 1
+            candidate = f"{out.stem}_{stem}_{k}"
+        seen.add(candidate.casefold())
+        paths.append(out.with_name(candidate + (out.suffix or ".png")))
+    return paths
+
+
+# ----------------------------------------------------------------------------------------------- prediction
+
+
+@dataclass
+class Prediction:
+    video: str
+    probs: np.ndarray  # (num_classes,)
+    num_frames: int  # frames sampled at the checkpoint's fps
+    times: list[float]  # time of each frame the model used
+    attention: np.ndarray | None = None  # (layers + 1, T) from cls_attention
+    thumbs: list[np.ndarray] = field(default_factory=list)  # of the frames the attention refers to
+
+    def topk(self, class_names: Sequence[str], k: int) -> list[dict[str, Any]]:
+        order = np.argsort(-self.probs, kind="stable")[: min(k, len(self.probs))]
+        return [{"label": class_names[i], "class_idx": int(i), "prob": float(self.probs[i])} for i in order]
+
+
+@torch.no_grad()
+def predict_video(
+    predictor: Predictor, path: str | os.PathLike, batch_size: int = 64, attention: bool = False
+) -> Prediction:
+    """Probabilities of one video (and, with `attention`, the [CLS] attention maps over its frames)."""
+    s = predictor.settings
+    decoded = decode_video(path, s, keep_thumbs=attention)
+    num_frames = len(decoded.frames)
+    if predictor.is_e2e:
+        return _predict_e2e(predictor, str(path), decoded, attention)
+    keep = subsample_indices(num_frames, s.max_len_cap)
+    frames = [decoded.frames[i] for i in keep]
+    times = [decoded.times[i] for i in keep]
+    thumbs = [decoded.thumbs[i] for i in keep] if attention else []
+    feats = embed_frames(predictor, frames, batch_size).to(predictor.device)
+    lengths = torch.tensor([len(frames)], device=predictor.device)
+    maps = None
+    if attention:
+        logits, atts = predictor.model(feats[None], lengths, return_attentions=True)
+        used = predictor.model.last_frame_index[0].tolist()  # frames the head kept (it subsamples long videos)
+        maps = cls_attention([a[0].cpu() for a in atts])[:, : len(used)]
+        times, thumbs = [times[i] for i in used], [thumbs[i] for i in used]
+    else:
+        logits = predictor.model(feats[None], lengths)
+    probs = logits.float().softmax(-1)[0].cpu().numpy()
+    return Prediction(str(path), probs, num_frames, times, maps, thumbs)
+
+
+def _predict_e2e(predictor: Predictor, path: str, decoded: DecodedVideo, attention: bool) -> Prediction:
+    from clip_dataset import eval_clip_from_frames, eval_indices
+
+    s = predictor.settings
+    assert s.clip_len is not None
+    # The frames are already S x S after stage 2's resize, on which resize_frame is the identity: passing them
+    # gives exactly eval_clip_from_frames on the full frames without holding those in memory.
+    hwc = [f.permute(1, 2, 0).numpy() for f in decoded.frames]
+    clip = eval_clip_from_frames(hwc, s.clip_len, s.image_size, s.num_clips, s.resize).to(predictor.device)
+    lengths = torch.tensor([s.clip_len], device=predictor.device)
+    model = predictor.model
+    logits = model(clip[None], lengths)  # (1, V, T, 3, S, S): logits averaged over the V views
+    probs = logits.float().softmax(-1)[0].cpu().numpy()
+    ks = eval_indices(len(decoded.frames), s.clip_len, s.num_clips)[0]
+    times = [decoded.times[int(k)] for k in ks]
+    maps, thumbs = None, []
+    if attention:  # the first view's attention (the segment centres when num_clips is 1)
+        feats = model.frame_features(clip[:1], lengths)
+        _, atts = model.head(feats, lengths, return_attentions=True)
+        used = model.head.last_frame_index[0].tolist()
+        maps = cls_attention([a[0].cpu() for a in atts])[:, : len(used)]
+        times = [times[i] for i in used]
+        thumbs = [decoded.thumbs[int(ks[i])] for i in used]
+    return Prediction(path, probs, len(decoded.frames), times, maps, thumbs)
+
+
+def format_table(pred: Prediction, class_names: Sequence[str], k: int, fps: float) -> str:
+    """A small aligned table of one video's top-k classes."""
+    top = pred.topk(class_names, k)
+    width = max(len("class"), *(len(t["label"]) for t in top))
+    lines = [f"{pred.video}  ({pred.num_frames} frame{'s' if pred.num_frames != 1 else ''} at {fps:g} fps)",
+             f"  {'rank':>4}  {'class':<{width}}  {'prob':>7}"]
+    for r, t in enumerate(top, 1):
+        lines.append(f"  {r:>4}  {t['label']:<{width}}  {t['prob']:>7.4f}")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------- CLI
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("videos", nargs="+", metavar="VIDEO", help="video files or folders (all video files inside, "
+                   "recursively, sorted)")
+    p.add_argument("--model_ckpt", required=True, help="checkpoint from main.py, e.g. RUN/checkpoints/best.pth")
+    p.add_argument("--topk", type=int, default=5, help="classes to print per video")
+    p.add_argument("--json", default=None, help="also write [{video, topk: [{label, class_idx, prob}], num_frames}] "
+                   "to this file")
+    p.add_argument("--backbone_weights", default=None, help="local state_dict of the checkpoint's backbone, used "
+                   "instead of the weights it records (offline use, e.g. when ImageNet weights cannot be downloaded)")
+    p.add_argument("--attention_plot", default=None, metavar="OUT.png", help="bert/roberta heads (and e2e_bert/"
+                   "e2e_roberta): draw the [CLS] attention over time per layer and rolled out, under the sampled "
+                   "frames. One video: OUT.png; several: OUT_<video stem>.png beside it")
+    p.add_argument("--gpu_id", type=int, default=0, help="CUDA device; the CPU is used when there is none")
+    p.add_argument("--batch_size", type=int, default=64, help="frames per backbone forward pass")
+    p.add_argument("--precision", choices=PRECISIONS, default="auto", help="backbone precision; auto: fp16 autocast "
+                   "on CUDA, fp32 on the CPU (as prepare_data.py)")
+    p.add_argument("-v", "--verbose", action="store_true")
+    return p
+
+
+def main(args: argparse.Namespace) -> int:
+    setup_logging(args.verbose)
+    if args.topk < 1 or args.batch_size < 1:
+        raise BadInputError(f"--topk and --batch_size must be >= 1 (got {args.topk}, {args.batch_size})")
+    torch.set_num_threads(default_threads())
+    device = resolve_device(args.gpu_id)
+    predictor = load_predictor(args.model_ckpt, args.backbone_weights, device, args.precision)
+    want_attention = args.attention_plot is not None
+    if want_attention and not predictor.has_attention:
+        raise BadInputError(
+            f"--attention_plot needs a transformer head (bert, roberta, e2e_bert, e2e_roberta); {args.model_ckpt} "
+            f"is a {predictor.model_name} model, which has no attention"
+        )
+    videos, failures = find_videos(args.videos)
+    for f in failures:
+        print(f"skipped {f['file']}: {f['reason']}")
+    plot_paths = attention_plot_paths(args.attention_plot, videos) if want_attention else []
+    results = []
+    for n, path in enumerate(videos):
+        try:
+            pred = predict_video(predictor, path, args.batch_size, attention=want_attention)
+        except VideoDecodeError as exc:
+            print(f"skipped {path}: {exc.reason}")
+            failures.append({"file": str(path), "reason": exc.reason})
+            continue
+        print(format_table(pred, predictor.class_names, args.topk, predictor.settings.fps))
+        results.append({"video": str(path), "topk": pred.topk(predictor.class_names, args.topk),
+                        "num_frames": pred.num_frames})
+        if want_attention:
+            top = pred.topk(predictor.class_names, 1)[0]
+            title = f"{path.name}: {top['label']} ({top['prob']:.3f}), {predictor.model_name} [CLS] attention"
+            plot_attention(plot_paths[n], pred.attention, pred.times, pred.thumbs, title)
+            print(f"  attention plot: {plot_paths[n]}")
+    if args.json:
+        atomic_write_json(args.json, results)
+    total = len(results) + len(failures)
+    if failures:
+        log.warning("%d of %d input(s) could not be classified", len(failures), total)
+    if not results:
+        raise BadInputError(f"no video could be classified ({len(failures)} input(s) failed)")
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main, get_args_parser().parse_args())
