@@ -17,6 +17,7 @@ import argparse
 import datetime
 import json
 import math
+import os
 import platform
 import shlex
 import sys
@@ -79,16 +80,16 @@ def write_data(folder: Path, lengths: np.ndarray, rows_used: np.ndarray, dim: in
     (folder / "train.json").write_text(json.dumps(meta))
 
 
-def time_mode(model, init_state, loader, device) -> tuple[float, list[int]]:
-    """Seconds for the timed batches (after one untimed warm-up step) and the padded width of each batch."""
+def time_mode(model, init_state, loader, device) -> tuple[float, float, list[int]]:
+    """Wall and CPU seconds for the timed batches (after one untimed warm-up step), padded width of each batch."""
     model.load_state_dict(init_state)
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    widths, elapsed = [], 0.0
+    widths, elapsed, cpu = [], 0.0, 0.0
     for i, batch in enumerate(loader):
         if device.type == "cuda":
             torch.cuda.synchronize()
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         feats = batch["feats"].to(device, non_blocking=True)
         lengths, labels = batch["lengths"].to(device), batch["labels"].to(device)
         loss = torch.nn.functional.cross_entropy(model(feats, lengths), labels)
@@ -99,8 +100,9 @@ def time_mode(model, init_state, loader, device) -> tuple[float, list[int]]:
             torch.cuda.synchronize()
         if i > 0:  # the first batch warms up kernels and allocators
             elapsed += time.perf_counter() - start
+            cpu += time.process_time() - start_cpu
             widths.append(int(batch["feats"].shape[1]))
-    return elapsed, widths
+    return elapsed, cpu, widths
 
 
 def main(args: argparse.Namespace) -> int:
@@ -122,13 +124,13 @@ def main(args: argparse.Namespace) -> int:
         for mode, collate in (("dynamic", pad_collate), ("fixed", fixed_pad_collate(args.max_len))):
             loader = DataLoader(EmbeddingDataset(info), batch_size=args.batch_size, shuffle=False,
                                 collate_fn=collate, num_workers=0, pin_memory=device.type == "cuda")
-            seconds, widths = time_mode(model, init_state, loader, device)
-            results[mode] = {"seconds": seconds, "per_batch": seconds / len(widths), "widths": widths,
+            seconds, cpu, widths = time_mode(model, init_state, loader, device)
+            results[mode] = {"seconds": seconds, "cpu": cpu, "per_batch": seconds / len(widths), "widths": widths,
                              "epoch_s": seconds / len(widths) * epoch_batches}
             print(f"{mode}: {seconds:.2f} s for {len(widths)} batches, mean width {np.mean(widths):.1f}, "
                   f"epoch ~{results[mode]['epoch_s']:.1f} s", flush=True)
     ratio = results["fixed"]["seconds"] / results["dynamic"]["seconds"]
-    print(f"fixed/dynamic = {ratio:.2f}")
+    print(f"fixed/dynamic = {ratio:.2f} (CPU time {results['fixed']['cpu'] / results['dynamic']['cpu']:.2f})")
     append_table(args, lengths, results, ratio, epoch_batches)
     return 0
 
@@ -143,7 +145,7 @@ def append_table(args, lengths, results, ratio, epoch_batches) -> None:
         "",
         f"## Training: dynamic vs fixed padding ({datetime.date.today().isoformat()})",
         "",
-        f"Machine: {cpu}, {torch.get_num_threads()} torch threads ({__import__('os').cpu_count()} cores), GPU: {gpu}, "
+        f"Machine: {cpu}, {torch.get_num_threads()} torch threads ({os.cpu_count()} cores), GPU: {gpu}, "
         f"torch {torch.__version__}, device {args.device}.",
         f"Data: {args.num_videos} videos, lengths at 1 fps mean {lengths.mean():.2f}, min {lengths.min()}, "
         f"max {lengths.max()}, median {int(np.median(lengths))}, 99th percentile {int(np.percentile(lengths, 99))}; "
@@ -151,15 +153,19 @@ def append_table(args, lengths, results, ratio, epoch_batches) -> None:
         f"{args.batch_size}, fp32, forward + backward + AdamW step; timed: {scope} (same batches in both modes, "
         "after one warm-up batch).",
         f"Command: `{shlex.join([sys.executable, *sys.argv])}`",
+        f"Load average (1 min) at the end: {os.getloadavg()[0]:.1f} (other jobs share the cores when above "
+        f"{os.cpu_count()}; the CPU-time ratio is the steadier number then).",
         "",
-        "| padding | mean batch width (frames) | s / batch | s / epoch | ratio |",
-        "|---|---|---|---|---|",
+        "| padding | mean batch width (frames) | wall s / batch | CPU s / batch | wall s / epoch | ratio (wall) |",
+        "|---|---|---|---|---|---|",
     ]
     for mode in ("dynamic", "fixed"):
         r = results[mode]
-        lines.append(f"| {mode} | {np.mean(r['widths']):.1f} | {r['per_batch']:.3f} | {r['epoch_s']:.1f} | "
+        lines.append(f"| {mode} | {np.mean(r['widths']):.1f} | {r['per_batch']:.3f} | "
+                     f"{r['cpu'] / len(r['widths']):.3f} | {r['epoch_s']:.1f} | "
                      f"{r['seconds'] / results['dynamic']['seconds']:.2f} |")
-    lines.append(f"\n`fixed/dynamic = {ratio:.2f}`\n")
+    cpu_ratio = results["fixed"]["cpu"] / results["dynamic"]["cpu"]
+    lines.append(f"\n`fixed/dynamic = {ratio:.2f}` (wall; CPU-time ratio {cpu_ratio:.2f})\n")
     with open(args.out, "a", encoding="utf-8") as fh:
         fh.write("\n".join(lines) + "\n")
 
