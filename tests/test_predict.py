@@ -1,0 +1,232 @@
+"""predict.py against the embeddings route on a tiny demo dataset: same probabilities for the same raw videos.
+
+One module-scoped pipeline (make_demo_data -> prepare_ucf101 -> prepare_data x3 -> main.py train bert and
+meanpool -> main.py --mode test), run in-process so the interpreter's imports are paid once.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import main as main_script
+import make_demo_data
+import predict
+import prepare_data
+import prepare_ucf101
+from tests.conftest import ROOT
+from utils import BadInputError
+
+CLASSES = ["GrowingDisc", "ShrinkingDisc", "PlainSquare"]
+
+
+def _run(module, argv: list[str]) -> None:
+    assert module.main(module.get_args_parser().parse_args(argv)) in (0, None)
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("predict")
+    demo, stage1, data, expts = d / "demo", d / "stage1", d / "data", d / "expts"
+    _run(make_demo_data, ["-o", str(demo), "--classes", *CLASSES, "--groups", "3", "--clips", "2", "--size", "72x56",
+                          "--min_seconds", "3", "--max_seconds", "5", "--workers", "1"])
+    _run(prepare_ucf101, ["-v", str(demo / "videos"), "-o", str(stage1), "--split_dir", str(demo / "splits"),
+                          "-fps", "1", "--frame_size", "48", "--jpeg_quality", "80", "--workers", "1"])
+    for split in ("train", "val", "test"):
+        _run(prepare_data, ["-s", split, "-f", str(stage1 / "frames"), "-j", str(stage1 / f"{split}_ucf101.json"),
+                            "-o", str(data), "--weights", "none", "--image_size", "64", "--seed", "0", "-nw", "0",
+                            "-bs", "16"])
+    common = ["--data_dir", str(data), "--expt_dir", str(expts), "--expt_name", "e", "--num_workers", "0",
+              "--gpu_id", "0", "--batch_size", "8"]
+    _run(main_script, ["--mode", "train", "--model", "bert", "--num_layers", "2", "--hidden_size", "32",
+                       "--num_heads", "2", "--epochs", "2", "--lr", "1e-3", *common])
+    _run(main_script, ["--mode", "train", "--model", "meanpool", "--epochs", "1", *common])
+    bert_ckpt = expts / "e" / "bert" / "checkpoints" / "best.pth"
+    _run(main_script, ["--mode", "test", "--model_ckpt", str(bert_ckpt), "--split", "test", *common])
+    return {"demo": demo, "stage1": stage1, "data": data, "bert": bert_ckpt,
+            "meanpool": expts / "e" / "meanpool" / "checkpoints" / "best.pth",
+            "predictions": expts / "e" / "bert" / "predictions_test.csv"}
+
+
+def _embedding_route_probs(pipeline: dict[str, Path]) -> dict[str, dict[str, float]]:
+    with open(pipeline["predictions"], newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    k = sum(1 for key in rows[0] if key.startswith("prob"))
+    return {r["video"]: {r[f"top{i}"]: float(r[f"prob{i}"]) for i in range(1, k + 1)} for r in rows}
+
+
+def _source(pipeline: dict[str, Path], video_name: str) -> Path:
+    manifest = json.loads((pipeline["stage1"] / "frames" / "manifest.json").read_text())
+    return pipeline["demo"] / "videos" / manifest["videos"][video_name]["source"]
+
+
+def test_same_probabilities_as_embedding_route(pipeline):
+    expected = _embedding_route_probs(pipeline)
+    predictor = predict.load_predictor(pipeline["bert"])
+    assert predictor.settings.jpeg_quality == 80 and predictor.settings.frame_size == 48
+    names = sorted(expected)[:1] + sorted(expected)[-1:]  # one GrowingDisc, one ShrinkingDisc test video
+    for name in names:
+        pred = predict.predict_video(predictor, _source(pipeline, name))
+        got = {predictor.class_names[i]: float(p) for i, p in enumerate(pred.probs)}
+        for label, prob in expected[name].items():
+            assert got[label] == pytest.approx(prob, abs=1e-4), (name, label, got, expected[name])
+        assert pred.num_frames == json.loads((pipeline["stage1"] / "frames" / "manifest.json").read_text())[
+            "videos"][name]["num_frames"]
+
+
+def test_same_embeddings_as_stage2(pipeline):
+    """Tighter than the probabilities: the frame embeddings equal stage 2's rows (batch-shape float noise only)."""
+    meta = json.loads((pipeline["data"] / "test.json").read_text())
+    rows = np.load(pipeline["data"] / "test.npy", mmap_mode="r")
+    predictor = predict.load_predictor(pipeline["bert"])
+    rec = meta["data"][0]
+    decoded = predict.decode_video(_source(pipeline, rec["video_name"]), predictor.settings)
+    feats = predict.embed_frames(predictor, decoded.frames, 64).numpy()
+    assert feats.shape[0] == rec["video_length"]
+    np.testing.assert_allclose(feats, rows[rec["video_idx"], : rec["video_length"]], rtol=1e-4, atol=1e-5)
+
+
+def test_jpeg_round_trip_matters(pipeline):
+    """The round trip is not a no-op at the quality used, so matching the route above really checks it."""
+    name = sorted(_embedding_route_probs(pipeline))[0]
+    predictor = predict.load_predictor(pipeline["bert"])
+    with_rt = predict.decode_video(_source(pipeline, name), predictor.settings)
+    from dataclasses import replace
+
+    without = predict.decode_video(_source(pipeline, name), replace(predictor.settings, jpeg_quality=100))
+    assert any(not torch.equal(a, b) for a, b in zip(with_rt.frames, without.frames, strict=True))
+    stored = sorted((pipeline["stage1"] / "frames" / name).iterdir())
+    first = prepare_data.load_frame(str(stored[0]), 64, "crop")
+    assert torch.equal(first, with_rt.frames[0])  # byte for byte what stage 2 fed its backbone
+
+
+def test_cli_folder_bad_videos_json_and_attention(pipeline, tmp_path, capsys):
+    folder = tmp_path / "in"
+    (folder / "sub").mkdir(parents=True)
+    good = _source(pipeline, sorted(_embedding_route_probs(pipeline))[0])
+    (folder / "sub" / good.name).write_bytes(good.read_bytes())
+    (folder / "broken.avi").write_bytes(b"not a video at all" * 10)
+    (folder / "empty.mp4").write_bytes(b"")
+    (folder / "notes.txt").write_text("ignored: not a video extension")
+    out_json, plot = tmp_path / "out.json", tmp_path / "att.png"
+    args = predict.get_args_parser().parse_args(
+        ["--model_ckpt", str(pipeline["bert"]), str(folder), str(tmp_path / "missing.mp4"), "--topk", "2",
+         "--json", str(out_json), "--attention_plot", str(plot)]
+    )
+    assert predict.main(args) == 0
+    out = capsys.readouterr().out
+    assert f"skipped {folder / 'broken.avi'}" in out and f"skipped {folder / 'empty.mp4'}" in out
+    assert "missing.mp4: no such file" in out and "notes.txt" not in out
+    results = json.loads(out_json.read_text())
+    assert [r["video"] for r in results] == [str(folder / "sub" / good.name)]
+    assert len(results[0]["topk"]) == 2 and results[0]["num_frames"] >= 3
+    top = results[0]["topk"]
+    assert top[0]["prob"] >= top[1]["prob"] and top[0]["label"] == CLASSES_SORTED[top[0]["class_idx"]]
+    # three inputs named -> per-video plot names; only the classified one gets a plot
+    png = tmp_path / f"att_{good.stem}.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+CLASSES_SORTED = sorted(CLASSES)
+
+
+def test_attention_maps_follow_kept_frames(pipeline):
+    predictor = predict.load_predictor(pipeline["bert"])
+    name = sorted(_embedding_route_probs(pipeline))[0]
+    pred = predict.predict_video(predictor, _source(pipeline, name), attention=True)
+    assert pred.attention.shape == (2 + 1, pred.num_frames)  # 2 layers + rollout, one column per frame
+    np.testing.assert_allclose(pred.attention.sum(1), 1.0, atol=1e-5)
+    assert pred.times == [float(k) for k in range(pred.num_frames)] and len(pred.thumbs) == pred.num_frames
+
+
+def test_attention_plot_refused_for_meanpool_and_errors(pipeline, tmp_path):
+    video = str(_source(pipeline, sorted(_embedding_route_probs(pipeline))[0]))
+    parse = predict.get_args_parser().parse_args
+    with pytest.raises(BadInputError, match="meanpool model, which has no attention"):
+        predict.main(parse(["--model_ckpt", str(pipeline["meanpool"]), video, "--attention_plot", str(tmp_path / "a.png")]))
+    assert not (tmp_path / "a.png").exists()
+    with pytest.raises(BadInputError, match="checkpoint not found"):
+        predict.main(parse(["--model_ckpt", str(tmp_path / "nope.pth"), video]))
+    (tmp_path / "bad.avi").write_bytes(b"\0" * 100)
+    with pytest.raises(BadInputError, match="no video could be classified"):
+        predict.main(parse(["--model_ckpt", str(pipeline["meanpool"]), str(tmp_path / "bad.avi")]))
+
+
+def test_backbone_weights_override_and_missing_provenance(pipeline, tmp_path):
+    ckpt = torch.load(pipeline["meanpool"], weights_only=True)
+    # a local state_dict of the same random backbone gives the same result as rebuilding it from the seed
+    from models.backbone import build_backbone
+
+    backbone, _ = build_backbone("resnet18", "none", seed=0)
+    torch.save(backbone.state_dict(), tmp_path / "r18.pth")
+    video = _source(pipeline, sorted(_embedding_route_probs(pipeline))[0])
+    a = predict.predict_video(predict.load_predictor(pipeline["meanpool"]), video)
+    b = predict.predict_video(predict.load_predictor(pipeline["meanpool"], str(tmp_path / "r18.pth")), video)
+    np.testing.assert_allclose(a.probs, b.probs, atol=1e-6)
+    ckpt["data_info"]["weights"] = str(tmp_path / "elsewhere" / "r18.pth")  # trained on another machine
+    torch.save(ckpt, tmp_path / "moved.pth")
+    with pytest.raises(BadInputError, match="--backbone_weights PATH"):
+        predict.load_predictor(tmp_path / "moved.pth")
+    c = predict.predict_video(predict.load_predictor(tmp_path / "moved.pth", str(tmp_path / "r18.pth")), video)
+    np.testing.assert_allclose(a.probs, c.probs, atol=1e-6)
+    del ckpt["data_info"]["jpeg_quality"]
+    torch.save(ckpt, tmp_path / "old.pth")
+    with pytest.raises(BadInputError, match="lacks 'jpeg_quality'"):
+        predict.load_predictor(tmp_path / "old.pth")
+
+
+def test_cli_exit_codes(pipeline, tmp_path):
+    """As a command: a bad video among good ones still exits 0 with a line naming it."""
+    (tmp_path / "bad.mp4").write_bytes(b"garbage")
+    video = _source(pipeline, sorted(_embedding_route_probs(pipeline))[-1])
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "predict.py"), "--model_ckpt", str(pipeline["meanpool"]), str(tmp_path / "bad.mp4"),
+         str(video), "--topk", "1"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert f"skipped {tmp_path / 'bad.mp4'}" in proc.stdout and "rank" in proc.stdout and video.name in proc.stdout
+
+
+def test_find_videos_recursive_sorted(tmp_path):
+    for rel in ("b/z.MP4", "b/a.avi", "a [1]/x.mkv", ".hidden/h.avi", "c/readme.txt"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"x")
+    (tmp_path / "empty").mkdir()
+    videos, failures = predict.find_videos([tmp_path, tmp_path / "empty"])
+    assert [p.relative_to(tmp_path).as_posix() for p in videos] == ["a [1]/x.mkv", "b/a.avi", "b/z.MP4"]
+    assert failures == [{"file": str(tmp_path / "empty"), "reason": "folder holds no video files"}]
+    paths = predict.attention_plot_paths(tmp_path / "o.png", [Path("x/v 1.avi"), Path("y/v 1.avi")])
+    assert [p.name for p in paths] == ["o_v_1.png", "o_v_1_2.png"]
+    assert predict.attention_plot_paths("o.png", [Path("v.avi")]) == [Path("o.png")]
+
+
+def test_end_to_end_checkpoint_matches_clip_dataset_eval(pipeline, tmp_path):
+    """An e2e checkpoint: predict.py's clip from the raw video equals ClipDataset's evaluation clip from stage 1's
+    frames (segment centres, num_clips views averaged), so the probabilities agree; attention works for e2e_bert."""
+    from checkpoint import build_checkpoint, save_checkpoint
+    from clip_dataset import ClipDataset
+    from models.e2e import build_e2e_model
+
+    torch.manual_seed(0)
+    model = build_e2e_model("e2e_bert", num_classes=3, backbone="resnet18", weights="none", hidden_size=32,
+                            num_layers=1, num_heads=2).eval()
+    provenance = {"fps": 1.0, "frame_size": 48, "jpeg_quality": 80, "image_size": 64, "resize": "crop",
+                  "clip_len": 4, "num_clips": 2}
+    save_checkpoint(build_checkpoint(model, CLASSES_SORTED, provenance), tmp_path / "e2e.pth")
+    predictor = predict.load_predictor(tmp_path / "e2e.pth")
+    ds = ClipDataset(pipeline["stage1"] / "frames", pipeline["stage1"] / "test_ucf101.json", clip_len=4,
+                     image_size=64, num_clips=2)
+    clip, _, _ = ds[0]
+    with torch.no_grad():
+        expected = model(clip[None], torch.tensor([4])).softmax(-1)[0].numpy()
+    pred = predict.predict_video(predictor, _source(pipeline, ds.names[0]), attention=True)
+    np.testing.assert_allclose(pred.probs, expected, atol=1e-5)
+    assert pred.attention.shape == (2, 4) and len(pred.thumbs) == 4
