@@ -219,6 +219,7 @@ class EndToEndModel(nn.Module):
             for module in stage:
                 module.requires_grad_(i >= k)
         self.train(self.training)
+        self.set_grad_checkpointing(self.grad_checkpointing)  # frozen stages need no checkpointing
         if hasattr(self, "config"):
             self.config["freeze_backbone_stages"] = self.freeze_backbone_stages
 
