@@ -339,7 +339,7 @@ def plot_attention(
     n = maps.shape[1]
     rows = [f"layer {i + 1}" for i in range(maps.shape[0] - 1)] + ["rollout"]
     # Lay out in inches so thumbnails keep their aspect ratio and sit exactly over their column.
-    cell = min(1.2, max(0.3, 14.0 / n))  # width of one frame's column
+    cell = min(1.2, 16.0 / n)  # width of one frame's column: at most 16 inches of frames in all
     step = max(1, math.ceil(n / MAX_THUMBS))
     h, w = thumbs[0].shape[:2]
     thumb_h = min(2.5, step * cell * h / w)

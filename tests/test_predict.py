@@ -10,6 +10,7 @@ import csv
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,7 @@ from tests.conftest import ROOT
 from utils import BadInputError
 
 CLASSES = ["GrowingDisc", "ShrinkingDisc", "PlainSquare"]
+CLASSES_SORTED = sorted(CLASSES)  # classInd order
 
 
 def _run(module, argv: list[str]) -> None:
@@ -98,8 +100,6 @@ def test_jpeg_round_trip_matters(pipeline):
     name = sorted(_embedding_route_probs(pipeline))[0]
     predictor = predict.load_predictor(pipeline["bert"])
     with_rt = predict.decode_video(_source(pipeline, name), predictor.settings)
-    from dataclasses import replace
-
     without = predict.decode_video(_source(pipeline, name), replace(predictor.settings, jpeg_quality=100))
     assert any(not torch.equal(a, b) for a, b in zip(with_rt.frames, without.frames, strict=True))
     stored = sorted((pipeline["stage1"] / "frames" / name).iterdir())
@@ -133,8 +133,6 @@ def test_cli_folder_bad_videos_json_and_attention(pipeline, tmp_path, capsys):
     png = tmp_path / f"att_{good.stem}.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
-
-CLASSES_SORTED = sorted(CLASSES)
 
 
 def test_attention_maps_follow_kept_frames(pipeline):
