@@ -409,6 +409,11 @@ class Prediction:
         return [{"label": class_names[i], "class_idx": int(i), "prob": float(self.probs[i])} for i in order]
 
 
+def kept_frames(num_frames: int, settings: FrameSettings) -> np.ndarray:
+    """Indices of the frames the head sees: stage 2's uniform subsampling to its --max_len, all when uncapped."""
+    return subsample_indices(num_frames, settings.max_len_cap)
+
+
 @torch.no_grad()
 def predict_video(
     predictor: Predictor, path: str | os.PathLike, batch_size: int = 64, attention: bool = False
@@ -419,7 +424,7 @@ def predict_video(
     num_frames = len(decoded.frames)
     if predictor.is_e2e:
         return _predict_e2e(predictor, str(path), decoded, attention)
-    keep = subsample_indices(num_frames, s.max_len_cap)
+    keep = kept_frames(num_frames, s)
     frames = [decoded.frames[i] for i in keep]
     times = [decoded.times[i] for i in keep]
     thumbs = [decoded.thumbs[i] for i in keep] if attention else []

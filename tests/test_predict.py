@@ -95,6 +95,24 @@ def test_same_embeddings_as_stage2(pipeline):
     np.testing.assert_allclose(feats, rows[rec["video_idx"], : rec["video_length"]], rtol=1e-4, atol=1e-5)
 
 
+def test_max_len_cap_subsamples_like_stage2(pipeline, tmp_path):
+    """With stage 2's --max_len, predict.py keeps the same frames of a long video as prepare_data.py does."""
+    capped = tmp_path / "capped"
+    _run(prepare_data, ["-s", "test", "-f", str(pipeline["stage1"] / "frames"), "-j",
+                        str(pipeline["stage1"] / "test_ucf101.json"), "-o", str(capped), "--weights", "none",
+                        "--image_size", "64", "--seed", "0", "-nw", "0", "-bs", "16", "--max_len", "3"])
+    meta = json.loads((capped / "test.json").read_text())
+    rows = np.load(capped / "test.npy", mmap_mode="r")
+    predictor = predict.load_predictor(pipeline["bert"])
+    settings = replace(predictor.settings, max_len_cap=3)
+    rec = max(meta["data"], key=lambda r: r["num_frames"])
+    assert rec["num_frames"] > 3 and rec["video_length"] == 3
+    decoded = predict.decode_video(_source(pipeline, rec["video_name"]), settings)
+    keep = predict.kept_frames(len(decoded.frames), settings)
+    feats = predict.embed_frames(predictor, [decoded.frames[i] for i in keep], 64).numpy()
+    np.testing.assert_allclose(feats, rows[rec["video_idx"], :3], rtol=1e-4, atol=1e-5)
+
+
 def test_jpeg_round_trip_matters(pipeline):
     """The round trip is not a no-op at the quality used, so matching the route above really checks it."""
     name = sorted(_embedding_route_probs(pipeline))[0]
