@@ -22,8 +22,10 @@ from utils import BadInputError, read_json
 
 log = logging.getLogger("actionbert")
 
-# Keys of a split JSON that describe how the embeddings were made; copied into checkpoints for predict.py.
+# Keys of a split JSON that describe how the embeddings were made (predict.py needs them); the checkpoint's
+# data_info copies every top-level key except the per-video records and the bulky or per-split ones below.
 PROVENANCE_KEYS = ("backbone", "weights", "fps", "image_size", "resize", "dtype", "max_len")
+NOT_PROVENANCE = ("data", "class_names", "split", "memmap_size")
 
 
 @dataclass
@@ -139,7 +141,7 @@ def load_split_info(data_dir: str | Path, split: str, strict: bool = False) -> S
         names=names,
         shape=(int(num_rows), int(max_len), int(dim)),
         class_names=[str(c) for c in class_names],
-        provenance={k: meta.get(k) for k in PROVENANCE_KEYS if k in meta},
+        provenance={k: v for k, v in meta.items() if k not in NOT_PROVENANCE},
         skipped=skipped,
     )
 

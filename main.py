@@ -274,6 +274,21 @@ def feature_mean_std(info: SplitInfo, dist_info: DistInfo) -> tuple[np.ndarray, 
     return stats_from_sums(packed[:dim], packed[dim : 2 * dim], int(packed[-1]))
 
 
+# Settings that make another run: resuming a run folder with other values would silently ignore the new ones.
+RUN_DEFINING = (*HEAD_KWARGS, "seed", "batch_size", "balanced", "temporal_crop", "temporal_stride", "frame_dropout")
+
+
+def check_same_settings(saved: dict[str, Any], args: argparse.Namespace, path: Path) -> None:
+    """--resume auto found a run in this folder: refuse if it was started with other settings."""
+    diffs = [f"--{k} {saved[k]} -> {getattr(args, k)}" for k in RUN_DEFINING
+             if k in saved and saved[k] != getattr(args, k)]
+    if diffs:
+        raise BadInputError(
+            f"the run folder already holds a run ({path}) started with other settings ({', '.join(diffs)}); "
+            "pass another --run_name, --resume none to start afresh, or the same settings to resume"
+        )
+
+
 def resume_path(args: argparse.Namespace, run_dir: Path) -> Path | None:
     if args.model_ckpt:
         return Path(args.model_ckpt)
@@ -313,6 +328,8 @@ def train(args: argparse.Namespace, dist_info: DistInfo) -> int:
         check_compatible(ckpt, ckpt_path, args.model, num_classes, dim, train_info.class_names)
         if "optimizer" not in ckpt:
             raise BadInputError(f"{ckpt_path} holds no training state (optimizer, epoch) to resume from")
+        if not args.model_ckpt and args.resume == "auto":
+            check_same_settings(ckpt.get("args") or {}, args, ckpt_path)
 
     set_seed(args.seed)
     if ckpt is not None:

@@ -73,6 +73,9 @@ def test_train_then_test_writes_every_output_and_evaluates_every_sample(data_dir
     assert (run / "curves.png").read_bytes()[:4] == b"\x89PNG"
 
     best = load_checkpoint(run / "checkpoints" / "best.pth")
+    # how the embeddings were made travels with the weights, for predict.py; the per-video records do not
+    assert best["data_info"]["backbone"] == "synthetic" and best["data_info"]["fps"] == 1.0
+    assert "data" not in best["data_info"]
     for split, count in (("test", 23), ("val", 31)):
         run_main("--mode", "test", "--model_ckpt", run / "checkpoints" / "best.pth", "--data_dir", data_dir,
                  "--split", split, "--batch_size", 5, "--num_workers", 0)
@@ -131,6 +134,8 @@ def test_refuses_checkpoint_of_another_model_or_class_count(data_dir, tmp_path):
     ckpt = tmp_path / "t" / "r" / "checkpoints" / "last.pth"
     with pytest.raises(BadInputError, match="checkpoint of model 'meanpool', not 'bilstm'"):
         run_main(*train_args(data_dir, tmp_path, "other", "--epochs", 2, "--model", "bilstm", "--model_ckpt", ckpt))
+    with pytest.raises(BadInputError, match="other settings .*--seed 0 -> 5"):  # same folder, another run
+        run_main(*train_args(data_dir, tmp_path, "r", "--epochs", 2, "--seed", 5))
     six = write_data(tmp_path / "six", num_pairs=3)
     with pytest.raises(BadInputError, match="trained for 4 classes but the data has 6"):
         run_main(*train_args(six, tmp_path, "other", "--epochs", 2, "--model_ckpt", ckpt))
