@@ -43,7 +43,7 @@ from models.backbone import (
 )
 from prepare_data import subsample_indices
 from utils import BadInputError, atomic_write_json, resolve_device, run_cli, setup_logging
-from video import VideoDecodeError, is_video_file, iter_frames_at_fps
+from video import VideoDecodeError, is_video_file, iter_frames_at_fps, truncation_reason
 
 log = logging.getLogger("actionbert.predict")
 
@@ -173,8 +173,9 @@ def decode_video(path: str | os.PathLike, settings: FrameSettings, keep_thumbs: 
     resize works per channel), so preprocess_frame on RGB gives its exact pixels.
     """
     out = DecodedVideo([], [])
+    info: dict[str, Any] = {}
     try:
-        for t, bgr in iter_frames_at_fps(path, settings.fps, settings.frame_size, rgb=False):
+        for t, bgr in iter_frames_at_fps(path, settings.fps, settings.frame_size, rgb=False, info=info):
             rgb = cv2.cvtColor(jpeg_round_trip(bgr, settings.jpeg_quality), cv2.COLOR_BGR2RGB)
             out.times.append(t)
             out.frames.append(preprocess_frame(rgb, settings.image_size, settings.resize))
@@ -187,6 +188,9 @@ def decode_video(path: str | os.PathLike, settings: FrameSettings, keep_thumbs: 
         raise VideoDecodeError(path, f"decoder error: {msg}") from None
     if not out.frames:
         raise VideoDecodeError(path, "no frames at the sampling times")
+    reason = truncation_reason(info)
+    if reason:  # stage 1 leaves such videos out of training by default; here the user asked for this one
+        log.warning("%s: %s; classifying the part that decodes", path, reason)
     return out
 
 
