@@ -36,6 +36,10 @@ log = logging.getLogger("actionbert")
 E2E_PREFIX = "e2e_"
 E2E_MODEL_NAMES = tuple(E2E_PREFIX + name for name in MODEL_NAMES)
 
+# Keys of an e2e model's config that belong to the model rather than to its head.
+_E2E_KEYS = ("name", "backbone", "weights", "freeze_backbone_stages", "grad_checkpointing", "channels_last")
+
+
 def is_e2e_name(name: str) -> bool:
     return name.startswith(E2E_PREFIX)
 
@@ -347,19 +351,7 @@ class EndToEndModel(nn.Module):
         (its `head.` weights are used). The feature standardisation comes with the head's weights.
         """
         path = os.fspath(ckpt_path)
-        if not os.path.isfile(path):
-            raise BadInputError(f"--init_head_from: checkpoint not found: {path}")
-        try:
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # torch raises many types for a bad file
-            raise BadInputError(f"--init_head_from: cannot read checkpoint {path}: {exc}") from exc
-        if not isinstance(ckpt, dict) or "model_state" not in ckpt or "model_config" not in ckpt:
-            raise BadInputError(f"--init_head_from: {path} is not a model checkpoint (no model_state/model_config)")
-        config, state = dict(ckpt["model_config"]), ckpt["model_state"]
-        name = str(config.get("name"))
-        if is_e2e_name(name):
-            name = name[len(E2E_PREFIX) :]
-            state = {k[len("head.") :]: v for k, v in state.items() if k.startswith("head.")}
+        name, config, state, ckpt_backbone = read_head_checkpoint(path)
         problems = []
         if name != self.head_name:
             problems.append(f"head {name!r} (this model's head is {self.head_name!r})")
@@ -367,20 +359,53 @@ class EndToEndModel(nn.Module):
             problems.append(f"input_dim {config.get('input_dim')} ({self.backbone_name} gives {self.feature_dim})")
         if config.get("num_classes") != self.num_classes:
             problems.append(f"num_classes {config.get('num_classes')} (this run has {self.num_classes})")
+        own = self.head.state_dict()
+        if not problems:
+            missing = sorted(set(own) - set(state))
+            unexpected = sorted(set(state) - set(own))
+            wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+            for what, keys in (("missing", missing), ("unexpected", unexpected), ("other shape", wrong)):
+                if keys:
+                    problems.append(f"{len(keys)} {what} weight(s), e.g. {keys[0]} (other layer sizes or counts?)")
         if problems:
             raise BadInputError(f"--init_head_from {path} does not fit: " + "; ".join(problems))
-        ckpt_backbone = ckpt.get("backbone")
-        if isinstance(ckpt_backbone, str) and ckpt_backbone != self.backbone_name:
-            log.warning("--init_head_from: head was trained on %s features, backbone is %s", ckpt_backbone,
-                        self.backbone_name)
-        result = self.head.load_state_dict(state, strict=False)
-        bad = list(result.missing_keys) + list(result.unexpected_keys)
-        if bad:
-            raise BadInputError(
-                f"--init_head_from {path}: head weights do not match this {self.head_name} head "
-                f"(different layer sizes or counts?): {', '.join(bad[:5])}"
-            )
+        if ckpt_backbone is not None and ckpt_backbone != self.backbone_name:
+            log.warning("--init_head_from: the head was trained on %s features, the backbone here is %s",
+                        ckpt_backbone, self.backbone_name)
+        self.head.load_state_dict(state)
         log.info("head initialised from %s", path)
+
+
+def read_head_checkpoint(
+    path: str | os.PathLike,
+) -> tuple[str, dict[str, Any], dict[str, torch.Tensor], str | None]:
+    """(head name, head config, head state, backbone it was trained on or None) of a head or e2e checkpoint."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise BadInputError(f"--init_head_from: checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a bad file
+        raise BadInputError(f"--init_head_from: cannot read checkpoint {path}: {exc}") from exc
+    if not isinstance(ckpt, dict) or "model_state" not in ckpt or "model_config" not in ckpt:
+        raise BadInputError(f"--init_head_from: {path} is not a model checkpoint (no model_state/model_config)")
+    config, state = dict(ckpt["model_config"]), dict(ckpt["model_state"])
+    name = str(config.get("name", ckpt.get("model_name")))
+    backbone = ckpt.get("backbone") or (ckpt.get("data_info") or {}).get("backbone")
+    if is_e2e_name(name):
+        name = name[len(E2E_PREFIX) :]
+        state = {k[len("head.") :]: v for k, v in state.items() if k.startswith("head.")}
+        backbone = config.get("backbone", backbone)
+        config = {k: v for k, v in config.items() if k not in _E2E_KEYS}
+    return name, config, state, backbone if isinstance(backbone, str) else None
+
+
+def head_kwargs_from_checkpoint(path: str | os.PathLike) -> tuple[str, dict[str, Any]]:
+    """(head name, head hyper-parameters) of a checkpoint, for building an e2e model whose head fits it
+    (main.py with --init_head_from: `build_e2e_model("e2e_" + name, ..., **kwargs)`)."""
+    name, config, _, _ = read_head_checkpoint(path)
+    kwargs = {k: v for k, v in config.items() if k not in ("name", "input_dim", "num_classes", "pretrained")}
+    return name, kwargs
 
 
 def build_e2e_model(

@@ -27,7 +27,13 @@ from clip_dataset import (
 )
 from dataset import TrainSampler
 from models import build_model
-from models.e2e import E2E_MODEL_NAMES, bn_stats_frozen, build_e2e_model, load_e2e_model
+from models.e2e import (
+    E2E_MODEL_NAMES,
+    bn_stats_frozen,
+    build_e2e_model,
+    head_kwargs_from_checkpoint,
+    load_e2e_model,
+)
 from tests.conftest import VIDEOS
 from utils import BadInputError, set_seed
 
@@ -398,6 +404,20 @@ def test_init_head_from_embedding_checkpoint(tmp_path):
     torch.save({"model_state": lstm.state_dict(), "model_config": lstm.config}, tmp_path / "lstm.pth")
     with pytest.raises(BadInputError, match="head 'bilstm'"):
         model.init_head_from(tmp_path / "lstm.pth")
+    lstm_wide = build_model("bilstm", input_dim=512, num_classes=3, hidden_size=24)
+    torch.save({"model_state": lstm_wide.state_dict(), "model_config": lstm_wide.config}, tmp_path / "wide.pth")
+    with pytest.raises(BadInputError, match="other shape"):
+        _model("bilstm", hidden_size=16).init_head_from(tmp_path / "wide.pth")
+    name, kwargs = head_kwargs_from_checkpoint(tmp_path / "wide.pth")  # build a head that fits, then load it
+    fitting = build_e2e_model(f"e2e_{name}", num_classes=3, **kwargs)
+    fitting.init_head_from(tmp_path / "wide.pth")
+    assert torch.equal(fitting.head.lstm.weight_hh_l0, lstm_wide.lstm.weight_hh_l0)
+    from checkpoint import build_checkpoint, save_checkpoint  # an e2e checkpoint gives its head too
+
+    save_checkpoint(build_checkpoint(fitting, ["a", "b", "c"], {}), tmp_path / "e2e.pth")
+    again = build_e2e_model("e2e_bilstm", num_classes=3, hidden_size=24)
+    again.init_head_from(tmp_path / "e2e.pth")
+    assert all(torch.equal(v, again.head.state_dict()[k]) for k, v in fitting.head.state_dict().items())
     torch.save({"weights": torch.zeros(2)}, tmp_path / "junk.pth")
     with pytest.raises(BadInputError, match="not a model checkpoint"):
         model.init_head_from(tmp_path / "junk.pth")
