@@ -258,10 +258,6 @@ def batches_to_do(total_frames: int, done: np.ndarray, batch_size: int, rank: in
     return ids
 
 
-def _worker_init(_: int) -> None:
-    cv2.setNumThreads(1)  # one process per core already; cv2's own pool would oversubscribe
-
-
 # ----------------------------------------------------------------------------------------------- progress
 
 
@@ -465,13 +461,15 @@ def extract(
         return
     dataset = FrameBatches(videos, batch_ids, batch_size, image_size, resize)
     cuda = device.type == "cuda"
+    # One cv2 thread, set here in the parent: workers are processes already, and OpenCV's thread pool does not
+    # survive fork() (a worker that touches an inherited live pool, even to resize it, hangs).
+    cv2.setNumThreads(1)
     loader = DataLoader(
         dataset,
         batch_size=None,
         shuffle=False,
         num_workers=num_workers,
         pin_memory=cuda,
-        worker_init_fn=_worker_init,
         prefetch_factor=4 if num_workers > 0 else None,
         generator=torch.Generator().manual_seed(seed),
     )

@@ -290,7 +290,8 @@ def test_max_len_dtype_and_class_name_fallback(fixture_frames, tmp_path, caplog)
     lonely_json.write_text(json.dumps(json.loads(split_json.read_text())[:2]))
     out = tmp_path / "out"
     caplog.set_level(logging.INFO, logger="actionbert")
-    assert run_main(*stage_args(frames, lonely_json, out, "--max_len", "5", "--dtype", "float16", "--resize", "squash"))
+    assert run_main(*stage_args(frames, lonely_json, out, "--max_len", "5", "--dtype", "float16", "--resize", "squash",
+                                "-nw", "2")) == 0  # workers forked after this process used cv2 threads
     assert "classInd.txt" in caplog.text
     arr, meta = load_out(out)
     assert arr.dtype == np.float16 and arr.shape == (2, 5, 512)
