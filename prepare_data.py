@@ -122,13 +122,20 @@ def read_class_names(json_file: str | Path, labels: Sequence[int]) -> list[str]:
     return [names[i] for i in range(len(names))]
 
 
-def read_fps(frames_dir: str | Path) -> float | None:
+def read_frame_settings(frames_dir: str | Path) -> dict[str, Any]:
+    """Stage 1's fps, frame_size and jpeg_quality from the frames manifest: predict.py needs all three to
+    reproduce from a raw video the exact pixels this stage embeds. Null (with a warning) without a manifest."""
     path = Path(frames_dir) / "manifest.json"
     if not path.is_file():
-        log.warning("no %s: fps recorded as null", path)
-        return None
-    fps = read_json(path, "frames manifest").get("fps")
-    return None if fps is None else float(fps)
+        log.warning("no %s: fps, frame_size and jpeg_quality recorded as null (predict.py will refuse)", path)
+        return {"fps": None, "frame_size": None, "jpeg_quality": None}
+    manifest = read_json(path, "frames manifest")
+    fps = manifest.get("fps")
+    return {
+        "fps": None if fps is None else float(fps),
+        "frame_size": manifest.get("frame_size"),
+        "jpeg_quality": manifest.get("jpeg_quality"),
+    }
 
 
 def list_frame_files(video_dir: Path) -> list[str]:
@@ -593,7 +600,7 @@ def _main(args: argparse.Namespace, info: DistInfo) -> int:
 
     entries = read_split(args.json_file)
     class_names = read_class_names(args.json_file, [label for _, label in entries])
-    fps = read_fps(args.frames_dir)
+    frame_settings = read_frame_settings(args.frames_dir)
     plans, plan_failures = plan_videos(entries, args.frames_dir, args.max_len)
     report = out_dir / f"failed_{args.split}.json"
     if plan_failures and args.strict:
@@ -667,7 +674,7 @@ def _main(args: argparse.Namespace, info: DistInfo) -> int:
     _, done, bad = read_progress(out_dir, args.split, total)
     if not done.all():
         raise BadInputError(f"{int((~done).sum())} frame(s) of {args.split} still lack embeddings; rerun the command")
-    meta = {"split": args.split, **identity, "fps": fps, "max_len": max_len, "feature_dim": dim,
+    meta = {"split": args.split, **identity, **frame_settings, "max_len": max_len, "feature_dim": dim,
             "class_names": class_names, "num_classes": len(class_names),
             "subsampled_videos": sum(p.num_frames > len(p.frames) for p in plans), "plan_sha256": fingerprint}
     meta, failures = finalize(out_dir, args.split, plans, bad, plan_failures, meta, args.strict)
