@@ -1,0 +1,166 @@
+"""Embedding extraction against the model limit: the whole prepare_data.py stage (read, decode, resize, normalise,
+forward, write) vs the backbone's forward pass alone on the same number of frames, batch size, device, precision.
+
+    .venv/bin/python benchmarks/bench_embed.py [-m resnet18] [--image_size 224] [-bs 32] [-nw 2] [--copies 1]
+
+Frames are extracted from the real clips in ../shared/data/videos at UCF-101's 320x240 (or taken from an existing
+stage-1 frames folder with --frames_dir/--json_file). Prints `stage/model = R` and appends a table to
+BENCHMARKS.md. Forward and stage runs alternate (--repeats each, forward first and last) and the fastest of each
+counts, so a burst of load from other jobs on a shared machine does not decide the ratio; CPU seconds (the
+process and its reaped DataLoader workers) are reported too, the steadier measure there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import logging
+import os
+import platform
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import prepare_data  # noqa: E402
+from models.backbone import build_backbone, embed_batch, normalize_batch, resolve_precision  # noqa: E402
+from tests.test_prepare_data import write_frames_fixture  # noqa: E402
+from utils import resolve_device, setup_logging  # noqa: E402
+
+# every 6th frame of vtest, 4th of bikes, 2nd of carphone, all 68 of tree: 323 frames of real footage
+BENCH_STEPS = {"vtest.avi": 6, "bikes.mp4": 4, "carphone_pristine.mp4": 2, "tree.avi": 1}
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def time_forward(model, num_frames: int, batch_size: int, image_size: int, device, precision: str,
+                 channels_last: bool) -> float:
+    """Seconds for the forward pass alone over num_frames frames in batches of batch_size (plus one warm-up)."""
+    x = torch.randint(0, 256, (batch_size, 3, image_size, image_size), dtype=torch.uint8)
+    xn = normalize_batch(x, device, channels_last)
+    embed_batch(model, xn[: min(batch_size, 8)], precision)  # warm-up: allocator, kernel choice
+    sizes = [batch_size] * (num_frames // batch_size) + ([num_frames % batch_size] if num_frames % batch_size else [])
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for n in sizes:
+        out = embed_batch(model, xn[:n], precision)
+    out.cpu()
+    return time.perf_counter() - t0
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process plus its reaped children (the DataLoader workers of finished stage runs)."""
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def timed(fn) -> tuple[float, float]:
+    wall, cpu = time.perf_counter(), cpu_seconds()
+    fn()
+    return time.perf_counter() - wall, cpu_seconds() - cpu
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("-m", "--model", default="resnet18")
+    p.add_argument("--image_size", type=int, default=224)
+    p.add_argument("-bs", "--batch_size", type=int, default=32)
+    p.add_argument("-nw", "--num_workers", type=int, default=2)
+    p.add_argument("-g", "--gpu_id", type=int, default=0)
+    p.add_argument("--precision", default="auto")
+    p.add_argument("--copies", type=int, default=1, help="repeat each clip's frames under new names (more frames)")
+    p.add_argument("--frames_dir", default=None, help="use an existing stage-1 frames folder instead")
+    p.add_argument("--json_file", default=None)
+    p.add_argument("--repeats", type=int, default=2, help="stage runs; forward runs are one more")
+    p.add_argument("--no_append", action="store_true", help="do not append to BENCHMARKS.md")
+    return p
+
+
+def main(args: argparse.Namespace) -> int:
+    setup_logging()
+    logging.getLogger("actionbert").setLevel(logging.WARNING)
+    device = resolve_device(args.gpu_id)
+    precision = resolve_precision(args.precision, device)
+    channels_last = device.type == "cuda"
+    with tempfile.TemporaryDirectory(prefix="bench_embed_") as tmp:
+        tmp = Path(tmp)
+        if args.frames_dir:
+            frames_dir, split_json = Path(args.frames_dir), Path(args.json_file)
+        else:
+            frames_dir, split_json = write_frames_fixture(tmp / "stage1", BENCH_STEPS, short_side=240,
+                                                          copies=args.copies)
+        plans, _ = prepare_data.plan_videos(prepare_data.read_split(split_json), frames_dir, None)
+        num_frames = sum(len(p.frames) for p in plans)
+        threads = torch.get_num_threads()
+
+        model, _ = build_backbone(args.model, "none", seed=0)
+        model = model.to(device)
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        def forward() -> None:
+            time_forward(model, num_frames, args.batch_size, args.image_size, device, precision, channels_last)
+
+        def stage(k: int) -> None:
+            out = tmp / f"out{k}"
+            stage_args = prepare_data.get_args_parser().parse_args(
+                ["-s", "bench", "-f", str(frames_dir), "-j", str(split_json), "-o", str(out), "-m", args.model,
+                 "--weights", "none", "--image_size", str(args.image_size), "-bs", str(args.batch_size),
+                 "-nw", str(args.num_workers), "-g", str(args.gpu_id), "--precision", precision])
+            prepare_data.main(stage_args)
+            logging.getLogger("actionbert").setLevel(logging.WARNING)
+            meta = json.loads((out / "bench.json").read_text())
+            assert sum(r["video_length"] for r in meta["data"]) == num_frames
+            (out / "bench.npy").unlink()
+
+        fwd_runs, stage_runs = [timed(forward)], []
+        for k in range(args.repeats):
+            stage_runs.append(timed(lambda k=k: stage(k)))
+            fwd_runs.append(timed(forward))
+    fwd, fwd_cpu = min(w for w, _ in fwd_runs), min(c for _, c in fwd_runs)
+    stage, stage_cpu = min(w for w, _ in stage_runs), min(c for _, c in stage_runs)
+    ratio, cpu_ratio = fwd / stage, fwd_cpu / stage_cpu
+    print(f"stage/model = {ratio:.3f}  (stage {num_frames / stage:.1f} frames/s, forward alone "
+          f"{num_frames / fwd:.1f} frames/s; {num_frames} frames, {args.model} {args.image_size}px, bs {args.batch_size}, "
+          f"{args.num_workers} workers, {threads} torch threads, {device}, {precision}; CPU-time ratio {cpu_ratio:.3f}; wall s forward "
+          f"{[round(w, 1) for w, _ in fwd_runs]}, stage {[round(w, 1) for w, _ in stage_runs]})")
+    if not args.no_append:
+        command = "  ".join(["python benchmarks/bench_embed.py", *sys.argv[1:]]).replace("  ", " ")
+        device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model()
+        rows = [
+            f"\n## Embedding extraction vs forward pass ({datetime.date.today().isoformat()})\n",
+            f"Machine: {device_name}, {len(os.sched_getaffinity(0))} cores, torch {torch.__version__}, "
+            f"torchvision {__import__('torchvision').__version__}. Command: `{command}`\n",
+            "| backbone | image | frames | batch | workers | torch threads | device | precision | forward alone "
+            "(frames/s) | whole stage (frames/s) | stage/model | stage/model in CPU seconds |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
+            f"| {args.model} | {args.image_size} | {num_frames} | {args.batch_size} | {args.num_workers} | {threads} | "
+            f"{device.type} | {precision} | {num_frames / fwd:.2f} | {num_frames / stage:.2f} | {ratio:.3f} | {cpu_ratio:.3f} |",
+            f"\nWall seconds, forward alone: {[round(w, 1) for w, _ in fwd_runs]}; whole stage: "
+            f"{[round(w, 1) for w, _ in stage_runs]} (fastest of each counts; the stage includes model build, worker "
+            f"start-up, planning and the final rename). CPU seconds: forward {[round(c, 1) for _, c in fwd_runs]}, "
+            f"stage {[round(c, 1) for _, c in stage_runs]}. Load average at the end: {os.getloadavg()[0]:.1f} "
+            f"(a 2-core machine shared with other jobs).\n",
+        ]
+        with open(ROOT / "BENCHMARKS.md", "a", encoding="utf-8") as fh:
+            fh.write("\n".join(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(get_args_parser().parse_args()))
