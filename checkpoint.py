@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from models import build_model
-from models.base import VideoHead
+from models.e2e import is_e2e_name, load_e2e_model
 from utils import BadInputError, atomic_write_bytes
 
 log = logging.getLogger("actionbert")
@@ -130,7 +130,9 @@ def check_compatible(
     feature_dim: int | None = None,
     class_names: list[str] | None = None,
 ) -> None:
-    """Refuse a checkpoint of another model, class count, feature size or class list, saying which and why."""
+    """Refuse a checkpoint of another model, class count, feature size or class list, saying which and why.
+
+    Arguments left None are not checked (feature_dim is None for end-to-end models: their backbone makes it)."""
     if model_name is not None and ckpt["model_name"] != model_name:
         raise BadInputError(
             f"{path} is a checkpoint of model {ckpt['model_name']!r}, not {model_name!r}; "
@@ -149,10 +151,14 @@ def check_compatible(
         raise BadInputError(f"{path} was trained on other class names than the data's (same count, another order?)")
 
 
-def model_from_checkpoint(ckpt: dict[str, Any], device: str | torch.device = "cpu") -> VideoHead:
-    """Rebuild the head from its config, load its weights (including feature statistics), eval mode."""
+def model_from_checkpoint(ckpt: dict[str, Any], device: str | torch.device = "cpu") -> torch.nn.Module:
+    """Rebuild the head (or end-to-end model) from its config, load its weights (including feature statistics),
+    on `device`, in eval mode."""
     config = dict(ckpt["model_config"])
     name = config.pop("name", ckpt["model_name"])
+    if is_e2e_name(str(name)):
+        model = load_e2e_model(ckpt["model_config"], ckpt["model_state"])  # BadInputError when it does not fit
+        return model.prepare_for_device(torch.device(device)).eval()
     # a pretrained transformer's weights are in model_state: do not look for the original directory again
     config.pop("pretrained", None)
     try:

@@ -1,8 +1,15 @@
-"""Stage 3: train a head over frame embeddings, resume it exactly, test it, and scale it with torchrun.
+"""Stage 3: train a head over frame embeddings, or a CNN jointly with it (e2e_*), resume it exactly, test it,
+and scale it with torchrun.
 
     main.py --mode train --expt_dir D --expt_name E --run_name R --model bert --data_dir DATA
     main.py --mode test --model_ckpt D/E/R/checkpoints/best.pth --data_dir DATA --split test
+    main.py --mode train --model e2e_bilstm --split_json_dir PREPARED [--frames_dir PREPARED/frames] ...
+    main.py --mode test --model_ckpt D/E/R/checkpoints/best.pth --split_json_dir PREPARED --split test
     torchrun --nproc_per_node=2 main.py --mode train ...
+
+Two data routes feed one training loop: stage 2's embeddings (`dataset.EmbeddingDataset`, batches of padded
+"feats") or stage 1's frames (`clip_dataset.ClipDataset`, batches of uint8 "clips" for `models.e2e`). Each route
+is a function that returns `SplitData`; the loops only see a batch's inputs, lengths and labels.
 
 Every run lives in <expt_dir>/<expt_name>/<run_name>/: checkpoints/{best,last}.pth, train_log.txt,
 metrics.jsonl, tensorboard/, curves.png, and test mode's results_<split>.json, per_class_<split>.csv,
@@ -21,13 +28,15 @@ import math
 import shlex
 import sys
 import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from checkpoint import (
@@ -39,13 +48,20 @@ from checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
+from clip_dataset import (
+    ClipDataset,
+    clip_collate,
+    clip_provenance,
+    read_class_names,
+    read_split_entries,
+    split_json_path,
+)
 from dataset import (
     EmbeddingDataset,
     EvalSampler,
     SplitInfo,
     TemporalAugment,
     TrainSampler,
-    check_same_classes,
     feature_stats,
     load_split_info,
     pad_collate,
@@ -54,18 +70,33 @@ from dataset import (
 from distributed import DistInfo, all_gather_objects, all_reduce_sum, barrier, cleanup, init_distributed
 from metrics import MetricAccumulator
 from models import MODEL_NAMES, build_model
+from models.e2e import E2E_MODEL_NAMES, build_e2e_model, head_kwargs_from_checkpoint, is_e2e_name
 from reports import plot_confusion, plot_curves
-from utils import BadInputError, atomic_write_json, atomic_write_text, resolve_device, run_cli, set_seed, setup_logging
+from utils import (
+    BadInputError,
+    atomic_write_json,
+    atomic_write_text,
+    log_failure_summary,
+    resolve_device,
+    run_cli,
+    set_seed,
+    setup_logging,
+    write_failure_report,
+)
 
 log = logging.getLogger("actionbert")
 
 OPT_LVL_PRECISION = {0: "fp32", 1: "fp16", 2: "bf16", 3: "bf16"}
 HEAD_KWARGS = ("num_layers", "hidden_size", "num_heads", "intermediate_size", "dropout", "pretrained")
+ALL_MODEL_NAMES = (*MODEL_NAMES, *E2E_MODEL_NAMES)
+# End-to-end clip settings: train mode's defaults; test mode takes the checkpoint's unless a flag is given.
+CLIP_DEFAULTS = {"clip_len": 8, "image_size": 224, "num_clips": 1}
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        description="Train or test a temporal head (bilstm, bert, roberta, meanpool) over per-frame embeddings.",
+        description="Train or test a temporal head (bilstm, bert, roberta, meanpool) over per-frame embeddings, or "
+        "a CNN trained jointly with it on frames (e2e_bilstm, e2e_bert, e2e_roberta, e2e_meanpool).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     g = p.add_argument_group("run")
@@ -74,9 +105,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--expt_name", default="default", help="experiment folder under --expt_dir")
     g.add_argument("--run_name", default=None, help="run folder under the experiment (default: the model name; "
                    "test mode: the checkpoint's own run folder)")
-    g.add_argument("--data_dir", required=True, help="stage 2 output: <split>.npy + <split>.json")
-    g.add_argument("--model", choices=MODEL_NAMES, default=None, help="head to train (test mode: read from the "
-                   "checkpoint; if given it must match)")
+    g.add_argument("--data_dir", default=None, help="stage 2 output: <split>.npy + <split>.json (heads over "
+                   "embeddings; e2e_* models read --split_json_dir instead)")
+    g.add_argument("--model", choices=ALL_MODEL_NAMES, default=None, help="head to train, or e2e_<head> for a CNN "
+                   "trained jointly with it (test mode: read from the checkpoint; if given it must match)")
     g.add_argument("--model_ckpt", default=None, help="train: resume from this checkpoint; test: the checkpoint "
                    "to evaluate")
     g.add_argument("--resume", default="auto", help="train: 'auto' resumes from the run folder's "
@@ -95,6 +127,28 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--intermediate_size", type=int, default=None, help="feed-forward size (bert, roberta)")
     g.add_argument("--dropout", type=float, default=None, help="default: the head's own")
     g.add_argument("--pretrained", default=None, help="bert/roberta: Hugging Face name or local directory")
+
+    g = p.add_argument_group("end-to-end (e2e_* models: the CNN trained jointly with the head on stage 1's frames)")
+    g.add_argument("--split_json_dir", default=None, help="stage 1 output: <split>_ucf101.json and classInd.txt")
+    g.add_argument("--frames_dir", default=None, help="stage 1's frames/<video_name>/frame_*.jpg (default: "
+                   "SPLIT_JSON_DIR/frames)")
+    g.add_argument("--backbone", default="resnet18", help="any torchvision classification model")
+    g.add_argument("--weights", default="imagenet", help="backbone init: imagenet (torchvision's), none (random, "
+                   "from --seed) or a state_dict PATH, as in prepare_data.py")
+    g.add_argument("--clip_len", type=int, default=None, help="frames per clip: one random frame per segment in "
+                   "training, segment centres in evaluation (default 8; test mode: the checkpoint's)")
+    g.add_argument("--num_clips", type=int, default=None, help="evaluation views per video, logits averaged "
+                   "(default 1; test mode: the checkpoint's)")
+    g.add_argument("--image_size", type=int, default=None, help="frame size fed to the CNN (default 224; test "
+                   "mode: the checkpoint's)")
+    g.add_argument("--freeze_backbone_stages", type=int, default=0, help="freeze the first K backbone stages "
+                   "(resnet: stem, layer1..layer4; 5 freezes the whole CNN)")
+    g.add_argument("--grad_checkpointing", action="store_true", help="recompute backbone activations in "
+                   "backward: less memory, ~30%% more compute")
+    g.add_argument("--backbone_lr", type=float, default=None, help="peak learning rate of the backbone "
+                   "(default: --lr)")
+    g.add_argument("--init_head_from", default=None, help="start the head from this checkpoint (a head trained "
+                   "by main.py on embeddings of the same classes: the two-step recipe); its hyper-parameters win")
 
     g = p.add_argument_group("optimisation")
     g.add_argument("--batch_size", type=int, default=256, help="global batch, split over torchrun processes")
@@ -199,25 +253,171 @@ def test_run_dir(args: argparse.Namespace, ckpt: dict[str, Any]) -> Path:
     return path.parent.parent if path.parent.name == "checkpoints" else path.parent
 
 
-def check_num_cls(flag: int | None, info: SplitInfo) -> None:
-    if flag is not None and flag != info.num_classes:
+def check_num_cls(flag: int | None, data: SplitData) -> None:
+    if flag is not None and flag != data.num_classes:
         raise BadInputError(
-            f"--num_cls {flag} disagrees with the data: {info.json_path} has {info.num_classes} classes "
+            f"--num_cls {flag} disagrees with the data: {data.source} has {data.num_classes} classes "
             "(leave --num_cls out; it is read from the data)"
         )
 
 
-def make_eval_loader(info: SplitInfo, batch_size: int, num_workers: int, dist_info: DistInfo, pin: bool) -> DataLoader:
+# ----------------------------------------------------------------------------------------------- data routes
+
+
+@dataclass
+class SplitData:
+    """One split as the loops and the reports see it, whichever route made it.
+
+    `dataset` yields (input, label, index) for a key `index` or `(index, epoch)` (dataset.TrainSampler's), and
+    `collate` batches them into {"feats" or "clips", "lengths", "labels", "indices"}.
+    """
+
+    split: str
+    dataset: Dataset
+    collate: Callable[[Sequence[Any]], dict[str, torch.Tensor]]
+    names: list[str]
+    labels: np.ndarray
+    class_names: list[str]
+    source: str  # the file that messages name
+    feature_dim: int | None  # embeddings' D; None for clips (the model's backbone decides it)
+    provenance: dict[str, Any] = field(default_factory=dict)  # the checkpoint's data_info
+    skipped: list[dict[str, Any]] = field(default_factory=list)  # {"file", "reason"} of videos left out
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass(frozen=True)
+class ClipSettings:
+    """The e2e route's inputs: where the frames are and how clips are cut from them."""
+
+    split_json_dir: Path
+    frames_dir: Path
+    clip_len: int
+    image_size: int
+    num_clips: int
+    backbone: str
+    weights: str
+
+
+def batch_inputs(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The model input of a batch: padded frame embeddings (pad_collate) or uint8 clips (clip_collate)."""
+    return batch["feats"] if "feats" in batch else batch["clips"]
+
+
+def embedding_split(args: argparse.Namespace, split: str, train: bool = False) -> SplitData:
+    """Stage 2's `<split>.npy/.json`; the training split gets the temporal augmentation."""
+    if not args.data_dir:
+        raise BadInputError(f"--data_dir is required for --model {args.model or 'of the checkpoint'} (stage 2's "
+                            "output); e2e_* models read --split_json_dir instead")
+    info = load_split_info(args.data_dir, split, args.strict)
+    augment = TemporalAugment(args.temporal_crop, args.temporal_stride, args.frame_dropout) if train else None
+    return SplitData(split, EmbeddingDataset(info, augment, args.seed), pad_collate, info.names, info.labels,
+                     info.class_names, str(info.json_path), info.feature_dim, info.provenance, info.skipped)
+
+
+def clip_settings(args: argparse.Namespace, ckpt: dict[str, Any] | None = None) -> ClipSettings:
+    """Resolve the e2e flags, writing them back into `args` (so checkpoints record what was used).
+
+    clip_len, image_size and num_clips: the flag, else (test mode) the checkpoint's, else CLIP_DEFAULTS. In test
+    mode the backbone is the checkpoint's."""
+    if not args.split_json_dir:
+        raise BadInputError("e2e_* models need --split_json_dir (stage 1's output: <split>_ucf101.json, "
+                            "classInd.txt and frames/)")
+    saved = {**((ckpt or {}).get("args") or {}), **((ckpt or {}).get("data_info") or {})}
+    for key, default in CLIP_DEFAULTS.items():
+        if getattr(args, key) is None:
+            setattr(args, key, int(saved.get(key) or default))
+        if getattr(args, key) < 1:
+            raise BadInputError(f"--{key} must be >= 1, got {getattr(args, key)}")
+    backbone, weights = args.backbone, args.weights
+    if ckpt is not None:
+        backbone = str(ckpt["model_config"].get("backbone", backbone))
+        weights = str(ckpt["model_config"].get("weights", weights))
+    split_json_dir = Path(args.split_json_dir)
+    frames_dir = Path(args.frames_dir) if args.frames_dir else split_json_dir / "frames"
+    return ClipSettings(split_json_dir, frames_dir, args.clip_len, args.image_size, args.num_clips, backbone, weights)
+
+
+def clip_split(args: argparse.Namespace, split: str, clips: ClipSettings, train: bool = False) -> SplitData:
+    """Stage 1's `<split>_ucf101.json` over `frames/`; training clips are TSN-sampled and augmented."""
+    path = split_json_path(clips.split_json_dir, split)
+    entries = read_split_entries(path)
+    class_names = read_class_names(clips.split_json_dir, entries)
+    bad = [e for e in entries if e["label_idx"] >= len(class_names)]
+    if bad:
+        raise BadInputError(f"{path}: {len(bad)} video(s) have a label_idx outside the {len(class_names)} classes of "
+                            f"{clips.split_json_dir / 'classInd.txt'}, first {bad[0]['video_name']!r}")
+    ds = ClipDataset(clips.frames_dir, entries, clips.clip_len, train=train, image_size=clips.image_size,
+                     num_clips=clips.num_clips, seed=args.seed, strict=args.strict)
+    provenance = clip_provenance(clips.frames_dir, backbone=clips.backbone, weights=clips.weights,
+                                 image_size=clips.image_size, clip_len=clips.clip_len, num_clips=clips.num_clips)
+    return SplitData(split, ds, clip_collate, ds.names, ds.labels, class_names, str(path), None, provenance,
+                     ds.failures)
+
+
+def load_split(args: argparse.Namespace, split: str, clips: ClipSettings | None, train: bool = False) -> SplitData:
+    return embedding_split(args, split, train) if clips is None else clip_split(args, split, clips, train)
+
+
+def check_same_classes(train: SplitData, other: SplitData) -> None:
+    """A validation split must share the training split's classes and feature size."""
+    if other.class_names != train.class_names:
+        raise BadInputError(
+            f"{other.source} has {other.num_classes} classes that differ from the {train.num_classes} of "
+            f"{train.source}; prepare both splits from the same class list"
+        )
+    if other.feature_dim != train.feature_dim:
+        raise BadInputError(f"{other.source} has feature dim {other.feature_dim} but {train.source} has "
+                            f"{train.feature_dim}")
+
+
+def report_skipped(data: SplitData, run_dir: Path) -> None:
+    """Videos a split had to leave out: failed_videos_<split>.json in the run folder and the log."""
+    if data.skipped:
+        report = run_dir / f"failed_videos_{data.split}.json"
+        write_failure_report(report, data.skipped)
+        log_failure_summary(data.skipped, report)
+
+
+def make_train_loader(data: SplitData, sampler: TrainSampler, batch_size: int, args: argparse.Namespace,
+                      pin: bool) -> DataLoader:
+    return DataLoader(
+        data.dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        collate_fn=data.collate,
+        num_workers=args.num_workers,
+        pin_memory=pin,
+        generator=torch.Generator().manual_seed(args.seed),  # keeps the loader off the global RNG
+    )
+
+
+def make_eval_loader(data: SplitData, batch_size: int, num_workers: int, dist_info: DistInfo, pin: bool) -> DataLoader:
     """Every sample once, no drop_last, no augmentation."""
     return DataLoader(
-        EmbeddingDataset(info),
+        data.dataset,
         batch_size=batch_size,
-        sampler=EvalSampler(len(info), dist_info.world_size, dist_info.rank),
-        collate_fn=pad_collate,
+        sampler=EvalSampler(len(data), dist_info.world_size, dist_info.rank),
+        collate_fn=data.collate,
         num_workers=num_workers,
         pin_memory=pin,
         drop_last=False,
     )
+
+
+def first_train_batches(data: SplitData, sampler: TrainSampler, batch_size: int,
+                        max_batches: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(inputs, lengths) of the first batches of epoch 0's global order, the same on every rank: what the
+    e2e model's feature statistics are estimated from, read in this process (a few batches)."""
+    order = sampler.global_order()[: batch_size * max_batches]
+    for start in range(0, len(order), batch_size):
+        batch = data.collate([data.dataset[(i, 0)] for i in order[start : start + batch_size]])
+        yield batch_inputs(batch), batch["lengths"]
 
 
 @torch.no_grad()
@@ -235,10 +435,10 @@ def evaluate(
     acc = MetricAccumulator(num_classes)
     outputs: list[tuple[int, list[int], list[float]]] = []
     for batch in tqdm(loader, desc="eval", leave=False, disable=not show, dynamic_ncols=True):
-        feats = batch["feats"].to(device, non_blocking=True)
+        inputs = batch_inputs(batch).to(device, non_blocking=True)
         lengths, labels = batch["lengths"].to(device), batch["labels"].to(device)
         with autocast(precision, device):
-            logits = model(feats, lengths)
+            logits = model(inputs, lengths)
         logits = logits.float()
         loss = F.cross_entropy(logits, labels, reduction="sum")
         acc.update(logits, labels, loss.item())
@@ -274,8 +474,57 @@ def feature_mean_std(info: SplitInfo, dist_info: DistInfo) -> tuple[np.ndarray, 
     return stats_from_sums(packed[:dim], packed[dim : 2 * dim], int(packed[-1]))
 
 
+def prepare_model(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """`.to(device)`, or the e2e model's own preparation (channels_last on CUDA)."""
+    prepare = getattr(model, "prepare_for_device", None)
+    return prepare(device) if prepare is not None else model.to(device)
+
+
+def build_fresh_model(args: argparse.Namespace, train_data: SplitData, sampler: TrainSampler, batch_size: int,
+                      device: torch.device, dist_info: DistInfo) -> torch.nn.Module:
+    """A new model on `device` with its input standardisation set: from the training split's embeddings (heads),
+    from the backbone's features of the first training batches (e2e), or from --init_head_from's head."""
+    if not is_e2e_name(args.model):
+        if args.init_head_from:
+            raise BadInputError("--init_head_from starts the head of an e2e_* model; a head over embeddings is "
+                                "resumed with --model_ckpt")
+        model = build_model(args.model, input_dim=train_data.feature_dim, num_classes=train_data.num_classes,
+                            **head_kwargs(args))
+        mean, std = feature_mean_std(train_data.dataset.info, dist_info)
+        model.set_feature_stats(torch.from_numpy(mean), torch.from_numpy(std))
+        return prepare_model(model, device)
+    kwargs = head_kwargs(args)
+    if args.init_head_from:
+        head, saved = head_kwargs_from_checkpoint(args.init_head_from)
+        if f"e2e_{head}" != args.model:
+            raise BadInputError(f"--init_head_from {args.init_head_from} holds a {head!r} head, not the head of "
+                                f"{args.model}; pass --model e2e_{head} or another checkpoint")
+        log.info("head hyper-parameters from %s: %s", args.init_head_from, json.dumps(saved, default=str))
+        kwargs = {**kwargs, **saved}
+    model = build_e2e_model(args.model, train_data.num_classes, backbone=args.backbone, weights=args.weights,
+                            freeze_backbone_stages=args.freeze_backbone_stages,
+                            grad_checkpointing=args.grad_checkpointing, **kwargs)
+    model.prepare_for_device(device)
+    if args.init_head_from:
+        model.init_head_from(args.init_head_from)
+    else:
+        frames = model.estimate_feature_stats(first_train_batches(train_data, sampler, batch_size, max_batches=8))
+        log.info("feature standardisation estimated from %d training frames", frames)
+    return model
+
+
+def make_optimizer(model: torch.nn.Module, args: argparse.Namespace) -> torch.optim.Optimizer:
+    """AdamW; an e2e model's backbone gets --backbone_lr, its frozen stages no state at all."""
+    groups = getattr(model, "param_groups", None)
+    if callable(groups):
+        return torch.optim.AdamW(groups(args.backbone_lr, args.lr, args.weight_decay), lr=args.lr)
+    return torch.optim.AdamW(param_groups(model, args.weight_decay), lr=args.lr)
+
+
 # Settings that make another run: resuming a run folder with other values would silently ignore the new ones.
-RUN_DEFINING = (*HEAD_KWARGS, "seed", "batch_size", "balanced", "temporal_crop", "temporal_stride", "frame_dropout")
+RUN_DEFINING = (*HEAD_KWARGS, "seed", "batch_size", "balanced", "temporal_crop", "temporal_stride", "frame_dropout",
+                "backbone", "weights", "clip_len", "num_clips", "image_size", "freeze_backbone_stages",
+                "backbone_lr", "init_head_from")
 
 
 def check_same_settings(saved: dict[str, Any], args: argparse.Namespace, path: Path) -> None:
@@ -305,72 +554,72 @@ def resume_path(args: argparse.Namespace, run_dir: Path) -> Path | None:
 
 def train(args: argparse.Namespace, dist_info: DistInfo) -> int:
     if args.model is None:
-        raise BadInputError("--model is required in train mode (choose from " + ", ".join(MODEL_NAMES) + ")")
+        raise BadInputError("--model is required in train mode (choose from " + ", ".join(ALL_MODEL_NAMES) + ")")
     device = torch.device("cuda", dist_info.local_rank) if dist_info.enabled and torch.cuda.is_available() else None
     device = device or resolve_device(args.gpu_id)
     precision = resolve_precision(args.precision, args.opt_lvl, device)
     run_dir = train_run_dir(args)
     ckpt_dir = run_dir / "checkpoints"
+    clips = clip_settings(args) if is_e2e_name(args.model) else None  # before the log records the arguments
     handler = add_file_log(run_dir / "train_log.txt", args) if dist_info.is_main else None
 
-    train_info = load_split_info(args.data_dir, "train", args.strict)
-    val_info = load_split_info(args.data_dir, "val", args.strict)
-    check_same_classes(train_info, val_info)
-    check_num_cls(args.num_cls, train_info)
-    num_classes, dim = train_info.num_classes, train_info.feature_dim
-    log.info("data: %d train / %d val videos, %d classes, D=%d, %s", len(train_info), len(val_info), num_classes,
-             dim, precision)
+    train_data = load_split(args, "train", clips, train=True)
+    val_data = load_split(args, "val", clips)
+    check_same_classes(train_data, val_data)
+    check_num_cls(args.num_cls, train_data)
+    num_classes = train_data.num_classes
+    if dist_info.is_main:
+        for data in (train_data, val_data):
+            report_skipped(data, run_dir)
+    what = f"D={train_data.feature_dim}" if clips is None else (
+        f"clips of {clips.clip_len} frames at {clips.image_size} px, {clips.num_clips} eval view(s)")
+    log.info("data: %d train / %d val videos, %d classes, %s, %s", len(train_data), len(val_data), num_classes,
+             what, precision)
 
     ckpt_path = resume_path(args, run_dir)
     ckpt = None
     if ckpt_path is not None:
         ckpt = load_checkpoint(ckpt_path)
-        check_compatible(ckpt, ckpt_path, args.model, num_classes, dim, train_info.class_names)
+        check_compatible(ckpt, ckpt_path, args.model, num_classes, train_data.feature_dim, train_data.class_names)
         if "optimizer" not in ckpt:
             raise BadInputError(f"{ckpt_path} holds no training state (optimizer, epoch) to resume from")
         if not args.model_ckpt and args.resume == "auto":
             check_same_settings(ckpt.get("args") or {}, args, ckpt_path)
-
-    set_seed(args.seed)
-    if ckpt is not None:
-        model = model_from_checkpoint(ckpt)
-        log.info("resuming from %s (epoch %d, step %d)", ckpt_path, ckpt["epoch"], ckpt["global_step"])
-    else:
-        model = build_model(args.model, input_dim=dim, num_classes=num_classes, **head_kwargs(args))
-        mean, std = feature_mean_std(train_info, dist_info)
-        model.set_feature_stats(torch.from_numpy(mean), torch.from_numpy(std))
-    num_params = sum(p.numel() for p in model.parameters())
-    log.info("model %s: %s, %d parameters", args.model, json.dumps(model.config, default=str), num_params)
-    model.to(device)
-    train_model: torch.nn.Module = model
-    if dist_info.enabled:
-        train_model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None
-        )
 
     world = dist_info.world_size
     per_rank_batch = max(1, args.batch_size // world)
     if per_rank_batch * world != args.batch_size:
         log.warning("--batch_size %d is not a multiple of %d processes: %d per process", args.batch_size, world,
                     per_rank_batch)
-    augment = TemporalAugment(args.temporal_crop, args.temporal_stride, args.frame_dropout)
-    sampler = TrainSampler(train_info.labels, args.seed, args.balanced, world, dist_info.rank)
-    train_loader = DataLoader(
-        EmbeddingDataset(train_info, augment, args.seed),
-        batch_size=per_rank_batch,
-        sampler=sampler,
-        collate_fn=pad_collate,
-        num_workers=args.num_workers,
-        pin_memory=device.type == "cuda",
-        generator=torch.Generator().manual_seed(args.seed),  # keeps the loader off the global RNG
-    )
-    val_loader = make_eval_loader(val_info, per_rank_batch, args.num_workers, dist_info, device.type == "cuda")
+    sampler = TrainSampler(train_data.labels, args.seed, args.balanced, world, dist_info.rank)
+
+    set_seed(args.seed)
+    if ckpt is not None:
+        model = model_from_checkpoint(ckpt, device)
+        if hasattr(model, "set_grad_checkpointing"):  # a memory setting, free to change between invocations
+            model.set_grad_checkpointing(args.grad_checkpointing)
+        log.info("resuming from %s (epoch %d, step %d)", ckpt_path, ckpt["epoch"], ckpt["global_step"])
+    else:
+        model = build_fresh_model(args, train_data, sampler, per_rank_batch, device, dist_info)
+    num_params = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    log.info("model %s: %s, %d parameters (%d trainable)", args.model, json.dumps(model.config, default=str),
+             num_params, trainable)
+    train_model: torch.nn.Module = model
+    if dist_info.enabled:
+        train_model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+
+    pin = device.type == "cuda"
+    train_loader = make_train_loader(train_data, sampler, per_rank_batch, args, pin)
+    val_loader = make_eval_loader(val_data, per_rank_batch, args.num_workers, dist_info, pin)
 
     steps_per_epoch = math.ceil(sampler.num_samples / per_rank_batch)
     total_steps = steps_per_epoch * args.epochs
     warmup = args.warmup_steps if args.warmup_steps is not None else round(args.warmup_epochs * steps_per_epoch)
     warmup = max(0, min(warmup, total_steps))
-    optimizer = torch.optim.AdamW(param_groups(model, args.weight_decay), lr=args.lr)
+    optimizer = make_optimizer(model, args)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, warmup, total_steps))
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     criterion = torch.nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
@@ -416,8 +665,8 @@ def train(args: argparse.Namespace, dist_info: DistInfo) -> int:
             return
         ckpt_out = build_checkpoint(
             model,
-            train_info.class_names,
-            train_info.provenance,
+            train_data.class_names,
+            train_data.provenance,
             optimizer=optimizer.state_dict(),
             scheduler=scheduler.state_dict(),
             scaler=scaler.state_dict() if scaler.is_enabled() else {},
@@ -453,10 +702,10 @@ def train(args: argparse.Namespace, dist_info: DistInfo) -> int:
         bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{args.epochs}", initial=skip_batches,
                    total=steps_per_epoch, disable=not dist_info.is_main, dynamic_ncols=True)
         for batch_idx, batch in enumerate(bar, start=skip_batches):
-            feats = batch["feats"].to(device, non_blocking=True)
+            inputs = batch_inputs(batch).to(device, non_blocking=True)
             lengths, labels = batch["lengths"].to(device), batch["labels"].to(device)
             with autocast(precision, device):
-                logits = train_model(feats, lengths)
+                logits = train_model(inputs, lengths)
             loss = criterion(logits.float(), labels)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
@@ -531,12 +780,14 @@ def train(args: argparse.Namespace, dist_info: DistInfo) -> int:
 def write_test_outputs(
     run_dir: Path,
     split: str,
-    info: SplitInfo,
+    info: SplitData | SplitInfo,
     acc: MetricAccumulator,
     outputs: list[tuple[int, list[int], list[float]]],
     extra: dict[str, Any],
 ) -> dict[str, Any]:
-    """results_<split>.json, per_class_<split>.csv, predictions_<split>.csv and confusion_<split>.png."""
+    """results_<split>.json, per_class_<split>.csv, predictions_<split>.csv and confusion_<split>.png.
+
+    `info` gives the class names and each evaluated index's video name and label (any route's SplitData)."""
     names = info.class_names
     results = {"split": split, **acc.compute(), "num_classes": len(names), **extra}
     atomic_write_json(run_dir / f"results_{split}.json", results)
@@ -568,9 +819,11 @@ def test(args: argparse.Namespace, dist_info: DistInfo) -> int:
     if not args.model_ckpt:
         raise BadInputError("--mode test needs --model_ckpt (e.g. RUN/checkpoints/best.pth)")
     ckpt = load_checkpoint(args.model_ckpt)
-    info = load_split_info(args.data_dir, args.split, args.strict)
+    check_compatible(ckpt, args.model_ckpt, args.model)  # the model first: it decides which data route to read
+    clips = clip_settings(args, ckpt) if is_e2e_name(str(ckpt["model_name"])) else None
+    info = load_split(args, args.split, clips)
     check_num_cls(args.num_cls, info)
-    check_compatible(ckpt, args.model_ckpt, args.model, info.num_classes, info.feature_dim, info.class_names)
+    check_compatible(ckpt, args.model_ckpt, None, info.num_classes, info.feature_dim, info.class_names)
     device = torch.device("cuda", dist_info.local_rank) if dist_info.enabled and torch.cuda.is_available() else None
     device = device or resolve_device(args.gpu_id)
     precision = resolve_precision(args.precision, args.opt_lvl, device)
@@ -585,6 +838,9 @@ def test(args: argparse.Namespace, dist_info: DistInfo) -> int:
         run_dir = test_run_dir(args, ckpt)
         extra = {"checkpoint": str(args.model_ckpt), "model": ckpt["model_name"], "epoch": ckpt.get("epoch"),
                  "precision": precision, "skipped": len(info.skipped)}
+        if clips is not None:
+            extra.update(clip_len=clips.clip_len, num_clips=clips.num_clips, image_size=clips.image_size)
+        report_skipped(info, run_dir)
         results = write_test_outputs(run_dir, args.split, info, acc, outputs, extra)
         log.info("%s: top1 %.4f top5 %.4f mean class acc %.4f loss %.4f over %d videos; reports in %s",
                  args.split, results["top1"], results["top5"], results["mean_class_acc"], results["loss"],
