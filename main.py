@@ -495,6 +495,9 @@ def build_fresh_model(args: argparse.Namespace, train_data: SplitData, sampler: 
         return prepare_model(model, device)
     kwargs = head_kwargs(args)
     if args.init_head_from:
+        # the same classes in the same order, or the head's classifier rows would mean other classes
+        source = load_checkpoint(args.init_head_from)
+        check_compatible(source, args.init_head_from, None, train_data.num_classes, None, train_data.class_names)
         head, saved = head_kwargs_from_checkpoint(args.init_head_from)
         if f"e2e_{head}" != args.model:
             raise BadInputError(f"--init_head_from {args.init_head_from} holds a {head!r} head, not the head of "
