@@ -136,6 +136,10 @@ def test_test_mode_reports_and_predict_on_a_raw_video_agree(demo, tmp_path):
     with open(demo["run"] / "predictions_test.csv") as fh:
         rows = {r["video"]: r for r in csv.DictReader(fh)}
     assert len(rows) == 8 and (demo["run"] / "confusion_test.png").is_file()
+    run_main("--mode", "test", "--model_ckpt", best, "--split_json_dir", demo["stage1"], "--split", "val",
+             "--num_workers", 0, "--batch_size", 3, "--gpu_id", -1, "--num_clips", 2)  # two views averaged
+    results = json.loads((demo["run"] / "results_val.json").read_text())
+    assert results["count"] == 8 and results["num_clips"] == 2
 
     name = "v_ShrinkingDisc_g04_c01"
     out = tmp_path / "pred.json"
