@@ -86,6 +86,8 @@ from utils import (
 
 log = logging.getLogger("actionbert")
 
+CURVES_EVERY_S = 30.0
+
 OPT_LVL_PRECISION = {0: "fp32", 1: "fp16", 2: "bf16", 3: "bf16"}
 HEAD_KWARGS = ("num_layers", "hidden_size", "num_heads", "intermediate_size", "dropout", "pretrained")
 ALL_MODEL_NAMES = (*MODEL_NAMES, *E2E_MODEL_NAMES)
@@ -693,6 +695,7 @@ def train(args: argparse.Namespace, dist_info: DistInfo) -> int:
     if args.stop_after_epochs is not None:
         end_epoch = min(end_epoch, start_epoch + args.stop_after_epochs)
     stopped = False
+    curves_drawn_at, curves_epochs = -math.inf, 0
     for epoch in range(start_epoch, end_epoch):
         t0 = time.time()
         sampler.set_epoch(epoch)
@@ -758,7 +761,10 @@ def train(args: argparse.Namespace, dist_info: DistInfo) -> int:
                  " best" if is_best else "")
         if dist_info.is_main:
             write_metrics_jsonl(run_dir / "metrics.jsonl", history)
-            plot_curves(history, run_dir / "curves.png")
+            # Redrawing costs ~0.5 s, which dominates short epochs: at most every CURVES_EVERY_S, and at the end.
+            if time.monotonic() - curves_drawn_at >= CURVES_EVERY_S:
+                plot_curves(history, run_dir / "curves.png")
+                curves_drawn_at, curves_epochs = time.monotonic(), len(history)
             for key in ("loss", "top1", "top5", "mean_class_acc"):
                 writer.add_scalar(f"val/{key}", val_metrics[key], epoch + 1)
             for key in ("loss", "top1"):
@@ -769,6 +775,8 @@ def train(args: argparse.Namespace, dist_info: DistInfo) -> int:
             break
     if writer is not None:
         writer.close()
+    if dist_info.is_main and history and curves_epochs != len(history):
+        plot_curves(history, run_dir / "curves.png")
     if dist_info.is_main:
         log.info("best val top-1 %.4f at epoch %d; checkpoints in %s", max(best_top1, 0.0), best_epoch, ckpt_dir)
         logging.getLogger().removeHandler(handler)

@@ -15,7 +15,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-import torchvision
 from torch import nn
 
 from utils import BadInputError
@@ -29,6 +28,8 @@ PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 
 
 def classification_model_names() -> list[str]:
+    import torchvision  # imported here: it costs ~3 s at start-up and the embedding route never needs it
+
     return sorted(torchvision.models.list_models(module=torchvision.models))
 
 
@@ -97,6 +98,8 @@ def build_backbone(name: str, weights: str = "imagenet", seed: int | None = None
     init; pass `seed` to make it reproducible, as predict.py must to rebuild the same random backbone) or a path
     to a local state_dict (full classifier or headless).
     """
+    import torchvision
+
     if name not in classification_model_names():
         some = ", ".join(n for n in classification_model_names() if n.startswith(("resnet", "efficientnet_b", "convnext")))
         raise BadInputError(f"unknown backbone --model {name!r}; any torchvision classification model works, e.g. {some}")

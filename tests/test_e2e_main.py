@@ -34,13 +34,7 @@ TRAIN = ["--weights", "none", "--image_size", 64, "--clip_len", 4, "--batch_size
 EPOCHS = 3
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small convolutions on a shared 2-core machine run faster on one thread than on two."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def run_main(*argv) -> None:

@@ -28,15 +28,6 @@ HEADS = {  # name -> (build kwargs, learning rate, steps) for the order task
 }
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny models run faster on one thread, and the CI machine's two cores are shared with other tests."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def pad_batch(videos: list[np.ndarray], pad_value: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
     width = max(len(v) for v in videos)
     x = np.full((len(videos), width, videos[0].shape[1]), pad_value, dtype=np.float32)
