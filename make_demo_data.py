@@ -7,6 +7,11 @@ classes differ by appearance alone, which every head should get. Each class has 
 background colour, texture and object colour) and several clips per group; the test split holds whole groups, as in
 UCF-101, so a model cannot score by remembering a group's look.
 
+The reversed class of a pair replays its forward class's clips backwards: group g, clip c of ShrinkingDisc has the
+look, position, sizes and speed curve of group g, clip c of GrowingDisc, in reverse order (only the pixel noise is
+drawn anew). So within a pair nothing but order tells the classes apart, in training as in testing: a head cannot
+fit the pair by remembering backgrounds, and an order-blind head is at chance on it.
+
 The states along a clip change a lot (size, colour, angle, opacity from start to end) and the change is monotonic
 over most of the clip, because the demo samples frames at 1 fps (5-10 frames per clip: clips last whole seconds plus
 one frame, so both end states are sampled) and embeds them with a randomly initialised resnet18, which only separates
@@ -78,6 +83,11 @@ class ClassSpec:
     kind: str
     reverse: bool = False  # True: the frames of its pair's forward class, played backwards
     pair: str | None = None  # the other class of an order pair
+
+    @property
+    def source(self) -> str:
+        """Whose looks and clips this class draws: a reversed class replays its forward class's clips backwards."""
+        return self.pair if self.reverse and self.pair else self.name
 
 
 @dataclass(frozen=True)
@@ -177,7 +187,7 @@ def _rng(seed: int, *keys: str | int) -> np.random.Generator:
 
 def make_group_look(seed: int, spec: ClassSpec, group: int, size: tuple[int, int]) -> GroupLook:
     width, height = size
-    rng = _rng(seed, "look", spec.name, group)
+    rng = _rng(seed, "look", spec.source, group)
     base = rng.uniform(35, 75) + rng.uniform(-8, 8, size=3)  # dark grey with a tint
     # A smooth texture fixed for the group: coarse random grid, upsampled.
     coarse = rng.normal(0.0, 1.0, size=(5, 5, 3)).astype(np.float32)
@@ -220,7 +230,7 @@ def clip_frame_count(seconds: int, fps: float) -> int:
 def make_clip_params(
     seed: int, spec: ClassSpec, group: int, clip: int, fps: float, size: tuple[int, int], seconds: tuple[float, float]
 ) -> ClipParams:
-    rng = _rng(seed, "clip", spec.name, group, clip)
+    rng = _rng(seed, "clip", spec.source, group, clip)
     width, height = size
     num_frames = clip_frame_count(int(rng.integers(math.ceil(seconds[0]), math.floor(seconds[1]) + 1)), fps)
     progress = progress_profile(num_frames, rng)

@@ -171,6 +171,28 @@ def test_pair_classes_share_their_state_distribution():
     assert np.all(np.diff(first_fwd) >= 0) and first_fwd[0] == 0.0 and first_fwd[-1] == 1.0
 
 
+def test_reversed_class_replays_its_forward_clips_backwards():
+    """Same look and clip parameters, progress reversed: within a pair only the order differs, so a head cannot
+    separate the two classes by remembering a group's background (the demo's meanpool would otherwise beat chance)."""
+    specs = demo.all_class_specs()
+    for fwd_name, rev_name, _ in demo.ORDER_PAIRS:
+        fwd, rev = specs[fwd_name], specs[rev_name]
+        for group, clip in ((1, 1), (5, 3)):
+            look_f, look_r = (demo.make_group_look(0, s, group, (64, 64)) for s in (fwd, rev))
+            assert np.array_equal(look_f.background, look_r.background)
+            assert (look_f.colour, look_f.first_colour, look_f.second_colour) == (
+                look_r.colour, look_r.first_colour, look_r.second_colour)
+            par_f, par_r = (demo.make_clip_params(0, s, group, clip, 8.0, (64, 64), (4, 9)) for s in (fwd, rev))
+            assert np.array_equal(par_f.progress[::-1], par_r.progress) and par_f.progress[0] != par_f.progress[-1]
+            assert (par_f.centre, par_f.extra, par_f.noise_sigma) == (par_r.centre, par_r.extra, par_r.noise_sigma)
+        # Another group (or a class of another pair) looks different.
+        assert not np.array_equal(demo.make_group_look(0, fwd, 1, (64, 64)).background,
+                                  demo.make_group_look(0, fwd, 2, (64, 64)).background)
+    grow = np.stack(list(demo.render_clip(specs["GrowingDisc"], 2, 1, 0, 8.0, (64, 64), (4, 5)))).astype(np.float32)
+    shrink = np.stack(list(demo.render_clip(specs["ShrinkingDisc"], 2, 1, 0, 8.0, (64, 64), (4, 5)))).astype(np.float32)
+    assert np.abs(grow[::-1] - shrink).mean() < np.abs(grow - shrink).mean() / 3
+
+
 def test_plan_and_split_texts_pure():
     classes = demo.select_classes(["Triangle", "GrowingDisc"])
     assert [c.name for c in classes] == ["GrowingDisc", "Triangle"]
