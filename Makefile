@@ -71,3 +71,8 @@ demo: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
+
+# ---- make bench: every performance target of DESIGN.md, measured on this machine (tables go to BENCHMARKS.md) ----
+.PHONY: bench
+bench: $(STAMP)
+	PY=$(PY) benchmarks/run_all.sh
