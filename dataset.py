@@ -146,19 +146,6 @@ def load_split_info(data_dir: str | Path, split: str, strict: bool = False) -> S
     )
 
 
-def check_same_classes(train: SplitInfo, other: SplitInfo) -> None:
-    """A validation split must share the training split's classes and feature size."""
-    if other.class_names != train.class_names:
-        raise BadInputError(
-            f"{other.json_path} has {other.num_classes} classes that differ from the "
-            f"{train.num_classes} of {train.json_path}; prepare both splits from the same class list"
-        )
-    if other.feature_dim != train.feature_dim:
-        raise BadInputError(
-            f"{other.npy_path} has feature dim {other.feature_dim} but {train.npy_path} has {train.feature_dim}"
-        )
-
-
 @dataclass(frozen=True)
 class TemporalAugment:
     """Train-time temporal augmentation. Each field at its default turns that part off.
