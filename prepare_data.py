@@ -59,7 +59,7 @@ FRAME_EXTS = (".jpg", ".jpeg", ".png")
 DTYPES = ("float32", "float16")
 # Fields that say how the embeddings were made: a rerun must match them all, or it would mix two kinds of rows.
 IDENTITY_KEYS = ("backbone", "weights", "seed", "image_size", "resize", "dtype", "max_len_cap", "precision")
-CHECKPOINT_SECONDS = 1.0
+CHECKPOINT_SECONDS = 1.0  # default of --checkpoint_seconds
 
 
 class FrameError(Exception):
@@ -458,6 +458,7 @@ def extract(
     strict: bool = False,
     seed: int = 0,
     show_progress: bool = True,
+    checkpoint_seconds: float = CHECKPOINT_SECONDS,
 ) -> None:
     """Embed the batches `batch_ids` of the plan over `videos`, writing frame f of video v to arr[v, f].
 
@@ -497,7 +498,7 @@ def extract(
             arr[batch["vpos"].numpy()[ok], batch["fpos"].numpy()[ok]] = feats.numpy()
         start = batch["start"]
         pending_records.append({"r": [start, start + len(ok)], "bad": (start + np.flatnonzero(~ok)).tolist()})
-        if time.monotonic() - last_flush >= CHECKPOINT_SECONDS:
+        if time.monotonic() - last_flush >= checkpoint_seconds:
             flush()
 
     pending: tuple[dict[str, Any], torch.Tensor, torch.cuda.Event | None] | None = None
@@ -564,6 +565,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="cap on frames per video: longer videos are subsampled uniformly (default: no cap)")
     p.add_argument("--seed", type=int, default=0, help="fixes the random backbone of --weights none and data order")
     p.add_argument("--strict", action="store_true", help="fail on any missing video or corrupt frame")
+    p.add_argument("--checkpoint_seconds", type=float, default=CHECKPOINT_SECONDS,
+                   help="seconds between flushing the memmap and recording finished frames (what a killed run keeps); "
+                        "0 = after every batch. Outputs do not depend on it")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
 
@@ -661,7 +665,7 @@ def _main(args: argparse.Namespace, info: DistInfo) -> int:
             extract(model, plans, batch_ids, arr, plog.append, batch_size=args.batch_size,
                     num_workers=args.num_workers, image_size=args.image_size, resize=args.resize, device=device,
                     precision=precision, channels_last=channels_last, strict=args.strict, seed=args.seed,
-                    show_progress=info.is_main)
+                    show_progress=info.is_main, checkpoint_seconds=args.checkpoint_seconds)
         finally:
             plog.close()
             del arr

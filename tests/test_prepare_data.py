@@ -190,20 +190,22 @@ def test_worker_decoding_matches_shared_preprocessing(fixture_frames):
 def test_resume_after_sigkill_is_byte_identical(reference, fixture_frames, tmp_path, caplog):
     frames, split_json = fixture_frames
     out = tmp_path / "out"
-    cmd = [sys.executable, str(ROOT / "prepare_data.py"), *stage_args(frames, split_json, out)]
+    # Progress recorded after every batch, so the kill lands mid-run however fast the machine embeds the fixture.
+    args = stage_args(frames, split_json, out, "--checkpoint_seconds", "0")
+    cmd = [sys.executable, str(ROOT / "prepare_data.py"), *args]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     log_file = out / ".train.progress.rank0.jsonl"
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and proc.poll() is None:
         if log_file.is_file() and '"r"' in log_file.read_text():
             break
-        time.sleep(0.01)
+        time.sleep(0.002)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
     assert not (out / "train.json").exists() and (out / "train.npy.partial").exists()
     caplog.set_level(logging.INFO, logger="actionbert")
-    assert run_main(*stage_args(frames, split_json, out)) == 0
+    assert run_main(*args) == 0
     done_before, total = map(int, caplog.text.split("frames to embed (")[1].split(" frames done before")[0].split(" of "))
     assert 4 <= done_before < total, caplog.text  # it resumed: the first batches were not redone
     for name in ("train.npy", "train.json", "failed_train.json"):
