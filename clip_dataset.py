@@ -30,6 +30,7 @@ from torch.utils.data import Dataset
 
 from models.backbone import RESIZE_MODES, resize_frame
 from utils import BadInputError, read_json
+from video import jpeg_round_trip
 
 log = logging.getLogger("actionbert")
 
@@ -122,12 +123,9 @@ def eval_frame_transform(frame: np.ndarray, size: int, resize: str = "crop") -> 
     return resize_frame(frame, size, resize)
 
 
-def jpeg_round_trip(rgb: np.ndarray, quality: int) -> np.ndarray:
-    """The frame as stage 1 stores it and ClipDataset reads it back (cv2 JPEG at `quality`)."""
-    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
-    if not ok:
-        raise BadInputError("cannot JPEG-encode a frame")
-    return cv2.cvtColor(cv2.imdecode(buf, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+def rgb_jpeg_round_trip(rgb: np.ndarray, quality: int) -> np.ndarray:
+    """An RGB frame as stage 1 stores it and ClipDataset reads it back."""
+    return cv2.cvtColor(jpeg_round_trip(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), quality), cv2.COLOR_BGR2RGB)
 
 
 def eval_clip_from_frames(
@@ -148,7 +146,7 @@ def eval_clip_from_frames(
     ks = eval_indices(len(frames), clip_len, num_clips)
     cache = {}
     for k in np.unique(ks):
-        rgb = frames[int(k)] if jpeg_quality is None else jpeg_round_trip(frames[int(k)], jpeg_quality)
+        rgb = frames[int(k)] if jpeg_quality is None else rgb_jpeg_round_trip(frames[int(k)], jpeg_quality)
         cache[int(k)] = eval_frame_transform(rgb, image_size, resize)
     clip = np.stack([cache[int(k)] for k in ks.ravel()]).reshape(*ks.shape, image_size, image_size, 3)
     return torch.from_numpy(clip).permute(0, 1, 4, 2, 3).contiguous()

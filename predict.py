@@ -43,7 +43,7 @@ from models.backbone import (
 )
 from prepare_data import subsample_indices
 from utils import BadInputError, atomic_write_json, resolve_device, run_cli, setup_logging
-from video import VideoDecodeError, is_video_file, iter_frames_at_fps, truncation_reason
+from video import VideoDecodeError, is_video_file, iter_frames_at_fps, jpeg_round_trip, truncation_reason
 
 log = logging.getLogger("actionbert.predict")
 
@@ -149,14 +149,6 @@ def find_videos(paths: Sequence[str | os.PathLike]) -> tuple[list[Path], list[di
         else:
             failures.append({"file": str(path), "reason": "no such file or folder"})
     return videos, failures
-
-
-def jpeg_round_trip(bgr: np.ndarray, quality: int) -> np.ndarray:
-    """The BGR frame as stage 2 reads it back from stage 1's JPEG (cv2.imencode at `quality`, cv2.imdecode)."""
-    ok, buf = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
-    if not ok:
-        raise ValueError("frame cannot be encoded as JPEG")
-    return cv2.imdecode(buf, cv2.IMREAD_COLOR)
 
 
 @dataclass

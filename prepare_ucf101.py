@@ -35,7 +35,7 @@ from utils import (
     setup_logging,
     write_failure_report,
 )
-from video import VideoDecodeError, is_video_file, iter_frames_at_fps, truncation_reason
+from video import VideoDecodeError, encode_jpeg, is_video_file, iter_frames_at_fps, truncation_reason
 
 log = logging.getLogger("actionbert.prepare")
 
@@ -211,15 +211,15 @@ def extract_video(task: ExtractTask) -> dict[str, Any]:
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    params = [cv2.IMWRITE_JPEG_QUALITY, task.jpeg_quality]
     times: list[float] = []
     info: dict[str, Any] = {}
     try:
         frames = iter_frames_at_fps(task.path, task.fps, task.frame_size, rgb=False, info=info)
         for n, (t, img) in enumerate(frames, 1):
-            ok, buf = cv2.imencode(".jpg", img, params)
-            if not ok:
-                raise VideoDecodeError(task.path, f"frame at {t:.3f} s cannot be encoded as JPEG")
+            try:
+                buf = encode_jpeg(img, task.jpeg_quality)
+            except ValueError:
+                raise VideoDecodeError(task.path, f"frame at {t:.3f} s cannot be encoded as JPEG") from None
             with open(tmp / f"frame_{n:06d}.jpg", "wb") as fh:
                 fh.write(buf)
             times.append(round(t, 6))

@@ -353,3 +353,17 @@ def decode_all_timestamps(path: str | os.PathLike) -> tuple[list[float | None], 
     finally:
         cap.release()
     return out, nominal_fps
+
+
+def encode_jpeg(bgr: np.ndarray, quality: int) -> np.ndarray:
+    """Stage 1's frame encoding (cv2, BGR, `quality`). predict.py and end-to-end clips reproduce the stored pixels
+    through jpeg_round_trip, so all three must encode the same way."""
+    ok, buf = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    if not ok:
+        raise ValueError("frame cannot be encoded as JPEG")
+    return buf
+
+
+def jpeg_round_trip(bgr: np.ndarray, quality: int) -> np.ndarray:
+    """A BGR frame as later stages read it back from stage 1's JPEG."""
+    return cv2.imdecode(encode_jpeg(bgr, quality), cv2.IMREAD_COLOR)
