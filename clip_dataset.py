@@ -29,6 +29,7 @@ import torch
 from torch.utils.data import Dataset
 
 from models.backbone import RESIZE_MODES, resize_frame
+from splits import read_class_index
 from utils import BadInputError, read_json
 from video import jpeg_round_trip
 
@@ -169,13 +170,7 @@ def read_class_names(split_json_dir: str | os.PathLike, entries: Sequence[dict[s
     """Class names in label order: classInd.txt (`1 Name` lines) when present, else the entries' class_name."""
     ind = Path(split_json_dir) / "classInd.txt"
     if ind.is_file():
-        pairs = []
-        for line in ind.read_text(encoding="utf-8").splitlines():
-            parts = line.split()
-            if len(parts) >= 2 and parts[0].isdigit():
-                pairs.append((int(parts[0]), " ".join(parts[1:])))
-        if pairs:
-            return [name for _, name in sorted(pairs)]
+        return read_class_index(ind)
     num = 1 + max((int(e["label_idx"]) for e in entries), default=-1)
     names = [f"class_{i}" for i in range(num)]
     for e in entries:

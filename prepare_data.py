@@ -41,6 +41,7 @@ from models.backbone import (
     resize_frame,
     resolve_precision,
 )
+from splits import read_class_index
 from utils import (
     BadInputError,
     atomic_write_json,
@@ -107,19 +108,10 @@ def read_class_names(json_file: str | Path, labels: Sequence[int]) -> list[str]:
     if not path.is_file():
         log.warning("no %s: naming classes class_0 .. class_%d", path, top - 1)
         return [f"class_{i}" for i in range(top)]
-    names: dict[int, str] = {}
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        parts = line.split(maxsplit=1)
-        if len(parts) != 2 or not parts[0].isdigit():
-            raise BadInputError(f"{path} line {lineno}: expected `<id> <ClassName>`, got {line.strip()!r}")
-        names[int(parts[0]) - 1] = parts[1].strip()
-    if sorted(names) != list(range(len(names))):
-        raise BadInputError(f"{path}: class ids must run 1..{len(names)} without gaps")
+    names = read_class_index(path)
     if top > len(names):
         raise BadInputError(f"split JSON {json_file} uses label_idx {top - 1} but {path} lists {len(names)} classes")
-    return [names[i] for i in range(len(names))]
+    return names
 
 
 def read_frame_settings(frames_dir: str | Path) -> dict[str, Any]:

@@ -119,11 +119,12 @@ def _read_lines(path: Path) -> list[str]:
 
 
 def read_class_index(path: str | Path) -> list[str]:
-    """Class names in label order from a `1 ClassName` file (UCF-101's classInd.txt); ids must be 1..N."""
+    """Class names in label order from a `1 ClassName` file (UCF-101's classInd.txt); ids must be 1..N.
+    A name may contain spaces (class folders of the user's own videos do); stage 1 writes them as they are."""
     path = Path(path)
     names: list[str] = []
     for n, line in enumerate(_read_lines(path), 1):
-        parts = line.split()
+        parts = line.split(maxsplit=1)
         if len(parts) != 2 or not parts[0].isdigit():
             raise BadInputError(f"{path}: line {n} is not `<id> <ClassName>`: {line!r}")
         if int(parts[0]) != len(names) + 1:

@@ -171,3 +171,15 @@ def test_group_split_properties():
     assert len(all_a) == len(items) and not all_b
     with pytest.raises(BadInputError):
         group_split(items, 1.5, seed=0)
+
+
+def test_class_index_names_may_hold_spaces_but_not_be_missing(tmp_path):
+    """Stage 1 writes the user's class folder names as they are; every later stage reads them back through here."""
+    from splits import format_class_index, read_class_index
+
+    path = tmp_path / "classInd.txt"
+    path.write_text(format_class_index(["Biking", "Walk [odd]", "high  jump"]))
+    assert read_class_index(path) == ["Biking", "Walk [odd]", "high  jump"]
+    path.write_text("1 Biking\n2\n")
+    with pytest.raises(BadInputError, match="line 2"):
+        read_class_index(path)
