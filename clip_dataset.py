@@ -31,7 +31,6 @@ from torch.utils.data import Dataset
 from models.backbone import RESIZE_MODES, resize_frame
 from splits import read_class_index
 from utils import BadInputError, read_json
-from video import jpeg_round_trip
 
 log = logging.getLogger("actionbert")
 
@@ -124,31 +123,23 @@ def eval_frame_transform(frame: np.ndarray, size: int, resize: str = "crop") -> 
     return resize_frame(frame, size, resize)
 
 
-def rgb_jpeg_round_trip(rgb: np.ndarray, quality: int) -> np.ndarray:
-    """An RGB frame as stage 1 stores it and ClipDataset reads it back."""
-    return cv2.cvtColor(jpeg_round_trip(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), quality), cv2.COLOR_BGR2RGB)
-
-
 def eval_clip_from_frames(
     frames: Sequence[np.ndarray],
     clip_len: int,
     image_size: int,
     num_clips: int = 1,
     resize: str = "crop",
-    jpeg_quality: int | None = None,
 ) -> torch.Tensor:
-    """predict.py's input for an e2e model: all RGB uint8 frames of one video (decoded at the training fps, e.g. by
-    video.iter_frames_at_fps with the manifest's fps and frame_size) -> uint8 (V, T, 3, S, S), sampled and
-    transformed exactly as ClipDataset's evaluation items. Only the sampled frames are transformed; with
-    `jpeg_quality` (stage 1's) they first go through the same JPEG round trip as the training frames did, so the
-    result equals test mode's input bit for bit."""
+    """predict.py's input for an e2e model: all RGB uint8 frames of one video as stage 1 stores them (e.g. from
+    video.iter_stored_frames_at_fps with the manifest's fps, frame_size and jpeg_quality) -> uint8 (V, T, 3, S, S),
+    sampled and transformed exactly as ClipDataset's evaluation items, so the result equals test mode's input bit
+    for bit. Only the sampled frames are transformed."""
     if not frames:
         raise BadInputError("no frames to classify")
     ks = eval_indices(len(frames), clip_len, num_clips)
     cache = {}
     for k in np.unique(ks):
-        rgb = frames[int(k)] if jpeg_quality is None else rgb_jpeg_round_trip(frames[int(k)], jpeg_quality)
-        cache[int(k)] = eval_frame_transform(rgb, image_size, resize)
+        cache[int(k)] = eval_frame_transform(frames[int(k)], image_size, resize)
     clip = np.stack([cache[int(k)] for k in ks.ravel()]).reshape(*ks.shape, image_size, image_size, 3)
     return torch.from_numpy(clip).permute(0, 1, 4, 2, 3).contiguous()
 

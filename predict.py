@@ -5,8 +5,8 @@
 
 Each video is decoded in memory (no frames written) at the checkpoint's fps with stage 1's exact-time sampling,
 and its frames go through the same pixels as training saw them: stage 1's shorter-side resize (`frame_size`) and
-its JPEG round trip at `jpeg_quality` (stage 1 writes BGR JPEGs with cv2.imencode, stage 2 reads them back with
-cv2.imdecode), then stage 2's preprocessing, the checkpoint's backbone (rebuilt from name, weights and seed), the
+its JPEG encoding at `jpeg_quality` (video.iter_stored_frames_at_fps: the same bytes stage 1 writes, decoded as
+stage 2 reads them), then stage 2's preprocessing, the checkpoint's backbone (rebuilt from name, weights and seed), the
 same uniform subsampling to stage 2's `max_len_cap`, and the stored embedding dtype. So a video gets the same
 probabilities here as through prepare_ucf101 -> prepare_data -> main.py --mode test, up to float noise.
 
@@ -43,7 +43,7 @@ from models.backbone import (
 )
 from prepare_data import subsample_indices
 from utils import BadInputError, atomic_write_json, resolve_device, run_cli, setup_logging
-from video import VideoDecodeError, is_video_file, iter_frames_at_fps, jpeg_round_trip, truncation_reason
+from video import VideoDecodeError, is_video_file, iter_stored_frames_at_fps, truncation_reason
 
 log = logging.getLogger("actionbert.predict")
 
@@ -159,25 +159,21 @@ class DecodedVideo:
 
 
 def decode_video(path: str | os.PathLike, settings: FrameSettings, keep_thumbs: bool = False) -> DecodedVideo:
-    """Sample, resize, JPEG round-trip and preprocess one video's frames in memory.
+    """Sample, resize, JPEG-encode and decode, and preprocess one video's frames in memory.
 
     Stage 2 resizes the BGR image and then swaps channels; swapping first is the same arithmetic (every OpenCV
     resize works per channel), so preprocess_frame on RGB gives its exact pixels.
     """
     out = DecodedVideo([], [])
     info: dict[str, Any] = {}
-    try:
-        for t, bgr in iter_frames_at_fps(path, settings.fps, settings.frame_size, rgb=False, info=info):
-            rgb = cv2.cvtColor(jpeg_round_trip(bgr, settings.jpeg_quality), cv2.COLOR_BGR2RGB)
-            out.times.append(t)
-            out.frames.append(preprocess_frame(rgb, settings.image_size, settings.resize))
-            if keep_thumbs:
-                h, w = rgb.shape[:2]
-                size = (max(1, round(w * THUMB_HEIGHT / h)), THUMB_HEIGHT)
-                out.thumbs.append(cv2.resize(rgb, size, interpolation=cv2.INTER_AREA))
-    except cv2.error as exc:  # a decoder failure inside OpenCV is the video's fault, as in stage 1
-        msg = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-        raise VideoDecodeError(path, f"decoder error: {msg}") from None
+    frames = iter_stored_frames_at_fps(path, settings.fps, settings.frame_size, settings.jpeg_quality, info=info)
+    for t, rgb in frames:
+        out.times.append(t)
+        out.frames.append(preprocess_frame(rgb, settings.image_size, settings.resize))
+        if keep_thumbs:
+            h, w = rgb.shape[:2]
+            size = (max(1, round(w * THUMB_HEIGHT / h)), THUMB_HEIGHT)
+            out.thumbs.append(cv2.resize(rgb, size, interpolation=cv2.INTER_AREA))
     if not out.frames:
         raise VideoDecodeError(path, "no frames at the sampling times")
     reason = truncation_reason(info)

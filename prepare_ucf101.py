@@ -35,7 +35,7 @@ from utils import (
     setup_logging,
     write_failure_report,
 )
-from video import VideoDecodeError, encode_jpeg, is_video_file, iter_frames_at_fps, truncation_reason
+from video import VideoDecodeError, is_video_file, iter_jpeg_frames_at_fps, truncation_reason
 
 log = logging.getLogger("actionbert.prepare")
 
@@ -214,12 +214,8 @@ def extract_video(task: ExtractTask) -> dict[str, Any]:
     times: list[float] = []
     info: dict[str, Any] = {}
     try:
-        frames = iter_frames_at_fps(task.path, task.fps, task.frame_size, rgb=False, info=info)
-        for n, (t, img) in enumerate(frames, 1):
-            try:
-                buf = encode_jpeg(img, task.jpeg_quality)
-            except ValueError:
-                raise VideoDecodeError(task.path, f"frame at {t:.3f} s cannot be encoded as JPEG") from None
+        frames = iter_jpeg_frames_at_fps(task.path, task.fps, task.frame_size, task.jpeg_quality, info=info)
+        for n, (t, buf) in enumerate(frames, 1):
             with open(tmp / f"frame_{n:06d}.jpg", "wb") as fh:
                 fh.write(buf)
             times.append(round(t, 6))
@@ -229,10 +225,6 @@ def extract_video(task: ExtractTask) -> dict[str, Any]:
     except VideoDecodeError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         return {"video_name": task.video_name, "failure": {"file": task.source, "reason": exc.reason}}
-    except cv2.error as exc:  # a decoder failure inside OpenCV: still the video's fault, not ours
-        shutil.rmtree(tmp, ignore_errors=True)
-        msg = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-        return {"video_name": task.video_name, "failure": {"file": task.source, "reason": f"decoder error: {msg}"}}
     meta = {
         **_settings(task.fps, task.frame_size, task.jpeg_quality),
         "source": task.source,
@@ -242,6 +234,8 @@ def extract_video(task: ExtractTask) -> dict[str, Any]:
     }
     if info.get("replaced_timestamps"):
         meta["replaced_timestamps"] = info["replaced_timestamps"]
+    if info.get("decoder_errors"):
+        meta["decoder_errors"] = info["decoder_errors"]
     atomic_write_json(frames_dir / META_DIR / f"{task.video_name}.json", meta, indent=None)
     final = frames_dir / task.video_name
     if final.exists():  # a folder without matching metadata, e.g. from an older run
@@ -343,12 +337,18 @@ def extract_all(
         results = map(extract_video, tasks)
         _collect(results, metas, failures, bar)
     else:
-        with multiprocessing.Pool(workers, initializer=setup_logging, initargs=(args.verbose,)) as pool:
+        with multiprocessing.Pool(workers, initializer=_init_worker, initargs=(args.verbose,)) as pool:
             _collect(pool.imap_unordered(extract_video, tasks), metas, failures, bar)
     bar.close()
     if tmp.is_dir():
         shutil.rmtree(tmp)
     return metas, failures
+
+
+def _init_worker(verbose: bool) -> None:
+    """One OpenCV thread per worker process (resizing, range expansion): the processes are the parallelism."""
+    setup_logging(verbose)
+    cv2.setNumThreads(1)
 
 
 def _file_size(path: str) -> int:

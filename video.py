@@ -5,8 +5,9 @@ sample is the frame on screen at that time: the latest frame whose timestamp is 
 timestamps instead of a frame-index step keeps fractional fps, variable frame timing and lying headers right
 (tree.avi's header claims 444 frames at 15 fps; 68 frames decode over 29.5 s).
 
-Decoding is streaming: frames are decoded with `grab()` and only the frames that will be kept are converted with
-`retrieve()`, so extraction runs close to the decode-only rate and never holds a video in memory.
+Decoding is streaming, with PyAV (FFmpeg): one pass over the packets' timestamps says which frames are kept, then
+only those and the frames they depend on are decoded, and only kept frames are converted or JPEG-encoded (straight
+from the decoder's YUV planes where the video's layout allows). A video is never held in memory.
 """
 
 from __future__ import annotations
@@ -16,11 +17,14 @@ import math
 import os
 import statistics
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import av
 import cv2
 import numpy as np
+import simplejpeg
 
 from utils import BadInputError
 
@@ -31,8 +35,11 @@ VIDEO_EXTENSIONS: frozenset[str] = frozenset(
 )
 
 # A frame counts as on screen at time t when its timestamp is <= t + TIME_TOLERANCE. Containers such as Matroska
-# round timestamps to milliseconds, so an exact comparison would pick the previous frame for some samples.
-TIME_TOLERANCE = 1e-3
+# round timestamps to milliseconds (errors up to 0.5 ms), so an exact comparison would pick the previous frame for
+# some samples. 0.55 ms, not 1 ms: 29.97 fps frame 30 is at exactly 1.001 s, and a tolerance equal to that offset
+# would let float rounding decide between frames 29 and 30; 0.55 ms is no whole number of ticks of the usual time
+# bases (1/1000, 1/90000, 1/30000, 1/12800, 1/15360), so such ties cannot occur.
+TIME_TOLERANCE = 0.55e-3
 
 # Frame rates outside this range in a header are treated as unknown.
 _PLAUSIBLE_FPS = (1.0, 1000.0)
@@ -53,25 +60,36 @@ def is_video_file(path: str | os.PathLike) -> bool:
     return Path(path).suffix.lower() in VIDEO_EXTENSIONS
 
 
+def shorter_side_size(height: int, width: int, size: int | None) -> tuple[int, int]:
+    """(width, height) after scaling the shorter side to `size` with the aspect ratio kept; None keeps them."""
+    if size is None:
+        return width, height
+    if size <= 0:
+        raise ValueError(f"frame size must be positive, got {size}")
+    short = min(height, width)
+    scale = size / short
+    new_w = size if width == short else max(1, round(width * scale))
+    new_h = size if height == short else max(1, round(height * scale))
+    return new_w, new_h
+
+
+def resize_to(img: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Resize to exactly (width, height): Gaussian pyramid halvings while at least 2x too large, then bilinear for
+    the remaining factor in (0.5, 1]; antialiased like INTER_AREA at a fraction of its cost for non-integer factors
+    (~1 ms against ~4 ms for 768x576 -> 256 here). Works on one plane or on 3 channels."""
+    if img.shape[1] == width and img.shape[0] == height:
+        return img
+    while img.shape[1] >= 2 * width and img.shape[0] >= 2 * height:
+        img = cv2.pyrDown(img)
+    return cv2.resize(img, (width, height), interpolation=cv2.INTER_LINEAR)
+
+
 def resize_shorter_side(img: np.ndarray, size: int | None) -> np.ndarray:
     """Scale so the shorter side is `size` pixels, keeping the aspect ratio; None keeps the image as it is."""
     if size is None:
         return img
-    if size <= 0:
-        raise ValueError(f"frame size must be positive, got {size}")
-    h, w = img.shape[:2]
-    short = min(h, w)
-    if short == size:
-        return img
-    scale = size / short
-    new_w = size if w == short else max(1, round(w * scale))
-    new_h = size if h == short else max(1, round(h * scale))
-    # Halve with a Gaussian pyramid step while at least 2x too large, then bilinear for the remaining factor
-    # in (0.5, 1]: antialiased like INTER_AREA at a fraction of its cost for non-integer factors (~1 ms against
-    # ~4 ms for 768x576 -> 256 here).
-    while min(img.shape[:2]) >= 2 * size:
-        img = cv2.pyrDown(img)
-    return cv2.resize(img, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
+    new_w, new_h = shorter_side_size(img.shape[0], img.shape[1], size)
+    return resize_to(img, new_w, new_h)
 
 
 def _plausible_gap(nominal_fps: float | None) -> float | None:
@@ -99,13 +117,11 @@ class TimestampSampler:
         fps: float,
         nominal_fps: float | None = None,
         tolerance: float = TIME_TOLERANCE,
-        lookahead: float = 1.0,
     ) -> None:
         if not math.isfinite(fps) or fps < 0:
             raise ValueError(f"fps must be a finite number >= 0, got {fps}")
         self.fps = float(fps)
         self.tolerance = tolerance
-        self.lookahead = lookahead
         self.nominal_gap = _plausible_gap(nominal_fps)
         self.num_frames = 0
         self.replaced = 0
@@ -113,7 +129,6 @@ class TimestampSampler:
         self.last_time = 0.0
         self.next_k = 0
         self._gaps: list[float] = []
-        self._max_gap = 0.0
 
     def sample_time(self, k: int) -> float:
         return k / self.fps
@@ -139,7 +154,6 @@ class TimestampSampler:
         else:
             gap = t - self.last_time
             self._gaps.append(gap)
-            self._max_gap = max(self._max_gap, gap)
         covered = self._covered_before(t)
         self.last_time = t
         self.num_frames += 1
@@ -154,20 +168,6 @@ class TimestampSampler:
             out.append((self.next_k, self.sample_time(self.next_k)))
             self.next_k += 1
         return out
-
-    def wants_current(self) -> bool:
-        """Whether the frame just added may cover the next sample, so it should be converted while it is decoded.
-
-        A guess from the largest gap seen so far; when it is wrong the caller re-decodes that one frame, so the
-        output stays exact and only the speed depends on the guess.
-        """
-        if self.fps == 0 or self.num_frames == 0:
-            return True
-        gap = max(self._max_gap, self.nominal_gap or 0.0)
-        if gap == 0:
-            return True
-        predicted_next = self.last_time + gap * self.lookahead
-        return predicted_next > self.sample_time(self.next_k) + self.tolerance
 
     @property
     def duration(self) -> float:
@@ -210,123 +210,6 @@ def select_frames(
     return out
 
 
-def open_capture(path: str | os.PathLike) -> cv2.VideoCapture:
-    """Open with FFmpeg, raising VideoDecodeError naming the file when it cannot be read or opened.
-
-    The `file:` prefix stops FFmpeg from reading `name:...` as a protocol and OpenCV from treating `%d` in a
-    name as an image sequence.
-    """
-    path = Path(path)
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(1)
-    except OSError as exc:
-        raise VideoDecodeError(path, f"unreadable ({exc.strerror or exc})") from None
-    if not head:
-        raise VideoDecodeError(path, "empty file (0 bytes)")
-    cap = cv2.VideoCapture("file:" + str(path.resolve()), cv2.CAP_FFMPEG)
-    if not cap.isOpened():
-        cap.release()
-        raise VideoDecodeError(path, "not a readable video (FFmpeg cannot open it)")
-    return cap
-
-
-def _timestamp_seconds(cap: cv2.VideoCapture) -> float | None:
-    ms = cap.get(cv2.CAP_PROP_POS_MSEC)
-    return ms / 1000.0 if math.isfinite(ms) else None
-
-
-def _declared_duration(cap: cv2.VideoCapture) -> float | None:
-    count, fps = cap.get(cv2.CAP_PROP_FRAME_COUNT), cap.get(cv2.CAP_PROP_FPS)
-    if count > 0 and _plausible_gap(fps) is not None:
-        return count / fps
-    return None
-
-
-def _refetch(path: Path, index: int) -> np.ndarray:
-    """Decode from the start up to frame `index` and convert it: the rare case the lookahead guessed wrong."""
-    cap = open_capture(path)
-    try:
-        for _ in range(index + 1):
-            if not cap.grab():
-                raise VideoDecodeError(path, f"frame {index} decoded once but not on a second pass")
-        ok, img = cap.retrieve()
-    finally:
-        cap.release()
-    if not ok or img is None:
-        raise VideoDecodeError(path, f"frame {index} cannot be converted")
-    return img
-
-
-def iter_frames_at_fps(
-    path: str | os.PathLike,
-    fps: float,
-    frame_size: int | None = None,
-    *,
-    rgb: bool = True,
-    info: dict[str, Any] | None = None,
-    lookahead: float = 1.0,
-) -> Iterator[tuple[float, np.ndarray]]:
-    """Yield (time in seconds, HxWx3 uint8 image) at times k / fps from the first frame; fps=0 yields every frame.
-
-    Images are RGB (BGR with rgb=False, which is what cv2.imencode wants), resized on the shorter side to
-    `frame_size` when given. When `info` is a dict it is filled at the end with "num_decoded", "duration",
-    "declared_duration" (from the header, None when absent), "timing" and "replaced_timestamps"; a warning is
-    logged when timestamps had to be replaced. Raises VideoDecodeError for unreadable or zero-frame input.
-    """
-    path = Path(path)
-    cap = open_capture(path)
-    try:
-        nominal_fps = cap.get(cv2.CAP_PROP_FPS)
-        declared = _declared_duration(cap)
-        sampler = TimestampSampler(fps, nominal_fps=nominal_fps, lookahead=lookahead)
-        held_index, held = -1, None
-        index = -1
-
-        def convert(img: np.ndarray) -> np.ndarray:
-            img = resize_shorter_side(img, frame_size)
-            return cv2.cvtColor(img, cv2.COLOR_BGR2RGB) if rgb else img
-
-        def emit(covered: list[tuple[int, float]], frame_index: int) -> Iterator[tuple[float, np.ndarray]]:
-            if not covered:
-                return
-            img = held if held_index == frame_index else convert(_refetch(path, frame_index))
-            for n, (_, t) in enumerate(covered):
-                yield t, img if n == 0 else img.copy()
-
-        while cap.grab():
-            index += 1
-            covered = sampler.add(_timestamp_seconds(cap))
-            if covered:
-                yield from emit(covered, index - 1)
-            if sampler.wants_current():
-                ok, img = cap.retrieve()
-                if not ok or img is None:
-                    raise VideoDecodeError(path, f"frame {index} decoded but cannot be converted")
-                held_index, held = index, convert(img)
-        if index < 0:
-            raise VideoDecodeError(path, "no decodable frames")
-        yield from emit(sampler.finish(), index)
-    finally:
-        cap.release()
-    if sampler.replaced:
-        log.warning(
-            "%s: %d of %d frame timestamps missing or out of order; replaced by nominal timing (%s)",
-            path,
-            sampler.replaced,
-            sampler.num_frames,
-            sampler.timing,
-        )
-    if info is not None:
-        info.update(
-            num_decoded=sampler.num_frames,
-            duration=sampler.duration,
-            declared_duration=declared,
-            timing=sampler.timing,
-            replaced_timestamps=sampler.replaced,
-        )
-
-
 def truncation_reason(info: dict[str, Any], min_missing: float = 1.0, min_fraction: float = 0.1) -> str | None:
     """A reason string when far less decodes than the header declares (a cut-off download), else None.
 
@@ -342,28 +225,488 @@ def truncation_reason(info: dict[str, Any], min_missing: float = 1.0, min_fracti
     return None
 
 
-def decode_all_timestamps(path: str | os.PathLike) -> tuple[list[float | None], float]:
-    """Every decoded frame's timestamp (seconds) and the header's fps, decoding without conversion."""
-    cap = open_capture(path)
+# ----------------------------------------------------------------------------------------------------------------
+# Decoding (PyAV / FFmpeg).
+
+
+def _ffmpeg_message(exc: BaseException) -> str:
+    text = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+    return str(text).strip().splitlines()[-1]
+
+
+def open_video(path: str | os.PathLike, threads: int = 1) -> tuple[av.container.InputContainer, av.VideoStream]:
+    """Open a file's first video stream, raising VideoDecodeError naming the file when it cannot be.
+
+    The `file:` prefix stops FFmpeg from reading `name:...` in a file name as a protocol. `threads` is the number
+    of decoder threads (0 = FFmpeg's choice); stage 1 runs one process per core with one thread each.
+    """
+    path = Path(path)
     try:
-        nominal_fps = cap.get(cv2.CAP_PROP_FPS)
-        out = []
-        while cap.grab():
-            out.append(_timestamp_seconds(cap))
+        with open(path, "rb") as fh:
+            head = fh.read(1)
+    except OSError as exc:
+        raise VideoDecodeError(path, f"unreadable ({exc.strerror or exc})") from None
+    if not head:
+        raise VideoDecodeError(path, "empty file (0 bytes)")
+    try:
+        container = av.open("file:" + str(path.resolve()), metadata_errors="ignore")
+    except (av.FFmpegError, UnicodeDecodeError, ValueError) as exc:
+        raise VideoDecodeError(path, f"not a readable video (FFmpeg cannot open it: {_ffmpeg_message(exc)})") from None
+    if not container.streams.video:
+        container.close()
+        raise VideoDecodeError(path, "no video stream")
+    stream = container.streams.video[0]
+    stream.codec_context.thread_count = max(0, int(threads))
+    if threads != 1:
+        stream.thread_type = "AUTO"
+    return container, stream
+
+
+def _nominal_fps(stream: av.VideoStream) -> float | None:
+    rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+    return float(rate) if rate else None
+
+
+def _declared_duration(container: av.container.InputContainer, stream: av.VideoStream) -> float | None:
+    """The header's idea of the length: the stream's frame count over its rate, else its duration."""
+    fps = _nominal_fps(stream)
+    if stream.frames and _plausible_gap(fps) is not None:
+        return stream.frames / fps
+    if stream.duration and stream.time_base:
+        return float(stream.duration * stream.time_base)
+    if container.duration:
+        return container.duration / 1_000_000
+    return None
+
+
+def _packets(container: av.container.InputContainer, stream: av.VideoStream, path: Path) -> Iterator[av.Packet]:
+    """The stream's packets, ending quietly (with a warning) where the container cannot be read any further, as a
+    cut-off download does; the decoder is flushed by the caller."""
+    it = container.demux(stream)
+    while True:
+        try:
+            packet = next(it)
+        except StopIteration:
+            return
+        except av.FFmpegError as exc:
+            log.warning("%s: reading stops at a container error (%s)", path, _ffmpeg_message(exc))
+            return
+        if packet.size and not packet.is_discard:
+            yield packet
+
+
+class _Decoder:
+    """Sends packets to a codec context and collects frames, counting packets the codec rejects instead of failing
+    on them: FFmpeg conceals a corrupt frame in what follows, as players do."""
+
+    def __init__(self, path: Path, stream: av.VideoStream) -> None:
+        self.path = path
+        self.codec = stream.codec_context
+        self.errors = 0
+        self._skip = "DEFAULT"
+
+    def skip_nonref(self, skip: bool) -> None:
+        value = "NONREF" if skip else "DEFAULT"
+        if value != self._skip:
+            self.codec.skip_frame = value
+            self._skip = value
+
+    def decode(self, packet: av.Packet | None) -> list[av.VideoFrame]:
+        try:
+            return self.codec.decode(packet)
+        except av.EOFError:
+            return []
+        except av.FFmpegError as exc:
+            self.errors += 1
+            if self.errors == 1:
+                log.warning("%s: a corrupt packet is skipped (%s)", self.path, _ffmpeg_message(exc))
+            return []
+
+    def flush(self) -> list[av.VideoFrame]:
+        self.skip_nonref(False)
+        return self.decode(None)
+
+
+def _frame_time(frame: av.VideoFrame, stream: av.VideoStream) -> float | None:
+    """Seconds, in the stream's time base (frames flushed out of the decoder at the end carry none of their own)."""
+    if frame.pts is None or stream.time_base is None:
+        return None
+    return float(frame.pts * stream.time_base)
+
+
+@dataclass
+class _Plan:
+    """Which frames to decode, worked out from the packets' timestamps before decoding anything."""
+
+    pts: set[int]  # every frame's presentation timestamp (stream time base)
+    samples: list[tuple[int, list[float]]]  # (pts of a kept frame, its sample times), in presentation order
+    intra_only: bool  # every packet a keyframe: unneeded packets need not be decoded at all
+    sampler: TimestampSampler  # finished over all timestamps: frame count, duration, timing
+
+
+class _PlanMismatch(Exception):
+    """The decoder's frames disagree with the packet timestamps; the caller decodes every frame instead."""
+
+
+def _can_skip(stream: av.VideoStream) -> bool:
+    """Whether planning can save decoding: intra-only codecs (MJPEG, ...) or codecs with non-reference frames
+    (those that reorder: H.264, HEVC, MPEG-2/4 with B-frames, ...). For the others (msmpeg4, cinepak, VP8, ...)
+    every frame is a reference, so the extra demux pass would cost without saving anything."""
+    codec = stream.codec_context.codec
+    return bool(codec.intra_only or codec.reorder)
+
+
+def _make_plan(
+    container: av.container.InputContainer, stream: av.VideoStream, fps: float, nominal_fps: float | None
+) -> _Plan | None:
+    """A plan from one demux pass (no decoding), or None where packet timestamps cannot be trusted (missing,
+    repeated, or a container error), in which case every frame is decoded and its own timestamp used."""
+    try:
+        pts, keys = [], True
+        for packet in container.demux(stream):
+            if not packet.size or packet.is_discard:
+                continue
+            if packet.pts is None:
+                return None
+            pts.append(packet.pts)
+            keys = keys and packet.is_keyframe
+        time_base = stream.time_base
+    except av.FFmpegError:
+        return None
+    if not pts or len(set(pts)) != len(pts) or time_base is None:
+        return None
+    order = sorted(pts)
+    sampler = TimestampSampler(fps, nominal_fps=nominal_fps)
+    by_frame: dict[int, list[float]] = {}
+    for index, p in enumerate(order):
+        for _, t in sampler.add(float(p * time_base)):
+            by_frame.setdefault(order[index - 1], []).append(t)
+    for _, t in sampler.finish():
+        by_frame.setdefault(order[-1], []).append(t)
+    if sampler.replaced:
+        return None
+    return _Plan(set(pts), sorted(by_frame.items()), keys, sampler)
+
+
+def _iter_planned(
+    path: Path, plan: _Plan, threads: int, decoder_errors: list[int]
+) -> Iterator[tuple[float, av.VideoFrame]]:
+    """Decode only what the plan needs: reference frames (the codec's skip_frame=NONREF drops the others) and the
+    kept ones; with intra-only video, only the kept ones. Raises _PlanMismatch when a decoded frame's timestamp
+    is not one the plan knows or a kept frame does not come out."""
+    needed = {p for p, _ in plan.samples}
+    pending = iter(plan.samples)
+    want = next(pending, None)
+    container, stream = open_video(path, threads)
+    decoder = _Decoder(path, stream)
+    last = None
+    try:
+
+        def take(frames: list[av.VideoFrame]) -> Iterator[tuple[float, av.VideoFrame]]:
+            nonlocal want, last
+            for frame in frames:
+                p = frame.pts
+                if p is None or p not in plan.pts or (last is not None and p <= last):
+                    raise _PlanMismatch(f"decoded timestamp {p} after {last}")
+                last = p
+                if want is not None and p > want[0]:
+                    raise _PlanMismatch(f"frame {want[0]} did not decode")
+                if want is not None and p == want[0]:
+                    for t in want[1]:
+                        yield t, frame
+                    want = next(pending, None)
+
+        for packet in _packets(container, stream, path):
+            if want is None:
+                break
+            keep = packet.pts in needed
+            if plan.intra_only and not keep:
+                continue
+            decoder.skip_nonref(not keep)
+            yield from take(decoder.decode(packet))
+        if want is not None:
+            yield from take(decoder.flush())
+        if want is not None:
+            raise _PlanMismatch(f"frame {want[0]} did not decode")
     finally:
-        cap.release()
-    return out, nominal_fps
+        decoder_errors[0] += decoder.errors
+        container.close()
 
 
-def encode_jpeg(bgr: np.ndarray, quality: int) -> np.ndarray:
-    """Stage 1's frame encoding (cv2, BGR, `quality`). predict.py and end-to-end clips reproduce the stored pixels
-    through jpeg_round_trip, so all three must encode the same way."""
-    ok, buf = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
-    if not ok:
-        raise ValueError("frame cannot be encoded as JPEG")
-    return buf
+def _iter_every_frame(
+    path: Path, fps: float, nominal_fps: float | None, threads: int, decoder_errors: list[int]
+) -> tuple[TimestampSampler, Iterator[tuple[float, av.VideoFrame]]]:
+    """Decode every frame and sample from the decoded timestamps, repairing broken ones (TimestampSampler)."""
+    sampler = TimestampSampler(fps, nominal_fps=nominal_fps)
+
+    def frames() -> Iterator[tuple[float, av.VideoFrame]]:
+        container, stream = open_video(path, threads)
+        decoder = _Decoder(path, stream)
+        held = None
+        try:
+
+            def take(decoded: list[av.VideoFrame]) -> Iterator[tuple[float, av.VideoFrame]]:
+                nonlocal held
+                for frame in decoded:
+                    for _, t in sampler.add(_frame_time(frame, stream)):
+                        yield t, held
+                    held = frame
+
+            for packet in _packets(container, stream, path):
+                yield from take(decoder.decode(packet))
+            yield from take(decoder.flush())
+        finally:
+            decoder_errors[0] += decoder.errors
+            container.close()
+        if held is None:
+            raise VideoDecodeError(path, "no decodable frames")
+        for _, t in sampler.finish():
+            yield t, held
+
+    return sampler, frames()
 
 
-def jpeg_round_trip(bgr: np.ndarray, quality: int) -> np.ndarray:
-    """A BGR frame as later stages read it back from stage 1's JPEG."""
-    return cv2.imdecode(encode_jpeg(bgr, quality), cv2.IMREAD_COLOR)
+def iter_sampled_frames(
+    path: str | os.PathLike,
+    fps: float,
+    *,
+    info: dict[str, Any] | None = None,
+    threads: int = 1,
+    skip_unneeded: bool = True,
+) -> Iterator[tuple[float, av.VideoFrame]]:
+    """Yield (time in seconds, decoded frame) at times k / fps from the first frame; fps=0 yields every frame.
+
+    With `skip_unneeded` (the default), for codecs where it can save work (intra-only ones and those with
+    non-reference frames), a demux pass first reads every packet's timestamp, so the frames to keep are known
+    before decoding: non-reference frames that are not kept are never decoded (B-frames of H.264/HEVC, every
+    unkept frame of intra-only video such as MJPEG), and decoding stops after the last kept frame. Otherwise, and
+    where packet timestamps are missing or repeated or the decoder disagrees with them, every frame is decoded
+    and its own timestamp used; both ways give the same frames (tested).
+
+    When `info` is a dict it is filled at the end with "num_decoded" (frames in the video), "duration",
+    "declared_duration" (from the header, None when absent), "timing", "replaced_timestamps" and
+    "decoder_errors"; a warning is logged when timestamps had to be replaced. Raises VideoDecodeError for
+    unreadable or zero-frame input.
+    """
+    path = Path(path)
+    if not math.isfinite(fps) or fps < 0:
+        raise ValueError(f"fps must be a finite number >= 0, got {fps}")
+    container, stream = open_video(path)
+    try:
+        nominal_fps = _nominal_fps(stream)
+        declared = _declared_duration(container, stream)
+        plan = _make_plan(container, stream, fps, nominal_fps) if skip_unneeded and _can_skip(stream) else None
+    finally:
+        container.close()
+    errors = [0]
+    sampler = None
+    emitted = 0
+    if plan is not None:
+        try:
+            for item in _iter_planned(path, plan, threads, errors):
+                emitted += 1
+                yield item
+            sampler = plan.sampler
+        except _PlanMismatch as exc:
+            log.debug("%s: packet timestamps do not match the decoded frames (%s); decoding every frame", path, exc)
+            errors = [0]
+    if sampler is None:
+        sampler, frames = _iter_every_frame(path, fps, nominal_fps, threads, errors)
+        for n, item in enumerate(frames):
+            if n >= emitted:
+                yield item
+    if sampler.replaced:
+        log.warning(
+            "%s: %d of %d frame timestamps missing or out of order; replaced by nominal timing (%s)",
+            path,
+            sampler.replaced,
+            sampler.num_frames,
+            sampler.timing,
+        )
+    if info is not None:
+        info.update(
+            num_decoded=sampler.num_frames,
+            duration=sampler.duration,
+            declared_duration=declared,
+            timing=sampler.timing,
+            replaced_timestamps=sampler.replaced,
+            decoder_errors=errors[0],
+        )
+
+
+def decode_all_timestamps(path: str | os.PathLike) -> tuple[list[float | None], float | None]:
+    """Every decoded frame's timestamp (seconds) and the header's fps, decoding every frame without conversion."""
+    path = Path(path)
+    container, stream = open_video(path)
+    decoder = _Decoder(path, stream)
+    try:
+        out = []
+        for packet in _packets(container, stream, path):
+            out.extend(_frame_time(f, stream) for f in decoder.decode(packet))
+        out.extend(_frame_time(f, stream) for f in decoder.flush())
+        return out, _nominal_fps(stream)
+    finally:
+        container.close()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Frames to pixels and to stage 1's JPEG files.
+
+# Colour spaces whose YCbCr is what JPEG (JFIF) stores, up to range: BT.601 and unspecified (which FFmpeg's
+# converter also treats as BT.601). Others (BT.709, BT.2020, ...) go through an RGB conversion with their own matrix.
+_JFIF_MATRICES = frozenset({2, 4, 5, 6})  # AVCOL_SPC_UNSPECIFIED, _FCC, _BT470BG, _SMPTE170M
+_FULL_RANGE = 2  # AVCOL_RANGE_JPEG
+
+
+def _range_luts() -> tuple[np.ndarray, np.ndarray]:
+    """Lookup tables from limited (video) range to full (JPEG) range: luma 16-235 and chroma 16-240 to 0-255."""
+    v = np.arange(256, dtype=np.float64)
+    luma = np.clip(np.rint((v - 16) * 255 / 219), 0, 255).astype(np.uint8)
+    chroma = np.clip(np.rint((v - 128) * 255 / 224 + 128), 0, 255).astype(np.uint8)
+    return luma, chroma
+
+
+_LUMA_LUT, _CHROMA_LUT = _range_luts()
+
+
+def _plane(frame: av.VideoFrame, index: int, height: int, width: int) -> np.ndarray:
+    plane = frame.planes[index]
+    return np.frombuffer(plane, np.uint8).reshape(plane.height, plane.line_size)[:height, :width]
+
+
+def _rotation(frame: av.VideoFrame) -> int:
+    """Quarter turns counter-clockwise from the display matrix (phone videos), as players and OpenCV apply it."""
+    return int(round((frame.rotation or 0) / 90)) % 4
+
+
+def _orient(img: np.ndarray, quarter_turns: int) -> np.ndarray:
+    return img if quarter_turns == 0 else np.ascontiguousarray(np.rot90(img, quarter_turns))
+
+
+def _direct_yuv420(frame: av.VideoFrame, frame_size: int | None) -> bool:
+    """Whether the frame can be JPEG-encoded from its own planes: 4:2:0, a BT.601-like matrix, and an even output
+    width and height (TurboJPEG reads 4:2:0 luma planes padded to even sizes; an odd one would make it read a
+    byte past each row, so the last block column would depend on memory it does not own)."""
+    if frame.format.name not in ("yuv420p", "yuvj420p") or frame.colorspace not in _JFIF_MATRICES:
+        return False
+    w, h = shorter_side_size(frame.height, frame.width, frame_size)
+    return w % 2 == 0 and h % 2 == 0
+
+
+def frame_to_bgr(frame: av.VideoFrame, frame_size: int | None = None) -> np.ndarray:
+    """HxWx3 uint8 BGR, upright, with the shorter side resized to `frame_size` when given."""
+    if frame.format.name == "bgr24":
+        img = frame.to_ndarray()
+    elif frame.format.name == "rgb24":  # OpenCV's swap is ~10x faster than FFmpeg's converter here
+        img = cv2.cvtColor(frame.to_ndarray(), cv2.COLOR_RGB2BGR)
+    elif frame.format.is_rgb or frame.format.has_palette:
+        img = frame.to_ndarray(format="bgr24")
+    else:  # YUV or grey: say the source range, which FFmpeg's converter does not take from the frame
+        full = frame.format.name.startswith("yuvj") or frame.color_range == _FULL_RANGE
+        img = frame.to_ndarray(format="bgr24", src_color_range="JPEG" if full else "MPEG", dst_color_range="JPEG")
+    return resize_shorter_side(_orient(img, _rotation(frame)), frame_size)
+
+
+def frame_to_jpeg(frame: av.VideoFrame, frame_size: int | None, quality: int) -> bytes:
+    """Stage 1's stored form of a frame: JPEG (4:2:0) at `quality`, upright, shorter side at `frame_size`.
+
+    4:2:0 BT.601 video (UCF-101, HMDB51 and most other sources) is encoded straight from the decoder's planes,
+    with only a range expansion: no YUV -> BGR -> YUV round trip and no chroma resampling, which cuts the cost of
+    a kept frame by about a third (768x576 at quality 95 here: 2.3 ms against 3.5 ms through BGR and OpenCV's
+    encoder). Anything else (other chroma layouts, bit depths, BT.709, an odd output size) is converted to BGR
+    first.
+    """
+    turns = _rotation(frame)
+    if frame.format.name == "rgb24":
+        return encode_jpeg(resize_shorter_side(_orient(frame.to_ndarray(), turns), frame_size), quality, "RGB")
+    if not _direct_yuv420(frame, frame_size):
+        return encode_jpeg(frame_to_bgr(frame, frame_size), quality)
+    h, w = frame.height, frame.width
+    ch, cw = (h + 1) // 2, (w + 1) // 2
+    y, u, v = _plane(frame, 0, h, w), _plane(frame, 1, ch, cw), _plane(frame, 2, ch, cw)
+    y, u, v = _orient(y, turns), _orient(u, turns), _orient(v, turns)
+    if frame_size is not None:
+        new_w, new_h = shorter_side_size(y.shape[0], y.shape[1], frame_size)
+        y = resize_to(y, new_w, new_h)
+        u, v = resize_to(u, (new_w + 1) // 2, (new_h + 1) // 2), resize_to(v, (new_w + 1) // 2, (new_h + 1) // 2)
+    if not (frame.format.name == "yuvj420p" or frame.color_range == _FULL_RANGE):  # after resizing: fewer pixels
+        y, u, v = cv2.LUT(y, _LUMA_LUT), cv2.LUT(u, _CHROMA_LUT), cv2.LUT(v, _CHROMA_LUT)
+    y, u, v = (np.ascontiguousarray(p) for p in (y, u, v))
+    return simplejpeg.encode_jpeg_yuv_planes(y, u, v, int(quality))
+
+
+def encode_jpeg(img: np.ndarray, quality: int, channels: str = "BGR") -> bytes:
+    """A BGR (or RGB) image as a JPEG the way stage 1 encodes converted frames (4:2:0, libjpeg-turbo)."""
+    return simplejpeg.encode_jpeg(np.ascontiguousarray(img), int(quality), colorspace=channels, colorsubsampling="420")
+
+
+def decode_jpeg(data: bytes | np.ndarray, rgb: bool = True) -> np.ndarray:
+    """A stored frame as later stages read it (cv2.imdecode, which stage 2 uses on the files)."""
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if img is None:
+        raise ValueError("not a decodable JPEG")
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB) if rgb else img
+
+
+def _convert(path: str | os.PathLike, t: float, fn, *args):
+    """A conversion failure (an odd pixel format, a frame too large to encode) as the video's error."""
+    try:
+        return fn(*args)
+    except (ValueError, av.FFmpegError, cv2.error) as exc:
+        raise VideoDecodeError(path, f"frame at {t:.3f} s cannot be converted ({_ffmpeg_message(exc)})") from None
+
+
+def iter_jpeg_frames_at_fps(
+    path: str | os.PathLike,
+    fps: float,
+    frame_size: int | None,
+    quality: int,
+    *,
+    info: dict[str, Any] | None = None,
+    threads: int = 1,
+) -> Iterator[tuple[float, bytes]]:
+    """(time, JPEG bytes) exactly as stage 1 writes them; a frame kept for several samples is encoded once."""
+    last_frame, last_jpeg = None, b""
+    for t, frame in iter_sampled_frames(path, fps, info=info, threads=threads):
+        if frame is not last_frame:
+            last_frame, last_jpeg = frame, _convert(path, t, frame_to_jpeg, frame, frame_size, quality)
+        yield t, last_jpeg
+
+
+def iter_stored_frames_at_fps(
+    path: str | os.PathLike,
+    fps: float,
+    frame_size: int | None,
+    quality: int,
+    *,
+    rgb: bool = True,
+    info: dict[str, Any] | None = None,
+    threads: int = 1,
+) -> Iterator[tuple[float, np.ndarray]]:
+    """The pixels stage 1 stores for a video, without writing files: its JPEGs decoded as stage 2 reads them.
+    predict.py and end-to-end evaluation on raw videos use it so they see exactly what training saw."""
+    for t, data in iter_jpeg_frames_at_fps(path, fps, frame_size, quality, info=info, threads=threads):
+        yield t, decode_jpeg(data, rgb)
+
+
+def iter_frames_at_fps(
+    path: str | os.PathLike,
+    fps: float,
+    frame_size: int | None = None,
+    *,
+    rgb: bool = True,
+    info: dict[str, Any] | None = None,
+    threads: int = 1,
+    skip_unneeded: bool = True,
+) -> Iterator[tuple[float, np.ndarray]]:
+    """Yield (time in seconds, HxWx3 uint8 image) at times k / fps from the first frame (see iter_sampled_frames),
+    RGB or BGR (rgb=False), shorter side resized to `frame_size` when given; no JPEG step. Repeated samples of one
+    frame are independent arrays."""
+    last_frame, last_img = None, None
+    for t, frame in iter_sampled_frames(path, fps, info=info, threads=threads, skip_unneeded=skip_unneeded):
+        if frame is last_frame:
+            yield t, last_img.copy()
+            continue
+        img = _convert(path, t, frame_to_bgr, frame, frame_size)
+        last_frame, last_img = frame, (cv2.cvtColor(img, cv2.COLOR_BGR2RGB) if rgb else img)
+        yield t, last_img

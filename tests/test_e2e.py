@@ -160,9 +160,6 @@ def test_predict_input_matches_eval_items(frames):
     name = entries[1]["video_name"]
     rgb = [cv2.cvtColor(cv2.imread(str(frame_path(root, name, k))), cv2.COLOR_BGR2RGB) for k in range(10)]
     assert torch.equal(eval_clip_from_frames(rgb, CLIP_LEN, SIZE, num_clips=2), test[1][0])
-    # raw decoded frames + stage 1's JPEG round trip give the stored frames' input exactly
-    raw = [cv2.cvtColor(f, cv2.COLOR_BGR2RGB) for f in _decode(VIDEOS / "bikes.mp4", 10)]
-    assert torch.equal(eval_clip_from_frames(raw, CLIP_LEN, SIZE, num_clips=2, jpeg_quality=95), test[1][0])
     assert clip_provenance(root, clip_len=CLIP_LEN)["clip_len"] == CLIP_LEN
 
 
