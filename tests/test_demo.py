@@ -28,7 +28,7 @@ DATA_ARGS = ["--groups", GROUPS, "--clips", CLIPS, "--test_groups", TEST_GROUPS,
 TRAIN_ARGS = ["--batch_size", "16", "--lr", "1e-3", "--hidden_size", "128", "--num_layers", "2", "--num_heads", "4",
               "--dropout", "0.1", "--weight_decay", "0.01", "--gpu_id", "0", "--num_workers", "0", "--opt_lvl", "0",
               "--seed", "0"]
-EPOCHS = {"meanpool": 10, "bilstm": 15, "bert": 50, "roberta": 50}
+EPOCHS = {"meanpool": 30, "bilstm": 15, "bert": 50, "roberta": 50}
 TIMEOUT = 300
 
 
@@ -113,8 +113,10 @@ def test_sequence_heads_learn_order_meanpool_cannot(demo_run: dict):
     for head in ("bilstm", "bert", "roberta"):
         assert acc[head] >= 0.9, f"{head} on the order pairs: {acc[head]:.3f}\n{demo_run['table']}"
     assert acc["meanpool"] <= 0.6, f"meanpool on the order pairs: {acc['meanpool']:.3f}\n{demo_run['table']}"
-    # Order-blind is not blind: meanpool still tells the pairs and the appearance class apart.
-    assert float(rows["meanpool"]["appearance_top1"]) >= 0.9, demo_run["table"]
+    # Order-blind is not blind: meanpool still tells the pairs and the appearance classes apart (chance 1/12). Its
+    # appearance accuracy depends on the seed: 0.85-1.0 over seeds 0-3 at 30 epochs (0.58-0.98 at 10), so the bar
+    # is 0.8, not 0.9.
+    assert float(rows["meanpool"]["appearance_top1"]) >= 0.8, demo_run["table"]
     # The accuracy comes from the test split's predictions, one row per test video.
     with open(demo_run["expts"] / "bert" / "predictions_test.csv", newline="") as fh:
         predictions = list(csv.DictReader(fh))
