@@ -236,7 +236,7 @@ def extract_video(task: ExtractTask) -> dict[str, Any]:
         meta["replaced_timestamps"] = info["replaced_timestamps"]
     if info.get("decoder_errors"):
         meta["decoder_errors"] = info["decoder_errors"]
-    atomic_write_json(frames_dir / META_DIR / f"{task.video_name}.json", meta, indent=None)
+    atomic_write_json(frames_dir / META_DIR / f"{task.video_name}.json", meta, indent=None, durable=False)
     final = frames_dir / task.video_name
     if final.exists():  # a folder without matching metadata, e.g. from an older run
         shutil.rmtree(final)

@@ -18,6 +18,7 @@ import os
 import statistics
 from collections.abc import Iterator
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -327,11 +328,17 @@ class _Decoder:
         return self.decode(None)
 
 
+def _seconds(pts: int, time_base: Fraction) -> float:
+    """pts * time_base as the float nearest the exact value (int / int is correctly rounded), without building a
+    Fraction per frame: planning and decoding must agree to the last bit, and this runs once per packet."""
+    return (pts * time_base.numerator) / time_base.denominator
+
+
 def _frame_time(frame: av.VideoFrame, stream: av.VideoStream) -> float | None:
     """Seconds, in the stream's time base (frames flushed out of the decoder at the end carry none of their own)."""
     if frame.pts is None or stream.time_base is None:
         return None
-    return float(frame.pts * stream.time_base)
+    return _seconds(frame.pts, stream.time_base)
 
 
 @dataclass
@@ -379,7 +386,7 @@ def _make_plan(
     sampler = TimestampSampler(fps, nominal_fps=nominal_fps)
     by_frame: dict[int, list[float]] = {}
     for index, p in enumerate(order):
-        for _, t in sampler.add(float(p * time_base)):
+        for _, t in sampler.add(_seconds(p, time_base)):
             by_frame.setdefault(order[index - 1], []).append(t)
     for _, t in sampler.finish():
         by_frame.setdefault(order[-1], []).append(t)

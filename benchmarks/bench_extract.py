@@ -22,6 +22,7 @@ import os
 import platform
 import resource
 import shlex
+import shutil
 import statistics
 import sys
 import tempfile
@@ -48,7 +49,20 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--frame_size", type=int, default=None)
     p.add_argument("--jpeg_quality", type=int, default=95)
     p.add_argument("--rounds", type=int, default=3, help="alternate decode and extract runs; best of each kept")
-    p.add_argument("--videos", default=str(ROOT.parent / "shared" / "data" / "videos"))
+    p.add_argument("--videos", default=str(ROOT.parent / "shared" / "data" / "videos"), help="folder of the clips")
+    p.add_argument(
+        "--work_dir",
+        default=str(ROOT / ".bench_work"),
+        help="where the frames are written (a temporary folder inside it, removed at the end); file creation speed "
+        "differs between folders of one disk, so the report states it",
+    )
+    p.add_argument("--clips", nargs="+", default=CLIPS, help="file names in --videos (default: the four shared clips)")
+    p.add_argument(
+        "--ucf_like",
+        action="store_true",
+        help="instead, clips in UCF-101's format (MPEG-4 part 2 in AVI, 320x240, 25 fps; with and without B-frames) "
+        "transcoded from the shared clips",
+    )
     p.add_argument("--report", default=str(ROOT / "BENCHMARKS.md"), help="markdown file the table is appended to")
     return p
 
@@ -151,15 +165,61 @@ def per_clip(sources: list[Path], args: argparse.Namespace, reps: int = 3) -> li
     return rows
 
 
+def file_create_ms(folder: Path, n: int = 500, size: int = 100_000) -> float:
+    """CPU ms to create and write one frame-sized file in `folder`: the stage writes one per kept frame."""
+    data = b"\0" * size
+    probe = folder / "create_probe"
+    probe.mkdir()
+    start = time.process_time()
+    for i in range(n):
+        with open(probe / f"{i:06d}.jpg", "wb") as fh:
+            fh.write(data)
+    elapsed = time.process_time() - start
+    shutil.rmtree(probe)
+    return 1000 * elapsed / n
+
+
+def make_ucf_like(shared: Path, out_dir: Path, seconds: float = 20.0) -> list[Path]:
+    """Two clips shaped like UCF-101's (XviD = MPEG-4 part 2, AVI, 320x240, 25 fps, 800 kb/s), one without and one
+    with B-frames, from the frames of bikes.mp4 then vtest.avi."""
+    import av
+
+    out = []
+    for bf in (0, 2):
+        path = out_dir / f"ucf_like_bf{bf}.avi"
+        with av.open(str(path), "w") as container:
+            stream = container.add_stream("mpeg4", rate=25, options={"bf": str(bf), "g": "300"})
+            stream.width, stream.height, stream.pix_fmt, stream.bit_rate = 320, 240, "yuv420p", 800_000
+            n = 0
+            for src in ("bikes.mp4", "vtest.avi"):
+                with av.open(str(shared / src)) as source:
+                    for frame in source.decode(video=0):
+                        if n >= seconds * 25:
+                            break
+                        img = frame.to_ndarray(format="rgb24", width=320, height=240)
+                        container.mux(stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")))
+                        n += 1
+            container.mux(stream.encode())
+        out.append(path)
+    return out
+
+
 def main(args: argparse.Namespace) -> None:
     logging.basicConfig(level=logging.WARNING)
-    sources = [Path(args.videos) / c for c in CLIPS]
+    made = tempfile.TemporaryDirectory(prefix="bench_ucf_like_") if args.ucf_like else None
+    if made is not None:
+        sources = make_ucf_like(Path(args.videos), Path(made.name))
+        args.clips = [p.name for p in sources]
+    else:
+        sources = [Path(args.videos) / c for c in args.clips]
     start = time.perf_counter()
     for p in sources:
         decode_only(str(p))
     one_pass = time.perf_counter() - start
     copies = max(args.workers, math.ceil(args.min_seconds / one_pass))
-    with tempfile.TemporaryDirectory(prefix="bench_extract_") as tmp:
+    Path(args.work_dir).mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="bench_extract_", dir=args.work_dir) as tmp:
+        create_ms = file_create_ms(Path(tmp))
         video_dir = Path(tmp) / "videos" / "Clips"
         video_dir.mkdir(parents=True)
         paths = []
@@ -170,13 +230,16 @@ def main(args: argparse.Namespace) -> None:
                 paths.append(str(dst))
         decode_runs, grab_runs, extract_runs = [], [], []
         for r in range(args.rounds):
+            os.sync()  # the previous round's frames reach the disk now, not while the next run is timed
             wall, cpu, frames_decoded = time_decode(paths, args.workers)
             decode_runs.append((wall, cpu))
             wall, cpu, frames_grabbed = time_decode(paths, args.workers, grab_only)
             grab_runs.append((wall, cpu))
-            extract_runs.append(time_extract(video_dir.parent, Path(tmp) / f"out{r}", args))
-        manifest = read_json(Path(tmp) / "out0" / "frames" / "manifest.json", "manifest")
-        frames_kept = sum(v["num_frames"] for v in manifest["videos"].values())
+            out = Path(tmp) / f"out{r}"
+            extract_runs.append(time_extract(video_dir.parent, out, args))
+            manifest = read_json(out / "frames" / "manifest.json", "manifest")
+            frames_kept = sum(v["num_frames"] for v in manifest["videos"].values())
+            shutil.rmtree(out)
     (decode_s, decode_cpu), (extract_s, extract_cpu) = min(decode_runs), min(extract_runs)
     grab_s, grab_cpu = min(grab_runs)
     ratio, cpu_ratio = decode_s / extract_s, decode_cpu / extract_cpu
@@ -189,6 +252,8 @@ def main(args: argparse.Namespace) -> None:
         f"load average at the end {os.getloadavg()[0]:.1f})"
     )
     clips = per_clip(sources, args)
+    if made is not None:
+        made.cleanup()
 
     command = "python benchmarks/bench_extract.py " + shlex.join(sys.argv[1:])
     size = args.frame_size or "original"
@@ -198,9 +263,11 @@ def main(args: argparse.Namespace) -> None:
         "",
         f"- machine: {machine()}",
         f"- command: `{command}`",
-        f"- input: the four shared clips x {copies} ({len(paths)} videos, {frames_decoded} frames decoded); "
+        f"- input: {', '.join(args.clips)} x {copies} ({len(paths)} videos, {frames_decoded} frames decoded); "
         f"extraction at {args.fps:g} fps, frame size {size}, JPEG quality {args.jpeg_quality}, "
         f"{args.workers} worker processes; best of {args.rounds} round(s)",
+        f"- frames written under {args.work_dir}: creating and writing one 100 kB file there costs "
+        f"{create_ms:.2f} ms of CPU",
         f"- load average (1 min) at the end: {os.getloadavg()[0]:.1f} (other jobs share the cores when above "
         f"{os.cpu_count()}; the CPU-time ratio is the steadier number then)",
         "",

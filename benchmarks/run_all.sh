@@ -4,7 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
-"$PY" benchmarks/bench_extract.py --workers 2 --min_seconds 30 --rounds 2
+"$PY" benchmarks/bench_extract.py --workers 2 --min_seconds 30 --rounds 3
+"$PY" benchmarks/bench_extract.py --workers 2 --min_seconds 30 --rounds 3 --ucf_like
 "$PY" benchmarks/bench_embed.py -nw 2
 "$PY" benchmarks/bench_memory.py
 "$PY" benchmarks/bench_train.py --num_batches 3

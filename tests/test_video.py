@@ -426,3 +426,29 @@ def test_jpeg_frames_are_deterministic(frame_size):
     first = list(video.iter_jpeg_frames_at_fps(VIDEOS / "bikes.mp4", 4.0, frame_size, 95))
     for _ in range(2):
         assert list(video.iter_jpeg_frames_at_fps(VIDEOS / "bikes.mp4", 4.0, frame_size, 95)) == first
+
+
+@pytest.mark.parametrize(
+    ("suffix", "codec", "options"), [(".avi", "mpeg4", {"bf": "2"}), (".mkv", "libx264", {"bf": "3"})]
+)
+def test_b_frames_in_generated_video_are_skipped_exactly(tmp_path, monkeypatch, suffix, codec, options):
+    """MPEG-4 part 2 in AVI (UCF-101's format) and H.264 in Matroska with B-frames: planned decoding gives the
+    frames of decoding every frame while decoding fewer."""
+    rng = np.random.default_rng(0)
+    frames = [np.clip(rng.normal(16 * (i % 16), 20, (48, 64, 3)), 0, 255).astype(np.uint8) for i in range(60)]
+    path = _write(tmp_path / f"b{suffix}", frames, codec, "yuv420p", rate=25, options=options)
+    every = list(iter_frames_at_fps(path, 2.0, skip_unneeded=False))
+    decoded = []
+    real = video._Decoder.decode
+
+    def counting(self, packet):
+        out = real(self, packet)
+        decoded.extend(out)
+        return out
+
+    monkeypatch.setattr(video._Decoder, "decode", counting)
+    planned = list(iter_frames_at_fps(path, 2.0))
+    assert [t for t, _ in planned] == [t for t, _ in every] and len(planned) == 5  # 60 frames at 25 fps, 2 fps
+    for (_, a), (_, b) in zip(planned, every, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert len(decoded) < 60
