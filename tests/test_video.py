@@ -452,3 +452,32 @@ def test_b_frames_in_generated_video_are_skipped_exactly(tmp_path, monkeypatch, 
     for (_, a), (_, b) in zip(planned, every, strict=True):
         np.testing.assert_array_equal(a, b)
     assert len(decoded) < 60
+
+
+def test_audio_only_file_is_a_clear_error(tmp_path):
+    import av
+
+    path = tmp_path / "sound.mp4"
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("aac", rate=44100)
+        for i in range(10):
+            frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+            frame.sample_rate, frame.pts = 44100, i * 1024
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode())
+    with pytest.raises(VideoDecodeError, match="no video stream"):
+        list(iter_frames_at_fps(path, 1))
+
+
+def test_corrupt_middle_is_concealed_and_counted(tmp_path, caplog):
+    """Zeroed bytes in the middle of an H.264 file: the decoder's errors are counted and warned about, the sampling
+    still covers the whole clip, and nothing raises."""
+    data = bytearray((VIDEOS / "bikes.mp4").read_bytes())
+    data[len(data) // 2 : len(data) // 2 + 20000] = bytes(20000)
+    path = tmp_path / "corrupt.mp4"
+    path.write_bytes(bytes(data))
+    info: dict = {}
+    with caplog.at_level(logging.WARNING, logger="actionbert.video"):
+        frames = list(iter_frames_at_fps(path, 1.0, SIZE, info=info))
+    assert len(frames) == 10 and info["decoder_errors"] > 0
+    assert "corrupt" in caplog.text
