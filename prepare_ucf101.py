@@ -374,8 +374,9 @@ def build_manifest(metas: dict[str, dict[str, Any]], settings: dict[str, Any]) -
         m = metas[name]
         entry = {"num_frames": m["num_frames"], "timestamps": m["timestamps"], "source": m["source"]}
         entry["timing"] = m.get("timing", "decoded")
-        if m.get("replaced_timestamps"):
-            entry["replaced_timestamps"] = m["replaced_timestamps"]
+        for key in ("replaced_timestamps", "decoder_errors"):  # present only when non-zero
+            if m.get(key):
+                entry[key] = m[key]
         videos[name] = entry
     return {**settings, "videos": videos}
 

@@ -302,3 +302,19 @@ def test_assign_video_names_is_deterministic_and_unique():
     assert names["B/x.avi"] == "B__x" and names["C/Y.mkv"] == "C__Y" and names["A/y.avi"] == "A__y"
     assert len({n.casefold() for n in names.values()}) == len(found)
     assert assign_video_names(list(reversed(found))) == items
+
+
+def test_concealed_decoder_errors_are_recorded(tmp_path):
+    """A video with a corrupt stretch is kept (FFmpeg conceals it) and its manifest entry counts the errors."""
+    vids = tmp_path / "videos"
+    link(vids / "A" / "good.mp4", "bikes.mp4")
+    data = bytearray((VIDEOS / "bikes.mp4").read_bytes())
+    data[len(data) // 2 : len(data) // 2 + 20000] = bytes(20000)
+    (vids / "B").mkdir(parents=True)
+    (vids / "B" / "damaged.mp4").write_bytes(bytes(data))
+    out = tmp_path / "out"
+    run("-v", vids, "-o", out, "-fps", "1", "--frame_size", "32", "--workers", "1")
+    videos = json.loads((out / "frames" / "manifest.json").read_text())["videos"]
+    assert videos["damaged"]["num_frames"] == 10 and videos["damaged"]["decoder_errors"] > 0
+    assert "decoder_errors" not in videos["good"]
+    assert json.loads((out / "failed_videos.json").read_text()) == []
