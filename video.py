@@ -292,8 +292,14 @@ def _packets(container: av.container.InputContainer, stream: av.VideoStream, pat
         except av.FFmpegError as exc:
             log.warning("%s: reading stops at a container error (%s)", path, _ffmpeg_message(exc))
             return
-        if packet.size and not packet.is_discard:
+        if _carries_frame(packet):
             yield packet
+
+
+def _carries_frame(packet: av.Packet) -> bool:
+    """Not the empty flush packet at the end, and not one the container marks to drop (before an edit list's
+    start): the packets that become frames, the same ones for planning and for decoding."""
+    return bool(packet.size) and not packet.is_discard
 
 
 class _Decoder:
@@ -371,7 +377,7 @@ def _make_plan(
     try:
         pts, keys = [], True
         for packet in container.demux(stream):
-            if not packet.size or packet.is_discard:
+            if not _carries_frame(packet):
                 continue
             if packet.pts is None:
                 return None
