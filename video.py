@@ -204,11 +204,16 @@ def select_frames(
     The pure form of what `iter_frames_at_fps` does while streaming; both use TimestampSampler.
     """
     sampler = TimestampSampler(fps, nominal_fps=nominal_fps, tolerance=tolerance)
-    out: list[tuple[int, int]] = []
+    return [(k, index) for k, _, index in _cover(sampler, timestamps)]
+
+
+def _cover(sampler: TimestampSampler, timestamps: list[float | None]) -> Iterator[tuple[int, float, int]]:
+    """(k, sample time, index of the frame on screen then) for all timestamps fed through `sampler`, finishing it."""
     for index, ts in enumerate(timestamps):
-        out.extend((k, index - 1) for k, _ in sampler.add(ts))
-    out.extend((k, len(timestamps) - 1) for k, _ in sampler.finish())
-    return out
+        for k, t in sampler.add(ts):
+            yield k, t, index - 1
+    for k, t in sampler.finish():
+        yield k, t, len(timestamps) - 1
 
 
 def truncation_reason(info: dict[str, Any], min_missing: float = 1.0, min_fraction: float = 0.1) -> str | None:
@@ -333,6 +338,12 @@ class _Decoder:
         self.skip_nonref(False)
         return self.decode(None)
 
+    def every_frame(self, container: av.container.InputContainer, stream: av.VideoStream) -> Iterator[av.VideoFrame]:
+        """Every frame of the stream, the decoder flushed at the end."""
+        for packet in _packets(container, stream, self.path):
+            yield from self.decode(packet)
+        yield from self.flush()
+
 
 def _seconds(pts: int, time_base: Fraction) -> float:
     """pts * time_base as the float nearest the exact value (int / int is correctly rounded), without building a
@@ -391,11 +402,8 @@ def _make_plan(
     order = sorted(pts)
     sampler = TimestampSampler(fps, nominal_fps=nominal_fps)
     by_frame: dict[int, list[float]] = {}
-    for index, p in enumerate(order):
-        for _, t in sampler.add(_seconds(p, time_base)):
-            by_frame.setdefault(order[index - 1], []).append(t)
-    for _, t in sampler.finish():
-        by_frame.setdefault(order[-1], []).append(t)
+    for _, t, index in _cover(sampler, [_seconds(p, time_base) for p in order]):
+        by_frame.setdefault(order[index], []).append(t)
     if sampler.replaced:
         return None
     return _Plan(set(pts), sorted(by_frame.items()), keys, sampler)
@@ -457,17 +465,10 @@ def _iter_every_frame(
         decoder = _Decoder(path, stream)
         held = None
         try:
-
-            def take(decoded: list[av.VideoFrame]) -> Iterator[tuple[float, av.VideoFrame]]:
-                nonlocal held
-                for frame in decoded:
-                    for _, t in sampler.add(_frame_time(frame, stream)):
-                        yield t, held
-                    held = frame
-
-            for packet in _packets(container, stream, path):
-                yield from take(decoder.decode(packet))
-            yield from take(decoder.flush())
+            for frame in decoder.every_frame(container, stream):
+                for _, t in sampler.add(_frame_time(frame, stream)):
+                    yield t, held
+                held = frame
         finally:
             decoder_errors[0] += decoder.errors
             container.close()
@@ -553,11 +554,7 @@ def decode_all_timestamps(path: str | os.PathLike) -> tuple[list[float | None], 
     container, stream = open_video(path)
     decoder = _Decoder(path, stream)
     try:
-        out = []
-        for packet in _packets(container, stream, path):
-            out.extend(_frame_time(f, stream) for f in decoder.decode(packet))
-        out.extend(_frame_time(f, stream) for f in decoder.flush())
-        return out, _nominal_fps(stream)
+        return [_frame_time(f, stream) for f in decoder.every_frame(container, stream)], _nominal_fps(stream)
     finally:
         container.close()
 

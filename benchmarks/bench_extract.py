@@ -36,7 +36,7 @@ import cv2  # noqa: E402
 
 import prepare_ucf101  # noqa: E402
 from utils import read_json  # noqa: E402
-from video import _Decoder, _packets, open_video  # noqa: E402
+from video import _Decoder, open_video  # noqa: E402
 
 CLIPS = ["vtest.avi", "bikes.mp4", "carphone_pristine.mp4", "tree.avi"]
 
@@ -70,11 +70,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 def decode_only(path: str) -> int:
     """The floor's unit of work: decode every frame, convert none (the stage's decoder and settings)."""
     container, stream = open_video(path)
-    decoder = _Decoder(Path(path), stream)
-    n = 0
-    for packet in _packets(container, stream, Path(path)):
-        n += len(decoder.decode(packet))
-    n += len(decoder.flush())
+    n = sum(1 for _ in _Decoder(Path(path), stream).every_frame(container, stream))
     container.close()
     return n
 
