@@ -98,6 +98,19 @@ def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
         raise BadInputError(f"{what} {path} is not valid JSON: {exc}") from exc
 
 
+def read_lines(path: str | os.PathLike, what: str = "file") -> list[str]:
+    """Non-blank lines without surrounding whitespace (CRLF endings, a BOM and trailing spaces are common in the
+    split and class files people download); an unreadable or non-UTF-8 file is a BadInputError naming it."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except OSError as exc:
+        raise BadInputError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise BadInputError(f"{what} {path} is not UTF-8 text: {exc}") from None
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
 def set_seed(seed: int) -> None:
     """Seed Python, NumPy and torch (all devices)."""
     import torch

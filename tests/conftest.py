@@ -1,23 +1,41 @@
-"""Paths shared by the tests: the project root and ../shared/data beside it."""
+"""Paths and fixtures shared by the tests: the project root, ../shared/data beside it (real clips and official
+split files), frames in stage 1's layout cut from those clips, and the `needs_shared_data` and `slow` markers.
+
+Tests that read ../shared/data carry `@pytest.mark.needs_shared_data` (or the module's `pytestmark`); without that
+folder they are skipped with one reason, the rest still run. `slow` marks tests that train to a threshold, launch
+torchrun or run the demo: `pytest -m "not slow"` is the quick loop.
+"""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 VIDEOS = SHARED_DATA / "videos"
+MISSING_SHARED_DATA = f"needs the reference clips and split files in {SHARED_DATA} (see its README.md): not found"
 
 # Keep the tests to the cores CI has and off any GPU.
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if SHARED_DATA.is_dir():
+        return
+    skip = pytest.mark.skip(reason=MISSING_SHARED_DATA)
+    for item in items:
+        if item.get_closest_marker("needs_shared_data") is not None:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    assert SHARED_DATA.is_dir(), f"reference data missing: {SHARED_DATA}"
+    if not SHARED_DATA.is_dir():
+        pytest.skip(MISSING_SHARED_DATA)
     return SHARED_DATA
 
 
@@ -35,3 +53,50 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+# ----------------------------------------------------------------------------------------------- clip frames
+
+# (video file, frames to keep, label): tree.avi gives a video shorter than a clip of 4.
+CLIP_SOURCES = [("carphone_pristine.mp4", 12, 0), ("bikes.mp4", 10, 1), ("tree.avi", 3, 2), ("vtest.avi", 9, 0)]
+
+
+def write_video_frames(frames_dir: Path, name: str, frames_bgr: list[np.ndarray]) -> None:
+    """frames_dir/name/frame_000001.jpg ... as stage 1 writes them (JPEG quality 95)."""
+    import cv2
+
+    from layout import frame_path
+
+    (frames_dir / name).mkdir(parents=True)
+    for k, img in enumerate(frames_bgr):
+        cv2.imwrite(str(frame_path(frames_dir, name, k)), img, [cv2.IMWRITE_JPEG_QUALITY, 95])
+
+
+def _decode(path: Path, keep: int, shorter: int = 80, max_read: int = 150) -> list[np.ndarray]:
+    import cv2
+
+    cap = cv2.VideoCapture(str(path))
+    frames = []
+    while len(frames) < max_read:
+        ok, bgr = cap.read()
+        if not ok:
+            break
+        frames.append(bgr)
+    cap.release()
+    assert len(frames) >= keep, path
+    picked = [frames[int(i)] for i in np.linspace(0, len(frames) - 1, keep)]
+    h, w = picked[0].shape[:2]
+    scale = shorter / min(h, w)
+    return [cv2.resize(f, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA) for f in picked]
+
+
+@pytest.fixture(scope="session")
+def clip_frames(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> tuple[Path, list[dict]]:
+    """(frames_dir, split entries) cut from the real clips with cv2, 3 classes; read-only for the tests."""
+    root = tmp_path_factory.mktemp("clip_frames")
+    entries = []
+    for file, keep, label in CLIP_SOURCES:
+        name = file.split(".")[0]
+        write_video_frames(root, name, _decode(shared_data / "videos" / file, keep))
+        entries.append({"video_name": name, "label_idx": label, "class_name": f"c{label}"})
+    return root, entries
