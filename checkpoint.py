@@ -11,6 +11,7 @@ import logging
 import os
 import pickle
 import random
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ import numpy as np
 import torch
 
 from models import build_model
-from models.e2e import is_e2e_name, load_e2e_model
+from models.e2e import head_of_e2e, is_e2e_name, load_e2e_model
 from utils import BadInputError, atomic_write_bytes
 
 log = logging.getLogger("actionbert")
@@ -102,16 +103,21 @@ def save_checkpoint(ckpt: dict[str, Any], path: str | os.PathLike, *more_paths: 
         atomic_write_bytes(target, buf.getvalue())
 
 
-def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load with weights_only=True and check it is one of ours; every failure is a BadInputError naming the file."""
+def _torch_load(path: str | os.PathLike, label: str, map_location: str | torch.device = "cpu") -> Any:
+    """torch.load(weights_only=True) of a checkpoint file; a missing or unreadable one is a BadInputError."""
     path = Path(path)
     if not path.is_file():
-        raise BadInputError(f"checkpoint not found: {path}")
+        raise BadInputError(f"{label}checkpoint not found: {path}")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise BadInputError(f"{path} is not a readable ActionBERT checkpoint: {first}") from exc
+        raise BadInputError(f"{label}{path} is not a readable ActionBERT checkpoint: {first}") from exc
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load with weights_only=True and check it is one of ours; every failure is a BadInputError naming the file."""
+    ckpt = _torch_load(path, "", map_location)
     if not isinstance(ckpt, dict) or any(k not in ckpt for k in REQUIRED_KEYS):
         missing = [k for k in REQUIRED_KEYS if not isinstance(ckpt, dict) or k not in ckpt]
         raise BadInputError(f"{path} is not an ActionBERT checkpoint (missing {', '.join(missing)})")
@@ -120,6 +126,46 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
             f"{path} has checkpoint format {ckpt['format_version']}, newer than this code's {FORMAT_VERSION}"
         )
     return ckpt
+
+
+@dataclass(frozen=True)
+class HeadCheckpoint:
+    """The trained head a checkpoint holds: a head's own, or the head of an end-to-end model (`models.e2e.HeadWeights`,
+    what `EndToEndModel.load_head` takes)."""
+
+    path: str
+    name: str  # the head's model name (bert, bilstm, ...)
+    config: dict[str, Any]
+    state: dict[str, torch.Tensor]
+    backbone: str | None  # the backbone whose features it was trained on, when recorded
+    class_names: list[str] | None
+
+    @property
+    def build_kwargs(self) -> dict[str, Any]:
+        """Hyper-parameters of a head that fits these weights: `build_e2e_model("e2e_" + name, ..., **kwargs)`."""
+        return {k: v for k, v in self.config.items() if k not in ("name", "input_dim", "num_classes", "pretrained")}
+
+
+def read_head_checkpoint(path: str | os.PathLike) -> HeadCheckpoint:
+    """The head of a checkpoint, for --init_head_from (read once: its classes, hyper-parameters and weights)."""
+    ckpt = _torch_load(path, "--init_head_from: ")
+    if not isinstance(ckpt, dict) or "model_state" not in ckpt or "model_config" not in ckpt:
+        raise BadInputError(f"--init_head_from: {path} is not a model checkpoint (no model_state/model_config)")
+    config, state = dict(ckpt["model_config"]), dict(ckpt["model_state"])
+    name = str(config.get("name", ckpt.get("model_name")))
+    backbone = ckpt.get("backbone") or (ckpt.get("data_info") or {}).get("backbone")
+    if is_e2e_name(name):
+        backbone = config.get("backbone", backbone)
+        name, config, state = head_of_e2e({**config, "name": name}, state)
+    class_names = ckpt.get("class_names")
+    return HeadCheckpoint(
+        path=os.fspath(path),
+        name=name,
+        config=config,
+        state=state,
+        backbone=backbone if isinstance(backbone, str) else None,
+        class_names=[str(c) for c in class_names] if isinstance(class_names, list) else None,
+    )
 
 
 def check_compatible(
@@ -169,4 +215,4 @@ def model_from_checkpoint(ckpt: dict[str, Any], device: str | torch.device = "cp
     model.config["name"] = name
     if "pretrained" in ckpt["model_config"]:
         model.config["pretrained"] = ckpt["model_config"]["pretrained"]
-    return model.to(device).eval()
+    return model.prepare_for_device(torch.device(device)).eval()

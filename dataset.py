@@ -18,13 +18,13 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from sampling import TemporalAugment, item_rng
 from utils import BadInputError, read_json
 
 log = logging.getLogger("actionbert")
 
-# Keys of a split JSON that describe how the embeddings were made (predict.py needs them); the checkpoint's
-# data_info copies every top-level key except the per-video records and the bulky or per-split ones below.
-PROVENANCE_KEYS = ("backbone", "weights", "fps", "image_size", "resize", "dtype", "max_len")
+# A checkpoint's data_info (how the embeddings were made, which predict.py needs) copies every top-level key of the
+# split's JSON except the per-video records and these bulky or per-split ones.
 NOT_PROVENANCE = ("data", "class_names", "split", "memmap_size")
 
 
@@ -146,40 +146,6 @@ def load_split_info(data_dir: str | Path, split: str, strict: bool = False) -> S
     )
 
 
-@dataclass(frozen=True)
-class TemporalAugment:
-    """Train-time temporal augmentation. Each field at its default turns that part off.
-
-    crop: keep a random contiguous window of at least this fraction of the frames (1.0 = off).
-    max_stride: take every s-th frame, s drawn from 1..max_stride, from a random phase (1 = off).
-    frame_dropout: drop each frame with this probability, always keeping one.
-    """
-
-    crop: float = 1.0
-    max_stride: int = 1
-    frame_dropout: float = 0.0
-
-    @property
-    def enabled(self) -> bool:
-        return self.crop < 1.0 or self.max_stride > 1 or self.frame_dropout > 0.0
-
-    def __call__(self, length: int, rng: np.random.Generator) -> np.ndarray:
-        """Indices (sorted, at least one) of the frames to keep from a video of `length` frames."""
-        idx = np.arange(length)
-        if self.crop < 1.0 and length > 1:
-            keep = max(1, math.ceil(length * rng.uniform(self.crop, 1.0)))
-            start = int(rng.integers(0, length - keep + 1))
-            idx = idx[start : start + keep]
-        if self.max_stride > 1 and len(idx) > 1:
-            stride = int(rng.integers(1, self.max_stride + 1))
-            stride = min(stride, len(idx))
-            idx = idx[int(rng.integers(0, stride)) :: stride]
-        if self.frame_dropout > 0.0 and len(idx) > 1:
-            kept = idx[rng.random(len(idx)) >= self.frame_dropout]
-            idx = kept if len(kept) else idx[[int(rng.integers(0, len(idx)))]]
-        return idx
-
-
 class EmbeddingDataset(Dataset):
     """One video's real (unpadded) rows per item, read from the memmap.
 
@@ -213,8 +179,7 @@ class EmbeddingDataset(Dataset):
         row, length = int(self.info.rows[index]), int(self.info.lengths[index])
         feats = np.array(self.data[row, :length], dtype=np.float32)  # a private, writable copy
         if self.augment is not None and epoch is not None:
-            rng = np.random.default_rng([self.seed, int(epoch), int(index)])
-            feats = feats[self.augment(length, rng)]
+            feats = feats[self.augment(length, item_rng(self.seed, epoch, index))]
         return feats, int(self.info.labels[index]), int(index)
 
 

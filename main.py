@@ -11,6 +11,11 @@ Two data routes feed one training loop: stage 2's embeddings (`dataset.Embedding
 "feats") or stage 1's frames (`clip_dataset.ClipDataset`, batches of uint8 "clips" for `models.e2e`). Each route
 is a function that returns `SplitData`; the loops only see a batch's inputs, lengths and labels.
 
+Read top to bottom, as torchvision's references/video_classification/train.py: `train_one_epoch` and `evaluate`
+are the loops, `train(args)` wires data, model, `Optimization` (AdamW, schedule, scaler, loss) and the run's
+`RunState` (epoch, step, best, history, partial epoch), which `restore_run_state` takes back from a checkpoint and
+`save_training_checkpoint` writes; `test(args)` evaluates a checkpoint and writes the reports.
+
 Every run lives in <expt_dir>/<expt_name>/<run_name>/: checkpoints/{best,last}.pth, train_log.txt,
 metrics.jsonl, tensorboard/, curves.png, and test mode's results_<split>.json, per_class_<split>.csv,
 predictions_<split>.csv and confusion_<split>.png.
@@ -19,8 +24,8 @@ predictions_<split>.csv and confusion_<split>.png.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
+import functools
 import io
 import json
 import logging
@@ -44,23 +49,16 @@ from checkpoint import (
     check_compatible,
     load_checkpoint,
     model_from_checkpoint,
+    read_head_checkpoint,
     rng_state,
     save_checkpoint,
     set_rng_state,
 )
-from clip_dataset import (
-    ClipDataset,
-    clip_collate,
-    clip_provenance,
-    read_class_names,
-    read_split_entries,
-    split_json_path,
-)
+from clip_dataset import ClipDataset, clip_collate, clip_provenance
 from dataset import (
     EmbeddingDataset,
     EvalSampler,
     SplitInfo,
-    TemporalAugment,
     TrainSampler,
     feature_stats,
     load_split_info,
@@ -68,10 +66,14 @@ from dataset import (
     stats_from_sums,
 )
 from distributed import DistInfo, all_gather_objects, all_reduce_sum, barrier, cleanup, init_distributed
+from layout import read_class_names, read_split_json, split_json_path
 from metrics import MetricAccumulator
 from models import MODEL_NAMES, build_model
-from models.e2e import E2E_MODEL_NAMES, build_e2e_model, head_kwargs_from_checkpoint, is_e2e_name
+from models.base import VideoModel
+from models.e2e import E2E_MODEL_NAMES, E2E_PREFIX, build_e2e_model, is_e2e_name
+from precision import PRECISIONS, autocast, precision_from_flags, resolve_precision
 from reports import plot_confusion, plot_curves
+from sampling import TemporalAugment
 from utils import (
     BadInputError,
     atomic_write_json,
@@ -86,13 +88,14 @@ from utils import (
 
 log = logging.getLogger("actionbert")
 
-CURVES_EVERY_S = 30.0
-
-OPT_LVL_PRECISION = {0: "fp32", 1: "fp16", 2: "bf16", 3: "bf16"}
+CURVES_EVERY_S = 30.0  # curves.png is redrawn at most this often (a redraw costs ~0.5 s) and at the end
 HEAD_KWARGS = ("num_layers", "hidden_size", "num_heads", "intermediate_size", "dropout", "pretrained")
 ALL_MODEL_NAMES = (*MODEL_NAMES, *E2E_MODEL_NAMES)
 # End-to-end clip settings: train mode's defaults; test mode takes the checkpoint's unless a flag is given.
 CLIP_DEFAULTS = {"clip_len": 8, "image_size": 224, "num_clips": 1}
+# Rank r seeds its generators with seed + RANK_SEED_STRIDE * r: distinct dropout masks per rank, the same for a given
+# --seed (a prime, so the streams of nearby seeds and ranks do not coincide).
+RANK_SEED_STRIDE = 7919
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -174,7 +177,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("hardware")
     g.add_argument("--gpu_id", type=int, default=1, help="CUDA device; the CPU is used (one log line) "
                    "without CUDA")
-    g.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default=None,
+    g.add_argument("--precision", choices=PRECISIONS, default=None,
                    help="torch.amp precision; overrides --opt_lvl. fp16 uses a GradScaler; fp16 asked on the CPU "
                    "runs in fp32 (logged)")
     g.add_argument("--opt_lvl", type=int, choices=(0, 1, 2, 3), default=1,
@@ -197,37 +200,16 @@ def get_args_parser() -> argparse.ArgumentParser:
 # ----------------------------------------------------------------------------------------------- helpers
 
 
-def resolve_precision(precision: str | None, opt_lvl: int, device: torch.device) -> str:
-    """The precision actually used. fp16 on the CPU falls back to fp32: CPU fp16 kernels are slow and partial."""
-    chosen = precision or OPT_LVL_PRECISION[int(opt_lvl)]
-    if chosen == "fp16" and device.type != "cuda":
-        log.info("fp16 was asked (--opt_lvl/--precision) but there is no CUDA device: training in fp32")
-        return "fp32"
-    if chosen == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        log.info("this GPU has no bf16 support: using fp16 with a GradScaler")
-        return "fp16"
-    return chosen
+def rank_seed(seed: int, rank: int) -> int:
+    """The seed of one rank's Python, NumPy and torch generators."""
+    return seed + RANK_SEED_STRIDE * rank
 
 
-def autocast(precision: str, device: torch.device):
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    dtype = torch.float16 if precision == "fp16" else torch.bfloat16
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
-def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Weight decay on weight matrices only: biases, norm scales, embeddings and the [CLS] vector are exempt."""
-    decay, no_decay = [], []
-    for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        lowered = name.lower()
-        if param.ndim <= 1 or "embed" in lowered or "norm" in lowered or "cls" in lowered:
-            no_decay.append(param)
-        else:
-            decay.append(param)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+def run_device(gpu_id: int, dist_info: DistInfo) -> torch.device:
+    """This rank's GPU under torchrun, else --gpu_id (the CPU, with one log line, when there is no CUDA)."""
+    if dist_info.enabled and torch.cuda.is_available():
+        return torch.device("cuda", dist_info.local_rank)
+    return resolve_device(gpu_id)
 
 
 def warmup_cosine(step: int, warmup: int, total: int) -> float:
@@ -348,12 +330,8 @@ def clip_settings(args: argparse.Namespace, ckpt: dict[str, Any] | None = None) 
 def clip_split(args: argparse.Namespace, split: str, clips: ClipSettings, train: bool = False) -> SplitData:
     """Stage 1's `<split>_ucf101.json` over `frames/`; training clips are TSN-sampled and augmented."""
     path = split_json_path(clips.split_json_dir, split)
-    entries = read_split_entries(path)
+    entries = read_split_json(path)
     class_names = read_class_names(clips.split_json_dir, entries)
-    bad = [e for e in entries if e["label_idx"] >= len(class_names)]
-    if bad:
-        raise BadInputError(f"{path}: {len(bad)} video(s) have a label_idx outside the {len(class_names)} classes of "
-                            f"{clips.split_json_dir / 'classInd.txt'}, first {bad[0]['video_name']!r}")
     ds = ClipDataset(clips.frames_dir, entries, clips.clip_len, train=train, image_size=clips.image_size,
                      num_clips=clips.num_clips, seed=args.seed, strict=args.strict)
     provenance = clip_provenance(clips.frames_dir, backbone=clips.backbone, weights=clips.weights,
@@ -422,6 +400,334 @@ def first_train_batches(data: SplitData, sampler: TrainSampler, batch_size: int,
         yield batch_inputs(batch), batch["lengths"]
 
 
+# ----------------------------------------------------------------------------------------------- model and optimiser
+
+
+def feature_mean_std(info: SplitInfo, dist_info: DistInfo) -> tuple[np.ndarray, np.ndarray]:
+    """Training split's per-dimension mean/std over real frames, each rank streaming its share."""
+    total, total_sq, count = feature_stats(info, rank=dist_info.rank, world_size=dist_info.world_size)
+    packed = torch.from_numpy(np.concatenate([total, total_sq, [count]]))
+    packed = all_reduce_sum(packed, dist_info).numpy()
+    dim = info.feature_dim
+    return stats_from_sums(packed[:dim], packed[dim : 2 * dim], int(packed[-1]))
+
+
+def build_fresh_model(args: argparse.Namespace, train_data: SplitData, sampler: TrainSampler, batch_size: int,
+                      device: torch.device, dist_info: DistInfo) -> VideoModel:
+    """A new model on `device` with its input standardisation set: from the training split's embeddings (heads),
+    from the backbone's features of the first training batches (e2e), or from --init_head_from's head."""
+    if not is_e2e_name(args.model):
+        if args.init_head_from:
+            raise BadInputError("--init_head_from starts the head of an e2e_* model; a head over embeddings is "
+                                "resumed with --model_ckpt")
+        model = build_model(args.model, input_dim=train_data.feature_dim, num_classes=train_data.num_classes,
+                            **head_kwargs(args))
+        mean, std = feature_mean_std(train_data.dataset.info, dist_info)
+        model.set_feature_stats(torch.from_numpy(mean), torch.from_numpy(std))
+        return model.prepare_for_device(device)
+    kwargs = head_kwargs(args)
+    head = None
+    if args.init_head_from:
+        head = read_head_checkpoint(args.init_head_from)
+        # the same classes in the same order, or the head's classifier rows would mean other classes
+        if head.class_names != train_data.class_names:
+            raise BadInputError(f"--init_head_from {head.path} was trained on other class names than the data's "
+                                f"({len(head.class_names or [])} against {train_data.num_classes}, or another order)")
+        if E2E_PREFIX + head.name != args.model:
+            raise BadInputError(f"--init_head_from {head.path} holds a {head.name!r} head, not the head of "
+                                f"{args.model}; pass --model {E2E_PREFIX}{head.name} or another checkpoint")
+        log.info("head hyper-parameters from %s: %s", head.path, json.dumps(head.build_kwargs, default=str))
+        kwargs = {**kwargs, **head.build_kwargs}
+    model = build_e2e_model(args.model, train_data.num_classes, backbone=args.backbone, weights=args.weights,
+                            freeze_backbone_stages=args.freeze_backbone_stages,
+                            grad_checkpointing=args.grad_checkpointing, **kwargs)
+    model.prepare_for_device(device)
+    if head is not None:
+        model.load_head(head)
+    else:
+        frames = model.estimate_feature_stats(first_train_batches(train_data, sampler, batch_size, max_batches=8))
+        log.info("feature standardisation estimated from %d training frames", frames)
+    return model
+
+
+@dataclass
+class Optimization:
+    """AdamW with its warm-up + cosine schedule, the fp16 GradScaler and the loss: what a training step uses and
+    updates, saved and restored together."""
+
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler
+    criterion: torch.nn.Module
+    grad_clip: float
+
+    @property
+    def lr(self) -> float:
+        return self.scheduler.get_last_lr()[0]
+
+    def step(self, loss: torch.Tensor, parameters: Iterator[torch.nn.Parameter]) -> None:
+        """Backward (scaled for fp16), clip the gradient norm to grad_clip (0 = off), step, advance the schedule."""
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if self.grad_clip > 0:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(parameters, self.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+
+    def state_dicts(self) -> dict[str, Any]:
+        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else {}}
+
+    def load_state_dicts(self, ckpt: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        if ckpt.get("scaler"):
+            self.scaler.load_state_dict(ckpt["scaler"])
+
+
+def make_optimization(model: VideoModel, args: argparse.Namespace, device: torch.device, precision: str,
+                      steps_per_epoch: int) -> Optimization:
+    """AdamW over the model's own parameter groups (an e2e model's backbone gets --backbone_lr, its frozen stages
+    no state at all), warm-up then cosine decay to 0 over all epochs, a GradScaler for fp16."""
+    total_steps = steps_per_epoch * args.epochs
+    warmup = args.warmup_steps if args.warmup_steps is not None else round(args.warmup_epochs * steps_per_epoch)
+    warmup = max(0, min(warmup, total_steps))
+    groups = model.param_groups(weight_decay=args.weight_decay, lr=args.lr, backbone_lr=args.backbone_lr)
+    optimizer = torch.optim.AdamW(groups, lr=args.lr)
+    return Optimization(
+        optimizer=optimizer,
+        scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, warmup, total_steps)),
+        scaler=torch.amp.GradScaler(device.type, enabled=precision == "fp16"),
+        criterion=torch.nn.CrossEntropyLoss(label_smoothing=args.label_smoothing),
+        grad_clip=args.grad_clip,
+    )
+
+
+# ----------------------------------------------------------------------------------------------- run state
+
+
+@dataclass
+class RunState:
+    """Where a training run stands: what a checkpoint records besides the weights and the optimiser, and what a
+    resume restores (`restore_run_state`)."""
+
+    epoch: int = 0  # epochs completed
+    batch_in_epoch: int = 0  # batches of epoch `epoch` done (a resume skips them)
+    global_step: int = 0
+    best_metric: float = -1.0  # best val top-1 so far
+    best_epoch: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)  # one record per completed epoch
+    partial: dict[str, Any] | None = None  # this rank's metric sums of the unfinished epoch, while not yet used
+
+
+# Settings that make another run: resuming a run folder with other values would silently ignore the new ones.
+RUN_DEFINING = (*HEAD_KWARGS, "seed", "batch_size", "balanced", "temporal_crop", "temporal_stride", "frame_dropout",
+                "backbone", "weights", "clip_len", "num_clips", "image_size", "freeze_backbone_stages",
+                "backbone_lr", "init_head_from")
+
+
+def check_same_settings(saved: dict[str, Any], args: argparse.Namespace, path: Path) -> None:
+    """--resume auto found a run in this folder: refuse if it was started with other settings."""
+    diffs = [f"--{k} {saved[k]} -> {getattr(args, k)}" for k in RUN_DEFINING
+             if k in saved and saved[k] != getattr(args, k)]
+    if diffs:
+        raise BadInputError(
+            f"the run folder already holds a run ({path}) started with other settings ({', '.join(diffs)}); "
+            "pass another --run_name, --resume none to start afresh, or the same settings to resume"
+        )
+
+
+def resume_path(args: argparse.Namespace, run_dir: Path) -> Path | None:
+    """The checkpoint to resume from: --model_ckpt, --resume PATH, or (--resume auto) the run folder's last.pth."""
+    if args.model_ckpt:
+        return Path(args.model_ckpt)
+    if args.resume in (None, "", "none"):
+        return None
+    if args.resume == "auto":
+        last = run_dir / "checkpoints" / "last.pth"
+        return last if last.is_file() else None
+    return Path(args.resume)
+
+
+def resume_checkpoint(args: argparse.Namespace, run_dir: Path, data: SplitData) -> tuple[dict[str, Any] | None, Path | None]:
+    """The checkpoint this invocation resumes (and its path), checked against the model and the data; (None, None)
+    for a fresh run."""
+    path = resume_path(args, run_dir)
+    if path is None:
+        return None, None
+    ckpt = load_checkpoint(path)
+    check_compatible(ckpt, path, args.model, data.num_classes, data.feature_dim, data.class_names)
+    if "optimizer" not in ckpt:
+        raise BadInputError(f"{path} holds no training state (optimizer, epoch) to resume from")
+    if not args.model_ckpt and args.resume == "auto":
+        check_same_settings(ckpt.get("args") or {}, args, path)
+    return ckpt, path
+
+
+def restore_run_state(ckpt: dict[str, Any], opt: Optimization, dist_info: DistInfo, seed: int,
+                      steps_per_epoch: int) -> RunState:
+    """The optimiser, schedule, scaler, counters, history and every RNG as `ckpt` saved them, so the run goes on
+    exactly as if never stopped (same world size: each rank takes back its own RNG and partial-epoch sums)."""
+    opt.load_state_dicts(ckpt)
+    epoch = int(ckpt["epoch"])
+    state = RunState(
+        epoch=epoch,
+        batch_in_epoch=int(ckpt.get("batch_in_epoch", 0)),
+        global_step=int(ckpt["global_step"]),
+        best_metric=float(ckpt["best_metric"]),
+        best_epoch=int(ckpt.get("best_epoch", 0)),
+        history=[h for h in ckpt.get("history", []) if h["epoch"] <= epoch],
+    )
+    rngs = ckpt.get("rng") or []
+    if len(rngs) == dist_info.world_size:
+        set_rng_state(rngs[dist_info.rank])
+    else:
+        log.warning("checkpoint RNG state is from %d process(es), now %d: resume is not bit-exact",
+                    len(rngs), dist_info.world_size)
+        set_seed(rank_seed(seed, dist_info.rank) + epoch)
+    partials = ckpt.get("train_partial") or []
+    if state.batch_in_epoch and len(partials) == dist_info.world_size:
+        state.partial = partials[dist_info.rank]
+    if state.batch_in_epoch >= steps_per_epoch:  # a different batch size than before: restart the epoch
+        state.batch_in_epoch, state.partial = 0, None
+    return state
+
+
+def save_training_checkpoint(
+    ckpt_dir: Path,
+    model: VideoModel,
+    data: SplitData,
+    opt: Optimization,
+    state: RunState,
+    dist_info: DistInfo,
+    partial: MetricAccumulator | None = None,
+    best: bool = False,
+    **extra: Any,
+) -> None:
+    """last.pth (and best.pth with `best`) of the run as `state` says it stands; `partial` holds this rank's sums
+    of an unfinished epoch. Every rank contributes its RNG state and partial sums; rank 0 writes."""
+    gathered = all_gather_objects((rng_state(), partial.state() if partial is not None else None), dist_info)
+    if not dist_info.is_main:
+        return
+    ckpt = build_checkpoint(
+        model,
+        data.class_names,
+        data.provenance,
+        **opt.state_dicts(),
+        epoch=state.epoch,
+        batch_in_epoch=state.batch_in_epoch,
+        global_step=state.global_step,
+        best_metric=state.best_metric,
+        best_epoch=state.best_epoch,
+        history=state.history,
+        rng=[g[0] for g in gathered],
+        train_partial=[g[1] for g in gathered] if partial is not None else [],
+        **extra,
+    )
+    save_checkpoint(ckpt, ckpt_dir / "last.pth", *([ckpt_dir / "best.pth"] if best else []))
+
+
+# ----------------------------------------------------------------------------------------------- run outputs
+
+
+def add_file_log(path: Path, args: argparse.Namespace) -> logging.Handler:
+    """train_log.txt: the full command and every argument, then all log lines of the run."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s: %(message)s", "%Y-%m-%d %H:%M:%S"))
+    logging.getLogger().addHandler(handler)
+    log.info("command: %s", shlex.join([sys.executable, *sys.argv]))
+    log.info("args: %s", json.dumps(vars(args), sort_keys=True))
+    return handler
+
+
+def write_metrics_jsonl(path: Path, history: list[dict[str, Any]]) -> None:
+    atomic_write_text(path, "".join(json.dumps(h) + "\n" for h in history))
+
+
+class CurvePlotter:
+    """curves.png, redrawn at most every CURVES_EVERY_S (a redraw dominates short epochs) and once at the end."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.drawn_at, self.epochs = path, -math.inf, 0
+
+    def update(self, history: list[dict[str, Any]], final: bool = False) -> None:
+        due = self.epochs != len(history) if final else time.monotonic() - self.drawn_at >= CURVES_EVERY_S
+        if history and due:
+            plot_curves(history, self.path)
+            self.drawn_at, self.epochs = time.monotonic(), len(history)
+
+
+def write_epoch_outputs(run_dir: Path, state: RunState, train_metrics: dict[str, float],
+                        val_metrics: dict[str, float], writer: Any, curves: CurvePlotter) -> None:
+    """Rank 0's files after an epoch: metrics.jsonl, curves.png (when due) and the TensorBoard scalars."""
+    write_metrics_jsonl(run_dir / "metrics.jsonl", state.history)
+    curves.update(state.history)
+    for key in ("loss", "top1", "top5", "mean_class_acc"):
+        writer.add_scalar(f"val/{key}", val_metrics[key], state.epoch)
+    for key in ("loss", "top1"):
+        writer.add_scalar(f"train/{key}", train_metrics[key], state.epoch)
+    writer.flush()
+
+
+# ----------------------------------------------------------------------------------------------- loops
+
+
+def train_one_epoch(
+    model: torch.nn.Module,
+    loader: DataLoader,
+    opt: Optimization,
+    state: RunState,
+    args: argparse.Namespace,
+    *,
+    device: torch.device,
+    precision: str,
+    num_classes: int,
+    steps_per_epoch: int,
+    save_partial: Callable[[MetricAccumulator], None],
+    writer: Any = None,
+    show: bool = True,
+) -> tuple[MetricAccumulator, bool]:
+    """Train epoch `state.epoch` from batch `state.batch_in_epoch` to its end, or until global step
+    --stop_after_steps. Returns this rank's metric sums and whether it stopped at that step.
+
+    Inside the epoch, `save_partial(sums)` saves last.pth every --save_interval steps and where it stops; a step
+    already passed (a rerun of the stopped command) never stops it again, so rerunning the same command resumes.
+    """
+    acc = MetricAccumulator(num_classes)
+    if state.partial is not None:
+        acc.load_state(state.partial)
+        state.partial = None
+    model.train()
+    bar = tqdm(loader, desc=f"epoch {state.epoch + 1}/{args.epochs}", initial=state.batch_in_epoch,
+               total=steps_per_epoch, disable=not show, dynamic_ncols=True)
+    stopped = False
+    for batch in bar:
+        inputs = batch_inputs(batch).to(device, non_blocking=True)
+        lengths, labels = batch["lengths"].to(device), batch["labels"].to(device)
+        with autocast(precision, device):
+            logits = model(inputs, lengths)
+        loss = opt.criterion(logits.float(), labels)
+        opt.step(loss, model.parameters())
+        state.global_step += 1
+        state.batch_in_epoch += 1
+        acc.update(logits, labels, loss.item() * len(labels))
+        if writer is not None and args.log_interval > 0 and state.global_step % args.log_interval == 0:
+            writer.add_scalar("train/loss_step", loss.item(), state.global_step)
+            writer.add_scalar("train/lr", opt.lr, state.global_step)
+            bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{opt.lr:.2e}")
+        stopped = state.global_step == args.stop_after_steps
+        mid_epoch = state.batch_in_epoch < steps_per_epoch
+        if mid_epoch and (stopped or (args.save_interval > 0 and state.global_step % args.save_interval == 0)):
+            save_partial(acc)
+        if stopped:
+            break
+    bar.close()
+    return acc, stopped
+
+
 @torch.no_grad()
 def evaluate(
     model: torch.nn.Module,
@@ -452,122 +758,21 @@ def evaluate(
     return acc, outputs
 
 
-def add_file_log(path: Path, args: argparse.Namespace) -> logging.Handler:
-    """train_log.txt: the full command and every argument, then all log lines of the run."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(path, encoding="utf-8")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s: %(message)s", "%Y-%m-%d %H:%M:%S"))
-    logging.getLogger().addHandler(handler)
-    log.info("command: %s", shlex.join([sys.executable, *sys.argv]))
-    log.info("args: %s", json.dumps(vars(args), sort_keys=True))
-    return handler
-
-
-def write_metrics_jsonl(path: Path, history: list[dict[str, Any]]) -> None:
-    atomic_write_text(path, "".join(json.dumps(h) + "\n" for h in history))
-
-
-def feature_mean_std(info: SplitInfo, dist_info: DistInfo) -> tuple[np.ndarray, np.ndarray]:
-    """Training split's per-dimension mean/std over real frames, each rank streaming its share."""
-    total, total_sq, count = feature_stats(info, rank=dist_info.rank, world_size=dist_info.world_size)
-    packed = torch.from_numpy(np.concatenate([total, total_sq, [count]]))
-    packed = all_reduce_sum(packed, dist_info).numpy()
-    dim = info.feature_dim
-    return stats_from_sums(packed[:dim], packed[dim : 2 * dim], int(packed[-1]))
-
-
-def prepare_model(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
-    """`.to(device)`, or the e2e model's own preparation (channels_last on CUDA)."""
-    prepare = getattr(model, "prepare_for_device", None)
-    return prepare(device) if prepare is not None else model.to(device)
-
-
-def build_fresh_model(args: argparse.Namespace, train_data: SplitData, sampler: TrainSampler, batch_size: int,
-                      device: torch.device, dist_info: DistInfo) -> torch.nn.Module:
-    """A new model on `device` with its input standardisation set: from the training split's embeddings (heads),
-    from the backbone's features of the first training batches (e2e), or from --init_head_from's head."""
-    if not is_e2e_name(args.model):
-        if args.init_head_from:
-            raise BadInputError("--init_head_from starts the head of an e2e_* model; a head over embeddings is "
-                                "resumed with --model_ckpt")
-        model = build_model(args.model, input_dim=train_data.feature_dim, num_classes=train_data.num_classes,
-                            **head_kwargs(args))
-        mean, std = feature_mean_std(train_data.dataset.info, dist_info)
-        model.set_feature_stats(torch.from_numpy(mean), torch.from_numpy(std))
-        return prepare_model(model, device)
-    kwargs = head_kwargs(args)
-    if args.init_head_from:
-        # the same classes in the same order, or the head's classifier rows would mean other classes
-        source = load_checkpoint(args.init_head_from)
-        check_compatible(source, args.init_head_from, None, train_data.num_classes, None, train_data.class_names)
-        head, saved = head_kwargs_from_checkpoint(args.init_head_from)
-        if f"e2e_{head}" != args.model:
-            raise BadInputError(f"--init_head_from {args.init_head_from} holds a {head!r} head, not the head of "
-                                f"{args.model}; pass --model e2e_{head} or another checkpoint")
-        log.info("head hyper-parameters from %s: %s", args.init_head_from, json.dumps(saved, default=str))
-        kwargs = {**kwargs, **saved}
-    model = build_e2e_model(args.model, train_data.num_classes, backbone=args.backbone, weights=args.weights,
-                            freeze_backbone_stages=args.freeze_backbone_stages,
-                            grad_checkpointing=args.grad_checkpointing, **kwargs)
-    model.prepare_for_device(device)
-    if args.init_head_from:
-        model.init_head_from(args.init_head_from)
-    else:
-        frames = model.estimate_feature_stats(first_train_batches(train_data, sampler, batch_size, max_batches=8))
-        log.info("feature standardisation estimated from %d training frames", frames)
-    return model
-
-
-def make_optimizer(model: torch.nn.Module, args: argparse.Namespace) -> torch.optim.Optimizer:
-    """AdamW; an e2e model's backbone gets --backbone_lr, its frozen stages no state at all."""
-    groups = getattr(model, "param_groups", None)
-    if callable(groups):
-        return torch.optim.AdamW(groups(args.backbone_lr, args.lr, args.weight_decay), lr=args.lr)
-    return torch.optim.AdamW(param_groups(model, args.weight_decay), lr=args.lr)
-
-
-# Settings that make another run: resuming a run folder with other values would silently ignore the new ones.
-RUN_DEFINING = (*HEAD_KWARGS, "seed", "batch_size", "balanced", "temporal_crop", "temporal_stride", "frame_dropout",
-                "backbone", "weights", "clip_len", "num_clips", "image_size", "freeze_backbone_stages",
-                "backbone_lr", "init_head_from")
-
-
-def check_same_settings(saved: dict[str, Any], args: argparse.Namespace, path: Path) -> None:
-    """--resume auto found a run in this folder: refuse if it was started with other settings."""
-    diffs = [f"--{k} {saved[k]} -> {getattr(args, k)}" for k in RUN_DEFINING
-             if k in saved and saved[k] != getattr(args, k)]
-    if diffs:
-        raise BadInputError(
-            f"the run folder already holds a run ({path}) started with other settings ({', '.join(diffs)}); "
-            "pass another --run_name, --resume none to start afresh, or the same settings to resume"
-        )
-
-
-def resume_path(args: argparse.Namespace, run_dir: Path) -> Path | None:
-    if args.model_ckpt:
-        return Path(args.model_ckpt)
-    if args.resume in (None, "", "none"):
-        return None
-    if args.resume == "auto":
-        last = run_dir / "checkpoints" / "last.pth"
-        return last if last.is_file() else None
-    return Path(args.resume)
-
-
 # ----------------------------------------------------------------------------------------------- train
 
 
 def train(args: argparse.Namespace, dist_info: DistInfo) -> int:
+    """Train --model on the train split, evaluating on val after every epoch; resumes the run folder's last.pth."""
     if args.model is None:
         raise BadInputError("--model is required in train mode (choose from " + ", ".join(ALL_MODEL_NAMES) + ")")
-    device = torch.device("cuda", dist_info.local_rank) if dist_info.enabled and torch.cuda.is_available() else None
-    device = device or resolve_device(args.gpu_id)
-    precision = resolve_precision(args.precision, args.opt_lvl, device)
+    device = run_device(args.gpu_id, dist_info)
+    precision = resolve_precision(precision_from_flags(args.precision, args.opt_lvl), device, training=True)
     run_dir = train_run_dir(args)
     ckpt_dir = run_dir / "checkpoints"
     clips = clip_settings(args) if is_e2e_name(args.model) else None  # before the log records the arguments
     handler = add_file_log(run_dir / "train_log.txt", args) if dist_info.is_main else None
 
+    # data
     train_data = load_split(args, "train", clips, train=True)
     val_data = load_split(args, "val", clips)
     check_same_classes(train_data, val_data)
@@ -581,15 +786,7 @@ def train(args: argparse.Namespace, dist_info: DistInfo) -> int:
     log.info("data: %d train / %d val videos, %d classes, %s, %s", len(train_data), len(val_data), num_classes,
              what, precision)
 
-    ckpt_path = resume_path(args, run_dir)
-    ckpt = None
-    if ckpt_path is not None:
-        ckpt = load_checkpoint(ckpt_path)
-        check_compatible(ckpt, ckpt_path, args.model, num_classes, train_data.feature_dim, train_data.class_names)
-        if "optimizer" not in ckpt:
-            raise BadInputError(f"{ckpt_path} holds no training state (optimizer, epoch) to resume from")
-        if not args.model_ckpt and args.resume == "auto":
-            check_same_settings(ckpt.get("args") or {}, args, ckpt_path)
+    ckpt, ckpt_path = resume_checkpoint(args, run_dir, train_data)
 
     world = dist_info.world_size
     per_rank_batch = max(1, args.batch_size // world)
@@ -597,11 +794,16 @@ def train(args: argparse.Namespace, dist_info: DistInfo) -> int:
         log.warning("--batch_size %d is not a multiple of %d processes: %d per process", args.batch_size, world,
                     per_rank_batch)
     sampler = TrainSampler(train_data.labels, args.seed, args.balanced, world, dist_info.rank)
+    pin = device.type == "cuda"
+    train_loader = make_train_loader(train_data, sampler, per_rank_batch, args, pin)
+    val_loader = make_eval_loader(val_data, per_rank_batch, args.num_workers, dist_info, pin)
+    steps_per_epoch = math.ceil(sampler.num_samples / per_rank_batch)
 
+    # model
     set_seed(args.seed)
     if ckpt is not None:
         model = model_from_checkpoint(ckpt, device)
-        if hasattr(model, "set_grad_checkpointing"):  # a memory setting, free to change between invocations
+        if model.supports_grad_checkpointing:  # a memory setting, free to change between invocations
             model.set_grad_checkpointing(args.grad_checkpointing)
         log.info("resuming from %s (epoch %d, step %d)", ckpt_path, ckpt["epoch"], ckpt["global_step"])
     else:
@@ -616,169 +818,70 @@ def train(args: argparse.Namespace, dist_info: DistInfo) -> int:
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
 
-    pin = device.type == "cuda"
-    train_loader = make_train_loader(train_data, sampler, per_rank_batch, args, pin)
-    val_loader = make_eval_loader(val_data, per_rank_batch, args.num_workers, dist_info, pin)
-
-    steps_per_epoch = math.ceil(sampler.num_samples / per_rank_batch)
-    total_steps = steps_per_epoch * args.epochs
-    warmup = args.warmup_steps if args.warmup_steps is not None else round(args.warmup_epochs * steps_per_epoch)
-    warmup = max(0, min(warmup, total_steps))
-    optimizer = make_optimizer(model, args)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, warmup, total_steps))
-    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-    criterion = torch.nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
-
-    start_epoch, skip_batches, global_step = 0, 0, 0
-    best_top1, best_epoch, history = -1.0, 0, []
-    partial_state = None
+    # optimisation and where the run stands
+    opt = make_optimization(model, args, device, precision, steps_per_epoch)
     if ckpt is not None:
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        if ckpt.get("scaler"):
-            scaler.load_state_dict(ckpt["scaler"])
-        start_epoch, skip_batches = int(ckpt["epoch"]), int(ckpt.get("batch_in_epoch", 0))
-        global_step, best_top1 = int(ckpt["global_step"]), float(ckpt["best_metric"])
-        best_epoch, history = int(ckpt.get("best_epoch", 0)), list(ckpt.get("history", []))
-        history = [h for h in history if h["epoch"] <= start_epoch]
-        rngs = ckpt.get("rng") or []
-        if len(rngs) == world:
-            set_rng_state(rngs[dist_info.rank])
-        else:
-            log.warning("checkpoint RNG state is from %d process(es), now %d: resume is not bit-exact",
-                        len(rngs), world)
-            set_seed(args.seed + 7919 * dist_info.rank + start_epoch)
-        partials = ckpt.get("train_partial") or []
-        if skip_batches and len(partials) == world:
-            partial_state = partials[dist_info.rank]
-        if skip_batches >= steps_per_epoch:  # a different batch size than before: restart the epoch
-            skip_batches, partial_state = 0, None
+        state = restore_run_state(ckpt, opt, dist_info, args.seed, steps_per_epoch)
     else:
-        set_seed(args.seed + 7919 * dist_info.rank)  # distinct dropout masks per rank, same for a given seed
+        state = RunState()
+        set_seed(rank_seed(args.seed, dist_info.rank))
 
-    writer = None
+    save = functools.partial(save_training_checkpoint, ckpt_dir, model, train_data, opt, state, dist_info,
+                             num_params=num_params, precision=precision, args=vars(args))
+
+    writer, curves = None, CurvePlotter(run_dir / "curves.png")
     if dist_info.is_main:
         from torch.utils.tensorboard import SummaryWriter
 
-        writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=global_step or None)
+        writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=state.global_step or None)
         ckpt_dir.mkdir(parents=True, exist_ok=True)
 
-    def save(epoch_done: int, batch_in_epoch: int, acc: MetricAccumulator | None, best: bool = False) -> None:
-        # every rank contributes its RNG state (and partial epoch sums); rank 0 writes
-        gathered = all_gather_objects((rng_state(), acc.state() if acc is not None else None), dist_info)
-        if not dist_info.is_main:
-            return
-        ckpt_out = build_checkpoint(
-            model,
-            train_data.class_names,
-            train_data.provenance,
-            optimizer=optimizer.state_dict(),
-            scheduler=scheduler.state_dict(),
-            scaler=scaler.state_dict() if scaler.is_enabled() else {},
-            epoch=epoch_done,
-            batch_in_epoch=batch_in_epoch,
-            global_step=global_step,
-            best_metric=best_top1,
-            best_epoch=best_epoch,
-            history=history,
-            rng=[g[0] for g in gathered],
-            train_partial=[g[1] for g in gathered] if acc is not None else [],
-            num_params=num_params,
-            precision=precision,
-            args=vars(args),
-        )
-        save_checkpoint(ckpt_out, ckpt_dir / "last.pth", *([ckpt_dir / "best.pth"] if best else []))
-
-    if start_epoch >= args.epochs:
-        log.info("already trained for %d of %d epochs; nothing to do", start_epoch, args.epochs)
+    if state.epoch >= args.epochs:
+        log.info("already trained for %d of %d epochs; nothing to do", state.epoch, args.epochs)
     end_epoch = args.epochs
     if args.stop_after_epochs is not None:
-        end_epoch = min(end_epoch, start_epoch + args.stop_after_epochs)
-    stopped = False
-    curves_drawn_at, curves_epochs = -math.inf, 0
-    for epoch in range(start_epoch, end_epoch):
+        end_epoch = min(end_epoch, state.epoch + args.stop_after_epochs)
+    for epoch in range(state.epoch, end_epoch):
         t0 = time.time()
         sampler.set_epoch(epoch)
-        sampler.set_start(skip_batches * per_rank_batch)
-        acc = MetricAccumulator(num_classes)
-        if partial_state is not None:
-            acc.load_state(partial_state)
-            partial_state = None
-        train_model.train()
-        bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{args.epochs}", initial=skip_batches,
-                   total=steps_per_epoch, disable=not dist_info.is_main, dynamic_ncols=True)
-        for batch_idx, batch in enumerate(bar, start=skip_batches):
-            inputs = batch_inputs(batch).to(device, non_blocking=True)
-            lengths, labels = batch["lengths"].to(device), batch["labels"].to(device)
-            with autocast(precision, device):
-                logits = train_model(inputs, lengths)
-            loss = criterion(logits.float(), labels)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if args.grad_clip > 0:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            global_step += 1
-            acc.update(logits, labels, loss.item() * len(labels))
-            if writer is not None and args.log_interval > 0 and global_step % args.log_interval == 0:
-                writer.add_scalar("train/loss_step", loss.item(), global_step)
-                writer.add_scalar("train/lr", scheduler.get_last_lr()[0], global_step)
-                bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
-            mid_epoch = batch_idx + 1 < steps_per_epoch
-            stop_here = args.stop_after_steps is not None and global_step == args.stop_after_steps
-            if mid_epoch and (stop_here or (args.save_interval > 0 and global_step % args.save_interval == 0)):
-                save(epoch, batch_idx + 1, acc)
-            if stop_here and mid_epoch:
-                stopped = True
-                break
-        bar.close()
+        sampler.set_start(state.batch_in_epoch * per_rank_batch)
+        train_acc, stopped = train_one_epoch(
+            train_model, train_loader, opt, state, args, device=device, precision=precision,
+            num_classes=num_classes, steps_per_epoch=steps_per_epoch, save_partial=save, writer=writer,
+            show=dist_info.is_main,
+        )
+        if state.batch_in_epoch == steps_per_epoch:  # the epoch is complete: evaluate, record, save
+            train_metrics = train_acc.reduce(dist_info).compute()
+            val_acc, _ = evaluate(model, val_loader, device, precision, num_classes, show=dist_info.is_main)
+            val_metrics = val_acc.reduce(dist_info).compute()
+            state.epoch, state.batch_in_epoch = epoch + 1, 0
+            state.history.append({
+                "epoch": state.epoch,
+                "step": state.global_step,
+                "lr": opt.lr,
+                **{f"train_{k}": v for k, v in train_metrics.items() if k != "count"},
+                **{f"val_{k}": v for k, v in val_metrics.items()},
+                "epoch_time_s": round(time.time() - t0, 3),
+            })
+            is_best = val_metrics["top1"] > state.best_metric
+            if is_best:
+                state.best_metric, state.best_epoch = val_metrics["top1"], state.epoch
+            save(best=is_best)
+            log.info("epoch %d/%d: train loss %.4f top1 %.4f | val loss %.4f top1 %.4f top5 %.4f mca %.4f (%d)%s",
+                     state.epoch, args.epochs, train_metrics["loss"], train_metrics["top1"], val_metrics["loss"],
+                     val_metrics["top1"], val_metrics["top5"], val_metrics["mean_class_acc"], val_metrics["count"],
+                     " best" if is_best else "")
+            if dist_info.is_main:
+                write_epoch_outputs(run_dir, state, train_metrics, val_metrics, writer, curves)
         if stopped:
-            log.info("stopped at step %d (--stop_after_steps); rerun the same command to resume", global_step)
-            break
-        skip_batches = 0
-        train_metrics = acc.reduce(dist_info).compute()
-        val_acc, _ = evaluate(model, val_loader, device, precision, num_classes, show=dist_info.is_main)
-        val_metrics = val_acc.reduce(dist_info).compute()
-        record = {
-            "epoch": epoch + 1,
-            "step": global_step,
-            "lr": scheduler.get_last_lr()[0],
-            **{f"train_{k}": v for k, v in train_metrics.items() if k != "count"},
-            **{f"val_{k}": v for k, v in val_metrics.items()},
-            "epoch_time_s": round(time.time() - t0, 3),
-        }
-        history.append(record)
-        is_best = val_metrics["top1"] > best_top1
-        if is_best:
-            best_top1, best_epoch = val_metrics["top1"], epoch + 1
-        save(epoch + 1, 0, None, best=is_best)
-        log.info("epoch %d/%d: train loss %.4f top1 %.4f | val loss %.4f top1 %.4f top5 %.4f mca %.4f (%d)%s",
-                 epoch + 1, args.epochs, train_metrics["loss"], train_metrics["top1"], val_metrics["loss"],
-                 val_metrics["top1"], val_metrics["top5"], val_metrics["mean_class_acc"], val_metrics["count"],
-                 " best" if is_best else "")
-        if dist_info.is_main:
-            write_metrics_jsonl(run_dir / "metrics.jsonl", history)
-            # Redrawing costs ~0.5 s, which dominates short epochs: at most every CURVES_EVERY_S, and at the end.
-            if time.monotonic() - curves_drawn_at >= CURVES_EVERY_S:
-                plot_curves(history, run_dir / "curves.png")
-                curves_drawn_at, curves_epochs = time.monotonic(), len(history)
-            for key in ("loss", "top1", "top5", "mean_class_acc"):
-                writer.add_scalar(f"val/{key}", val_metrics[key], epoch + 1)
-            for key in ("loss", "top1"):
-                writer.add_scalar(f"train/{key}", train_metrics[key], epoch + 1)
-            writer.flush()
-        if args.stop_after_steps is not None and global_step == args.stop_after_steps:
-            log.info("stopped at step %d (--stop_after_steps); rerun the same command to resume", global_step)
+            log.info("stopped at step %d (--stop_after_steps); rerun the same command to resume", state.global_step)
             break
     if writer is not None:
         writer.close()
-    if dist_info.is_main and history and curves_epochs != len(history):
-        plot_curves(history, run_dir / "curves.png")
     if dist_info.is_main:
-        log.info("best val top-1 %.4f at epoch %d; checkpoints in %s", max(best_top1, 0.0), best_epoch, ckpt_dir)
+        curves.update(state.history, final=True)
+        log.info("best val top-1 %.4f at epoch %d; checkpoints in %s", max(state.best_metric, 0.0), state.best_epoch,
+                 ckpt_dir)
         logging.getLogger().removeHandler(handler)
         handler.close()
     barrier(dist_info)
@@ -835,9 +938,9 @@ def test(args: argparse.Namespace, dist_info: DistInfo) -> int:
     info = load_split(args, args.split, clips)
     check_num_cls(args.num_cls, info)
     check_compatible(ckpt, args.model_ckpt, None, info.num_classes, info.feature_dim, info.class_names)
-    device = torch.device("cuda", dist_info.local_rank) if dist_info.enabled and torch.cuda.is_available() else None
-    device = device or resolve_device(args.gpu_id)
-    precision = resolve_precision(args.precision, args.opt_lvl, device)
+    device = run_device(args.gpu_id, dist_info)
+    # training=True: evaluate in the precision training runs in on this device (fp16 asked on the CPU is fp32)
+    precision = resolve_precision(precision_from_flags(args.precision, args.opt_lvl), device, training=True)
     model = model_from_checkpoint(ckpt, device)
     loader = make_eval_loader(info, max(1, args.batch_size // dist_info.world_size), args.num_workers, dist_info,
                               device.type == "cuda")

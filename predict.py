@@ -31,24 +31,18 @@ import numpy as np
 import torch
 
 from checkpoint import load_checkpoint, model_from_checkpoint
-from models.backbone import (
-    PRECISIONS,
-    RESIZE_MODES,
-    build_backbone,
-    default_threads,
-    embed_batch,
-    normalize_batch,
-    preprocess_frame,
-    resolve_precision,
-)
-from prepare_data import subsample_indices
+from clip_dataset import eval_clip_from_frames
+from models.backbone import build_backbone, default_threads, embed_batch, input_stats
+from models.base import VideoModel
+from models.e2e import is_e2e_name
+from precision import INFERENCE_PRECISIONS, resolve_precision
+from sampling import eval_indices, subsample_indices
+from transforms import RESIZE_MODES, normalize_batch, preprocess_frame
 from utils import BadInputError, atomic_write_json, resolve_device, run_cli, setup_logging
 from video import VideoDecodeError, is_video_file, iter_stored_frames_at_fps, truncation_reason
 
 log = logging.getLogger("actionbert.predict")
 
-ATTENTION_HEADS = ("bert", "roberta")
-E2E_PREFIX = "e2e_"
 THUMB_HEIGHT = 64  # pixels of the thumbnails kept for --attention_plot
 MAX_THUMBS = 16  # thumbnails drawn in the strip; more frames are shown by every k-th one
 
@@ -193,22 +187,15 @@ class Predictor:
     model_name: str
     class_names: list[str]
     settings: FrameSettings
-    model: torch.nn.Module  # the head, or the whole end-to-end model
+    model: VideoModel  # the head, or the whole end-to-end model
     backbone: torch.nn.Module | None  # None for end-to-end models
     device: torch.device
     precision: str
+    input_stats: tuple[Sequence[float], Sequence[float]] | None = None  # the backbone's (mean, std); heads only
 
     @property
     def is_e2e(self) -> bool:
-        return self.model_name.startswith(E2E_PREFIX)
-
-    @property
-    def head_name(self) -> str:
-        return self.model_name.removeprefix(E2E_PREFIX)
-
-    @property
-    def has_attention(self) -> bool:
-        return self.head_name in ATTENTION_HEADS
+        return is_e2e_name(self.model_name)
 
 
 def rebuild_backbone(info: dict[str, Any], ckpt_path: str | os.PathLike, override: str | None) -> torch.nn.Module:
@@ -247,25 +234,18 @@ def load_predictor(
     device = torch.device(device)
     ckpt = load_checkpoint(ckpt_path)
     name = str(ckpt["model_name"])
-    if name.startswith(E2E_PREFIX):
-        try:
-            from models.e2e import load_e2e_model
-        except ImportError as exc:
-            raise BadInputError(f"{ckpt_path} is an end-to-end checkpoint ({name}) but models/e2e.py cannot be "
-                                f"imported: {exc}") from exc
+    backbone, stats = None, None
+    if is_e2e_name(name):
         settings = e2e_settings(ckpt, ckpt_path)
         if backbone_weights:
             log.info("--backbone_weights ignored: an end-to-end checkpoint holds its backbone's trained weights")
-        model = load_e2e_model(ckpt["model_config"], ckpt["model_state"])
-        model = model.prepare_for_device(device).eval()
-        backbone = None
     else:
         settings = embedding_settings(ckpt, ckpt_path)
         info = ckpt.get("data_info") or {}
         backbone = rebuild_backbone(info, ckpt_path, backbone_weights).to(device)
-        model = model_from_checkpoint(ckpt, device)
+        stats = input_stats(str(info["backbone"]))
         dim = int(ckpt["feature_dim"])
-        probe = embed_batch(backbone, normalize_batch(torch.zeros((1, 3, 32, 32), dtype=torch.uint8), device))
+        probe = embed_batch(backbone, normalize_batch(torch.zeros((1, 3, 32, 32), dtype=torch.uint8), device, *stats))
         if probe.shape[1] != dim:
             raise BadInputError(f"backbone {info.get('backbone')} gives {probe.shape[1]}-dim features but the head "
                                 f"{ckpt_path} expects {dim}")
@@ -274,20 +254,22 @@ def load_predictor(
         model_name=name,
         class_names=[str(c) for c in ckpt["class_names"]],
         settings=settings,
-        model=model,
+        model=model_from_checkpoint(ckpt, device),
         backbone=backbone,
         device=device,
         precision=resolve_precision(precision, device),
+        input_stats=stats,
     )
 
 
 def embed_frames(predictor: Predictor, frames: Sequence[torch.Tensor], batch_size: int) -> torch.Tensor:
     """(T, D) float32 frame embeddings, rounded to the dtype stage 2 stored them in."""
-    assert predictor.backbone is not None
+    assert predictor.backbone is not None and predictor.input_stats is not None
     feats = []
     for start in range(0, len(frames), batch_size):
         x = torch.stack(list(frames[start : start + batch_size]))
-        feats.append(embed_batch(predictor.backbone, normalize_batch(x, predictor.device), predictor.precision))
+        x = normalize_batch(x, predictor.device, *predictor.input_stats)
+        feats.append(embed_batch(predictor.backbone, x, predictor.precision))
     out = torch.cat(feats).cpu()
     return out.to(getattr(torch, predictor.settings.dtype)).float()
 
@@ -435,8 +417,6 @@ def predict_video(
 
 
 def _predict_e2e(predictor: Predictor, path: str, decoded: DecodedVideo, attention: bool) -> Prediction:
-    from clip_dataset import eval_clip_from_frames, eval_indices
-
     s = predictor.settings
     assert s.clip_len is not None
     # The frames are already S x S after stage 2's resize, on which resize_frame is the identity: passing them
@@ -489,7 +469,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                    "frames. One video: OUT.png; several: OUT_<video stem>.png beside it")
     p.add_argument("--gpu_id", type=int, default=0, help="CUDA device; the CPU is used when there is none")
     p.add_argument("--batch_size", type=int, default=64, help="frames per backbone forward pass")
-    p.add_argument("--precision", choices=PRECISIONS, default="auto", help="backbone precision; auto: fp16 autocast "
+    p.add_argument("--precision", choices=INFERENCE_PRECISIONS, default="auto", help="backbone precision; auto: fp16 autocast "
                    "on CUDA, fp32 on the CPU (as prepare_data.py)")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
@@ -503,7 +483,7 @@ def main(args: argparse.Namespace) -> int:
     device = resolve_device(args.gpu_id)
     predictor = load_predictor(args.model_ckpt, args.backbone_weights, device, args.precision)
     want_attention = args.attention_plot is not None
-    if want_attention and not predictor.has_attention:
+    if want_attention and not predictor.model.exposes_attention:
         raise BadInputError(
             f"--attention_plot needs a transformer head (bert, roberta, e2e_bert, e2e_roberta); {args.model_ckpt} "
             f"is a {predictor.model_name} model, which has no attention"

@@ -31,17 +31,11 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from distributed import DistInfo, barrier, cleanup, init_distributed
-from models.backbone import (
-    PRECISIONS,
-    RESIZE_MODES,
-    build_backbone,
-    default_threads,
-    embed_batch,
-    normalize_batch,
-    resize_frame,
-    resolve_precision,
-)
-from splits import read_class_index
+from layout import frame_name, read_class_names, read_frame_settings, read_split_json, video_frames
+from models.backbone import build_backbone, default_threads, embed_batch, input_stats
+from precision import INFERENCE_PRECISIONS, resolve_precision
+from sampling import subsample_indices
+from transforms import RESIZE_MODES, FrameError, load_frame, normalize_batch
 from utils import (
     BadInputError,
     atomic_write_json,
@@ -56,15 +50,10 @@ from utils import (
 
 log = logging.getLogger("actionbert")
 
-FRAME_EXTS = (".jpg", ".jpeg", ".png")
 DTYPES = ("float32", "float16")
 # Fields that say how the embeddings were made: a rerun must match them all, or it would mix two kinds of rows.
 IDENTITY_KEYS = ("backbone", "weights", "seed", "image_size", "resize", "dtype", "max_len_cap", "precision")
 CHECKPOINT_SECONDS = 1.0  # default of --checkpoint_seconds
-
-
-class FrameError(Exception):
-    """One frame file that cannot be used (empty, truncated, not an image)."""
 
 
 @dataclass(frozen=True)
@@ -79,91 +68,21 @@ class VideoPlan:
 # ----------------------------------------------------------------------------------------------- inputs
 
 
-def read_split(json_file: str | Path) -> list[tuple[str, int]]:
-    """(video_name, label_idx) pairs of a split JSON, validated so later errors can name the file."""
-    data = read_json(json_file, "split JSON")
-    if not isinstance(data, list):
-        raise BadInputError(f"split JSON {json_file} must hold a list of {{video_name, label_idx}} records")
-    entries, seen = [], set()
-    for k, rec in enumerate(data):
-        if not isinstance(rec, dict) or not isinstance(rec.get("video_name"), str) or "label_idx" not in rec:
-            raise BadInputError(f"split JSON {json_file}: record {k} lacks video_name/label_idx: {rec!r:.120}")
-        label = rec["label_idx"]
-        if isinstance(label, bool) or not isinstance(label, int) or label < 0:
-            raise BadInputError(f"split JSON {json_file}: record {k} has label_idx {label!r}, not an int >= 0")
-        name = rec["video_name"]
-        if name in seen:
-            raise BadInputError(f"split JSON {json_file}: video_name {name!r} appears twice")
-        seen.add(name)
-        entries.append((name, label))
-    if not entries:
-        raise BadInputError(f"split JSON {json_file} lists no videos")
-    return entries
-
-
-def read_class_names(json_file: str | Path, labels: Sequence[int]) -> list[str]:
-    """Class names from classInd.txt beside the split JSON (`1 Name` lines, 1-based), else class_<i>."""
-    path = Path(json_file).parent / "classInd.txt"
-    top = max(labels) + 1
-    if not path.is_file():
-        log.warning("no %s: naming classes class_0 .. class_%d", path, top - 1)
-        return [f"class_{i}" for i in range(top)]
-    names = read_class_index(path)
-    if top > len(names):
-        raise BadInputError(f"split JSON {json_file} uses label_idx {top - 1} but {path} lists {len(names)} classes")
-    return names
-
-
-def read_frame_settings(frames_dir: str | Path) -> dict[str, Any]:
-    """Stage 1's fps, frame_size and jpeg_quality from the frames manifest: predict.py needs all three to
-    reproduce from a raw video the exact pixels this stage embeds. Null (with a warning) without a manifest."""
-    path = Path(frames_dir) / "manifest.json"
-    if not path.is_file():
-        log.warning("no %s: fps, frame_size and jpeg_quality recorded as null (predict.py will refuse)", path)
-        return {"fps": None, "frame_size": None, "jpeg_quality": None}
-    manifest = read_json(path, "frames manifest")
-    fps = manifest.get("fps")
-    return {
-        "fps": None if fps is None else float(fps),
-        "frame_size": manifest.get("frame_size"),
-        "jpeg_quality": manifest.get("jpeg_quality"),
-    }
-
-
-def list_frame_files(video_dir: Path) -> list[str]:
-    """Image file names in a video's frame folder, in frame order (stage 1 zero-pads the numbers)."""
-    with os.scandir(video_dir) as it:
-        names = [e.name for e in it if e.name.lower().endswith(FRAME_EXTS) and e.is_file()]
-    return sorted(names)
-
-
-def subsample_indices(num_frames: int, max_len: int | None) -> np.ndarray:
-    """Indices of max_len frames spread uniformly (centre of each of max_len equal spans); all when shorter."""
-    if max_len is None or num_frames <= max_len:
-        return np.arange(num_frames)
-    return ((np.arange(max_len) + 0.5) * num_frames / max_len).astype(np.int64)
-
-
 def plan_videos(
     entries: Sequence[tuple[str, int]], frames_dir: str | Path, max_len: int | None
 ) -> tuple[list[VideoPlan], list[dict[str, Any]]]:
-    """The videos that have frames, with the frames to embed; the others as failure records."""
+    """The videos that have frames (layout.video_frames: a missing frame inside a folder is planned, and skipped
+    at decoding like a corrupt one), with the frames to embed; the others as failure records."""
     frames_dir = Path(frames_dir)
     plans, failures = [], []
     for name, label in entries:
         video_dir = frames_dir / name
-        if Path(name).is_absolute() or ".." in Path(name).parts:
-            failures.append({"file": name, "video_name": name, "reason": "video_name is not a plain folder name"})
+        num_frames, reason = video_frames(frames_dir, name)
+        if reason is not None:
+            failures.append({"file": str(video_dir), "video_name": name, "reason": reason})
             continue
-        if not video_dir.is_dir():
-            failures.append({"file": str(video_dir), "video_name": name, "reason": "no frames folder"})
-            continue
-        names = list_frame_files(video_dir)
-        if not names:
-            failures.append({"file": str(video_dir), "video_name": name, "reason": "frames folder holds no images"})
-            continue
-        keep = tuple(names[i] for i in subsample_indices(len(names), max_len))
-        plans.append(VideoPlan(name, label, str(video_dir), keep, len(names)))
+        keep = tuple(frame_name(int(i)) for i in subsample_indices(num_frames, max_len))
+        plans.append(VideoPlan(name, label, str(video_dir), keep, num_frames))
     return plans, failures
 
 
@@ -173,38 +92,7 @@ def plan_fingerprint(plans: Sequence[VideoPlan], max_len: int) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-# ----------------------------------------------------------------------------------------------- decoding
-
-
-def decode_bgr(path: str) -> np.ndarray:
-    """Decode one frame file to BGR uint8, refusing empty, non-image and truncated JPEG files."""
-    try:
-        with open(path, "rb") as fh:
-            data = fh.read()
-    except OSError as exc:
-        raise FrameError(f"unreadable ({exc.strerror})") from exc
-    if not data:
-        raise FrameError("empty file")
-    if path.lower().endswith((".jpg", ".jpeg")):
-        if data[:2] != b"\xff\xd8":
-            raise FrameError("not a JPEG (no start-of-image marker)")
-        # libjpeg fills a truncated image with grey and only warns; the end-of-image marker tells them apart.
-        if b"\xff\xd9" not in data[-32:]:
-            raise FrameError("truncated JPEG (no end-of-image marker)")
-    try:
-        img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-    except cv2.error as exc:
-        raise FrameError(f"cannot be decoded ({exc})") from exc
-    if img is None:
-        raise FrameError("cannot be decoded as an image")
-    return img
-
-
-def load_frame(path: str, image_size: int, resize: str) -> torch.Tensor:
-    """Frame file -> uint8 (3, S, S) RGB, exactly as models.backbone.preprocess_frame on the decoded RGB frame
-    (resizing before the BGR->RGB swap is the same arithmetic on fewer pixels)."""
-    bgr = resize_frame(decode_bgr(path), image_size, resize)
-    return torch.from_numpy(np.ascontiguousarray(bgr[:, :, ::-1].transpose(2, 0, 1)))
+# ----------------------------------------------------------------------------------------------- batches
 
 
 def frame_offsets(videos: Sequence[VideoPlan]) -> np.ndarray:
@@ -444,6 +332,8 @@ def extract(
     num_workers: int,
     image_size: int,
     resize: str,
+    mean: Sequence[float],
+    std: Sequence[float],
     device: torch.device,
     precision: str,
     channels_last: bool,
@@ -452,7 +342,8 @@ def extract(
     show_progress: bool = True,
     checkpoint_seconds: float = CHECKPOINT_SECONDS,
 ) -> None:
-    """Embed the batches `batch_ids` of the plan over `videos`, writing frame f of video v to arr[v, f].
+    """Embed the batches `batch_ids` of the plan over `videos`, writing frame f of video v to arr[v, f]; frames
+    are normalised with the backbone's `mean` and `std`.
 
     Work is reported to `on_flush` only after the memmap holding it has been flushed. On CUDA the copy of
     batch b's features overlaps the forward of batch b+1, and decoding runs ahead in the workers.
@@ -501,7 +392,7 @@ def extract(
             log.debug("skipping frame %s", err)
         x, event = batch["images"], None
         if len(x):
-            out = embed_batch(model, normalize_batch(x, device, channels_last), precision)
+            out = embed_batch(model, normalize_batch(x, device, mean, std, channels_last), precision)
             if cuda:
                 out = out.to("cpu", non_blocking=True)  # into pinned memory; the event says when it has landed
                 event = torch.cuda.Event()
@@ -525,7 +416,7 @@ def check_backbone(model: torch.nn.Module, dim: int, image_size: int, device: to
     """A tiny forward at the chosen size, so a model that cannot take it fails with one clear line."""
     x = torch.zeros((1, 3, image_size, image_size), dtype=torch.uint8)
     try:
-        out = embed_batch(model, normalize_batch(x, device, channels_last), precision)
+        out = embed_batch(model, normalize_batch(x, device, *input_stats(name), channels_last), precision)
     except Exception as exc:  # torchvision asserts (e.g. ViT's fixed size) surface here
         raise BadInputError(f"backbone {name} cannot embed {image_size}x{image_size} frames: {exc}") from exc
     if out.shape != (1, dim):
@@ -549,7 +440,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--image_size", type=int, default=224)
     p.add_argument("--resize", choices=RESIZE_MODES, default="crop",
                    help="crop: shorter side to image_size then centre crop; squash: straight to SxS (old behaviour)")
-    p.add_argument("--precision", choices=PRECISIONS, default="auto", help="auto: fp16 autocast on CUDA, fp32 on CPU")
+    p.add_argument("--precision", choices=INFERENCE_PRECISIONS, default="auto", help="auto: fp16 autocast on CUDA, fp32 on CPU")
     p.add_argument("--channels_last", action=argparse.BooleanOptionalAction, default=None,
                    help="channels_last memory format (default: on for CUDA, off on the CPU)")
     p.add_argument("--dtype", choices=DTYPES, default="float32", help="dtype of the stored embeddings")
@@ -580,12 +471,13 @@ def main(args: argparse.Namespace) -> int:
     validate_args(args)
     info: DistInfo = init_distributed()
     try:
-        return _main(args, info)
+        return embed_split(args, info)
     finally:
         cleanup(info)
 
 
-def _main(args: argparse.Namespace, info: DistInfo) -> int:
+def embed_split(args: argparse.Namespace, info: DistInfo) -> int:
+    """Plan the split's frames, refuse or resume what OUT holds, embed this rank's share and (rank 0) finalise."""
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", info.world_size))
     if "OMP_NUM_THREADS" not in os.environ:  # an explicit setting wins; torchrun sets 1 per rank
         torch.set_num_threads(default_threads(local_world))
@@ -594,8 +486,9 @@ def _main(args: argparse.Namespace, info: DistInfo) -> int:
     channels_last = device.type == "cuda" if args.channels_last is None else args.channels_last
     out_dir = Path(args.out_dir)
 
-    entries = read_split(args.json_file)
-    class_names = read_class_names(args.json_file, [label for _, label in entries])
+    records = read_split_json(args.json_file)
+    entries = [(r["video_name"], r["label_idx"]) for r in records]
+    class_names = read_class_names(Path(args.json_file).parent, records)
     frame_settings = read_frame_settings(args.frames_dir)
     plans, plan_failures = plan_videos(entries, args.frames_dir, args.max_len)
     report = out_dir / f"failed_{args.split}.json"
@@ -622,6 +515,7 @@ def _main(args: argparse.Namespace, info: DistInfo) -> int:
         return 0
 
     model, dim = build_backbone(args.model, args.weights, seed=args.seed)
+    mean, std = input_stats(args.model)
     model = model.to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -655,7 +549,8 @@ def _main(args: argparse.Namespace, info: DistInfo) -> int:
         plog = ProgressLog(progress_path(out_dir, args.split, info.rank), header)
         try:
             extract(model, plans, batch_ids, arr, plog.append, batch_size=args.batch_size,
-                    num_workers=args.num_workers, image_size=args.image_size, resize=args.resize, device=device,
+                    num_workers=args.num_workers, image_size=args.image_size, resize=args.resize,
+                    mean=mean, std=std, device=device,
                     precision=precision, channels_last=channels_last, strict=args.strict, seed=args.seed,
                     show_progress=info.is_main, checkpoint_seconds=args.checkpoint_seconds)
         finally:

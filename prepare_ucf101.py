@@ -25,11 +25,11 @@ from typing import Any
 import cv2
 from tqdm import tqdm
 
+from layout import CLASS_INDEX, MANIFEST, frame_name, split_json_name, write_class_index
 from splits import OfficialSplit, group_split, match_entries, read_official_split, video_group
 from utils import (
     BadInputError,
     atomic_write_json,
-    atomic_write_text,
     log_failure_summary,
     run_cli,
     setup_logging,
@@ -41,7 +41,6 @@ log = logging.getLogger("actionbert.prepare")
 
 TMP_DIR = ".tmp"
 META_DIR = ".meta"
-MANIFEST = "manifest.json"
 
 
 @dataclass(frozen=True)
@@ -215,8 +214,8 @@ def extract_video(task: ExtractTask) -> dict[str, Any]:
     info: dict[str, Any] = {}
     try:
         frames = iter_jpeg_frames_at_fps(task.path, task.fps, task.frame_size, task.jpeg_quality, info=info)
-        for n, (t, buf) in enumerate(frames, 1):
-            with open(tmp / f"frame_{n:06d}.jpg", "wb") as fh:
+        for k, (t, buf) in enumerate(frames):
+            with open(tmp / frame_name(k), "wb") as fh:
                 fh.write(buf)
             times.append(round(t, 6))
         reason = None if task.keep_truncated else truncation_reason(info)
@@ -261,7 +260,7 @@ def finished_meta(frames_dir: Path, item: VideoItem, settings: dict[str, Any]) -
     if any(meta.get(k) != v for k, v in settings.items()):
         return None
     n = meta.get("num_frames", 0)
-    if n < 1 or not (folder / f"frame_{n:06d}.jpg").is_file():
+    if n < 1 or not (folder / frame_name(n - 1)).is_file():
         return None
     return meta
 
@@ -483,9 +482,9 @@ def main(args: argparse.Namespace) -> int:
         train, val = group_split(usable_items, args.split_ratio, args.seed)
         outputs = {"train": train, "val": val}
 
-    atomic_write_text(out_dir / "classInd.txt", "".join(f"{i} {c}\n" for i, c in enumerate(class_names, 1)))
+    write_class_index(out_dir / CLASS_INDEX, class_names)
     for side, items in outputs.items():
-        atomic_write_json(out_dir / f"{side}_ucf101.json", split_records(items, class_names, metas))
+        atomic_write_json(out_dir / split_json_name(side), split_records(items, class_names, metas))
     report = out_dir / "failed_videos.json"
     write_failure_report(report, failures)
 

@@ -12,12 +12,13 @@ import os
 import random
 import re
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from utils import BadInputError
+from layout import CLASS_INDEX, read_class_index
+from utils import BadInputError, read_lines
 
 log = logging.getLogger("actionbert.splits")
 
@@ -107,45 +108,13 @@ class OfficialSplit:
     test: list[SplitEntry]
 
 
-def _read_lines(path: Path) -> list[str]:
-    """Non-blank lines without surrounding whitespace; CRLF endings and trailing spaces are common here."""
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except OSError as exc:
-        raise BadInputError(f"cannot read split file {path}: {exc.strerror or exc}") from None
-    except UnicodeDecodeError as exc:
-        raise BadInputError(f"split file {path} is not UTF-8 text: {exc}") from None
-    return [line.strip() for line in text.splitlines() if line.strip()]
-
-
-def read_class_index(path: str | Path) -> list[str]:
-    """Class names in label order from a `1 ClassName` file (UCF-101's classInd.txt); ids must be 1..N.
-    A name may contain spaces (class folders of the user's own videos do); stage 1 writes them as they are."""
-    path = Path(path)
-    names: list[str] = []
-    for n, line in enumerate(_read_lines(path), 1):
-        parts = line.split(maxsplit=1)
-        if len(parts) != 2 or not parts[0].isdigit():
-            raise BadInputError(f"{path}: line {n} is not `<id> <ClassName>`: {line!r}")
-        if int(parts[0]) != len(names) + 1:
-            raise BadInputError(f"{path}: line {n} has id {parts[0]}, expected {len(names) + 1}")
-        names.append(parts[1])
-    if not names:
-        raise BadInputError(f"{path}: no classes")
-    return names
-
-
-def format_class_index(class_names: Iterable[str]) -> str:
-    return "".join(f"{i} {name}\n" for i, name in enumerate(class_names, 1))
-
-
 def detect_split_format(split_dir: str | Path) -> str:
     """'ucf101' (classInd.txt + trainlist0N.txt) or 'hmdb51' (<class>_test_splitN.txt), from the files present."""
     split_dir = Path(split_dir)
     if not split_dir.is_dir():
         raise BadInputError(f"split folder not found: {split_dir}")
     names = {p.name for p in split_dir.iterdir()}
-    if "classInd.txt" in names and any(n.startswith("trainlist") for n in names):
+    if CLASS_INDEX in names and any(n.startswith("trainlist") for n in names):
         return "ucf101"
     if any(_HMDB_SPLIT_FILE.match(n) for n in names):
         return "hmdb51"
@@ -156,7 +125,7 @@ def detect_split_format(split_dir: str | Path) -> str:
 
 
 def _read_ucf101(split_dir: Path, split_id: int) -> OfficialSplit:
-    class_names = read_class_index(split_dir / "classInd.txt")
+    class_names = read_class_index(split_dir / CLASS_INDEX)
     label_of = {c.casefold(): i for i, c in enumerate(class_names)}
 
     def entries(name: str, with_label: bool) -> list[SplitEntry]:
@@ -164,7 +133,7 @@ def _read_ucf101(split_dir: Path, split_id: int) -> OfficialSplit:
         if not path.is_file():
             raise BadInputError(f"UCF-101 split file missing: {path}")
         out = []
-        for n, line in enumerate(_read_lines(path), 1):
+        for n, line in enumerate(read_lines(path, "split file"), 1):
             parts = line.rsplit(None, 1) if with_label else [line]  # file names may hold spaces
             rel = parts[0].replace("\\", "/")
             if "/" not in rel:
@@ -198,7 +167,7 @@ def _read_hmdb51(split_dir: Path, split_id: int) -> OfficialSplit:
     class_names = sorted(files)
     class_list = split_dir / "class_list.txt"
     if class_list.is_file():
-        listed = _read_lines(class_list)
+        listed = read_lines(class_list, "split file")
         if sorted(listed) == class_names:
             class_names = listed
         else:
@@ -206,7 +175,7 @@ def _read_hmdb51(split_dir: Path, split_id: int) -> OfficialSplit:
     train, test = [], []
     for cls in class_names:
         path = files[cls]
-        for n, line in enumerate(_read_lines(path), 1):
+        for n, line in enumerate(read_lines(path, "split file"), 1):
             parts = line.rsplit(None, 1)  # file names may hold spaces
             if len(parts) != 2 or parts[1] not in {"0", "1", "2"}:
                 raise BadInputError(f"{path}: line {n} is not `<video> <0|1|2>`: {line!r}")

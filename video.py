@@ -196,17 +196,6 @@ class TimestampSampler:
         return "nominal" if self.replaced >= self.num_frames - 1 else "repaired"
 
 
-def select_frames(
-    timestamps: list[float], fps: float, nominal_fps: float | None = None, tolerance: float = TIME_TOLERANCE
-) -> list[tuple[int, int]]:
-    """(k, frame index) for every sample time k / fps, given all decoded timestamps in seconds; fps=0 keeps all.
-
-    The pure form of what `iter_frames_at_fps` does while streaming; both use TimestampSampler.
-    """
-    sampler = TimestampSampler(fps, nominal_fps=nominal_fps, tolerance=tolerance)
-    return [(k, index) for k, _, index in _cover(sampler, timestamps)]
-
-
 def _cover(sampler: TimestampSampler, timestamps: list[float | None]) -> Iterator[tuple[int, float, int]]:
     """(k, sample time, index of the frame on screen then) for all timestamps fed through `sampler`, finishing it."""
     for index, ts in enumerate(timestamps):
@@ -548,17 +537,6 @@ def iter_sampled_frames(
         )
 
 
-def decode_all_timestamps(path: str | os.PathLike) -> tuple[list[float | None], float | None]:
-    """Every decoded frame's timestamp (seconds) and the header's fps, decoding every frame without conversion."""
-    path = Path(path)
-    container, stream = open_video(path)
-    decoder = _Decoder(path, stream)
-    try:
-        return [_frame_time(f, stream) for f in decoder.every_frame(container, stream)], _nominal_fps(stream)
-    finally:
-        container.close()
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # Frames to pixels and to stage 1's JPEG files.
 
@@ -650,14 +628,6 @@ def encode_jpeg(img: np.ndarray, quality: int, channels: str = "BGR") -> bytes:
     return simplejpeg.encode_jpeg(np.ascontiguousarray(img), int(quality), colorspace=channels, colorsubsampling="420")
 
 
-def decode_jpeg(data: bytes | np.ndarray, rgb: bool = True) -> np.ndarray:
-    """A stored frame as later stages read it (cv2.imdecode, which stage 2 uses on the files)."""
-    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-    if img is None:
-        raise ValueError("not a decodable JPEG")
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB) if rgb else img
-
-
 def _convert(path: str | os.PathLike, t: float, fn, *args):
     """A conversion failure (an odd pixel format, a frame too large to encode) as the video's error."""
     try:
@@ -695,28 +665,7 @@ def iter_stored_frames_at_fps(
 ) -> Iterator[tuple[float, np.ndarray]]:
     """The pixels stage 1 stores for a video, without writing files: its JPEGs decoded as stage 2 reads them.
     predict.py and end-to-end evaluation on raw videos use it so they see exactly what training saw."""
+    from transforms import decode_jpeg  # here, not at the top: transforms imports torch, which stage 1 never needs
+
     for t, data in iter_jpeg_frames_at_fps(path, fps, frame_size, quality, info=info, threads=threads):
         yield t, decode_jpeg(data, rgb)
-
-
-def iter_frames_at_fps(
-    path: str | os.PathLike,
-    fps: float,
-    frame_size: int | None = None,
-    *,
-    rgb: bool = True,
-    info: dict[str, Any] | None = None,
-    threads: int = 1,
-    skip_unneeded: bool = True,
-) -> Iterator[tuple[float, np.ndarray]]:
-    """Yield (time in seconds, HxWx3 uint8 image) at times k / fps from the first frame (see iter_sampled_frames),
-    RGB or BGR (rgb=False), shorter side resized to `frame_size` when given; no JPEG step. Repeated samples of one
-    frame are independent arrays."""
-    last_frame, last_img = None, None
-    for t, frame in iter_sampled_frames(path, fps, info=info, threads=threads, skip_unneeded=skip_unneeded):
-        if frame is last_frame:
-            yield t, last_img.copy()
-            continue
-        img = _convert(path, t, frame_to_bgr, frame, frame_size)
-        last_frame, last_img = frame, (cv2.cvtColor(img, cv2.COLOR_BGR2RGB) if rgb else img)
-        yield t, last_img

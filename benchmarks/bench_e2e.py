@@ -66,7 +66,7 @@ def _rss_mb() -> float:
 
 def make_step(model: torch.nn.Module, device: torch.device, precision: str):
     """One training step on a given batch, as main.py runs it (autocast for bf16; no scaler needed)."""
-    opt = torch.optim.AdamW(model.param_groups(1e-4, 1e-4, 0.01))
+    opt = torch.optim.AdamW(model.param_groups(weight_decay=0.01, lr=1e-4, backbone_lr=1e-4))
     dtype = torch.bfloat16 if precision == "bf16" else None
 
     def step(clips: torch.Tensor, lengths: torch.Tensor, labels: torch.Tensor) -> None:

@@ -30,8 +30,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import prepare_data  # noqa: E402
-from models.backbone import build_backbone, embed_batch, normalize_batch, resolve_precision  # noqa: E402
+from layout import read_split_json  # noqa: E402
+from models.backbone import build_backbone, embed_batch, input_stats  # noqa: E402
+from precision import resolve_precision  # noqa: E402
 from tests.test_prepare_data import write_frames_fixture  # noqa: E402
+from transforms import normalize_batch  # noqa: E402
 from utils import resolve_device, setup_logging  # noqa: E402
 
 # every 6th frame of vtest, 4th of bikes, 2nd of carphone, all 68 of tree: 323 frames of real footage
@@ -49,10 +52,10 @@ def cpu_model() -> str:
 
 
 def time_forward(model, num_frames: int, batch_size: int, image_size: int, device, precision: str,
-                 channels_last: bool) -> float:
+                 channels_last: bool, name: str = "resnet18") -> float:
     """Seconds for the forward pass alone over num_frames frames in batches of batch_size (plus one warm-up)."""
     x = torch.randint(0, 256, (batch_size, 3, image_size, image_size), dtype=torch.uint8)
-    xn = normalize_batch(x, device, channels_last)
+    xn = normalize_batch(x, device, *input_stats(name), channels_last)
     embed_batch(model, xn[: min(batch_size, 8)], precision)  # warm-up: allocator, kernel choice
     sizes = [batch_size] * (num_frames // batch_size) + ([num_frames % batch_size] if num_frames % batch_size else [])
     if device.type == "cuda":
@@ -105,7 +108,8 @@ def main(args: argparse.Namespace) -> int:
         else:
             frames_dir, split_json = write_frames_fixture(tmp / "stage1", BENCH_STEPS, short_side=240,
                                                           copies=args.copies)
-        plans, _ = prepare_data.plan_videos(prepare_data.read_split(split_json), frames_dir, None)
+        plans, _ = prepare_data.plan_videos([(r["video_name"], r["label_idx"]) for r in read_split_json(split_json)],
+                                            frames_dir, None)
         num_frames = sum(len(p.frames) for p in plans)
         threads = torch.get_num_threads()
 
@@ -114,7 +118,8 @@ def main(args: argparse.Namespace) -> int:
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
         def forward() -> None:
-            time_forward(model, num_frames, args.batch_size, args.image_size, device, precision, channels_last)
+            time_forward(model, num_frames, args.batch_size, args.image_size, device, precision, channels_last,
+                         args.model)
 
         def stage(k: int) -> None:
             out = tmp / f"out{k}"

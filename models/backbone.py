@@ -1,8 +1,9 @@
-"""Frame backbones: any torchvision classifier with its last Linear layer removed, plus the frame preprocessing
-that prepare_data.py, predict.py and end-to-end training must share exactly (same resize, crop and normalisation).
+"""Frame backbones: any torchvision classifier with its last Linear layer removed.
 
 `build_backbone(name, weights)` returns `(module, D)`: the module maps a normalised float batch (B, 3, S, S) to the
 pooled penultimate feature (B, D). D is read from the removed layer, so new torchvision models work unchanged.
+`input_stats(name)` gives the mean and std its input is normalised with; the frame preprocessing itself, which
+prepare_data.py, predict.py and end-to-end training share exactly, is in transforms.py.
 """
 
 from __future__ import annotations
@@ -12,19 +13,23 @@ import os
 from contextlib import nullcontext
 from pathlib import Path
 
-import cv2
-import numpy as np
 import torch
 from torch import nn
 
+from precision import autocast
 from utils import BadInputError
 
 log = logging.getLogger("actionbert")
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-RESIZE_MODES = ("crop", "squash")
-PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+
+
+def input_stats(name: str) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
+    """(mean, std) per RGB channel on [0, 1] that backbone `name` expects its input normalised with
+    (transforms.normalize_batch). Every torchvision classifier was trained on ImageNet-normalised input, and a random
+    one (--weights none) is fed the same way; this is the one place that says so."""
+    return IMAGENET_MEAN, IMAGENET_STD
 
 
 def classification_model_names() -> list[str]:
@@ -131,70 +136,9 @@ def build_backbone(name: str, weights: str = "imagenet", seed: int | None = None
     return model, dim
 
 
-def resize_frame(rgb: np.ndarray, image_size: int, resize: str = "crop") -> np.ndarray:
-    """Resize (and centre-crop) an HxWx3 frame to image_size x image_size.
-
-    crop: shorter side to image_size, then the centre square (keeps the aspect ratio);
-    squash: straight to SxS (the original code's behaviour, distorts the aspect ratio).
-    INTER_AREA for strong downscaling (no aliasing), INTER_LINEAR otherwise (5x cheaper, same result near 1:1).
-    """
-    if resize not in RESIZE_MODES:
-        raise ValueError(f"resize must be one of {RESIZE_MODES}, got {resize!r}")
-    h, w = rgb.shape[:2]
-    if resize == "squash":
-        new_w, new_h = image_size, image_size
-    else:
-        scale = image_size / min(h, w)
-        new_w, new_h = max(image_size, round(w * scale)), max(image_size, round(h * scale))
-    if (new_w, new_h) != (w, h):
-        interp = cv2.INTER_AREA if new_w * 2 <= w or new_h * 2 <= h else cv2.INTER_LINEAR
-        rgb = cv2.resize(rgb, (new_w, new_h), interpolation=interp)
-    if resize == "crop":
-        top, left = (new_h - image_size) // 2, (new_w - image_size) // 2
-        rgb = rgb[top : top + image_size, left : left + image_size]
-    return rgb
-
-
-def preprocess_frame(rgb_uint8_hwc: np.ndarray, image_size: int, resize: str = "crop") -> torch.Tensor:
-    """RGB uint8 HxWx3 -> uint8 tensor (3, S, S). Stays uint8 so workers ship 4x fewer bytes; normalise later."""
-    if rgb_uint8_hwc.ndim != 3 or rgb_uint8_hwc.shape[2] != 3 or rgb_uint8_hwc.dtype != np.uint8:
-        raise ValueError(f"expected an RGB uint8 HxWx3 frame, got {rgb_uint8_hwc.dtype} {rgb_uint8_hwc.shape}")
-    out = resize_frame(rgb_uint8_hwc, image_size, resize)
-    return torch.from_numpy(np.ascontiguousarray(out.transpose(2, 0, 1)))
-
-
-def normalize_batch(x_uint8: torch.Tensor, device: torch.device | str, channels_last: bool = False) -> torch.Tensor:
-    """uint8 (B, 3, S, S) -> float32 normalised on `device`: the copy moves uint8 (4x less traffic) and the
-    arithmetic runs on the device. non_blocking only helps (and is only safe) from pinned memory."""
-    device = torch.device(device)
-    x = x_uint8.to(device, non_blocking=device.type == "cuda" and x_uint8.is_pinned())
-    mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1) * 255.0
-    std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1) * 255.0
-    x = (x.float() - mean) / std
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    return x
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """auto = fp16 autocast on CUDA, fp32 on the CPU (CPU autocast is slower than fp32 for most CNNs)."""
-    if precision not in PRECISIONS:
-        raise BadInputError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    if precision == "auto":
-        return "fp16" if device.type == "cuda" else "fp32"
-    return precision
-
-
-def autocast_context(precision: str, device: torch.device):
-    if precision == "fp32":
-        return nullcontext()
-    dtype = torch.float16 if precision == "fp16" else torch.bfloat16
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
 def embed_batch(model: nn.Module, x: torch.Tensor, precision: str = "fp32") -> torch.Tensor:
     """Forward a normalised batch in inference mode (and autocast for fp16/bf16); returns float32 (B, D)."""
-    with torch.inference_mode(), autocast_context(precision, x.device):
+    with torch.inference_mode(), autocast(precision, x.device):
         out = model(x)
     return out.float().flatten(1)
 

@@ -1,8 +1,9 @@
-"""What every head shares: feature standardisation in front, a padding mask, and a config to rebuild from."""
+"""What every model shares: the contract main.py and predict.py rely on, the one weight-decay rule, and the heads'
+feature standardisation, padding mask and config to rebuild from."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -14,8 +15,58 @@ def length_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
     return steps.unsqueeze(0) < lengths.unsqueeze(1)
 
 
-class VideoHead(nn.Module):
-    """Base of every head: `forward(feats (B,T,D), lengths (B,)) -> logits (B, num_classes)`.
+def split_weight_decay(module: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+    """(decayed, exempt) trainable parameters: weight decay on weight matrices only; biases, norm scales,
+    embeddings and the [CLS] vector are exempt (decaying them only pulls them to zero)."""
+    decay, exempt = [], []
+    for name, param in module.named_parameters():
+        if not param.requires_grad:
+            continue
+        lowered = name.lower()
+        if param.ndim <= 1 or "embed" in lowered or "norm" in lowered or "cls" in lowered:
+            exempt.append(param)
+        else:
+            decay.append(param)
+    return decay, exempt
+
+
+def decay_param_groups(module: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Two AdamW groups, [decayed, exempt], by `split_weight_decay`."""
+    decay, exempt = split_weight_decay(module)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": exempt, "weight_decay": 0.0}]
+
+
+class VideoModel(nn.Module):
+    """Base of every model main.py trains: `forward(inputs, lengths) -> logits (B, num_classes)`, a `config` that
+    `build_model`/`build_e2e_model` rebuild it from, and what it offers, declared here rather than probed:
+
+    - `supports_grad_checkpointing`: `set_grad_checkpointing(True)` trades compute for memory;
+    - `exposes_attention`: `forward(..., return_attentions=True)` also returns per-layer attention maps whose
+      token 0 is [CLS] (predict.py's --attention_plot);
+    - `param_groups(weight_decay, lr, backbone_lr)`: its AdamW groups (by default the weight-decay rule above);
+    - `prepare_for_device(device)`: `.to(device)` plus any layout it wants there.
+    """
+
+    supports_grad_checkpointing: ClassVar[bool] = False
+    exposes_attention: ClassVar[bool] = False
+
+    config: dict[str, Any]
+    num_classes: int
+    input_dim: int
+
+    def param_groups(self, weight_decay: float, lr: float, backbone_lr: float | None = None) -> list[dict[str, Any]]:
+        return decay_param_groups(self, weight_decay)
+
+    def set_grad_checkpointing(self, enabled: bool) -> None:
+        if enabled:
+            raise ValueError(f"{type(self).__name__} does not support gradient checkpointing")
+
+    def prepare_for_device(self, device: torch.device | str) -> VideoModel:
+        return self.to(device)
+
+
+class VideoHead(VideoModel):
+    """Base of every head over embeddings: `forward(feats (B,T,D), lengths (B,)) -> logits (B, num_classes)`.
 
     Per-dimension mean and std of the training split are buffers, so they travel in the
     checkpoint and predict.py standardises exactly as training did. Features of randomly
@@ -26,7 +77,7 @@ class VideoHead(nn.Module):
         super().__init__()
         self.input_dim = int(input_dim)
         self.num_classes = int(num_classes)
-        self.config: dict[str, Any] = {"input_dim": self.input_dim, "num_classes": self.num_classes, **config}
+        self.config = {"input_dim": self.input_dim, "num_classes": self.num_classes, **config}
         self.register_buffer("feature_mean", torch.zeros(self.input_dim))
         self.register_buffer("feature_std", torch.ones(self.input_dim))
 

@@ -6,8 +6,9 @@
 returns the logits averaged over the views.
 
 Clips may be uint8 RGB (what `clip_dataset.ClipDataset` yields: 4x less worker-to-main and host-to-device
-traffic; `models.backbone.preprocess_frame` gives the same for predict.py) and are scaled and ImageNet-normalised
-here with stage 2's `normalize_batch`, on the device they are on; float clips are taken as already normalised.
+traffic; `transforms.preprocess_frame` gives the same for predict.py) and are normalised here with stage 2's
+`transforms.normalize_batch` and the backbone's own mean and std, on the device they are on; float clips are taken
+as already normalised.
 
 Names are `e2e_<head>`: e2e_bilstm, e2e_bert, e2e_roberta, e2e_meanpool. `build_e2e_model(**model.config)`
 rebuilds a model from a checkpoint's config, like `build_model` does for heads.
@@ -18,17 +19,17 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-import os
 from collections.abc import Iterable, Iterator
-from typing import Any
+from typing import Any, ClassVar, Protocol
 
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from models import MODEL_NAMES, build_model
-from models.backbone import build_backbone, normalize_batch
-from models.base import length_mask
+from models.backbone import build_backbone, input_stats
+from models.base import VideoModel, decay_param_groups, length_mask
+from transforms import normalize_batch
 from utils import BadInputError
 
 log = logging.getLogger("actionbert")
@@ -162,8 +163,10 @@ def set_stage_checkpointing(module: nn.Module, enabled: bool) -> None:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-class EndToEndModel(nn.Module):
+class EndToEndModel(VideoModel):
     """A CNN applied to every real frame, then a sequence head over the per-frame features."""
+
+    supports_grad_checkpointing: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -181,6 +184,7 @@ class EndToEndModel(nn.Module):
         self.backbone_name = backbone
         self.backbone, dim = build_backbone(backbone, weights)
         self.backbone.requires_grad_(True)  # build_backbone hands out a frozen feature extractor
+        self.input_mean, self.input_std = input_stats(backbone)
         self.feature_dim = self.input_dim = int(dim)  # input_dim: what checkpoint.py records as feature_dim
         self.head = build_model(head_name, input_dim=self.feature_dim, num_classes=num_classes, **head_config)
         self.num_classes = int(num_classes)
@@ -204,6 +208,11 @@ class EndToEndModel(nn.Module):
         }
 
     # -- options -----------------------------------------------------------------------------------------------
+
+    @property
+    def exposes_attention(self) -> bool:  # type: ignore[override]
+        """Whether the head does: its maps come from `head(frame_features(...), ..., return_attentions=True)`."""
+        return self.head.exposes_attention
 
     @property
     def num_stages(self) -> int:
@@ -250,24 +259,16 @@ class EndToEndModel(nn.Module):
             self.backbone.to(memory_format=torch.channels_last)
         return self
 
-    def param_groups(
-        self, backbone_lr: float | None, head_lr: float, weight_decay: float = 0.0
-    ) -> list[dict[str, Any]]:
-        """AdamW groups: backbone and head at their own learning rates (backbone_lr None = head_lr); frozen
-        parameters left out; no decay on biases, norm scales, embeddings and [CLS] (main.py's rule for heads)."""
-        backbone_lr = head_lr if backbone_lr is None else backbone_lr
+    def param_groups(self, weight_decay: float, lr: float, backbone_lr: float | None = None) -> list[dict[str, Any]]:
+        """AdamW groups: backbone and head at their own learning rates (backbone_lr None = lr), each split by the
+        heads' weight-decay rule (models.base.split_weight_decay); frozen parameters and empty groups left out."""
+        backbone_lr = lr if backbone_lr is None else backbone_lr
         groups: list[dict[str, Any]] = []
-        for part, module, lr in (("backbone", self.backbone, backbone_lr), ("head", self.head, head_lr)):
-            decay, no_decay = [], []
-            for name, p in module.named_parameters():
-                if not p.requires_grad:
-                    continue
-                lowered = name.lower()
-                exempt = p.ndim <= 1 or "embed" in lowered or "norm" in lowered or "cls" in lowered
-                (no_decay if exempt else decay).append(p)
-            for suffix, params, wd in (("", decay, weight_decay), ("_no_decay", no_decay, 0.0)):
-                if params:
-                    groups.append({"name": part + suffix, "params": params, "lr": lr, "weight_decay": wd})
+        for part, module, part_lr in (("backbone", self.backbone, backbone_lr), ("head", self.head, lr)):
+            for suffix, group in zip(("", "_no_decay"), decay_param_groups(module, weight_decay), strict=True):
+                if group["params"]:
+                    groups.append({"name": part + suffix, "params": group["params"], "lr": part_lr,
+                                   "weight_decay": group["weight_decay"]})
         return groups
 
     # -- forward -----------------------------------------------------------------------------------------------
@@ -275,7 +276,7 @@ class EndToEndModel(nn.Module):
     def _to_backbone_input(self, frames: torch.Tensor) -> torch.Tensor:
         channels_last = frames.is_cuda and self.channels_last
         if frames.dtype == torch.uint8:  # stage 2's normalisation, on the device the clips are on
-            return normalize_batch(frames, frames.device, channels_last=channels_last)
+            return normalize_batch(frames, frames.device, self.input_mean, self.input_std, channels_last)
         frames = frames.float()
         return frames.contiguous(memory_format=torch.channels_last) if channels_last else frames
 
@@ -309,12 +310,13 @@ class EndToEndModel(nn.Module):
     def estimate_feature_stats(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], max_batches: int = 8) -> int:
         """Set the head's standardisation from the features of the first training batches; returns frames seen.
 
-        The heads standardise their input (per-dimension mean/std; see DESIGN.md: CNN features share one
-        dominant direction, worst for a randomly initialised backbone). Estimated once at the start, in
+        The heads standardise their input (per-dimension mean/std): CNN features share one dominant direction,
+        worst for a randomly initialised backbone, whose features of very different frames have cosine similarity
+        near 0.99 until standardised. Estimated once at the start, in
         training mode (BatchNorm on batch statistics, as the training forward sees them) without touching BN
         running stats, then fixed: they travel in the checkpoint, so predict.py standardises exactly as
         training did, and the head learns to follow the backbone as it drifts. Call before wrapping in DDP
-        (which then broadcasts rank 0's buffers), never on resume or after init_head_from.
+        (which then broadcasts rank 0's buffers), never on resume or after load_head (--init_head_from).
         """
         device = next(self.parameters()).device
         was_training = self.training
@@ -344,68 +346,50 @@ class EndToEndModel(nn.Module):
         self.head.set_feature_stats(mean.float(), std.float())
         return count
 
-    def init_head_from(self, ckpt_path: str | os.PathLike) -> None:
-        """Load a head trained on frozen embeddings (the two-step recipe), refusing any other model.
-
-        Accepts a head checkpoint (model_config name = this head's name) or an end-to-end one of the same head
-        (its `head.` weights are used). The feature standardisation comes with the head's weights.
-        """
-        path = os.fspath(ckpt_path)
-        name, config, state, ckpt_backbone = read_head_checkpoint(path)
+    def load_head(self, head: HeadWeights) -> None:
+        """Start from a head trained on frozen embeddings (the two-step recipe, main.py --init_head_from), refusing
+        one of another kind, feature size, class count or layer shape. The feature standardisation comes with the
+        head's weights."""
         problems = []
-        if name != self.head_name:
-            problems.append(f"head {name!r} (this model's head is {self.head_name!r})")
-        if config.get("input_dim") != self.feature_dim:
-            problems.append(f"input_dim {config.get('input_dim')} ({self.backbone_name} gives {self.feature_dim})")
-        if config.get("num_classes") != self.num_classes:
-            problems.append(f"num_classes {config.get('num_classes')} (this run has {self.num_classes})")
+        if head.name != self.head_name:
+            problems.append(f"head {head.name!r} (this model's head is {self.head_name!r})")
+        if head.config.get("input_dim") != self.feature_dim:
+            problems.append(f"input_dim {head.config.get('input_dim')} ({self.backbone_name} gives {self.feature_dim})")
+        if head.config.get("num_classes") != self.num_classes:
+            problems.append(f"num_classes {head.config.get('num_classes')} (this run has {self.num_classes})")
         own = self.head.state_dict()
         if not problems:
-            missing = sorted(set(own) - set(state))
-            unexpected = sorted(set(state) - set(own))
-            wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+            missing = sorted(set(own) - set(head.state))
+            unexpected = sorted(set(head.state) - set(own))
+            wrong = sorted(k for k in set(own) & set(head.state) if own[k].shape != head.state[k].shape)
             for what, keys in (("missing", missing), ("unexpected", unexpected), ("other shape", wrong)):
                 if keys:
                     problems.append(f"{len(keys)} {what} weight(s), e.g. {keys[0]} (other layer sizes or counts?)")
         if problems:
-            raise BadInputError(f"--init_head_from {path} does not fit: " + "; ".join(problems))
-        if ckpt_backbone is not None and ckpt_backbone != self.backbone_name:
+            raise BadInputError(f"--init_head_from {head.path} does not fit: " + "; ".join(problems))
+        if head.backbone is not None and head.backbone != self.backbone_name:
             log.warning("--init_head_from: the head was trained on %s features, the backbone here is %s",
-                        ckpt_backbone, self.backbone_name)
-        self.head.load_state_dict(state)
-        log.info("head initialised from %s", path)
+                        head.backbone, self.backbone_name)
+        self.head.load_state_dict(head.state)
+        log.info("head initialised from %s", head.path)
 
 
-def read_head_checkpoint(
-    path: str | os.PathLike,
-) -> tuple[str, dict[str, Any], dict[str, torch.Tensor], str | None]:
-    """(head name, head config, head state, backbone it was trained on or None) of a head or e2e checkpoint."""
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise BadInputError(f"--init_head_from: checkpoint not found: {path}")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for a bad file
-        raise BadInputError(f"--init_head_from: cannot read checkpoint {path}: {exc}") from exc
-    if not isinstance(ckpt, dict) or "model_state" not in ckpt or "model_config" not in ckpt:
-        raise BadInputError(f"--init_head_from: {path} is not a model checkpoint (no model_state/model_config)")
-    config, state = dict(ckpt["model_config"]), dict(ckpt["model_state"])
-    name = str(config.get("name", ckpt.get("model_name")))
-    backbone = ckpt.get("backbone") or (ckpt.get("data_info") or {}).get("backbone")
-    if is_e2e_name(name):
-        name = name[len(E2E_PREFIX) :]
-        state = {k[len("head.") :]: v for k, v in state.items() if k.startswith("head.")}
-        backbone = config.get("backbone", backbone)
-        config = {k: v for k, v in config.items() if k not in _E2E_KEYS}
-    return name, config, state, backbone if isinstance(backbone, str) else None
+class HeadWeights(Protocol):
+    """A trained head as `EndToEndModel.load_head` takes it (checkpoint.read_head_checkpoint reads one)."""
+
+    path: str  # where it came from, for messages
+    name: str  # the head's model name (bert, bilstm, ...)
+    config: dict[str, Any]
+    state: dict[str, torch.Tensor]
+    backbone: str | None  # the backbone whose features it was trained on, when recorded
 
 
-def head_kwargs_from_checkpoint(path: str | os.PathLike) -> tuple[str, dict[str, Any]]:
-    """(head name, head hyper-parameters) of a checkpoint, for building an e2e model whose head fits it
-    (main.py with --init_head_from: `build_e2e_model("e2e_" + name, ..., **kwargs)`)."""
-    name, config, _, _ = read_head_checkpoint(path)
-    kwargs = {k: v for k, v in config.items() if k not in ("name", "input_dim", "num_classes", "pretrained")}
-    return name, kwargs
+def head_of_e2e(config: dict[str, Any], state: dict[str, torch.Tensor]) -> tuple[str, dict[str, Any], dict[str, Any]]:
+    """(head name, head config, head weights) inside an end-to-end model's config and state_dict."""
+    name = str(config["name"]).removeprefix(E2E_PREFIX)
+    head_config = {k: v for k, v in config.items() if k not in _E2E_KEYS}
+    head_state = {k[len("head.") :]: v for k, v in state.items() if k.startswith("head.")}
+    return name, head_config, head_state
 
 
 def build_e2e_model(

@@ -13,7 +13,7 @@ rows and frozen, so checkpoints do not carry a 30k-row vocabulary and DDP sees n
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -47,6 +47,7 @@ class TransformerHead(VideoHead):
 
     config_class: type[PreTrainedConfig]
     model_class: type[PreTrainedModel]
+    exposes_attention: ClassVar[bool] = True
 
     def __init__(
         self,

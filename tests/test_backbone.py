@@ -1,24 +1,15 @@
-"""models/backbone.py: headless torchvision backbones, --weights handling and the shared frame preprocessing."""
+"""models/backbone.py: headless torchvision backbones, --weights handling, input statistics, embedding precision.
+The frame preprocessing they take is transforms.py's (tests/test_transforms.py)."""
 
 from __future__ import annotations
 
 import urllib.error
 
-import numpy as np
 import pytest
 import torch
 import torchvision
 
-from models.backbone import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    build_backbone,
-    embed_batch,
-    find_classifier,
-    normalize_batch,
-    preprocess_frame,
-    resolve_precision,
-)
+from models.backbone import IMAGENET_MEAN, IMAGENET_STD, build_backbone, embed_batch, find_classifier, input_stats
 from utils import BadInputError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -93,38 +84,14 @@ def test_imagenet_download_failure_names_the_alternatives(monkeypatch, tmp_path)
     assert "--weights none" in str(err.value) and "--weights PATH" in str(err.value)
 
 
-def test_preprocess_crop_keeps_the_centre_and_squash_keeps_everything():
-    # 60x120 frame: left quarter red, right quarter blue, middle half green
-    frame = np.zeros((60, 120, 3), dtype=np.uint8)
-    frame[:, :30, 0] = 255
-    frame[:, 30:90, 1] = 255
-    frame[:, 90:, 2] = 255
-    crop = preprocess_frame(frame, 32, "crop")
-    squash = preprocess_frame(frame, 32, "squash")
-    assert crop.shape == squash.shape == (3, 32, 32) and crop.dtype == torch.uint8
-    assert crop[1].min() == 255 and crop[0].max() == 0 and crop[2].max() == 0  # only the green centre
-    assert squash[0, :, 0].min() == 255 and squash[2, :, -1].min() == 255  # both sides survive
-    tall = preprocess_frame(np.zeros((200, 50, 3), dtype=np.uint8), 64, "crop")
-    assert tall.shape == (3, 64, 64)
-    with pytest.raises(ValueError):
-        preprocess_frame(frame[:, :, 0], 32)
+def test_torchvision_backbones_take_imagenet_statistics():
+    assert input_stats("resnet18") == input_stats("efficientnet_b0") == (IMAGENET_MEAN, IMAGENET_STD)
+    weights = torchvision.models.get_model_weights("resnet18").DEFAULT
+    assert tuple(weights.transforms().mean) == IMAGENET_MEAN and tuple(weights.transforms().std) == IMAGENET_STD
 
 
-def test_normalize_batch_imagenet_stats_and_channels_last():
-    x = torch.zeros((2, 3, 8, 8), dtype=torch.uint8)
-    x[:, :, :4] = 255
-    y = normalize_batch(x, "cpu", channels_last=True)
-    assert y.dtype == torch.float32 and y.is_contiguous(memory_format=torch.channels_last)
-    for c in range(3):
-        assert torch.allclose(y[:, c, 0], torch.tensor((1 - IMAGENET_MEAN[c]) / IMAGENET_STD[c]))
-        assert torch.allclose(y[:, c, -1], torch.tensor(-IMAGENET_MEAN[c] / IMAGENET_STD[c]))
-
-
-def test_precision_resolution_and_bf16_autocast_on_cpu():
-    assert resolve_precision("auto", torch.device("cpu")) == "fp32"
-    assert resolve_precision("auto", torch.device("cuda", 0)) == "fp16"
-    with pytest.raises(BadInputError):
-        resolve_precision("fp8", torch.device("cpu"))
+def test_bf16_autocast_on_cpu():
+    """The resolution rules are precision.py's (tests/test_precision.py); here, the embedding under bf16."""
     model, dim = build_backbone("resnet18", "none", seed=0)
     x = torch.randn(2, 3, 64, 64)
     bf16 = embed_batch(model, x, "bf16")

@@ -12,13 +12,13 @@ from torch.utils.data import DataLoader
 from dataset import (
     EmbeddingDataset,
     EvalSampler,
-    TemporalAugment,
     TrainSampler,
     feature_stats,
     load_split_info,
     pad_collate,
     stats_from_sums,
 )
+from sampling import TemporalAugment
 from tests.synthetic import make_order_task, write_embedding_split
 from utils import BadInputError
 

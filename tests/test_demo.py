@@ -31,6 +31,8 @@ TRAIN_ARGS = ["--batch_size", "16", "--lr", "1e-3", "--hidden_size", "128", "--n
 EPOCHS = {"meanpool": 30, "bilstm": 15, "bert": 50, "roberta": 50}
 TIMEOUT = 300
 
+pytestmark = pytest.mark.slow  # runs the demo
+
 
 def _env() -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}

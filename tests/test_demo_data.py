@@ -71,6 +71,7 @@ def test_layout_and_names_follow_ucf101(small_demo: Path):
     assert sorted(info["classes"]) == sorted(p.name for p in (small_demo / "videos").iterdir())
 
 
+@pytest.mark.needs_shared_data
 def test_split_files_parse_like_official_and_split_by_group(small_demo: Path):
     splits = small_demo / "splits"
     # Same line endings as the official files, so one parser reads both.

@@ -21,7 +21,7 @@ import main
 import make_demo_data
 import prepare_ucf101
 from checkpoint import load_checkpoint
-from clip_dataset import read_class_names
+from layout import read_class_names
 from models.e2e import build_e2e_model
 from tests.conftest import ROOT
 from tests.synthetic import make_order_task, write_embedding_split
@@ -34,7 +34,8 @@ TRAIN = ["--weights", "none", "--image_size", 64, "--clip_len", 4, "--batch_size
 EPOCHS = 3
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+# slow: its fixture trains a CNN that must beat chance, and one test launches torchrun
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
 
 def run_main(*argv) -> None:

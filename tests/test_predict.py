@@ -23,6 +23,7 @@ import predict
 import prepare_data
 import prepare_ucf101
 from tests.conftest import ROOT
+from transforms import load_frame
 from utils import BadInputError
 
 CLASSES = ["GrowingDisc", "ShrinkingDisc", "PlainSquare"]
@@ -121,7 +122,7 @@ def test_jpeg_round_trip_matters(pipeline):
     without = predict.decode_video(_source(pipeline, name), replace(predictor.settings, jpeg_quality=100))
     assert any(not torch.equal(a, b) for a, b in zip(with_rt.frames, without.frames, strict=True))
     stored = sorted((pipeline["stage1"] / "frames" / name).iterdir())
-    first = prepare_data.load_frame(str(stored[0]), 64, "crop")
+    first = load_frame(str(stored[0]), 64, "crop")
     assert torch.equal(first, with_rt.frames[0])  # byte for byte what stage 2 fed its backbone
 
 
@@ -198,6 +199,7 @@ def test_backbone_weights_override_and_missing_provenance(pipeline, tmp_path):
         predict.load_predictor(tmp_path / "old.pth")
 
 
+@pytest.mark.slow
 def test_cli_exit_codes(pipeline, tmp_path):
     """As a command: a bad video among good ones still exits 0 with a line naming it."""
     (tmp_path / "bad.mp4").write_bytes(b"garbage")

@@ -19,8 +19,12 @@ import pytest
 import torch
 
 import prepare_data as pd
-from models.backbone import build_backbone, embed_batch, normalize_batch, preprocess_frame
+from layout import frame_name, read_split_json
+from models.backbone import IMAGENET_MEAN, IMAGENET_STD, build_backbone, embed_batch
 from tests.conftest import ROOT, VIDEOS
+from transforms import load_frame, normalize_batch
+
+pytestmark = pytest.mark.needs_shared_data
 
 # clip -> keep every Nth decoded frame (about 10-14 frames each, different lengths)
 CLIP_STEPS = {"vtest.avi": 60, "bikes.mp4": 20, "carphone_pristine.mp4": 12, "tree.avi": 6}
@@ -58,8 +62,8 @@ def write_frames_fixture(root: Path, clips: dict[str, int] = CLIP_STEPS, short_s
             name = f"{Path(clip).stem}_c{c:03d}"
             vdir = frames_dir / name
             vdir.mkdir(exist_ok=True)
-            for i, (_, bgr) in enumerate(frames, 1):
-                cv2.imwrite(str(vdir / f"frame_{i:06d}.jpg"), bgr, [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality])
+            for i, (_, bgr) in enumerate(frames):
+                cv2.imwrite(str(vdir / frame_name(i)), bgr, [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality])
             videos[name] = {"num_frames": len(frames), "timestamps": [t for t, _ in frames], "source": clip}
             records.append({"video_name": name, "label_idx": label})
     manifest = {"fps": 1.0, "frame_size": short_side, "jpeg_quality": jpeg_quality, "videos": videos}
@@ -163,30 +167,23 @@ def test_embedding_does_not_depend_on_batch_mates(fixture_frames):
     torch.manual_seed(0)
     model, dim = build_backbone("resnet18", "none", seed=0)
     clips = sorted(p for p in frames.iterdir() if p.is_dir())
-    batch = [[pd.load_frame(str(f), 64, "crop") for f in sorted(c.glob("*.jpg"))[:4]] for c in clips[:3]]
-    alone = embed_batch(model, normalize_batch(torch.stack(batch[0]), "cpu"))
-    mixed = embed_batch(model, normalize_batch(torch.stack(batch[1][:3] + batch[0] + batch[2]), "cpu"))[3:7]
+    batch = [[load_frame(str(f), 64, "crop") for f in sorted(c.glob("*.jpg"))[:4]] for c in clips[:3]]
+    stats = IMAGENET_MEAN, IMAGENET_STD
+    alone = embed_batch(model, normalize_batch(torch.stack(batch[0]), "cpu", *stats))
+    mixed = embed_batch(model, normalize_batch(torch.stack(batch[1][:3] + batch[0] + batch[2]), "cpu", *stats))[3:7]
     assert alone.shape == (4, dim)
     torch.testing.assert_close(mixed, alone, rtol=1e-5, atol=1e-6)
     # the original code's train-mode BatchNorm would fail this test
     model.train()
     with torch.no_grad():
-        mixed_train = model(normalize_batch(torch.stack(batch[1][:3] + batch[0] + batch[2]), "cpu"))[3:7]
+        mixed_train = model(normalize_batch(torch.stack(batch[1][:3] + batch[0] + batch[2]), "cpu", *stats))[3:7]
     assert not torch.allclose(mixed_train, alone, rtol=1e-3, atol=1e-4)
-
-
-def test_worker_decoding_matches_shared_preprocessing(fixture_frames):
-    """prepare_data's worker path equals models.backbone.preprocess_frame on the RGB frame (what predict.py uses)."""
-    frames, _ = fixture_frames
-    path = sorted((frames / "vtest_c000").glob("*.jpg"))[0]
-    rgb = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
-    for mode in ("crop", "squash"):
-        assert torch.equal(pd.load_frame(str(path), 64, mode), preprocess_frame(rgb, 64, mode))
 
 
 # ------------------------------------------------------------------------------------------------ resume
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_is_byte_identical(reference, fixture_frames, tmp_path, caplog):
     frames, split_json = fixture_frames
     out = tmp_path / "out"
@@ -222,6 +219,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_torchrun_two_ranks_equal_one_process(reference, fixture_frames, tmp_path):
     frames, split_json = fixture_frames
     out = tmp_path / "out"
@@ -306,18 +304,10 @@ def test_max_len_dtype_and_class_name_fallback(fixture_frames, tmp_path, caplog)
 # ------------------------------------------------------------------------------------------------ pure functions
 
 
-@pytest.mark.parametrize("n,cap", [(10, 3), (7, 7), (3, 10), (100, 16), (17, 16)])
-def test_subsample_indices_uniform(n, cap):
-    idx = pd.subsample_indices(n, cap)
-    assert len(idx) == min(n, cap) and len(set(idx.tolist())) == len(idx)
-    assert np.all(np.diff(idx) > 0) and idx[0] >= 0 and idx[-1] < n
-    if n > cap:  # spread over the whole video, not its start
-        assert idx[-1] >= n - 1 - n // cap and idx[0] <= n // cap
-
-
 def test_batch_plan_covers_every_frame_once(fixture_frames):
     frames, split_json = fixture_frames
-    plans, failures = pd.plan_videos(pd.read_split(split_json), frames, None)
+    entries = [(r["video_name"], r["label_idx"]) for r in read_split_json(split_json)]
+    plans, failures = pd.plan_videos(entries, frames, None)
     assert not failures
     total = int(pd.frame_offsets(plans)[-1])
     done = np.zeros(total, dtype=bool)
@@ -332,23 +322,12 @@ def test_batch_plan_covers_every_frame_once(fixture_frames):
     assert pd.batches_to_do(total, done, 5) == ids[2:]
 
 
-def test_bad_split_json_and_frames_dir_name_the_file(tmp_path, fixture_frames):
-    frames, _ = fixture_frames
+def test_bad_split_json_and_frames_dir_name_the_file(tmp_path):
+    """The split JSON's own checks are layout.read_split_json's (tests/test_layout.py); here, through the stage."""
     bad = tmp_path / "bad.json"
-    for content in ('{"video_name": "x"}', '[{"video_name": "x"}]', "[", '[{"video_name": "x", "label_idx": -1}]'):
-        bad.write_text(content)
-        with pytest.raises(pd.BadInputError, match="bad.json"):
-            pd.read_split(bad)
+    bad.write_text('[{"video_name": "x", "label_idx": -1}]')
     with pytest.raises(pd.BadInputError, match="frames folder not found"):
         run_main(*stage_args(tmp_path / "nope", bad, tmp_path / "out"))
-
-
-def test_decode_rejects_bad_files(tmp_path, fixture_frames):
-    frames, _ = fixture_frames
-    good = sorted((frames / "bikes_c000").glob("*.jpg"))[0]
-    assert pd.decode_bgr(str(good)).ndim == 3
-    cases = {"empty.jpg": b"", "text.jpg": b"hello", "cut.jpg": good.read_bytes()[:200]}
-    for name, data in cases.items():
-        (tmp_path / name).write_bytes(data)
-        with pytest.raises(pd.FrameError):
-            pd.decode_bgr(str(tmp_path / name))
+    (tmp_path / "frames").mkdir()
+    with pytest.raises(pd.BadInputError, match="bad.json"):
+        run_main(*stage_args(tmp_path / "frames", bad, tmp_path / "out"))

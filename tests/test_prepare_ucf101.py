@@ -11,10 +11,13 @@ import time
 from pathlib import Path
 
 import cv2
+import pytest
 
 from prepare_ucf101 import assign_video_names
 from tests.conftest import ROOT, VIDEOS
-from video import decode_all_timestamps, select_frames
+from tests.video_reference import decode_all_timestamps, select_frames
+
+pytestmark = pytest.mark.needs_shared_data
 
 SCRIPT = str(ROOT / "prepare_ucf101.py")
 
@@ -258,6 +261,7 @@ def test_missing_video_dir_is_a_clear_error(tmp_path):
     assert "video folder not found" in proc.stderr
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_is_byte_identical(tmp_path):
     vids = tmp_path / "videos"
     for i in range(6):

@@ -13,10 +13,8 @@ import pytest
 from splits import (
     SplitEntry,
     detect_split_format,
-    format_class_index,
     group_split,
     match_entries,
-    read_class_index,
     read_official_split,
     video_group,
 )
@@ -47,6 +45,7 @@ def test_video_group():
     assert video_group("holiday clip (1) & more!") is None
 
 
+@pytest.mark.needs_shared_data
 def test_detect_format(tmp_path):
     assert detect_split_format(UCF) == "ucf101"
     assert detect_split_format(HMDB) == "hmdb51"
@@ -57,6 +56,7 @@ def test_detect_format(tmp_path):
 
 
 @pytest.mark.parametrize(("split_id", "n_train", "n_test"), [(1, 9537, 3783), (2, 9586, 3734), (3, 9624, 3696)])
+@pytest.mark.needs_shared_data
 def test_ucf101_counts_labels_and_groups(split_id, n_train, n_test):
     split = read_official_split(UCF, split_id)
     assert split.format == "ucf101"
@@ -78,6 +78,7 @@ def test_ucf101_counts_labels_and_groups(split_id, n_train, n_test):
     assert len({e.stem.casefold() for e in split.train + split.test}) == 13320
 
 
+@pytest.mark.needs_shared_data
 def test_ucf101_case_mismatch_in_file_names():
     split = read_official_split(UCF, 1)
     entry = next(e for e in split.train if e.stem == "v_HandStandPushups_g08_c01")
@@ -86,6 +87,7 @@ def test_ucf101_case_mismatch_in_file_names():
 
 
 @pytest.mark.parametrize("split_id", [1, 2, 3])
+@pytest.mark.needs_shared_data
 def test_hmdb51_counts_labels_and_groups(split_id):
     split = read_official_split(HMDB, split_id)
     assert split.format == "hmdb51"
@@ -102,6 +104,7 @@ def test_hmdb51_counts_labels_and_groups(split_id):
     assert any("[" in e.file_name or "!" in e.file_name for e in split.train + split.test)
 
 
+@pytest.mark.needs_shared_data
 def test_hmdb51_without_class_list_uses_sorted_names(tmp_path):
     for p in HMDB.iterdir():
         if p.name.endswith("_split1.txt"):
@@ -109,15 +112,6 @@ def test_hmdb51_without_class_list_uses_sorted_names(tmp_path):
     split = read_official_split(tmp_path, 1)
     assert split.class_names == sorted(split.class_names)
     assert len(split.train) == 3570
-
-
-def test_class_index_round_trip(tmp_path):
-    names = read_class_index(UCF / "classInd.txt")
-    (tmp_path / "classInd.txt").write_text(format_class_index(names))
-    assert read_class_index(tmp_path / "classInd.txt") == names
-    (tmp_path / "bad.txt").write_text("1 A\n3 B\n")
-    with pytest.raises(BadInputError, match="expected 2"):
-        read_class_index(tmp_path / "bad.txt")
 
 
 def test_match_entries_case_insensitive_and_missing():
@@ -140,6 +134,7 @@ def test_match_entries_case_insensitive_and_missing():
     assert [e.stem for e in missing] == ["v_HandStandPushups_g09_c01"]
 
 
+@pytest.mark.needs_shared_data
 def test_random_split_on_ucf101_never_splits_a_group():
     items = items_of(read_official_split(UCF, 1).train + read_official_split(UCF, 1).test)
     train, val = group_split(items, 0.8, seed=0)
@@ -171,15 +166,3 @@ def test_group_split_properties():
     assert len(all_a) == len(items) and not all_b
     with pytest.raises(BadInputError):
         group_split(items, 1.5, seed=0)
-
-
-def test_class_index_names_may_hold_spaces_but_not_be_missing(tmp_path):
-    """Stage 1 writes the user's class folder names as they are; every later stage reads them back through here."""
-    from splits import format_class_index, read_class_index
-
-    path = tmp_path / "classInd.txt"
-    path.write_text(format_class_index(["Biking", "Walk [odd]", "high  jump"]))
-    assert read_class_index(path) == ["Biking", "Walk [odd]", "high  jump"]
-    path.write_text("1 Biking\n2\n")
-    with pytest.raises(BadInputError, match="line 2"):
-        read_class_index(path)

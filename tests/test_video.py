@@ -14,17 +14,18 @@ import pytest
 
 import video
 from tests.conftest import VIDEOS
+from tests.video_reference import decode_all_timestamps, iter_frames_at_fps, select_frames
+from transforms import decode_jpeg
 from utils import BadInputError
 from video import (
     TimestampSampler,
     VideoDecodeError,
-    decode_all_timestamps,
     is_video_file,
-    iter_frames_at_fps,
     resize_shorter_side,
-    select_frames,
     truncation_reason,
 )
+
+pytestmark = pytest.mark.needs_shared_data
 
 CLIPS = ["tree.avi", "carphone_pristine.mp4", "bikes.mp4", "vtest.avi"]
 SIZE = 32
@@ -384,7 +385,7 @@ def test_colours_survive_every_path(tmp_path, suffix, codec, pix_fmt, options, f
     jpegs = list(video.iter_jpeg_frames_at_fps(path, 1.0, frame_size, 95))
     arrays = list(iter_frames_at_fps(path, 1.0, frame_size))
     assert len(jpegs) == len(arrays) == 2  # 10 frames at 5 fps
-    for rgb in (video.decode_jpeg(jpegs[1][1]), arrays[1][1]):
+    for rgb in (decode_jpeg(jpegs[1][1]), arrays[1][1]):
         assert rgb.shape[:2] == ((64, 96) if frame_size is None else (33, 50))
         for got, want in zip(_patch_means(rgb), PATCHES, strict=True):
             np.testing.assert_allclose(got, want, atol=6)
@@ -400,7 +401,7 @@ def test_rotated_video_is_upright(tmp_path):
     cap.release()
     assert ok and reference.shape[:2] == (64, 32)
     (_, data), *_ = video.iter_jpeg_frames_at_fps(path, 1.0, None, 95)
-    stored = video.decode_jpeg(data, rgb=False)
+    stored = decode_jpeg(data, rgb=False)
     (_, bgr), *_ = iter_frames_at_fps(path, 1.0, rgb=False)
     for got in (stored, bgr):
         assert got.shape == reference.shape
