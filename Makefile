@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test lint pytest demo clean
+.PHONY: venv test test-quick lint pytest demo clean
 
 venv: $(STAMP)
 
@@ -22,7 +22,12 @@ lint: $(STAMP)
 pytest: $(STAMP)
 	$(PY) -m pytest -q
 
+# `make test` runs everything, slow tests included (training to a threshold, torchrun, commands end to end, the demo).
 test: lint pytest
+
+# The quick loop while editing: the same minus the tests marked slow (about 2 minutes on 2 cores).
+test-quick: lint $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
 
 # ---- make demo: the whole pipeline on generated videos, offline, on the CPU in minutes ----------------------------
 # Every stage resumes, so rerunning `make demo` finishes what is missing. Override any variable:
