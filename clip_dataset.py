@@ -21,7 +21,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +67,13 @@ def _same_size(img: np.ndarray, height: int, width: int) -> np.ndarray:
     if img.shape[:2] == (height, width):
         return img
     return cv2.resize(img, (width, height), interpolation=cv2.INTER_AREA)
+
+
+def _nearest_first(k: int, n: int) -> Iterator[int]:
+    """k, then the other frame indices of 0..n-1 by distance from k, the earlier one first."""
+    yield k
+    for d in range(1, n):
+        yield from (j for j in (k - d, k + d) if 0 <= j < n)
 
 
 class ClipDataset(Dataset):
@@ -140,7 +147,7 @@ class ClipDataset(Dataset):
         """RGB frame k of video `index`, or the nearest readable frame of the same video (earlier one first) when
         that file is missing or corrupt."""
         name, n = self.names[index], int(self.num_frames[index])
-        for j in (k, *(j for d in range(1, n) for j in (k - d, k + d) if 0 <= j < n)):
+        for j in _nearest_first(k, n):
             path = str(frame_path(self.frames_dir, name, j))
             try:
                 img = read_frame(path)

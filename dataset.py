@@ -1,4 +1,5 @@
-"""Stage 2's embeddings as a torch Dataset: memmap reads, temporal augmentation, dynamic padding, samplers.
+"""Stage 2's embeddings as a torch Dataset: memmap reads, temporal augmentation (sampling.py's), dynamic padding,
+samplers.
 
 Nothing here holds a whole split in RAM: rows are read from the `.npy` memmap one video at a time,
 and the feature statistics are streamed in chunks. Data order and augmentation depend only on

@@ -551,7 +551,9 @@ def resume_path(args: argparse.Namespace, run_dir: Path) -> Path | None:
     return Path(args.resume)
 
 
-def resume_checkpoint(args: argparse.Namespace, run_dir: Path, data: SplitData) -> tuple[dict[str, Any] | None, Path | None]:
+def resume_checkpoint(
+    args: argparse.Namespace, run_dir: Path, data: SplitData
+) -> tuple[dict[str, Any] | None, Path | None]:
     """The checkpoint this invocation resumes (and its path), checked against the model and the data; (None, None)
     for a fresh run."""
     path = resume_path(args, run_dir)

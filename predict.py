@@ -469,8 +469,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                    "frames. One video: OUT.png; several: OUT_<video stem>.png beside it")
     p.add_argument("--gpu_id", type=int, default=0, help="CUDA device; the CPU is used when there is none")
     p.add_argument("--batch_size", type=int, default=64, help="frames per backbone forward pass")
-    p.add_argument("--precision", choices=INFERENCE_PRECISIONS, default="auto", help="backbone precision; auto: fp16 autocast "
-                   "on CUDA, fp32 on the CPU (as prepare_data.py)")
+    p.add_argument("--precision", choices=INFERENCE_PRECISIONS, default="auto", help="backbone precision; auto: fp16 "
+                   "autocast on CUDA, fp32 on the CPU (as prepare_data.py)")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
 

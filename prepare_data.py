@@ -440,7 +440,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--image_size", type=int, default=224)
     p.add_argument("--resize", choices=RESIZE_MODES, default="crop",
                    help="crop: shorter side to image_size then centre crop; squash: straight to SxS (old behaviour)")
-    p.add_argument("--precision", choices=INFERENCE_PRECISIONS, default="auto", help="auto: fp16 autocast on CUDA, fp32 on CPU")
+    p.add_argument("--precision", choices=INFERENCE_PRECISIONS, default="auto",
+                   help="auto: fp16 autocast on CUDA, fp32 on CPU")
     p.add_argument("--channels_last", action=argparse.BooleanOptionalAction, default=None,
                    help="channels_last memory format (default: on for CUDA, off on the CPU)")
     p.add_argument("--dtype", choices=DTYPES, default="float32", help="dtype of the stored embeddings")

@@ -54,7 +54,7 @@ class VideoModel(nn.Module):
     num_classes: int
     input_dim: int
 
-    def param_groups(self, weight_decay: float, lr: float, backbone_lr: float | None = None) -> list[dict[str, Any]]:
+    def param_groups(self, *, weight_decay: float, lr: float, backbone_lr: float | None = None) -> list[dict[str, Any]]:
         return decay_param_groups(self, weight_decay)
 
     def set_grad_checkpointing(self, enabled: bool) -> None:

@@ -259,7 +259,7 @@ class EndToEndModel(VideoModel):
             self.backbone.to(memory_format=torch.channels_last)
         return self
 
-    def param_groups(self, weight_decay: float, lr: float, backbone_lr: float | None = None) -> list[dict[str, Any]]:
+    def param_groups(self, *, weight_decay: float, lr: float, backbone_lr: float | None = None) -> list[dict[str, Any]]:
         """AdamW groups: backbone and head at their own learning rates (backbone_lr None = lr), each split by the
         heads' weight-decay rule (models.base.split_weight_decay); frozen parameters and empty groups left out."""
         backbone_lr = lr if backbone_lr is None else backbone_lr
