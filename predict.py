@@ -155,8 +155,7 @@ class DecodedVideo:
 def decode_video(path: str | os.PathLike, settings: FrameSettings, keep_thumbs: bool = False) -> DecodedVideo:
     """Sample, resize, JPEG-encode and decode, and preprocess one video's frames in memory.
 
-    Stage 2 resizes the BGR image and then swaps channels; swapping first is the same arithmetic (every OpenCV
-    resize works per channel), so preprocess_frame on RGB gives its exact pixels.
+    The decoded JPEGs go through transforms.preprocess_frame, as stage 2's workers do with the stored files.
     """
     out = DecodedVideo([], [])
     info: dict[str, Any] = {}

@@ -102,10 +102,8 @@ def preprocess_frame(rgb: np.ndarray, image_size: int, resize: str = "crop") -> 
 
 
 def load_frame(path: str, image_size: int, resize: str = "crop") -> torch.Tensor:
-    """Frame file -> uint8 (3, S, S) RGB: `preprocess_frame` of the decoded file (stage 2's workers). The BGR
-    image is resized before the channels are swapped, the same arithmetic on fewer pixels."""
-    bgr = resize_frame(read_frame(path, rgb=False), image_size, resize)
-    return to_chw(bgr[:, :, ::-1])
+    """Frame file -> uint8 (3, S, S) RGB, as stage 2's workers feed the backbone: `preprocess_frame` of the file."""
+    return preprocess_frame(read_frame(path), image_size, resize)
 
 
 def normalize_batch(

@@ -63,11 +63,13 @@ def test_rgb_and_bgr_are_the_same_pixels(good_frame):
 
 
 def test_worker_decoding_matches_shared_preprocessing(good_frame):
-    """Stage 2's worker path (load_frame: resize the BGR file, then swap) equals preprocess_frame on the RGB frame,
-    which predict.py and the clip route use."""
+    """Stage 2's workers (load_frame) give preprocess_frame of the frame as OpenCV reads the file, whichever of RGB
+    or BGR is resized: the pixels predict.py and the clip route compute."""
     rgb = cv2.cvtColor(cv2.imread(str(good_frame)), cv2.COLOR_BGR2RGB)
+    bgr = cv2.imread(str(good_frame))
     for mode in ("crop", "squash"):
         assert torch.equal(load_frame(str(good_frame), 64, mode), preprocess_frame(rgb, 64, mode))
+        assert torch.equal(load_frame(str(good_frame), 64, mode), preprocess_frame(bgr, 64, mode).flip(0))
 
 
 def test_preprocess_crop_keeps_the_centre_and_squash_keeps_everything():
