@@ -4,19 +4,25 @@
 
 VIDEO_DIR/<Class>/<video>.<ext> in; OUT/train_ucf101.json, val_ucf101.json (test_ucf101.json with official
 splits), classInd.txt, failed_videos.json and frames/<video_name>/frame_000001.jpg ... plus frames/manifest.json
-out. Each video is written to frames/.tmp/<name> and renamed when complete, with its metadata in
-frames/.meta/<name>.json, so a killed run rerun with the same command skips finished videos and ends with the
-same bytes as an uninterrupted run.
+out. Each video is written to frames/.tmp/<name> and renamed when complete, with its metadata (and its source's
+size and modification time) in frames/.meta/<name>.json, so a killed run rerun with the same command skips
+finished videos whose source is unchanged and ends with the same bytes as an uninterrupted run.
+
+Videos are decoded in worker processes, one video per worker at a time (workpool.run_isolated): a video that
+raises, crashes its worker or runs past --video_timeout is listed in failed_videos.json and the rest finish.
+OUT is locked for the run (utils.OutputLock): a second run on the same OUT is refused at once.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
-import multiprocessing
 import os
 import shutil
+import signal
+import time
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,21 +32,39 @@ import cv2
 from tqdm import tqdm
 
 from layout import CLASS_INDEX, MANIFEST, frame_name, split_json_name, write_class_index
-from splits import OfficialSplit, group_split, match_entries, read_official_split, video_group
+from splits import OfficialSplit, group_split, match_entries, name_key, read_official_split, video_group
 from utils import (
+    NAME_MAX,
     BadInputError,
+    OutputLock,
     atomic_write_json,
+    check_writable_dir,
+    fit_name,
+    float_in,
+    int_at_least,
     log_failure_summary,
+    nonnegative_float,
+    positive_int,
     run_cli,
     setup_logging,
     write_failure_report,
 )
 from video import VideoDecodeError, is_video_file, iter_jpeg_frames_at_fps, truncation_reason
+from workpool import Outcome, run_isolated
 
 log = logging.getLogger("actionbert.prepare")
 
 TMP_DIR = ".tmp"
 META_DIR = ".meta"
+# A video_name names its frames folder and its record <name>.json: at most NAME_MAX bytes with the suffix.
+VIDEO_NAME_MAX = NAME_MAX - len(".json")
+RESERVED_NAMES = frozenset({MANIFEST})  # frames/ entries that no video may take
+VIDEO_TIMEOUT_S = 3600.0  # default of --video_timeout: far above any real video (UCF-101 takes ~0.1 s each)
+# Errors writing frames that no other video could escape either: the stage stops instead of listing them all.
+FATAL_WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
+# Test-only fault injection: "action:video_name[,action:video_name...]" with action segfault, kill, exit, hang or
+# raise, applied in the worker after the video's first frame is written (tests kill a worker mid-video with it).
+FAULT_ENV = "ACTIONBERT_TEST_FAULT"
 
 
 @dataclass(frozen=True)
@@ -71,29 +95,43 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("-v", "--video_dir", required=True, help="folder of <Class>/<video>.<ext>")
     p.add_argument("-o", "--out_dir", required=True, help="output folder (split JSONs, classInd.txt, frames/)")
-    p.add_argument("-s", "--split_ratio", type=float, default=0.8, help="train share of the random split")
-    p.add_argument("-fps", "--frame_rate", type=float, default=1.0, help="frames per second to keep; 0 keeps all")
+    p.add_argument("-s", "--split_ratio", type=float_in(0.0, 1.0, low_open=True), default=0.8,
+                   help="train share of the random split")
+    p.add_argument("-fps", "--frame_rate", type=nonnegative_float, default=1.0,
+                   help="frames per second to keep; 0 keeps all")
     p.add_argument("--seed", type=int, default=0, help="seed of the random split and of the val carve")
     p.add_argument("--split_dir", default=None, help="official UCF-101 or HMDB51 split files (detected)")
     p.add_argument("--split_id", type=int, default=1, choices=(1, 2, 3), help="official split number")
     p.add_argument(
         "--val_ratio",
-        type=float,
+        type=float_in(0.0, 1.0, high_open=True),
         default=0.1,
         help="with --split_dir: share of train (whole groups, per class) held out as val; test is never touched",
     )
     p.add_argument("--allow_missing", action="store_true", help="skip videos named in split files but not found")
-    p.add_argument("--frame_size", type=int, default=None, help="resize the shorter side to N px; unset keeps the original size")
-    p.add_argument("--jpeg_quality", type=int, default=95, help="JPEG quality of the frames (1-100)")
-    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="decoding processes")
+    p.add_argument("--frame_size", type=positive_int, default=None,
+                   help="resize the shorter side to N px; unset keeps the original size")
+    p.add_argument("--jpeg_quality", type=_jpeg_quality, default=95, help="JPEG quality of the frames (1-100)")
+    p.add_argument("--workers", type=positive_int, default=os.cpu_count() or 1,
+                   help="decoding processes (each holds one video at a time; a crash in one fails only its video)")
+    p.add_argument("--video_timeout", type=nonnegative_float, default=VIDEO_TIMEOUT_S,
+                   help="seconds one video may take before its worker is killed and the video listed as failed "
+                        "(0 = no limit)")
     p.add_argument("--strict", action="store_true", help="exit non-zero when any input had to be left out")
     p.add_argument(
         "--keep_truncated",
         action="store_true",
         help="keep videos that decode far shorter than their header declares (left out by default)",
     )
-    p.add_argument("--verbose", action="store_true", help="debug logging")
+    p.add_argument("--verbose", action="store_true", help="debug logging (with the traceback of unexpected errors)")
     return p
+
+
+def _jpeg_quality(text: str) -> int:
+    value = int_at_least(1)(text)
+    if value > 100:
+        raise argparse.ArgumentTypeError(f"must be in 1..100, got {value}")
+    return value
 
 
 # ----- finding videos ------------------------------------------------------------------------------------------
@@ -104,34 +142,62 @@ def _sorted_entries(folder: Path) -> list[os.DirEntry]:
         return sorted(it, key=lambda e: e.name)
 
 
+def _unreadable(exc: OSError) -> str:
+    if exc.errno == errno.ELOOP:
+        return "unreadable: a symbolic-link loop (too many levels of symbolic links)"
+    return f"unreadable ({exc.strerror or exc})"
+
+
 def scan_video_dir(video_dir: Path) -> ScanResult:
     """Find VIDEO_DIR/<Class>/<video> files with os.scandir (names may hold glob characters such as `[`).
 
     Hidden entries are skipped; files without a video extension are ignored (returned in `ignored`, logged);
-    video files outside a class folder and class folders with no video file are failures.
+    video files outside a class folder, class folders with no video file, and entries that cannot be read
+    (symbolic-link loops, folders that cannot be listed) are failures: one bad entry never stops the scan.
+    Broken links with a video extension are found, and fail later as unreadable.
     """
     if not video_dir.is_dir():
         raise BadInputError(f"video folder not found: {video_dir}")
+    try:
+        top = _sorted_entries(video_dir)
+    except OSError as exc:
+        raise BadInputError(f"video folder {video_dir} cannot be listed: {exc.strerror or exc}") from None
     found: list[tuple[str, str]] = []  # (class, file name)
     failures: list[dict[str, str]] = []
     ignored: list[str] = []
-    for entry in _sorted_entries(video_dir):
+    for entry in top:
         if entry.name.startswith("."):
             continue
-        if not entry.is_dir():
+        try:
+            is_dir = entry.is_dir()
+        except OSError as exc:
+            failures.append({"file": entry.name, "reason": _unreadable(exc)})
+            continue
+        if not is_dir:
             if is_video_file(entry.name):
                 failures.append({"file": entry.name, "reason": "video outside any class folder (VIDEO_DIR/<Class>/)"})
             else:
                 ignored.append(entry.name)
             continue
+        try:
+            subs = _sorted_entries(Path(entry.path))
+        except OSError as exc:
+            failures.append({"file": entry.name + "/", "reason": f"class folder cannot be listed ({exc.strerror or exc})"})
+            continue
         count = 0
-        for sub in _sorted_entries(Path(entry.path)):
+        for sub in subs:
             rel = f"{entry.name}/{sub.name}"
             if sub.name.startswith("."):
                 continue
-            if sub.is_dir():
+            try:
+                sub_is_dir = sub.is_dir()
+            except OSError as exc:
+                failures.append({"file": rel, "reason": _unreadable(exc)})
+                count += 1
+                continue
+            if sub_is_dir:
                 ignored.append(rel + "/")
-            elif is_video_file(sub.name):  # broken links too: they fail later as unreadable
+            elif is_video_file(sub.name):
                 found.append((entry.name, sub.name))
                 count += 1
             else:
@@ -148,14 +214,20 @@ def _first(names: list[str], n: int = 5) -> str:
 
 
 def assign_video_names(found: list[tuple[str, str]]) -> list[VideoItem]:
-    """Name each video by its file stem; stems shared by several files (compared case-insensitively, so frame
-    folders stay distinct on any file system) become `<Class>__<stem>`, then `<Class>__<file name>`."""
+    """Name each video by its file stem; stems shared by several files (compared by splits.name_key:
+    case-insensitively and after Unicode NFC, so frame folders stay distinct on any file system) become
+    `<Class>__<stem>`, then `<Class>__<file name>`.
+
+    A name longer than VIDEO_NAME_MAX bytes (a long class folder in front of a long stem) is cut to fit with a
+    hash of the whole (utils.fit_name), so its frames folder and record can be created, and the same videos get
+    the same names on every rerun. `manifest.json` is taken: a video of that stem gets the longer forms."""
 
     def unique(candidates: dict[tuple[str, str], str]) -> tuple[dict[tuple[str, str], str], set[tuple[str, str]]]:
-        seen: dict[str, int] = defaultdict(int)
+        candidates = {k: fit_name(v, VIDEO_NAME_MAX) for k, v in candidates.items()}
+        seen: dict[str, int] = defaultdict(int, {name_key(r): 1 for r in RESERVED_NAMES})
         for name in candidates.values():
-            seen[name.casefold()] += 1
-        ok = {k: v for k, v in candidates.items() if seen[v.casefold()] == 1}
+            seen[name_key(name)] += 1
+        ok = {k: v for k, v in candidates.items() if seen[name_key(v)] == 1}
         return ok, set(candidates) - set(ok)
 
     names, clash = unique({(c, f): Path(f).stem for c, f in found})
@@ -171,7 +243,7 @@ def assign_video_names(found: list[tuple[str, str]]) -> list[VideoItem]:
             more, clash = unique({(c, f): f"{c}__{f.replace('.', '_')}" for c, f in clash})
             names.update(more)
         for n, key in enumerate(sorted(clash), 1):  # only file names equal up to case in one folder remain
-            names[key] = f"{key[0]}__{key[1].replace('.', '_')}__{n}"
+            names[key] = fit_name(f"{key[0]}__{key[1].replace('.', '_')}", VIDEO_NAME_MAX - len(f"__{n}")) + f"__{n}"
     return [
         VideoItem(
             class_name=c,
@@ -202,44 +274,93 @@ def _settings(fps: float, frame_size: int | None, jpeg_quality: int) -> dict[str
     return {"fps": float(fps), "frame_size": frame_size, "jpeg_quality": jpeg_quality}
 
 
+def source_stamp(path: str | os.PathLike) -> dict[str, int] | None:
+    """Size and modification time (ns) of a source, through symbolic links: what a rerun compares to know that
+    the video it extracted before is still the same file. None when it cannot be read."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return {"source_size": st.st_size, "source_mtime_ns": st.st_mtime_ns}
+
+
+def _test_fault(video_name: str) -> None:
+    """Test-only: act out the fault FAULT_ENV asks for on this video (see FAULT_ENV)."""
+    spec = os.environ.get(FAULT_ENV)
+    if not spec:
+        return
+    for item in spec.split(","):
+        action, _, name = item.partition(":")
+        if name != video_name:
+            continue
+        if action == "segfault":
+            os.kill(os.getpid(), signal.SIGSEGV)
+        elif action == "kill":
+            os.kill(os.getpid(), signal.SIGKILL)
+        elif action == "exit":
+            os._exit(3)
+        elif action == "hang":
+            while True:
+                time.sleep(60)
+        elif action == "raise":
+            raise RuntimeError(f"test fault injected on {video_name}")
+
+
 def extract_video(task: ExtractTask) -> dict[str, Any]:
     """Write one video's frames to frames/.tmp/<name>, its metadata to frames/.meta/<name>.json, then rename the
-    folder into place. Returns {"video_name", "meta"} or {"video_name", "failure"}; bad input never raises."""
+    folder into place. Returns {"video_name", "meta"}, {"video_name", "failure"} for a video that cannot be
+    decoded, or {"video_name", "fatal"} when frames cannot be written at all (a full disk). Any other exception
+    propagates, after the temporary folder is removed: the worker pool makes it the video's failure."""
     frames_dir = Path(task.frames_dir)
     tmp = frames_dir / TMP_DIR / task.video_name
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
+    stamp = source_stamp(task.path)  # before decoding: a source changed meanwhile is redone by the next run
     times: list[float] = []
     info: dict[str, Any] = {}
     try:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
         frames = iter_jpeg_frames_at_fps(task.path, task.fps, task.frame_size, task.jpeg_quality, info=info)
         for k, (t, buf) in enumerate(frames):
             with open(tmp / frame_name(k), "wb") as fh:
                 fh.write(buf)
             times.append(round(t, 6))
+            if k == 0:
+                _test_fault(task.video_name)
         reason = None if task.keep_truncated else truncation_reason(info)
         if reason:
             raise VideoDecodeError(task.path, reason + " (--keep_truncated keeps such videos)")
+        if stamp is None:
+            raise VideoDecodeError(task.path, "unreadable (it vanished while being read)")
+        meta = {
+            **_settings(task.fps, task.frame_size, task.jpeg_quality),
+            "source": task.source,
+            **stamp,
+            "num_frames": len(times),
+            "timestamps": times,
+            "timing": info.get("timing", "decoded"),
+        }
+        if info.get("replaced_timestamps"):
+            meta["replaced_timestamps"] = info["replaced_timestamps"]
+        if info.get("decoder_errors"):
+            meta["decoder_errors"] = info["decoder_errors"]
+        atomic_write_json(frames_dir / META_DIR / f"{task.video_name}.json", meta, indent=None, durable=False)
+        final = frames_dir / task.video_name
+        if final.is_dir() and not final.is_symlink():  # a folder without matching metadata, e.g. an older run's
+            shutil.rmtree(final)
+        os.replace(tmp, final)
     except VideoDecodeError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         return {"video_name": task.video_name, "failure": {"file": task.source, "reason": exc.reason}}
-    meta = {
-        **_settings(task.fps, task.frame_size, task.jpeg_quality),
-        "source": task.source,
-        "num_frames": len(times),
-        "timestamps": times,
-        "timing": info.get("timing", "decoded"),
-    }
-    if info.get("replaced_timestamps"):
-        meta["replaced_timestamps"] = info["replaced_timestamps"]
-    if info.get("decoder_errors"):
-        meta["decoder_errors"] = info["decoder_errors"]
-    atomic_write_json(frames_dir / META_DIR / f"{task.video_name}.json", meta, indent=None, durable=False)
-    final = frames_dir / task.video_name
-    if final.exists():  # a folder without matching metadata, e.g. from an older run
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if exc.errno in FATAL_WRITE_ERRNOS:
+            return {"video_name": task.video_name, "fatal": f"cannot write frames under {frames_dir}: "
+                    f"{exc.strerror or exc}"}
+        raise
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return {"video_name": task.video_name, "meta": meta}
 
 
@@ -251,16 +372,20 @@ def _read_meta(path: Path) -> dict[str, Any] | None:
         return None
 
 
-def finished_meta(frames_dir: Path, item: VideoItem, settings: dict[str, Any]) -> dict[str, Any] | None:
-    """The metadata of a video already extracted with these settings from the same source, else None."""
+def finished_meta(frames_dir: Path, item: VideoItem, settings: dict[str, Any], source: Path) -> dict[str, Any] | None:
+    """The metadata of a video already extracted with these settings from the same, unchanged source (same path,
+    size and modification time), else None. A record without the source's size (an older run) is redone."""
     folder = frames_dir / item.video_name
     meta = _read_meta(frames_dir / META_DIR / f"{item.video_name}.json")
-    if meta is None or not folder.is_dir() or meta.get("source") != item.rel_path:
+    if meta is None or not isinstance(meta, dict) or not folder.is_dir() or meta.get("source") != item.rel_path:
         return None
     if any(meta.get(k) != v for k, v in settings.items()):
         return None
+    stamp = source_stamp(source)
+    if stamp is None or any(meta.get(k) != v for k, v in stamp.items()):
+        return None
     n = meta.get("num_frames", 0)
-    if n < 1 or not (folder / frame_name(n - 1)).is_file():
+    if not isinstance(n, int) or n < 1 or not (folder / frame_name(n - 1)).is_file():
         return None
     return meta
 
@@ -269,14 +394,14 @@ def check_frames_settings(frames_dir: Path, settings: dict[str, Any]) -> None:
     """Refuse to mix frames taken with other fps, frame size or JPEG quality into one frames folder."""
     sources = []
     manifest = _read_meta(frames_dir / MANIFEST)
-    if manifest is not None:
+    if isinstance(manifest, dict):
         sources.append((frames_dir / MANIFEST, manifest))
     meta_dir = frames_dir / META_DIR
     if meta_dir.is_dir():
         for entry in _sorted_entries(meta_dir):
             if entry.name.endswith(".json") and (frames_dir / entry.name[: -len(".json")]).is_dir():
                 meta = _read_meta(Path(entry.path))
-                if meta is not None:
+                if isinstance(meta, dict):
                     sources.append((Path(entry.path), meta))
     for path, meta in sources:
         old = {k: meta.get(k) for k in settings}
@@ -308,40 +433,68 @@ def extract_all(
         shutil.rmtree(tmp)
     metas: dict[str, dict[str, Any]] = {}
     tasks = []
+    changed = []
     for item in items:
-        meta = finished_meta(frames_dir, item, settings)
+        source = video_dir / item.rel_path  # the names on disk: a split file may spell the class otherwise
+        meta = finished_meta(frames_dir, item, settings, source)
         if meta is not None:
             metas[item.video_name] = meta
-        else:
-            tasks.append(
-                ExtractTask(
-                    item.video_name,
-                    item.rel_path,
-                    str(video_dir / item.class_name / Path(item.rel_path).name),
-                    str(frames_dir),
-                    args.frame_rate,
-                    args.frame_size,
-                    args.jpeg_quality,
-                    args.keep_truncated,
-                )
-            )
+            continue
+        if (frames_dir / item.video_name).is_dir():
+            changed.append(item.rel_path)
+        tasks.append(ExtractTask(item.video_name, item.rel_path, str(source), str(frames_dir), args.frame_rate,
+                                 args.frame_size, args.jpeg_quality, args.keep_truncated))
     if metas:
         log.info("%d video(s) already extracted, skipping them", len(metas))
+    if changed:
+        log.info("redoing %d video(s) whose source changed since they were extracted (or whose record is "
+                 "incomplete): %s", len(changed), _first(changed))
     # Largest files first, so a long video does not start last and leave the other workers idle at the end.
     tasks.sort(key=lambda t: (-_file_size(t.path), t.video_name))
     failures: list[dict[str, str]] = []
-    workers = max(1, min(args.workers, len(tasks)))
+    timeout = args.video_timeout or None
     bar = tqdm(total=len(items), initial=len(metas), desc="extracting frames", unit="video", dynamic_ncols=True)
-    if workers == 1:
-        results = map(extract_video, tasks)
-        _collect(results, metas, failures, bar)
-    else:
-        with multiprocessing.Pool(workers, initializer=_init_worker, initargs=(args.verbose,)) as pool:
-            _collect(pool.imap_unordered(extract_video, tasks), metas, failures, bar)
-    bar.close()
+    try:
+        outcomes = run_isolated(extract_video, tasks, min(args.workers, max(1, len(tasks))), timeout,
+                                initializer=_init_worker, initargs=(args.verbose,))
+        for outcome in outcomes:
+            task = tasks[outcome.index]
+            res = _result_of(outcome, task, frames_dir, settings, video_dir)
+            if "fatal" in res:
+                raise BadInputError(res["fatal"])
+            if "meta" in res:
+                metas[task.video_name] = res["meta"]
+            else:
+                failures.append(res["failure"])
+                log.warning("%s: %s", res["failure"]["file"], res["failure"]["reason"])
+            bar.update(1)
+    finally:
+        bar.close()
     if tmp.is_dir():
         shutil.rmtree(tmp)
     return metas, failures
+
+
+def _result_of(outcome: Outcome, task: ExtractTask, frames_dir: Path, settings: dict[str, Any],
+               video_dir: Path) -> dict[str, Any]:
+    """A worker's outcome as extract_video's result: a raised exception, a dead worker or a timeout becomes the
+    video's failure (the traceback at debug level), unless the video was complete on disk before it happened."""
+    if outcome.ok:
+        return outcome.result
+    shutil.rmtree(frames_dir / TMP_DIR / task.video_name, ignore_errors=True)
+    if outcome.kind != "error":  # died or killed after renaming its folder into place: nothing is lost
+        item = VideoItem(Path(task.source).parent.name, task.source, task.video_name, "")
+        meta = finished_meta(frames_dir, item, settings, Path(task.path))
+        if meta is not None:
+            return {"video_name": task.video_name, "meta": meta}
+    if outcome.kind == "error":
+        log.debug("%s: traceback of the unexpected error:\n%s", task.source, outcome.traceback)
+        reason = f"unexpected error while extracting ({outcome.error}); --verbose logs its traceback"
+    elif outcome.kind == "timeout":
+        reason = f"extraction {outcome.error} (--video_timeout); its worker was stopped"
+    else:
+        reason = f"{outcome.error} while extracting it"
+    return {"video_name": task.video_name, "failure": {"file": task.source, "reason": reason}}
 
 
 def _init_worker(verbose: bool) -> None:
@@ -357,21 +510,12 @@ def _file_size(path: str) -> int:
         return 0
 
 
-def _collect(results, metas: dict, failures: list, bar: tqdm) -> None:
-    for res in results:
-        if "meta" in res:
-            metas[res["video_name"]] = res["meta"]
-        else:
-            failures.append(res["failure"])
-            log.warning("%s: %s", res["failure"]["file"], res["failure"]["reason"])
-        bar.update(1)
-
-
 def build_manifest(metas: dict[str, dict[str, Any]], settings: dict[str, Any]) -> dict[str, Any]:
     videos = {}
     for name in sorted(metas):
         m = metas[name]
-        entry = {"num_frames": m["num_frames"], "timestamps": m["timestamps"], "source": m["source"]}
+        entry = {"num_frames": m["num_frames"], "timestamps": m["timestamps"], "source": m["source"],
+                 "source_size": m["source_size"], "source_mtime_ns": m["source_mtime_ns"]}
         entry["timing"] = m.get("timing", "decoded")
         for key in ("replaced_timestamps", "decoder_errors"):  # present only when non-zero
             if m.get(key):
@@ -408,11 +552,19 @@ def plan_official(
     missing_failures: list[dict[str, str]] = []
     all_missing = []
     used = set()
+    sides: dict[str, list[str]] = defaultdict(list)  # video -> the list entries naming it
     for side, entries in (("train", official.train), ("test", official.test)):
         pairs, missing = match_entries(entries, videos)
         planned[side] = [VideoItem(e.class_name, it.rel_path, it.video_name, it.group) for e, it in pairs]
         used.update(it.video_name for _, it in pairs)
         all_missing.extend(missing)
+        for e, it in pairs:
+            sides[it.rel_path].append(f"{e.class_name}/{e.file_name} ({e.source})")
+    # Entries that differ in the lists can still land on one file (matching falls back to a unique stem).
+    twice = sorted(f"{rel} <- {' and '.join(names)}" for rel, names in sides.items() if len(names) > 1)
+    if twice:
+        raise BadInputError(f"{len(twice)} video(s) are named by more than one split-file entry (a duplicate, or "
+                            f"a train/test leak): {_first(twice)}")
     if all_missing:
         names = [f"{e.class_name}/{e.file_name}" for e in all_missing]
         msg = f"{len(all_missing)} video(s) named in the split files are not in the video folder: {_first(names)}"
@@ -429,40 +581,43 @@ def plan_official(
     return planned, missing_failures
 
 
+@dataclass
+class Plan:
+    """What this run extracts, worked out (read-only) before OUT is created or locked."""
+
+    scan: ScanResult
+    official: OfficialSplit | None
+    planned: dict[str, list[VideoItem]]  # official split: train/test items (relabelled); else empty
+    to_extract: list[VideoItem]
+    failures: list[dict[str, str]]
+
+
+def plan_run(args: argparse.Namespace, video_dir: Path) -> Plan:
+    scan = scan_video_dir(video_dir)
+    log.info("found %d video file(s) in %d class folder(s)", len(scan.videos), len({v.class_name for v in scan.videos}))
+    failures = list(scan.failures)
+    official = read_official_split(args.split_dir, args.split_id) if args.split_dir else None
+    if official is None:
+        return Plan(scan, None, {}, scan.videos, failures)
+    planned, missing = plan_official(official, scan.videos, args.allow_missing)
+    to_extract = sorted({it.video_name: it for side in planned.values() for it in side}.values(),
+                        key=lambda it: it.video_name)
+    return Plan(scan, official, planned, to_extract, failures + missing)
+
+
 def main(args: argparse.Namespace) -> int:
     setup_logging(args.verbose)
-    if args.frame_rate < 0:
-        raise BadInputError(f"-fps must be >= 0 (0 keeps every frame), got {args.frame_rate}")
-    if not 0 < args.split_ratio <= 1:
-        raise BadInputError(f"-s/--split_ratio must be in (0, 1], got {args.split_ratio}")
-    if not 0 <= args.val_ratio < 1:
-        raise BadInputError(f"--val_ratio must be in [0, 1), got {args.val_ratio}")
-    if not 1 <= args.jpeg_quality <= 100:
-        raise BadInputError(f"--jpeg_quality must be in 1..100, got {args.jpeg_quality}")
-    if args.frame_size is not None and args.frame_size < 1:
-        raise BadInputError(f"--frame_size must be positive, got {args.frame_size}")
-    if args.workers < 1:
-        raise BadInputError(f"--workers must be >= 1, got {args.workers}")
-
-    video_dir, out_dir = Path(args.video_dir), Path(args.out_dir)
-    frames_dir = out_dir / "frames"
-    scan = scan_video_dir(video_dir)
-    failures = list(scan.failures)
-    log.info("found %d video file(s) in %d class folder(s)", len(scan.videos), len({v.class_name for v in scan.videos}))
-
-    official = read_official_split(args.split_dir, args.split_id) if args.split_dir else None
-    if official is not None:
-        planned, missing = plan_official(official, scan.videos, args.allow_missing)
-        failures += missing
-        to_extract = sorted(
-            {it.video_name: it for side in planned.values() for it in side}.values(), key=lambda it: it.video_name
-        )
-    else:
-        planned = {}
-        to_extract = scan.videos
-
+    video_dir, out_dir = Path(args.video_dir), check_writable_dir(args.out_dir, "-o/--out_dir")
+    plan = plan_run(args, video_dir)  # every refusal of the inputs comes before OUT is created
     out_dir.mkdir(parents=True, exist_ok=True)
-    metas, extract_failures = extract_all(to_extract, video_dir, frames_dir, args)
+    with OutputLock(out_dir, what="stage-1 output folder"):
+        return _main(args, video_dir, out_dir, plan)
+
+
+def _main(args: argparse.Namespace, video_dir: Path, out_dir: Path, plan: Plan) -> int:
+    frames_dir = out_dir / "frames"
+    scan, official, planned, failures = plan.scan, plan.official, plan.planned, list(plan.failures)
+    metas, extract_failures = extract_all(plan.to_extract, video_dir, frames_dir, args)
     failures += extract_failures
     settings = _settings(args.frame_rate, args.frame_size, args.jpeg_quality)
     atomic_write_json(frames_dir / MANIFEST, build_manifest(metas, settings))

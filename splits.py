@@ -11,8 +11,9 @@ import logging
 import os
 import random
 import re
+import unicodedata
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -28,6 +29,12 @@ _HMDB_GROUP = re.compile(
     r"^(?P<source>.+_(?:f|h|u|l)_(?:cm|nm)_np\d+_(?:fr|ba|le|ri)_(?:bad|med|goo))_\d+$", re.IGNORECASE
 )
 _HMDB_SPLIT_FILE = re.compile(r"^(?P<cls>.+)_test_split(?P<id>\d+)\.txt$")
+
+
+def name_key(name: str) -> str:
+    """How names are compared: Unicode NFC (macOS writes names decomposed, NFD; lists are usually composed) and
+    case-folded. Files keep their names on disk; only comparisons use the key."""
+    return unicodedata.normalize("NFC", name).casefold()
 
 
 class HasGroup(Protocol):
@@ -126,7 +133,7 @@ def detect_split_format(split_dir: str | Path) -> str:
 
 def _read_ucf101(split_dir: Path, split_id: int) -> OfficialSplit:
     class_names = read_class_index(split_dir / CLASS_INDEX)
-    label_of = {c.casefold(): i for i, c in enumerate(class_names)}
+    label_of = {name_key(c): i for i, c in enumerate(class_names)}
 
     def entries(name: str, with_label: bool) -> list[SplitEntry]:
         path = split_dir / name
@@ -139,13 +146,13 @@ def _read_ucf101(split_dir: Path, split_id: int) -> OfficialSplit:
             if "/" not in rel:
                 raise BadInputError(f"{path}: line {n} is not `<Class>/<video>`: {line!r}")
             cls, file_name = rel.rsplit("/", 1)
-            if cls.casefold() not in label_of:
+            if name_key(cls) not in label_of:
                 raise BadInputError(f"{path}: line {n} names class {cls!r}, absent from classInd.txt")
             if with_label and (len(parts) != 2 or not parts[1].isdigit()):
                 raise BadInputError(f"{path}: line {n} is not `<Class>/<video> <label>`: {line!r}")
-            if with_label and int(parts[1]) != label_of[cls.casefold()] + 1:
+            if with_label and int(parts[1]) != label_of[name_key(cls)] + 1:
                 raise BadInputError(f"{path}: line {n} gives label {parts[1]} for {cls}, classInd.txt says otherwise")
-            out.append(SplitEntry(class_names[label_of[cls.casefold()]], file_name, name))
+            out.append(SplitEntry(class_names[label_of[name_key(cls)]], file_name, name))
         return out
 
     return OfficialSplit(
@@ -195,6 +202,7 @@ def read_official_split(split_dir: str | Path, split_id: int) -> OfficialSplit:
     split_dir = Path(split_dir)
     fmt = detect_split_format(split_dir)
     split = _read_ucf101(split_dir, split_id) if fmt == "ucf101" else _read_hmdb51(split_dir, split_id)
+    check_official_split(split)
     log.info(
         "%s split %d from %s: %d classes, %d train and %d test videos",
         fmt,
@@ -207,23 +215,53 @@ def read_official_split(split_dir: str | Path, split_id: int) -> OfficialSplit:
     return split
 
 
+def _entry_key(e: SplitEntry) -> tuple[str, str]:
+    return name_key(e.class_name), name_key(e.stem)
+
+
+def _names(entries: Iterable[SplitEntry], limit: int = 5) -> str:
+    shown = [f"{e.class_name}/{e.file_name} ({e.source})" for e in entries]
+    return ", ".join(shown[:limit]) + (f", ... ({len(shown) - limit} more)" if len(shown) > limit else "")
+
+
+def check_official_split(split: OfficialSplit) -> None:
+    """Refuse a video listed twice in one list (it would be written twice) or in both train and test (a silent
+    train/test leak). Names compare as name_key does, so an NFC and an NFD spelling are the same video."""
+    for side, entries in (("train", split.train), ("test", split.test)):
+        seen: dict[tuple[str, str], SplitEntry] = {}
+        twice = []
+        for e in entries:
+            if _entry_key(e) in seen:
+                twice.append(e)
+            seen.setdefault(_entry_key(e), e)
+        if twice:
+            raise BadInputError(f"{len(twice)} video(s) are listed more than once in the {side} list: {_names(twice)}")
+    train_keys = {_entry_key(e) for e in split.train}
+    both = [e for e in split.test if _entry_key(e) in train_keys]
+    if both:
+        raise BadInputError(
+            f"{len(both)} video(s) are in both the train and the test list (a train/test leak): {_names(both)}; "
+            "fix the split files"
+        )
+
+
 def match_entries(
     entries: Sequence[SplitEntry], items: Sequence[Any]
 ) -> tuple[list[tuple[SplitEntry, Any]], list[SplitEntry]]:
     """Pair split entries with found videos (objects with .class_name and .stem) by class and file stem,
-    case-insensitively; return (pairs, missing).
+    compared by name_key (case-insensitive, NFC); return (pairs, missing).
 
     An entry whose class folder differs falls back to a stem that is unique among all found videos.
     """
-    by_class_stem = {(it.class_name.casefold(), it.stem.casefold()): it for it in items}
+    by_class_stem = {(name_key(it.class_name), name_key(it.stem)): it for it in items}
     by_stem: dict[str, list[Any]] = defaultdict(list)
     for it in items:
-        by_stem[it.stem.casefold()].append(it)
+        by_stem[name_key(it.stem)].append(it)
     pairs, missing = [], []
     for e in entries:
-        it = by_class_stem.get((e.class_name.casefold(), e.stem.casefold()))
-        if it is None and len(by_stem.get(e.stem.casefold(), [])) == 1:
-            it = by_stem[e.stem.casefold()][0]
+        it = by_class_stem.get(_entry_key(e))
+        if it is None and len(by_stem.get(name_key(e.stem), [])) == 1:
+            it = by_stem[name_key(e.stem)][0]
         if it is None:
             missing.append(e)
         else:

@@ -1,14 +1,21 @@
-"""Small helpers every stage shares: logging, atomic writes, seeding, device choice, clean CLI errors."""
+"""Small helpers every stage shares: logging, atomic writes, output locks, file-name limits, seeding, device
+choice, clean CLI errors."""
 
 from __future__ import annotations
 
+import argparse
+import contextlib
+import errno
+import fcntl
+import hashlib
 import json
 import logging
+import math
 import os
 import random
+import secrets
 import sys
-import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +51,56 @@ def run_cli(main: Callable[[Any], int | None], args: Any) -> None:
     sys.exit(int(code or 0))
 
 
+# ----- command-line values: checked by argparse itself, so a bad one is `prog: error: argument -bs/--batch_size: ...`
+# with the usage line and exit code 2, before any work starts.
+
+
+def int_at_least(low: int) -> Callable[[str], int]:
+    """argparse `type=` for an integer >= `low` (1 for sizes and counts, 0 for worker counts and intervals)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+        return value
+
+    parse.__name__ = f"int >= {low}"
+    return parse
+
+
+def float_in(low: float, high: float = math.inf, low_open: bool = False, high_open: bool = False) -> Callable[[str], float]:
+    """argparse `type=` for a finite float in [low, high] (`low_open`/`high_open` exclude an end); NaN and
+    infinities are refused whatever the range."""
+    if math.isinf(high):
+        what = f"a finite number {'>' if low_open else '>='} {low:g}"
+    else:
+        what = f"a finite number in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        ok = math.isfinite(value) and (value > low if low_open else value >= low)
+        ok = ok and (value < high if high_open else value <= high)
+        if not ok:
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text}")
+        return value
+
+    parse.__name__ = what
+    return parse
+
+
+positive_int = int_at_least(1)
+nonnegative_int = int_at_least(0)
+positive_float = float_in(0.0, low_open=True)
+nonnegative_float = float_in(0.0)
+probability = float_in(0.0, 1.0, high_open=True)  # dropout-like: 1 would drop everything
+
+
 def _fsync_dir(path: Path) -> None:
     try:
         fd = os.open(path, os.O_RDONLY)
@@ -57,13 +114,42 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+# Longest file name (bytes) of ext4, XFS, Btrfs, tmpfs, NTFS and APFS; stage 1 keeps every name it makes within it.
+NAME_MAX = 255
+
+
+def fit_name(name: str, limit: int = NAME_MAX) -> str:
+    """`name` itself when its UTF-8 form fits in `limit` bytes, else its longest prefix that fits with room for
+    `~` and 8 hex digits of its SHA-256: deterministic (a rerun makes the same name) and distinct for names that
+    share the prefix. The prefix is cut between characters, never inside one."""
+    raw = name.encode("utf-8", "surrogateescape")
+    if len(raw) <= limit:
+        return name
+    digest = hashlib.sha256(raw).hexdigest()[:8]
+    head = raw[: limit - len(digest) - 1].decode("utf-8", "ignore")  # drops a character cut in two
+    return f"{head}~{digest}"
+
+
+def _create_new(folder: Path, stem: str) -> tuple[int, Path]:
+    """Create a new, empty file `.<stem>.<random>.tmp` in `folder`; mode 0666 less the umask, as open() makes
+    files (tempfile.mkstemp would make it 0600, unreadable to colleagues on a shared cluster)."""
+    prefix = "." + fit_name(stem, 64)
+    while True:
+        tmp = folder / f"{prefix}.{secrets.token_hex(4)}.tmp"
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666), tmp
+        except FileExistsError:
+            continue
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes, durable: bool = True) -> None:
     """Write to a temporary name in the same folder, then rename: a reader, or a rerun after a kill, never sees
-    half a file. `durable` also fsyncs file and folder, so the file survives a power cut; stage 1 turns it off for
-    its per-video records, where an fsync would make ext4 flush that video's frames too and stall the worker."""
+    half a file. The temporary name is short whatever the file's name (file-system limits) and the file gets the
+    user's umask. `durable` also fsyncs file and folder, so the file survives a power cut; stage 1 turns it off
+    for its per-video records, where an fsync would make ext4 flush that video's frames too and stall the worker."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = _create_new(path.parent, path.name)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
@@ -84,6 +170,85 @@ def atomic_write_text(path: str | os.PathLike, text: str, durable: bool = True) 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int | None = 1, durable: bool = True) -> None:
     atomic_write_text(path, json.dumps(obj, indent=indent, ensure_ascii=False) + "\n", durable)
+
+
+class OutputLock:
+    """An exclusive lock on an output folder, so two runs never write the same outputs at once.
+
+    `fcntl.flock` on a lock file in the folder that holds the holder's pid: the kernel releases it when the
+    holder exits in any way (kill -9 included), so a stale lock is impossible and a crashed run needs no cleanup.
+    A second run is refused at once with a BadInputError naming the holder. Not for NFS before v4 (no flock)."""
+
+    def __init__(self, folder: str | os.PathLike, name: str = ".lock", what: str = "output folder") -> None:
+        self.path = Path(folder) / name
+        self.what = what
+        self.fd: int | None = None
+
+    def acquire(self) -> OutputLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip() or "unknown"
+            os.close(fd)
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise BadInputError(f"cannot lock {self.path}: {exc.strerror or exc}") from None
+            raise BadInputError(
+                f"{self.path.parent} is in use by another run (pid {holder}, holding {self.path}); wait for it to "
+                f"finish or stop it: two runs writing one {self.what} would corrupt it"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self.fd = fd
+        return self
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.ftruncate(self.fd, 0)  # an idle lock file is empty: outputs of two runs compare byte for byte
+            os.close(self.fd)  # closing drops the flock; the file stays (unlinking it would race a new holder)
+            self.fd = None
+
+    def __enter__(self) -> OutputLock:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def check_writable_dir(path: str | os.PathLike, flag: str) -> Path:
+    """Refuse, before any work, an output folder that is a file, lies under a file, or cannot be written.
+    Nothing is created; the first missing ancestor's parent must be a writable folder."""
+    path = Path(path)
+    probe = path
+    while not probe.exists() and not probe.is_symlink():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        where = "is a file" if probe == path else f"lies under {probe}, which is a file"
+        raise BadInputError(f"{flag} {path} {where}, not a folder")
+    if probe.is_symlink() and not probe.exists():
+        raise BadInputError(f"{flag} {path}: {probe} is a broken symbolic link")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise BadInputError(f"{flag} {path}: {probe} is not writable")
+    return path
+
+
+def check_writable_file(path: str | os.PathLike, flag: str) -> Path:
+    """Refuse, before any work, an output file path that is a folder or whose folder cannot be made or written."""
+    path = Path(path)
+    if path.is_dir():
+        raise BadInputError(f"{flag} {path} is a folder; give a file name")
+    check_writable_dir(path.parent if str(path.parent) else Path("."), flag + " folder")
+    return path
+
+
+@contextlib.contextmanager
+def output_lock(folder: str | os.PathLike, name: str = ".lock", what: str = "output folder") -> Iterator[OutputLock]:
+    """`with output_lock(OUT):` holds OUT's lock for the block (see OutputLock)."""
+    with OutputLock(folder, name, what) as lock:
+        yield lock
 
 
 def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:

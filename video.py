@@ -247,14 +247,41 @@ def open_video(path: str | os.PathLike, threads: int = 1) -> tuple[av.container.
         container = av.open("file:" + str(path.resolve()), metadata_errors="ignore")
     except (av.FFmpegError, UnicodeDecodeError, ValueError) as exc:
         raise VideoDecodeError(path, f"not a readable video (FFmpeg cannot open it: {_ffmpeg_message(exc)})") from None
-    if not container.streams.video:
+    try:
+        stream = _checked_stream(container)
+        stream.codec_context.thread_count = max(0, int(threads))
+        if threads != 1:
+            stream.thread_type = "AUTO"
+    except VideoDecodeError as exc:
         container.close()
-        raise VideoDecodeError(path, "no video stream")
-    stream = container.streams.video[0]
-    stream.codec_context.thread_count = max(0, int(threads))
-    if threads != 1:
-        stream.thread_type = "AUTO"
+        raise VideoDecodeError(path, exc.reason) from None
+    except BaseException:
+        container.close()
+        raise
     return container, stream
+
+
+def _checked_stream(container: av.container.InputContainer) -> av.VideoStream:
+    """The first video stream, once FFmpeg's answer is known to be usable; each way it can fail has its own
+    reason (raised with an empty path, which open_video fills in). A headerless piece cut from the middle of a
+    recording is the usual cause: FFmpeg still 'opens' it, guessing a container from a few bytes."""
+    if not container.streams.video:
+        raise VideoDecodeError("", "no video stream")
+    stream = container.streams.video[0]
+    codec = stream.codec_context
+    if codec is None:
+        # PyAV leaves the codec context out exactly when FFmpeg has no decoder for the stream's codec id, which
+        # includes "none": a stream whose codec could not be identified.
+        raise VideoDecodeError(
+            "", f"unknown video codec: FFmpeg finds no decoder for its video stream (container "
+            f"{container.format.name}; a piece cut from a longer file, without its header?)"
+        )
+    if codec.width <= 0 or codec.height <= 0:
+        raise VideoDecodeError(
+            "", f"zero frame dimensions ({codec.width}x{codec.height}) in its {codec.name} stream: FFmpeg could not "
+            f"read the stream's parameters (container {container.format.name}; not a whole video file?)"
+        )
+    return stream
 
 
 def _nominal_fps(stream: av.VideoStream) -> float | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import re
+import unicodedata
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,7 @@ from splits import (
     detect_split_format,
     group_split,
     match_entries,
+    name_key,
     read_official_split,
     video_group,
 )
@@ -166,3 +168,34 @@ def test_group_split_properties():
     assert len(all_a) == len(items) and not all_b
     with pytest.raises(BadInputError):
         group_split(items, 1.5, seed=0)
+
+
+def _ucf_split(tmp_path: Path, train: list[str], test: list[str], classes: list[str]) -> Path:
+    (tmp_path / "classInd.txt").write_text("".join(f"{i} {c}\n" for i, c in enumerate(classes, 1)))
+    (tmp_path / "trainlist01.txt").write_text("".join(f"{line}\n" for line in train))
+    (tmp_path / "testlist01.txt").write_text("".join(f"{line}\n" for line in test))
+    return tmp_path
+
+
+def test_a_video_in_train_and_test_is_a_leak_naming_it(tmp_path):
+    split_dir = _ucf_split(tmp_path, ["A/v_A_g01_c01.avi 1", "A/v_A_g02_c01.avi 1"],
+                           ["A/V_A_G02_C01.avi", "A/v_A_g03_c01.avi"], ["A"])  # differs in case only
+    with pytest.raises(BadInputError, match=r"1 video\(s\) are in both .*leak.*A/V_A_G02_C01.avi \(testlist01.txt\)"):
+        read_official_split(split_dir, 1)
+
+
+def test_a_video_listed_twice_is_refused_at_reading(tmp_path):
+    split_dir = _ucf_split(tmp_path, ["A/v_A_g01_c01.avi 1"], ["A/v_A_g02_c01.avi", "A/v_A_g02_c01.avi"], ["A"])
+    with pytest.raises(BadInputError, match=r"listed more than once in the test list: A/v_A_g02_c01.avi"):
+        read_official_split(split_dir, 1)
+
+
+def test_names_compare_after_nfc_normalisation(tmp_path):
+    nfc, nfd = unicodedata.normalize("NFC", "Crème"), unicodedata.normalize("NFD", "Crème")
+    assert name_key(nfc) == name_key(nfd) == name_key(nfc.upper())
+    split_dir = _ucf_split(tmp_path, [f"{nfd}/v_{nfc}_g01_c01.avi 1"], [f"{nfc}/v_{nfd}_g02_c01.avi"], [nfc])
+    split = read_official_split(split_dir, 1)
+    assert [e.class_name for e in split.train + split.test] == [nfc, nfc]
+    items = [Item(nfd, f"v_{nfd}_g01_c01", "g1"), Item(nfd, f"v_{nfc}_g02_c01", "g2")]
+    pairs, missing = match_entries(split.train + split.test, items)
+    assert not missing and [it.stem for _, it in pairs] == [f"v_{nfd}_g01_c01", f"v_{nfc}_g02_c01"]

@@ -482,3 +482,57 @@ def test_corrupt_middle_is_concealed_and_counted(tmp_path, caplog):
         frames = list(iter_frames_at_fps(path, 1.0, SIZE, info=info))
     assert len(frames) == 10 and info["decoder_errors"] > 0
     assert "corrupt" in caplog.text
+
+
+# ----- what FFmpeg returns for headerless pieces of files (issue 11) ----------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def mpeg_ps(tmp_path_factory) -> bytes:
+    from tests.fuzz_corpus import encode_clip
+
+    return encode_clip(tmp_path_factory.mktemp("ps") / "src.mpg", "mpeg2video", fmt="mpeg").read_bytes()
+
+
+def test_headerless_mpeg_ps_cut_without_codec_context(tmp_path, mpeg_ps):
+    """A piece cut from the middle of an MPEG program stream: FFmpeg opens it and reports a video stream with no
+    codec context (no decoder for codec 'none'); open_video raised AttributeError on it."""
+    from tests.fuzz_corpus import find_cut, no_codec_context
+
+    path = tmp_path / "cut.mpg"
+    path.write_bytes(find_cut(mpeg_ps, no_codec_context, ".mpg", tmp_path))
+    for fn in (lambda: video.open_video(path), lambda: list(iter_frames_at_fps(path, 1)),
+               lambda: decode_all_timestamps(path)):
+        with pytest.raises(VideoDecodeError, match="unknown video codec") as exc:
+            fn()
+        assert exc.value.path == str(path) and str(path) in str(exc.value)
+
+
+def test_cut_probed_with_zero_dimensions(tmp_path):
+    """A cut of an MP4 that FFmpeg takes for a raw elementary stream of some codec with a 0x0 frame size."""
+    from tests.fuzz_corpus import find_cut, zero_dimensions
+
+    path = tmp_path / "cut.mp4"
+    path.write_bytes(find_cut((VIDEOS / "bikes.mp4").read_bytes(), zero_dimensions, ".mp4", tmp_path, length=20000))
+    with pytest.raises(VideoDecodeError, match=r"zero frame dimensions \(0x0\)"):
+        list(iter_frames_at_fps(path, 1))
+
+
+def test_no_decodable_frame_has_its_own_reason(tmp_path, mpeg_ps):
+    """A stream FFmpeg identifies (MPEG-2, 176x144) whose packets decode to nothing: a short cut between
+    keyframes that holds only predicted frames."""
+    from tests.fuzz_corpus import find_cut
+
+    def opens_but_decodes_nothing(c) -> bool:
+        s = c.streams.video[0] if c.streams.video else None
+        if s is None or s.codec_context is None or not s.codec_context.width:
+            return False
+        try:
+            return not any(True for _ in c.decode(s))
+        except Exception:
+            return False
+
+    path = tmp_path / "cut.mpg"
+    path.write_bytes(find_cut(mpeg_ps, opens_but_decodes_nothing, ".mpg", tmp_path, length=3000))
+    with pytest.raises(VideoDecodeError, match="no decodable frames"):
+        list(iter_frames_at_fps(path, 1))

@@ -1,0 +1,78 @@
+"""workpool.run_isolated: a task that raises, kills its worker or hangs is that task's outcome, never the run's."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+
+from workpool import death_reason, run_isolated
+
+
+def task(x):
+    """Module-level so spawned workers can import it: ("ok", n) -> n * n, other kinds act out a fault."""
+    kind, n = x
+    if kind == "raise":
+        raise ValueError(f"bad {n}")
+    if kind == "segfault":
+        os.kill(os.getpid(), signal.SIGSEGV)
+    if kind == "exit":
+        os._exit(7)
+    if kind == "hang":
+        time.sleep(3600)
+    if kind == "unpicklable":
+        return lambda: n
+    return n * n
+
+
+def outcomes(tasks, workers=2, timeout=None):
+    return {o.index: o for o in run_isolated(task, tasks, workers, timeout)}
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_every_fault_is_its_own_tasks_outcome(workers):
+    tasks = [("ok", 1), ("raise", 2), ("segfault", 3), ("ok", 4), ("exit", 5), ("unpicklable", 6), ("ok", 7)]
+    got = outcomes(tasks, workers)
+    assert sorted(got) == list(range(len(tasks)))
+    assert [got[i].result for i in (0, 3, 6)] == [1, 16, 49] and all(got[i].ok for i in (0, 3, 6))
+    assert got[1].kind == "error" and got[1].error == "ValueError: bad 2" and "Traceback" in got[1].traceback
+    assert got[2].kind == "died" and "SIGSEGV" in got[2].error
+    assert got[4].kind == "died" and "exited with code 7" in got[4].error
+    assert got[5].kind == "error" and "cannot be sent back" in got[5].error
+
+
+def test_a_task_past_the_timeout_is_killed_and_the_rest_run():
+    start = time.monotonic()
+    got = outcomes([("hang", 0), ("ok", 2), ("ok", 3)], workers=1, timeout=2)
+    assert time.monotonic() - start < 30
+    assert got[0].kind == "timeout" and "2 s" in got[0].error
+    assert got[1].result == 4 and got[2].result == 9
+
+
+def test_closing_early_stops_every_worker():
+    gen = run_isolated(task, [("ok", 1), ("hang", 2), ("hang", 3)], 3)
+    first = next(gen)
+    assert first.ok
+    pool_pids = [p.pid for p in __import__("multiprocessing").active_children()]
+    gen.close()
+    deadline = time.monotonic() + 10
+    for pid in pool_pids:
+        while time.monotonic() < deadline:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            try:
+                os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                break
+            time.sleep(0.05)
+        else:
+            pytest.fail(f"worker {pid} still alive")
+
+
+def test_death_reason_words():
+    assert "SIGKILL" in death_reason(-9) and "out of memory" in death_reason(-9)
+    assert death_reason(3) == "its worker process exited with code 3"
