@@ -65,7 +65,7 @@ from dataset import (
     pad_collate,
     stats_from_sums,
 )
-from distributed import DistInfo, all_gather_objects, all_reduce_sum, barrier, cleanup, init_distributed
+from distributed import DistInfo, all_gather_objects, all_reduce_sum, barrier, rank_group
 from layout import read_class_names, read_split_json, split_json_path
 from metrics import MetricAccumulator
 from models import MODEL_NAMES, build_model
@@ -966,14 +966,11 @@ def test(args: argparse.Namespace, dist_info: DistInfo) -> int:
 
 
 def main(args: argparse.Namespace) -> int:
-    dist_info = init_distributed()
     setup_logging(args.verbose)
-    if not dist_info.is_main:
-        logging.getLogger().setLevel(logging.WARNING)
-    try:
+    with rank_group() as dist_info:  # one rank's failure stops every rank, with its message
+        if not dist_info.is_main:
+            logging.getLogger().setLevel(logging.WARNING)
         return train(args, dist_info) if args.mode == "train" else test(args, dist_info)
-    finally:
-        cleanup(dist_info)
 
 
 if __name__ == "__main__":

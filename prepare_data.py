@@ -30,7 +30,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from distributed import DistInfo, barrier, cleanup, init_distributed
+from distributed import DistInfo, barrier, rank_group
 from layout import frame_name, read_class_names, read_frame_settings, read_split_json, video_frames
 from models.backbone import build_backbone, default_threads, embed_batch, input_stats
 from precision import INFERENCE_PRECISIONS, resolve_precision
@@ -470,11 +470,8 @@ def validate_args(args: argparse.Namespace) -> None:
 def main(args: argparse.Namespace) -> int:
     setup_logging(args.verbose)
     validate_args(args)
-    info: DistInfo = init_distributed()
-    try:
+    with rank_group() as info:  # one rank's failure stops every rank, with its message
         return embed_split(args, info)
-    finally:
-        cleanup(info)
 
 
 def embed_split(args: argparse.Namespace, info: DistInfo) -> int:
