@@ -9,8 +9,8 @@ from __future__ import annotations
 import io
 import logging
 import os
-import pickle
 import random
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -94,9 +94,26 @@ def build_checkpoint(
     }
 
 
+def nonfinite_tensors(state: Any) -> list[str]:
+    """Names of the floating-point tensors of a state dict that hold NaN or inf."""
+    if not isinstance(state, dict):
+        return []
+    return [str(k) for k, v in state.items()
+            if torch.is_tensor(v) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
+
+
+def _first(names: list[str], n: int = 3) -> str:
+    return ", ".join(names[:n]) + (f", ... ({len(names) - n} more)" if len(names) > n else "")
+
+
 def save_checkpoint(ckpt: dict[str, Any], path: str | os.PathLike, *more_paths: str | os.PathLike) -> None:
     """Serialise once, then write each path atomically (temp file + fsync + rename): a kill never leaves half a
-    file. `more_paths` get the same bytes (best.pth beside last.pth)."""
+    file. `more_paths` get the same bytes (best.pth beside last.pth). Weights that are not finite are refused:
+    a diverged state must never replace the last good checkpoint."""
+    bad = nonfinite_tensors(ckpt.get("model_state"))
+    if bad:
+        raise BadInputError(f"not saving {path}: {len(bad)} weight tensor(s) are not finite (NaN/inf): {_first(bad)};"
+                            " the checkpoints already written are the last finite state")
     buf = io.BytesIO()
     torch.save(ckpt, buf)
     for target in (path, *more_paths):
@@ -109,10 +126,25 @@ def _torch_load(path: str | os.PathLike, label: str, map_location: str | torch.d
     if not path.is_file():
         raise BadInputError(f"{label}checkpoint not found: {path}")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise BadInputError(f"{label}{path} is not a readable ActionBERT checkpoint: {first}") from exc
+        with warnings.catch_warnings():  # torch warns about pickle protocols of files it then refuses
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except OSError as exc:
+        raise BadInputError(f"{label}checkpoint {path} cannot be read: {exc.strerror or exc}") from None
+    except Exception as exc:  # torch's own text would suggest weights_only=False: never for an unknown file
+        raise BadInputError(
+            f"{label}{path} is not a valid ActionBERT checkpoint: it cannot be read as a file of plain tensors and "
+            f"values ({type(exc).__name__}; damaged, cut short, another kind of file, or one holding pickled "
+            "objects, which are never loaded)"
+        ) from None
+
+
+def check_finite_weights(state: Any, path: str | os.PathLike, label: str = "") -> None:
+    """Refuse weights holding NaN/inf: they come from a run that diverged, and would give NaN predictions."""
+    bad = nonfinite_tensors(state)
+    if bad:
+        raise BadInputError(f"{label}{path} holds weights that are not finite (NaN/inf) in {len(bad)} tensor(s): "
+                            f"{_first(bad)}; it comes from a run that diverged: use an earlier checkpoint")
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -121,6 +153,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     if not isinstance(ckpt, dict) or any(k not in ckpt for k in REQUIRED_KEYS):
         missing = [k for k in REQUIRED_KEYS if not isinstance(ckpt, dict) or k not in ckpt]
         raise BadInputError(f"{path} is not an ActionBERT checkpoint (missing {', '.join(missing)})")
+    check_finite_weights(ckpt["model_state"], path)
     if int(ckpt["format_version"]) > FORMAT_VERSION:
         raise BadInputError(
             f"{path} has checkpoint format {ckpt['format_version']}, newer than this code's {FORMAT_VERSION}"
@@ -152,6 +185,7 @@ def read_head_checkpoint(path: str | os.PathLike) -> HeadCheckpoint:
     if not isinstance(ckpt, dict) or "model_state" not in ckpt or "model_config" not in ckpt:
         raise BadInputError(f"--init_head_from: {path} is not a model checkpoint (no model_state/model_config)")
     config, state = dict(ckpt["model_config"]), dict(ckpt["model_state"])
+    check_finite_weights(state, path, "--init_head_from: ")
     name = str(config.get("name", ckpt.get("model_name")))
     backbone = ckpt.get("backbone") or (ckpt.get("data_info") or {}).get("backbone")
     if is_e2e_name(name):

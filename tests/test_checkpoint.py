@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import random
 
 import numpy as np
@@ -14,6 +15,7 @@ from checkpoint import (
     check_compatible,
     load_checkpoint,
     model_from_checkpoint,
+    read_head_checkpoint,
     rng_state,
     save_checkpoint,
     set_rng_state,
@@ -96,3 +98,32 @@ def test_missing_and_foreign_files_get_clear_errors(tmp_path):
     torch.save({"x": argparse.Namespace(a=1)}, tmp_path / "evil.pth")
     with pytest.raises(BadInputError, match="evil.pth"):
         load_checkpoint(tmp_path / "evil.pth")
+
+
+@pytest.mark.parametrize("content", [os.urandom(5000), b"", b"PK\x03\x04 a broken zip"])
+def test_unreadable_checkpoint_never_suggests_weights_only_false(tmp_path, content):
+    """Issue 11 item 11: random bytes were reported with PyTorch's advice to retry with weights_only=False, which
+    a user must never follow for an untrusted file."""
+    path = tmp_path / "bad.pth"
+    path.write_bytes(content)
+    with pytest.raises(BadInputError) as exc:
+        load_checkpoint(path)
+    assert "is not a valid ActionBERT checkpoint" in str(exc.value) and str(path) in str(exc.value)
+    assert "weights_only" not in str(exc.value) and "\n" not in str(exc.value)
+
+
+def test_non_finite_weights_are_refused_on_load_and_never_saved(tmp_path):
+    """Issue 11 item 4: best.pth was saved with NaN in every tensor and predict.py printed nan probabilities."""
+    model = build_model("meanpool", input_dim=6, num_classes=3)
+    ckpt = build_checkpoint(model, ["a", "b", "c"], {})
+    save_checkpoint(ckpt, tmp_path / "good.pth")
+    ckpt["model_state"]["feature_mean"] = torch.full((6,), float("nan"))
+    with pytest.raises(BadInputError, match="not saving .*bad.pth: 1 weight tensor.*feature_mean"):
+        save_checkpoint(ckpt, tmp_path / "bad.pth")
+    assert not (tmp_path / "bad.pth").exists()
+    torch.save(ckpt, tmp_path / "nan.pth")  # as a diverged run wrote them before
+    with pytest.raises(BadInputError, match=r"not finite \(NaN/inf\) in 1 tensor\(s\): feature_mean.*diverged"):
+        load_checkpoint(tmp_path / "nan.pth")
+    with pytest.raises(BadInputError, match=r"--init_head_from: .*nan.pth holds weights that are not finite"):
+        read_head_checkpoint(tmp_path / "nan.pth")
+    assert load_checkpoint(tmp_path / "good.pth")["model_name"] == "meanpool"
