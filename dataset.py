@@ -285,13 +285,15 @@ def feature_stats(
     """Per-dimension sum, sum of squares and frame count over the real rows of this rank's share.
 
     Streamed over the memmap `chunk_rows` videos at a time (float64 sums), so memory stays flat.
-    Reduce the three over ranks, then `stats_from_sums`.
+    Reduce the three over ranks, then `stats_from_sums`. This pass reads every real frame of the split, so it
+    is also where NaN/inf embeddings are caught: a BadInputError names the videos holding them.
     """
     arr = np.load(info.npy_path, mmap_mode="r")
     dim = info.feature_dim
     total, total_sq, count = np.zeros(dim), np.zeros(dim), 0
     order = np.argsort(info.rows, kind="stable")[rank::world_size]
     rows, lengths = info.rows[order], info.lengths[order]
+    nonfinite: list[str] = []
     for start in range(0, len(rows), chunk_rows):
         r, n = rows[start : start + chunk_rows], lengths[start : start + chunk_rows]
         lo, hi = int(r.min()), int(r.max()) + 1
@@ -301,10 +303,20 @@ def feature_stats(
         else:
             block = np.stack([np.asarray(arr[i, :block_len], dtype=np.float64) for i in r])
         mask = np.arange(block_len)[None, :] < n[:, None]
+        bad = (~np.isfinite(block).all(axis=2) & mask).any(axis=1)
+        if bad.any():
+            nonfinite += [info.names[i] for i in order[start : start + chunk_rows][bad]]
+            continue
+        if nonfinite:
+            continue
         real = block[mask]
         total += real.sum(0)
         total_sq += np.square(real).sum(0)
         count += int(mask.sum())
+    if nonfinite:
+        shown = ", ".join(nonfinite[:10]) + (f", ... ({len(nonfinite) - 10} more)" if len(nonfinite) > 10 else "")
+        raise BadInputError(f"{info.npy_path}: {len(nonfinite)} video(s) have non-finite (NaN/inf) embeddings: "
+                            f"{shown}. Training on them would give a NaN model; rerun prepare_data.py for this split")
     return total, total_sq, count
 
 

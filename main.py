@@ -24,6 +24,7 @@ predictions_<split>.csv and confusion_<split>.png.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import functools
 import io
@@ -76,9 +77,18 @@ from reports import plot_confusion, plot_curves
 from sampling import TemporalAugment
 from utils import (
     BadInputError,
+    OutputLock,
     atomic_write_json,
     atomic_write_text,
+    check_writable_dir,
+    float_in,
+    int_at_least,
     log_failure_summary,
+    nonnegative_float,
+    nonnegative_int,
+    positive_float,
+    positive_int,
+    probability,
     resolve_device,
     run_cli,
     set_seed,
@@ -119,18 +129,18 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--resume", default="auto", help="train: 'auto' resumes from the run folder's "
                    "checkpoints/last.pth when it exists, 'none' starts afresh, or a checkpoint path")
     g.add_argument("--split", default="val", help="test mode: the split to evaluate (val or test)")
-    g.add_argument("--num_cls", type=int, default=None, help="number of classes; read from the data, a value "
+    g.add_argument("--num_cls", type=positive_int, default=None, help="number of classes; read from the data, a value "
                    "that disagrees with it is an error")
     g.add_argument("--strict", action="store_true", help="refuse data with any bad record instead of leaving "
                    "it out with a warning")
     g.add_argument("--seed", type=int, default=0, help="fixes initialisation, data order and augmentation")
 
     g = p.add_argument_group("head")
-    g.add_argument("--num_layers", type=int, default=1)
-    g.add_argument("--hidden_size", type=int, default=None, help="default: the head's own")
-    g.add_argument("--num_heads", type=int, default=None, help="attention heads (bert, roberta)")
-    g.add_argument("--intermediate_size", type=int, default=None, help="feed-forward size (bert, roberta)")
-    g.add_argument("--dropout", type=float, default=None, help="default: the head's own")
+    g.add_argument("--num_layers", type=positive_int, default=1)
+    g.add_argument("--hidden_size", type=positive_int, default=None, help="default: the head's own")
+    g.add_argument("--num_heads", type=positive_int, default=None, help="attention heads (bert, roberta)")
+    g.add_argument("--intermediate_size", type=positive_int, default=None, help="feed-forward size (bert, roberta)")
+    g.add_argument("--dropout", type=probability, default=None, help="default: the head's own")
     g.add_argument("--pretrained", default=None, help="bert/roberta: Hugging Face name or local directory")
 
     g = p.add_argument_group("end-to-end (e2e_* models: the CNN trained jointly with the head on stage 1's frames)")
@@ -140,39 +150,39 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--backbone", default="resnet18", help="any torchvision classification model")
     g.add_argument("--weights", default="imagenet", help="backbone init: imagenet (torchvision's), none (random, "
                    "from --seed) or a state_dict PATH, as in prepare_data.py")
-    g.add_argument("--clip_len", type=int, default=None, help="frames per clip: one random frame per segment in "
+    g.add_argument("--clip_len", type=positive_int, default=None, help="frames per clip: one random frame per segment in "
                    "training, segment centres in evaluation (default 8; test mode: the checkpoint's)")
-    g.add_argument("--num_clips", type=int, default=None, help="evaluation views per video, logits averaged "
+    g.add_argument("--num_clips", type=positive_int, default=None, help="evaluation views per video, logits averaged "
                    "(default 1; test mode: the checkpoint's)")
-    g.add_argument("--image_size", type=int, default=None, help="frame size fed to the CNN (default 224; test "
+    g.add_argument("--image_size", type=int_at_least(16), default=None, help="frame size fed to the CNN (default 224; test "
                    "mode: the checkpoint's)")
-    g.add_argument("--freeze_backbone_stages", type=int, default=0, help="freeze the first K backbone stages "
+    g.add_argument("--freeze_backbone_stages", type=nonnegative_int, default=0, help="freeze the first K backbone stages "
                    "(resnet: stem, layer1..layer4; 5 freezes the whole CNN)")
     g.add_argument("--grad_checkpointing", action="store_true", help="recompute backbone activations in "
                    "backward: less memory, ~30%% more compute")
-    g.add_argument("--backbone_lr", type=float, default=None, help="peak learning rate of the backbone "
+    g.add_argument("--backbone_lr", type=positive_float, default=None, help="peak learning rate of the backbone "
                    "(default: --lr)")
     g.add_argument("--init_head_from", default=None, help="start the head from this checkpoint (a head trained "
                    "by main.py on embeddings of the same classes: the two-step recipe); its hyper-parameters win")
 
     g = p.add_argument_group("optimisation")
-    g.add_argument("--batch_size", type=int, default=256, help="global batch, split over torchrun processes")
-    g.add_argument("--epochs", type=int, default=300)
-    g.add_argument("--lr", type=float, default=1e-4, help="peak AdamW learning rate")
-    g.add_argument("--weight_decay", type=float, default=0.01, help="AdamW decay; never on biases, norms, "
+    g.add_argument("--batch_size", type=positive_int, default=256, help="global batch, split over torchrun processes")
+    g.add_argument("--epochs", type=positive_int, default=300)
+    g.add_argument("--lr", type=positive_float, default=1e-4, help="peak AdamW learning rate")
+    g.add_argument("--weight_decay", type=nonnegative_float, default=0.01, help="AdamW decay; never on biases, norms, "
                    "embeddings")
-    g.add_argument("--warmup_epochs", type=float, default=1.0, help="linear warm-up, then cosine decay to 0")
-    g.add_argument("--warmup_steps", type=int, default=None, help="warm-up in steps; overrides --warmup_epochs")
-    g.add_argument("--grad_clip", type=float, default=1.0, help="max gradient norm (0 = off)")
-    g.add_argument("--label_smoothing", type=float, default=0.0)
+    g.add_argument("--warmup_epochs", type=nonnegative_float, default=1.0, help="linear warm-up, then cosine decay to 0")
+    g.add_argument("--warmup_steps", type=nonnegative_int, default=None, help="warm-up in steps; overrides --warmup_epochs")
+    g.add_argument("--grad_clip", type=nonnegative_float, default=1.0, help="max gradient norm (0 = off)")
+    g.add_argument("--label_smoothing", type=probability, default=0.0)
     g.add_argument("--balanced", action="store_true", help="sample classes equally often (with replacement)")
 
     g = p.add_argument_group("temporal augmentation (training split only)")
-    g.add_argument("--temporal_crop", type=float, default=1.0, help="keep a random window of at least this "
+    g.add_argument("--temporal_crop", type=float_in(0.0, 1.0, low_open=True), default=1.0, help="keep a random window of at least this "
                    "fraction of the frames (1 = off)")
-    g.add_argument("--temporal_stride", type=int, default=1, help="take every s-th frame, s random in "
+    g.add_argument("--temporal_stride", type=positive_int, default=1, help="take every s-th frame, s random in "
                    "1..this (1 = off)")
-    g.add_argument("--frame_dropout", type=float, default=0.0, help="drop each frame with this probability")
+    g.add_argument("--frame_dropout", type=probability, default=0.0, help="drop each frame with this probability")
 
     g = p.add_argument_group("hardware")
     g.add_argument("--gpu_id", type=int, default=1, help="CUDA device; the CPU is used (one log line) "
@@ -183,15 +193,15 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--opt_lvl", type=int, choices=(0, 1, 2, 3), default=1,
                    help="alias of --precision kept from apex (torch.amp only): 0 = fp32, 1 = fp16 autocast + "
                    "GradScaler, 2 and 3 = bf16")
-    g.add_argument("--num_workers", type=int, default=4)
+    g.add_argument("--num_workers", type=nonnegative_int, default=4)
 
     g = p.add_argument_group("logging")
-    g.add_argument("--log_interval", type=int, default=50, help="steps between TensorBoard scalars")
-    g.add_argument("--save_interval", type=int, default=1000, help="steps between last.pth saves inside an "
+    g.add_argument("--log_interval", type=nonnegative_int, default=50, help="steps between TensorBoard scalars")
+    g.add_argument("--save_interval", type=nonnegative_int, default=1000, help="steps between last.pth saves inside an "
                    "epoch (0 = only at epoch ends)")
-    g.add_argument("--stop_after_epochs", type=int, default=None, help="end this invocation after this many "
+    g.add_argument("--stop_after_epochs", type=positive_int, default=None, help="end this invocation after this many "
                    "epochs (time-limited cluster jobs): rerun the same command to go on exactly where it stopped")
-    g.add_argument("--stop_after_steps", type=int, default=None, help="end this invocation at this global step, "
+    g.add_argument("--stop_after_steps", type=positive_int, default=None, help="end this invocation at this global step, "
                    "saving last.pth first (also mid-epoch)")
     g.add_argument("--verbose", action="store_true")
     return p
@@ -235,6 +245,23 @@ def test_run_dir(args: argparse.Namespace, ckpt: dict[str, Any]) -> Path:
         return Path(args.expt_dir) / args.expt_name / args.run_name
     path = Path(args.model_ckpt).resolve()
     return path.parent.parent if path.parent.name == "checkpoints" else path.parent
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Flag combinations argparse cannot check one by one, refused before any work: a transformer whose width
+    does not split into its attention heads (Hugging Face would raise deep inside model construction)."""
+    head = (args.model or "").removeprefix("e2e_")
+    if head in ("bert", "roberta") and not args.pretrained:
+        import inspect
+
+        from models.transformer import TransformerHead
+
+        defaults = inspect.signature(TransformerHead.__init__).parameters
+        hidden = args.hidden_size or defaults["hidden_size"].default
+        heads = args.num_heads or defaults["num_heads"].default
+        if hidden % heads:
+            raise BadInputError(f"--hidden_size {hidden} is not divisible by --num_heads {heads}: each attention "
+                                "head takes an equal share of the width")
 
 
 def check_num_cls(flag: int | None, data: SplitData) -> None:
@@ -480,11 +507,20 @@ class Optimization:
         return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else {}}
 
-    def load_state_dicts(self, ckpt: dict[str, Any]) -> None:
+    def load_state_dicts(self, ckpt: dict[str, Any], follow_new_schedule: bool = False) -> None:
+        """The saved optimiser, schedule and scaler. With `follow_new_schedule` (the command changed --lr,
+        --backbone_lr, --epochs or the warm-up), this command's peak learning rates and schedule take over from the
+        restored step: the saved state would otherwise keep the old peaks and silently ignore the new flags."""
+        peaks = [group["initial_lr"] for group in self.optimizer.param_groups]  # this command's
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
         if ckpt.get("scaler"):
             self.scaler.load_state_dict(ckpt["scaler"])
+        if follow_new_schedule:
+            self.scheduler.base_lrs = peaks
+            factor = self.scheduler.lr_lambdas[0](self.scheduler.last_epoch)  # this command's warm-up and length
+            for group, peak in zip(self.optimizer.param_groups, peaks, strict=True):
+                group["initial_lr"], group["lr"] = peak, peak * factor
 
 
 def make_optimization(model: VideoModel, args: argparse.Namespace, device: torch.device, precision: str,
@@ -539,6 +575,29 @@ def check_same_settings(saved: dict[str, Any], args: argparse.Namespace, path: P
         )
 
 
+def check_same_head(ckpt: dict[str, Any], args: argparse.Namespace, path: Path) -> None:
+    """Resuming from any checkpoint (--model_ckpt, --resume PATH, auto): a head flag whose value differs from the
+    checkpoint's model would be silently ignored (the model is rebuilt from the checkpoint), so refuse it. Only
+    settings the model records are compared (meanpool has no --num_layers to disagree with)."""
+    config = ckpt.get("model_config") or {}
+    diffs = [f"--{key} {value} (the checkpoint's model has {config[key]})" for key, value in head_kwargs(args).items()
+             if config.get(key) is not None and config[key] != value]
+    if diffs:
+        raise BadInputError(f"{path} holds a model built with other head settings: {', '.join(diffs)}; resuming "
+                            "keeps the checkpoint's model: give its values, or --resume none to start afresh")
+
+
+# Settings a resume may change: the run then follows the new schedule from where it stands (said in one line).
+SCHEDULE_KEYS = ("epochs", "lr", "backbone_lr", "warmup_epochs", "warmup_steps")
+
+
+def schedule_changes(ckpt: dict[str, Any], args: argparse.Namespace) -> list[str]:
+    """The schedule flags whose value differs from the checkpoint's run, as `--flag old -> new`."""
+    saved = ckpt.get("args") or {}
+    return [f"--{k} {saved[k]} -> {getattr(args, k)}" for k in SCHEDULE_KEYS
+            if k in saved and saved[k] != getattr(args, k)]
+
+
 def resume_path(args: argparse.Namespace, run_dir: Path) -> Path | None:
     """The checkpoint to resume from: --model_ckpt, --resume PATH, or (--resume auto) the run folder's last.pth."""
     if args.model_ckpt:
@@ -565,14 +624,19 @@ def resume_checkpoint(
         raise BadInputError(f"{path} holds no training state (optimizer, epoch) to resume from")
     if not args.model_ckpt and args.resume == "auto":
         check_same_settings(ckpt.get("args") or {}, args, path)
+    check_same_head(ckpt, args, path)
     return ckpt, path
 
 
 def restore_run_state(ckpt: dict[str, Any], opt: Optimization, dist_info: DistInfo, seed: int,
-                      steps_per_epoch: int) -> RunState:
+                      steps_per_epoch: int, changed_schedule: Sequence[str] = ()) -> RunState:
     """The optimiser, schedule, scaler, counters, history and every RNG as `ckpt` saved them, so the run goes on
-    exactly as if never stopped (same world size: each rank takes back its own RNG and partial-epoch sums)."""
-    opt.load_state_dicts(ckpt)
+    exactly as if never stopped (same world size: each rank takes back its own RNG and partial-epoch sums).
+    `changed_schedule` (`schedule_changes`): the command's new schedule is followed from here, and said."""
+    if changed_schedule:
+        log.warning("resuming with a changed schedule (%s): this run now differs from a straight run with either "
+                    "schedule", ", ".join(changed_schedule))
+    opt.load_state_dicts(ckpt, follow_new_schedule=bool(changed_schedule))
     epoch = int(ckpt["epoch"])
     state = RunState(
         epoch=epoch,
@@ -677,6 +741,17 @@ def write_epoch_outputs(run_dir: Path, state: RunState, train_metrics: dict[str,
 # ----------------------------------------------------------------------------------------------- loops
 
 
+def nonfinite_loss_error(loss: float, state: RunState, indices: torch.Tensor, names: Sequence[str]) -> BadInputError:
+    """The error a NaN/inf training loss stops the run with, naming the step and the batch's videos."""
+    videos = [names[i] for i in indices.tolist()]
+    shown = ", ".join(videos[:8]) + (f", ... ({len(videos) - 8} more)" if len(videos) > 8 else "")
+    return BadInputError(
+        f"the training loss is {loss} at step {state.global_step + 1} (epoch {state.epoch + 1}) on a batch of "
+        f"{len(videos)} video(s): {shown}. Stopped before the weights took it in; the run's checkpoints hold the "
+        "last finite state. Check these videos' inputs, or lower --lr"
+    )
+
+
 def train_one_epoch(
     model: torch.nn.Module,
     loader: DataLoader,
@@ -689,11 +764,13 @@ def train_one_epoch(
     num_classes: int,
     steps_per_epoch: int,
     save_partial: Callable[[MetricAccumulator], None],
+    names: Sequence[str],
     writer: Any = None,
     show: bool = True,
 ) -> tuple[MetricAccumulator, bool]:
     """Train epoch `state.epoch` from batch `state.batch_in_epoch` to its end, or until global step
-    --stop_after_steps. Returns this rank's metric sums and whether it stopped at that step.
+    --stop_after_steps. Returns this rank's metric sums and whether it stopped at that step. A NaN/inf loss stops
+    the run before the optimiser step, naming the batch's videos (`names`, by dataset index).
 
     Inside the epoch, `save_partial(sums)` saves last.pth every --save_interval steps and where it stops; a step
     already passed (a rerun of the stopped command) never stops it again, so rerunning the same command resumes.
@@ -712,6 +789,8 @@ def train_one_epoch(
         with autocast(precision, device):
             logits = model(inputs, lengths)
         loss = opt.criterion(logits.float(), labels)
+        if not torch.isfinite(loss):
+            raise nonfinite_loss_error(loss.item(), state, batch["indices"], names)
         opt.step(loss, model.parameters())
         state.global_step += 1
         state.batch_in_epoch += 1
@@ -739,8 +818,10 @@ def evaluate(
     num_classes: int,
     collect: bool = False,
     show: bool = True,
+    names: Sequence[str] | None = None,
 ) -> tuple[MetricAccumulator, list[tuple[int, list[int], list[float]]]]:
-    """This rank's sums (reduce them) and, with `collect`, (index, top-5 classes, top-5 probs) per sample."""
+    """This rank's sums (reduce them) and, with `collect`, (index, top-5 classes, top-5 probs) per sample.
+    NaN/inf outputs (non-finite inputs) are an error naming their videos (`names`, by dataset index)."""
     model.eval()
     acc = MetricAccumulator(num_classes)
     outputs: list[tuple[int, list[int], list[float]]] = []
@@ -750,6 +831,12 @@ def evaluate(
         with autocast(precision, device):
             logits = model(inputs, lengths)
         logits = logits.float()
+        finite = torch.isfinite(logits).all(1)
+        if not bool(finite.all()):
+            idx = batch["indices"][~finite.cpu()].tolist()
+            videos = [names[i] if names is not None else str(i) for i in idx]
+            raise BadInputError(f"non-finite (NaN/inf) model outputs for {len(videos)} video(s): "
+                                f"{', '.join(videos[:10])}; their inputs hold NaN/inf values")
         loss = F.cross_entropy(logits, labels, reduction="sum")
         acc.update(logits, labels, loss.item())
         if collect:
@@ -764,7 +851,8 @@ def evaluate(
 
 
 def train(args: argparse.Namespace, dist_info: DistInfo) -> int:
-    """Train --model on the train split, evaluating on val after every epoch; resumes the run folder's last.pth."""
+    """Train --model on the train split, evaluating on val after every epoch; resumes the run folder's last.pth.
+    Rank 0 holds the run folder locked meanwhile (main's `hold_run_folder`)."""
     if args.model is None:
         raise BadInputError("--model is required in train mode (choose from " + ", ".join(ALL_MODEL_NAMES) + ")")
     device = run_device(args.gpu_id, dist_info)
@@ -823,7 +911,7 @@ def train(args: argparse.Namespace, dist_info: DistInfo) -> int:
     # optimisation and where the run stands
     opt = make_optimization(model, args, device, precision, steps_per_epoch)
     if ckpt is not None:
-        state = restore_run_state(ckpt, opt, dist_info, args.seed, steps_per_epoch)
+        state = restore_run_state(ckpt, opt, dist_info, args.seed, steps_per_epoch, schedule_changes(ckpt, args))
     else:
         state = RunState()
         set_seed(rank_seed(args.seed, dist_info.rank))
@@ -849,12 +937,13 @@ def train(args: argparse.Namespace, dist_info: DistInfo) -> int:
         sampler.set_start(state.batch_in_epoch * per_rank_batch)
         train_acc, stopped = train_one_epoch(
             train_model, train_loader, opt, state, args, device=device, precision=precision,
-            num_classes=num_classes, steps_per_epoch=steps_per_epoch, save_partial=save, writer=writer,
-            show=dist_info.is_main,
+            num_classes=num_classes, steps_per_epoch=steps_per_epoch, save_partial=save, names=train_data.names,
+            writer=writer, show=dist_info.is_main,
         )
         if state.batch_in_epoch == steps_per_epoch:  # the epoch is complete: evaluate, record, save
             train_metrics = train_acc.reduce(dist_info).compute()
-            val_acc, _ = evaluate(model, val_loader, device, precision, num_classes, show=dist_info.is_main)
+            val_acc, _ = evaluate(model, val_loader, device, precision, num_classes, show=dist_info.is_main,
+                                  names=val_data.names)
             val_metrics = val_acc.reduce(dist_info).compute()
             state.epoch, state.batch_in_epoch = epoch + 1, 0
             state.history.append({
@@ -936,6 +1025,7 @@ def test(args: argparse.Namespace, dist_info: DistInfo) -> int:
         raise BadInputError("--mode test needs --model_ckpt (e.g. RUN/checkpoints/best.pth)")
     ckpt = load_checkpoint(args.model_ckpt)
     check_compatible(ckpt, args.model_ckpt, args.model)  # the model first: it decides which data route to read
+    run_dir = check_writable_dir(test_run_dir(args, ckpt), "the report folder (--expt_dir/--expt_name/--run_name)")
     clips = clip_settings(args, ckpt) if is_e2e_name(str(ckpt["model_name"])) else None
     info = load_split(args, args.split, clips)
     check_num_cls(args.num_cls, info)
@@ -946,12 +1036,11 @@ def test(args: argparse.Namespace, dist_info: DistInfo) -> int:
     model = model_from_checkpoint(ckpt, device)
     loader = make_eval_loader(info, max(1, args.batch_size // dist_info.world_size), args.num_workers, dist_info,
                               device.type == "cuda")
-    acc, outputs = evaluate(model, loader, device, precision, info.num_classes, collect=True,
+    acc, outputs = evaluate(model, loader, device, precision, info.num_classes, collect=True, names=info.names,
                             show=dist_info.is_main)
     acc.reduce(dist_info)
     outputs = [o for part in all_gather_objects(outputs, dist_info) for o in part]
     if dist_info.is_main:
-        run_dir = test_run_dir(args, ckpt)
         extra = {"checkpoint": str(args.model_ckpt), "model": ckpt["model_name"], "epoch": ckpt.get("epoch"),
                  "precision": precision, "skipped": len(info.skipped)}
         if clips is not None:
@@ -965,9 +1054,26 @@ def test(args: argparse.Namespace, dist_info: DistInfo) -> int:
     return 0
 
 
+@contextlib.contextmanager
+def hold_run_folder(args: argparse.Namespace, dist_info: DistInfo) -> Iterator[None]:
+    """Train mode: the run folder is checked writable, and rank 0 holds it locked for the whole run, so a second
+    run there is refused at once (two would overwrite each other's checkpoints and metrics)."""
+    if args.mode != "train" or args.model is None:
+        yield
+        return
+    run_dir = check_writable_dir(train_run_dir(args), "the run folder (--expt_dir/--expt_name/--run_name)")
+    if not dist_info.is_main:
+        yield
+        return
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with OutputLock(run_dir, what="training run folder"):
+        yield
+
+
 def main(args: argparse.Namespace) -> int:
     setup_logging(args.verbose)
-    with rank_group() as dist_info:  # one rank's failure stops every rank, with its message
+    check_args(args)
+    with rank_group() as dist_info, hold_run_folder(args, dist_info):  # one rank's failure stops every rank
         if not dist_info.is_main:
             logging.getLogger().setLevel(logging.WARNING)
         return train(args, dist_info) if args.mode == "train" else test(args, dist_info)

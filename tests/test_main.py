@@ -197,3 +197,117 @@ def test_ddp_on_gloo_matches_one_process(data_dir, tmp_path):
     run = tmp_path / "t" / "ddp"
     assert len(list((run / "tensorboard").glob("events.out.tfevents.*"))) == 1  # only rank 0 writes
     assert (run / "train_log.txt").read_text().count("command:") == 1
+
+
+# ----- bad input never stops, hangs or silently corrupts a run (issue 11) ------------------------------------------
+
+
+def _cli(*argv, timeout: float = 180) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, str(ROOT / "main.py"), *map(str, argv)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=timeout)
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    return proc
+
+
+@pytest.mark.parametrize(("argv", "named"), [
+    (["--batch_size", "0"], "--batch_size"), (["--batch_size", "-4"], "--batch_size"),
+    (["--lr", "-1"], "--lr"), (["--lr", "nan"], "--lr"), (["--epochs", "0"], "--epochs"),
+    (["--num_layers", "0"], "--num_layers"), (["--dropout", "1.5"], "--dropout"), (["--dropout", "1"], "--dropout"),
+    (["--num_heads", "0"], "--num_heads"), (["--label_smoothing", "1"], "--label_smoothing"),
+    (["--temporal_crop", "0"], "--temporal_crop"), (["--num_workers", "-1"], "--num_workers"),
+])
+def test_bad_flag_values_are_argparse_errors(tmp_path, argv, named, capsys):
+    """Issue 11 item 8: --batch_size 0 trained with batch 1, bert --num_layers 0 ignored its input, --lr nan,
+    --dropout 1.5 and bilstm --num_layers 0 ended in tracebacks, --epochs 0 claimed to be already trained."""
+    with pytest.raises(SystemExit) as exc:
+        main.get_args_parser().parse_args(["--mode", "train", "--model", "bilstm", "--data_dir", str(tmp_path), *argv])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and f"error: argument {named}: must be" in err and "usage:" in err
+
+
+def test_heads_that_do_not_divide_the_width_are_refused_up_front(data_dir, tmp_path):
+    proc = _cli(*train_args(data_dir, tmp_path, "r", "--model", "bert", "--num_heads", 3, "--hidden_size", 32))
+    assert proc.returncode == 2 and "--hidden_size 32 is not divisible by --num_heads 3" in proc.stderr
+    proc = _cli(*train_args(data_dir, tmp_path, "r", "--model", "e2e_roberta", "--num_heads", 5))  # 256 by default
+    assert proc.returncode == 2 and "--hidden_size 256 is not divisible by --num_heads 5" in proc.stderr
+    assert not (tmp_path / "t").exists()
+
+
+def test_output_folder_that_is_a_file_is_refused_before_any_work(data_dir, tmp_path):
+    """Issue 11 item 9: --expt_dir naming a file gave a FileExistsError traceback."""
+    (tmp_path / "file").write_text("x")
+    proc = _cli(*train_args(data_dir, tmp_path / "file", "r", "--epochs", 1))
+    assert proc.returncode == 2 and "is a file" in proc.stderr and "--expt_dir" in proc.stderr
+
+
+def test_nonfinite_embeddings_are_named_before_training(tmp_path):
+    """Issue 11 item 4: a NaN row in train.npy trained with loss nan, exited 0 and saved NaN weights."""
+    data = write_data(tmp_path / "data")
+    arr = np.load(data / "train.npy", mmap_mode="r+")
+    arr[5, 1, 3] = np.nan
+    arr[9, 0, 0] = np.inf
+    arr.flush()
+    del arr
+    with pytest.raises(BadInputError, match=r"2 video\(s\) have non-finite \(NaN/inf\) embeddings: train_00005, "
+                                            r"train_00009"):
+        run_main(*train_args(data, tmp_path, "r", "--epochs", 1))
+    assert not (tmp_path / "t" / "r" / "checkpoints").exists()
+
+
+def test_nonfinite_validation_inputs_are_named(tmp_path):
+    data = write_data(tmp_path / "data")
+    arr = np.load(data / "val.npy", mmap_mode="r+")
+    arr[4, 0, 0] = np.nan
+    arr.flush()
+    del arr
+    with pytest.raises(BadInputError, match=r"non-finite \(NaN/inf\) model outputs for 1 video\(s\): val_00004"):
+        run_main(*train_args(data, tmp_path, "r", "--epochs", 1))
+
+
+def test_nonfinite_loss_stops_training_naming_step_and_videos(data_dir, tmp_path, monkeypatch):
+    """A loss that becomes NaN mid-run (here: forced at the third step) stops the run, names the step and the
+    batch's videos, and leaves no checkpoint from the non-finite state."""
+    run_main(*train_args(data_dir, tmp_path, "r", "--epochs", 1))
+    last = tmp_path / "t" / "r" / "checkpoints" / "last.pth"
+    before = last.read_bytes()
+    calls = {"n": 0}
+    real = torch.nn.CrossEntropyLoss.forward
+
+    def poisoned(self, logits, labels):
+        calls["n"] += 1
+        loss = real(self, logits, labels)
+        return loss * float("nan") if calls["n"] == 3 else loss
+
+    monkeypatch.setattr(torch.nn.CrossEntropyLoss, "forward", poisoned)
+    with pytest.raises(BadInputError, match=r"training loss is nan at step 7 \(epoch 2\) on a batch of 16 video\(s\): "
+                                            r"train_\d{5}, .*last finite state"):
+        run_main(*train_args(data_dir, tmp_path, "r", "--epochs", 3))
+    assert last.read_bytes() == before
+
+
+def test_resume_refuses_other_head_settings_and_says_a_changed_schedule(data_dir, tmp_path, capfd):
+    """Issue 11 item 8: --model_ckpt with another --hidden_size silently kept the checkpoint's size."""
+    run_main(*train_args(data_dir, tmp_path, "r", "--epochs", 1, "--model", "bilstm", "--hidden_size", 16))
+    ckpt = tmp_path / "t" / "r" / "checkpoints" / "last.pth"
+    with pytest.raises(BadInputError, match=r"other head settings: --hidden_size 32 \(the checkpoint's model has 16\)"):
+        run_main(*train_args(data_dir, tmp_path, "other", "--epochs", 2, "--model", "bilstm", "--hidden_size", 32,
+                             "--model_ckpt", ckpt))
+    with pytest.raises(BadInputError, match=r"--num_layers 2 \(the checkpoint's model has 1\)"):
+        run_main(*train_args(data_dir, tmp_path, "other", "--epochs", 2, "--model", "bilstm", "--hidden_size", 16,
+                             "--num_layers", 2, "--resume", ckpt))
+    run_main(*train_args(data_dir, tmp_path, "r", "--epochs", 2, "--model", "bilstm", "--hidden_size", 16,
+                         "--lr", 5e-3))
+    assert "resuming with a changed schedule (--epochs 1 -> 2, --lr 0.01 -> 0.005)" in capfd.readouterr().err
+    resumed = load_checkpoint(ckpt)
+    assert resumed["epoch"] == 2
+    assert [g["initial_lr"] for g in resumed["optimizer"]["param_groups"]] == [5e-3, 5e-3]  # the new peak is used
+
+
+def test_second_training_run_in_one_folder_is_refused(data_dir, tmp_path):
+    from utils import OutputLock
+
+    run = tmp_path / "t" / "r"
+    with OutputLock(run):  # what a run in progress holds
+        with pytest.raises(BadInputError, match=f"in use by another run \\(pid {os.getpid()}"):
+            run_main(*train_args(data_dir, tmp_path, "r", "--epochs", 1))
+    run_main(*train_args(data_dir, tmp_path, "r", "--epochs", 1))  # released: runs
