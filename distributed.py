@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from utils import BadInputError
+from utils import BadInputError, OutputLock
 
 log = logging.getLogger("actionbert")
 
@@ -139,6 +139,13 @@ def rank_group(backend: str | None = None) -> Iterator[DistInfo]:
         _publish_failure(info, exc)
         raise
     cleanup(info)
+
+
+def main_rank_lock(info: DistInfo, folder: str | os.PathLike, name: str = ".lock",
+                   what: str = "output folder") -> contextlib.AbstractContextManager:
+    """`utils.OutputLock` on `folder` held by rank 0 for the block (the other ranks run under it): one run per
+    output folder, whatever its number of processes. Creates the folder."""
+    return OutputLock(folder, name, what) if info.is_main else contextlib.nullcontext()
 
 
 def barrier(info: DistInfo) -> None:

@@ -24,7 +24,6 @@ predictions_<split>.csv and confusion_<split>.png.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
 import functools
 import io
@@ -66,7 +65,7 @@ from dataset import (
     pad_collate,
     stats_from_sums,
 )
-from distributed import DistInfo, all_gather_objects, all_reduce_sum, barrier, rank_group
+from distributed import DistInfo, all_gather_objects, all_reduce_sum, barrier, main_rank_lock, rank_group
 from layout import read_class_names, read_split_json, split_json_path
 from metrics import MetricAccumulator
 from models import MODEL_NAMES, build_model
@@ -77,7 +76,6 @@ from reports import plot_confusion, plot_curves
 from sampling import TemporalAugment
 from utils import (
     BadInputError,
-    OutputLock,
     atomic_write_json,
     atomic_write_text,
     check_writable_dir,
@@ -248,8 +246,11 @@ def test_run_dir(args: argparse.Namespace, ckpt: dict[str, Any]) -> Path:
 
 
 def check_args(args: argparse.Namespace) -> None:
-    """Flag combinations argparse cannot check one by one, refused before any work: a transformer whose width
-    does not split into its attention heads (Hugging Face would raise deep inside model construction)."""
+    """Flag combinations argparse cannot check one by one, refused before any work: train mode without --model, a
+    transformer whose width does not split into its attention heads (Hugging Face would raise deep inside model
+    construction)."""
+    if args.mode == "train" and args.model is None:
+        raise BadInputError("--model is required in train mode (choose from " + ", ".join(ALL_MODEL_NAMES) + ")")
     head = (args.model or "").removeprefix("e2e_")
     if head in ("bert", "roberta") and not args.pretrained:
         import inspect
@@ -852,9 +853,7 @@ def evaluate(
 
 def train(args: argparse.Namespace, dist_info: DistInfo) -> int:
     """Train --model on the train split, evaluating on val after every epoch; resumes the run folder's last.pth.
-    Rank 0 holds the run folder locked meanwhile (main's `hold_run_folder`)."""
-    if args.model is None:
-        raise BadInputError("--model is required in train mode (choose from " + ", ".join(ALL_MODEL_NAMES) + ")")
+    `main` holds the run folder locked meanwhile."""
     device = run_device(args.gpu_id, dist_info)
     precision = resolve_precision(precision_from_flags(args.precision, args.opt_lvl), device, training=True)
     run_dir = train_run_dir(args)
@@ -1054,29 +1053,18 @@ def test(args: argparse.Namespace, dist_info: DistInfo) -> int:
     return 0
 
 
-@contextlib.contextmanager
-def hold_run_folder(args: argparse.Namespace, dist_info: DistInfo) -> Iterator[None]:
-    """Train mode: the run folder is checked writable, and rank 0 holds it locked for the whole run, so a second
-    run there is refused at once (two would overwrite each other's checkpoints and metrics)."""
-    if args.mode != "train" or args.model is None:
-        yield
-        return
-    run_dir = check_writable_dir(train_run_dir(args), "the run folder (--expt_dir/--expt_name/--run_name)")
-    if not dist_info.is_main:
-        yield
-        return
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with OutputLock(run_dir, what="training run folder"):
-        yield
-
-
 def main(args: argparse.Namespace) -> int:
     setup_logging(args.verbose)
     check_args(args)
-    with rank_group() as dist_info, hold_run_folder(args, dist_info):  # one rank's failure stops every rank
+    with rank_group() as dist_info:  # one rank's failure stops every rank, with its message
         if not dist_info.is_main:
             logging.getLogger().setLevel(logging.WARNING)
-        return train(args, dist_info) if args.mode == "train" else test(args, dist_info)
+        if args.mode == "test":
+            return test(args, dist_info)
+        run_dir = check_writable_dir(train_run_dir(args), "the run folder (--expt_dir/--expt_name/--run_name)")
+        # a second run in this folder is refused at once: two would overwrite each other's checkpoints and metrics
+        with main_rank_lock(dist_info, run_dir, what="training run folder"):
+            return train(args, dist_info)
 
 
 if __name__ == "__main__":

@@ -30,8 +30,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from distributed import DistInfo, barrier, rank_group
-from layout import frame_name, read_class_names, read_frame_settings, read_split_json, video_frames
+from distributed import DistInfo, barrier, main_rank_lock, rank_group
+from layout import frame_name, read_class_names, read_frame_settings, read_manifest, read_split_json, video_frames
 from models.backbone import build_backbone, default_threads, embed_batch, input_stats
 from precision import INFERENCE_PRECISIONS, resolve_precision
 from sampling import subsample_indices
@@ -40,7 +40,12 @@ from utils import (
     BadInputError,
     atomic_write_json,
     atomic_write_text,
+    check_writable_dir,
+    int_at_least,
     log_failure_summary,
+    nonnegative_float,
+    nonnegative_int,
+    positive_int,
     read_json,
     resolve_device,
     run_cli,
@@ -86,10 +91,28 @@ def plan_videos(
     return plans, failures
 
 
-def plan_fingerprint(plans: Sequence[VideoPlan], max_len: int) -> str:
-    """Hash of what the memmap rows mean; a resume or a 'done already' must see the same one."""
-    blob = json.dumps([max_len, [(p.name, p.label, p.num_frames, p.frames) for p in plans]])
-    return hashlib.sha256(blob.encode()).hexdigest()
+def read_source_stamps(frames_dir: str | Path) -> dict[str, list[Any]]:
+    """{video_name: [source size, source mtime_ns, frame count]} from stage 1's manifest: what changes when stage
+    1 redoes a video whose source changed, even when it keeps the same number of frames. {} without one."""
+    videos = (read_manifest(frames_dir) or {}).get("videos")
+    if not isinstance(videos, dict):
+        return {}
+    return {name: [v.get("source_size"), v.get("source_mtime_ns"), v.get("num_frames")]
+            for name, v in videos.items() if isinstance(v, dict) and "source_size" in v}
+
+
+def plan_fingerprint(plans: Sequence[VideoPlan], max_len: int, stamps: dict[str, list[Any]] | None = None) -> str:
+    """Hash of what the memmap rows mean; a resume or a 'done already' must see the same one. `stamps` (stage 1's
+    source records) make frames re-extracted from a changed source count as other frames."""
+    rows = [(p.name, p.label, p.num_frames, p.frames) for p in plans]
+    if stamps:
+        rows = [(*row, stamps.get(p.name)) for row, p in zip(rows, plans, strict=True)]
+    return hashlib.sha256(json.dumps([max_len, rows]).encode()).hexdigest()
+
+
+def videos_fingerprint(plans: Sequence[VideoPlan]) -> str:
+    """Hash of the split's videos and labels alone: equal while only their frames changed (stage 1 redid them)."""
+    return hashlib.sha256(json.dumps([(p.name, p.label) for p in plans]).encode()).hexdigest()
 
 
 # ----------------------------------------------------------------------------------------------- batches
@@ -173,9 +196,11 @@ def read_progress_file(path: Path) -> tuple[dict[str, Any] | None, list[dict[str
     return header, records
 
 
-def read_progress(out_dir: Path, split: str, total_frames: int) -> tuple[list[dict[str, Any]], np.ndarray, set[int]]:
-    """Headers of every rank's log, and the union of their work: a done mask over all frames, the bad frames."""
-    headers, done, bad = [], np.zeros(total_frames, dtype=bool), set()
+def read_progress(out_dir: Path, split: str, total_frames: int) -> tuple[list[dict[str, Any]], np.ndarray, set[int],
+                                                                         set[int]]:
+    """Headers of every rank's log, and the union of their work: a done mask over all frames, the bad frames (not
+    embedded), and among them those whose embedding was not finite (their videos fail)."""
+    headers, done, bad, nonfinite = [], np.zeros(total_frames, dtype=bool), set(), set()
     for path in progress_files(out_dir, split):
         header, records = read_progress_file(path)
         if header is not None:
@@ -183,7 +208,8 @@ def read_progress(out_dir: Path, split: str, total_frames: int) -> tuple[list[di
         for rec in records:
             done[rec["r"][0] : rec["r"][1]] = True
             bad.update(rec["bad"])
-    return headers, done, bad
+            nonfinite.update(rec.get("nonfinite", ()))
+    return headers, done, bad, nonfinite
 
 
 class ProgressLog:
@@ -218,13 +244,17 @@ def refuse_mix(out_dir: Path, split: str, theirs: dict[str, Any], ours: dict[str
         )
 
 
-def inspect_outputs(out_dir: Path, split: str, identity: dict[str, Any], fingerprint: str, batch_size: int) -> str:
-    """What OUT holds for this split: 'complete', 'resume' (an interrupted run of this command) or 'fresh'.
+def inspect_outputs(out_dir: Path, split: str, identity: dict[str, Any], fingerprint: str, batch_size: int,
+                    videos_fp: str | None = None) -> str:
+    """What OUT holds for this split: 'complete', 'resume' (an interrupted run of this command), 'stale' (made by
+    this command from the same videos, whose frames have changed since: stage 1 redid them) or 'fresh'.
     Raises BadInputError rather than touch files made another way."""
     npy, meta_path, partial = out_dir / f"{split}.npy", out_dir / f"{split}.json", out_dir / f"{split}.npy.partial"
     if meta_path.is_file():
         meta = read_json(meta_path, "embedding JSON")
         refuse_mix(out_dir, split, meta, identity, meta_path.name)
+        if meta.get("plan_sha256") != fingerprint and videos_fp and meta.get("videos_sha256") == videos_fp:
+            return "stale"
         if meta.get("plan_sha256") != fingerprint:
             raise BadInputError(
                 f"{meta_path} was made from another split file or other frames than this run's; use another "
@@ -236,6 +266,8 @@ def inspect_outputs(out_dir: Path, split: str, identity: dict[str, Any], fingerp
     headers = [h for path in progress_files(out_dir, split) if (h := read_progress_file(path)[0]) is not None]
     for header in headers:
         refuse_mix(out_dir, split, header, identity, "an interrupted run")
+        if header.get("plan_sha256") != fingerprint and videos_fp and header.get("videos_sha256") == videos_fp:
+            return "stale"
         if header.get("plan_sha256") != fingerprint:
             raise BadInputError(
                 f"the interrupted run in {out_dir} used another split file or other frames; delete "
@@ -261,18 +293,28 @@ def finalize(
     planning_failures: list[dict[str, Any]],
     meta: dict[str, Any],
     strict: bool,
+    nonfinite: set[int] | None = None,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Put `<split>.npy` in place, then the failure report, then the JSON last; safe to repeat after a kill.
 
     Rows were written at each frame's position; when frames were corrupt the readable ones are packed to the
     front and videos with none are dropped, in a streamed copy (the .partial stays intact until renamed away).
+    A video with any `nonfinite` frame (its embedding held NaN/inf) is dropped and listed: a NaN row would turn
+    training into NaN.
     """
     npy, partial = out_dir / f"{split}.npy", out_dir / f"{split}.npy.partial"
     offsets = frame_offsets(plans)
     bad_arr = np.zeros(int(offsets[-1]), dtype=bool)
     bad_arr[list(bad)] = True
+    nonfinite_arr = np.zeros(int(offsets[-1]), dtype=bool)
+    nonfinite_arr[list(nonfinite or ())] = True
     failures, keep = list(planning_failures), []
     for p, plan in enumerate(plans):
+        n_nonfinite = int(nonfinite_arr[offsets[p] : offsets[p + 1]].sum())
+        if n_nonfinite:
+            failures.append({"file": plan.frame_dir, "video_name": plan.name,
+                             "reason": f"the backbone's embedding of {n_nonfinite} frame(s) is not finite (NaN/inf)"})
+            continue
         n_bad = int(bad_arr[offsets[p] : offsets[p + 1]].sum())
         if n_bad:
             log.warning("%s: skipped %d corrupt frame(s) of %d", plan.frame_dir, n_bad, len(plan.frames))
@@ -376,11 +418,19 @@ def extract(
         last_flush = time.monotonic()
 
     def consume(batch: dict[str, Any], feats: torch.Tensor) -> None:
-        ok = batch["ok"].numpy()
+        ok = batch["ok"].numpy().copy()
+        rows = feats.numpy()
+        finite = np.isfinite(rows).all(1)  # NaN/inf from the backbone: that frame's video fails in finalize
+        nonfinite = np.flatnonzero(ok)[~finite]
+        ok[nonfinite] = False
         if ok.any():
-            arr[batch["vpos"].numpy()[ok], batch["fpos"].numpy()[ok]] = feats.numpy()
+            arr[batch["vpos"].numpy()[ok], batch["fpos"].numpy()[ok]] = rows[finite]
         start = batch["start"]
-        pending_records.append({"r": [start, start + len(ok)], "bad": (start + np.flatnonzero(~ok)).tolist()})
+        record = {"r": [start, start + len(ok)], "bad": (start + np.flatnonzero(~ok)).tolist()}
+        if len(nonfinite):
+            record["nonfinite"] = (start + nonfinite).tolist()
+            log.debug("non-finite embeddings for %d frame(s) of batch starting at %d", len(nonfinite), start)
+        pending_records.append(record)
         if time.monotonic() - last_flush >= checkpoint_seconds:
             flush()
 
@@ -434,10 +484,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--out_dir", required=True)
     p.add_argument("-m", "--model", default="resnet18", help="any torchvision classification model (default resnet18)")
     p.add_argument("--weights", default="imagenet", help="imagenet (torchvision's), none (random init) or a state_dict PATH")
-    p.add_argument("-bs", "--batch_size", type=int, default=128, help="frames per forward pass (batches span videos)")
-    p.add_argument("-nw", "--num_workers", type=int, default=4, help="DataLoader processes decoding and resizing frames")
+    p.add_argument("-bs", "--batch_size", type=positive_int, default=128, help="frames per forward pass (batches span videos)")
+    p.add_argument("-nw", "--num_workers", type=nonnegative_int, default=4, help="DataLoader processes decoding and resizing frames")
     p.add_argument("-g", "--gpu_id", type=int, default=0, help="CUDA device; the CPU is used when there is none")
-    p.add_argument("--image_size", type=int, default=224)
+    p.add_argument("--image_size", type=int_at_least(16), default=224)
     p.add_argument("--resize", choices=RESIZE_MODES, default="crop",
                    help="crop: shorter side to image_size then centre crop; squash: straight to SxS (old behaviour)")
     p.add_argument("--precision", choices=INFERENCE_PRECISIONS, default="auto",
@@ -445,11 +495,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--channels_last", action=argparse.BooleanOptionalAction, default=None,
                    help="channels_last memory format (default: on for CUDA, off on the CPU)")
     p.add_argument("--dtype", choices=DTYPES, default="float32", help="dtype of the stored embeddings")
-    p.add_argument("--max_len", type=int, default=None,
+    p.add_argument("--max_len", type=positive_int, default=None,
                    help="cap on frames per video: longer videos are subsampled uniformly (default: no cap)")
     p.add_argument("--seed", type=int, default=0, help="fixes the random backbone of --weights none and data order")
     p.add_argument("--strict", action="store_true", help="fail on any missing video or corrupt frame")
-    p.add_argument("--checkpoint_seconds", type=float, default=CHECKPOINT_SECONDS,
+    p.add_argument("--checkpoint_seconds", type=nonnegative_float, default=CHECKPOINT_SECONDS,
                    help="seconds between flushing the memmap and recording finished frames (what a killed run keeps); "
                         "0 = after every batch. Outputs do not depend on it")
     p.add_argument("-v", "--verbose", action="store_true")
@@ -457,6 +507,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def validate_args(args: argparse.Namespace) -> None:
+    """What argparse's types cannot check, before any work: the inputs exist and the output folder can be made."""
     for flag, value, low in (("--batch_size", args.batch_size, 1), ("--num_workers", args.num_workers, 0),
                              ("--image_size", args.image_size, 16)):
         if value < low:
@@ -465,13 +516,16 @@ def validate_args(args: argparse.Namespace) -> None:
         raise BadInputError(f"--max_len must be >= 1, got {args.max_len}")
     if not Path(args.frames_dir).is_dir():
         raise BadInputError(f"frames folder not found: {args.frames_dir}")
+    check_writable_dir(args.out_dir, "-o/--out_dir")
 
 
 def main(args: argparse.Namespace) -> int:
     setup_logging(args.verbose)
     validate_args(args)
     with rank_group() as info:  # one rank's failure stops every rank, with its message
-        return embed_split(args, info)
+        # one run per split: two writing one memmap would interleave their rows and progress logs
+        with main_rank_lock(info, args.out_dir, f".lock.{args.split}", what=f"split {args.split!r} of this folder"):
+            return embed_split(args, info)
 
 
 def embed_split(args: argparse.Namespace, info: DistInfo) -> int:
@@ -500,14 +554,18 @@ def embed_split(args: argparse.Namespace, info: DistInfo) -> int:
         raise BadInputError(f"none of the {len(entries)} videos of {args.json_file} has frames in {args.frames_dir}; "
                             f"listed in {report}")
     max_len = max(len(p.frames) for p in plans)
-    fingerprint = plan_fingerprint(plans, max_len)
+    fingerprint = plan_fingerprint(plans, max_len, read_source_stamps(args.frames_dir))
+    videos_fp = videos_fingerprint(plans)
     identity = {"backbone": args.model, "weights": args.weights, "seed": args.seed if args.weights == "none" else None,
                 "image_size": args.image_size, "resize": args.resize, "dtype": args.dtype,
                 "max_len_cap": args.max_len, "precision": precision}
 
     state = "fresh"
     if out_dir.is_dir():
-        state = inspect_outputs(out_dir, args.split, identity, fingerprint, args.batch_size)
+        state = inspect_outputs(out_dir, args.split, identity, fingerprint, args.batch_size, videos_fp)
+    if state == "stale":
+        log.warning("the frames of split %s changed since %s was embedded (stage 1 redid videos whose source "
+                    "changed): embedding the split again", args.split, out_dir)
     if state == "complete":
         log.info("%s/%s.npy is complete for this command: nothing to do", out_dir, args.split)
         return 0
@@ -518,7 +576,7 @@ def embed_split(args: argparse.Namespace, info: DistInfo) -> int:
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     check_backbone(model, dim, args.image_size, device, precision, channels_last, args.model)
-    header = {**identity, "plan_sha256": fingerprint, "batch_size": args.batch_size}
+    header = {**identity, "plan_sha256": fingerprint, "videos_sha256": videos_fp, "batch_size": args.batch_size}
     partial = out_dir / f"{args.split}.npy.partial"
     shape = (len(plans), max_len, dim)
     total = int(frame_offsets(plans)[-1])
@@ -526,13 +584,13 @@ def embed_split(args: argparse.Namespace, info: DistInfo) -> int:
     barrier(info)  # every rank has looked at OUT before rank 0 changes it
     if info.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
-        if state == "fresh":
-            for path in progress_files(out_dir, args.split):
-                path.unlink()
+        if state in ("fresh", "stale"):
+            for path in (out_dir / f"{args.split}.json", out_dir / f"{args.split}.npy", *progress_files(out_dir, args.split)):
+                path.unlink(missing_ok=True)  # the JSON first: it must never describe another .npy
             atomic_write_text(progress_path(out_dir, args.split, 0), json.dumps({"header": header}) + "\n")
             np.lib.format.open_memmap(partial, mode="w+", dtype=args.dtype, shape=shape).flush()
     barrier(info)
-    _, done, _ = read_progress(out_dir, args.split, total)
+    _, done, _, _ = read_progress(out_dir, args.split, total)
     barrier(info)  # all ranks have read every log before any rank rewrites its own
 
     batch_ids = batches_to_do(total, done, args.batch_size, info.rank, info.world_size)
@@ -560,13 +618,14 @@ def embed_split(args: argparse.Namespace, info: DistInfo) -> int:
     barrier(info)
     if not info.is_main:
         return 0
-    _, done, bad = read_progress(out_dir, args.split, total)
+    _, done, bad, nonfinite = read_progress(out_dir, args.split, total)
     if not done.all():
         raise BadInputError(f"{int((~done).sum())} frame(s) of {args.split} still lack embeddings; rerun the command")
     meta = {"split": args.split, **identity, **frame_settings, "max_len": max_len, "feature_dim": dim,
             "class_names": class_names, "num_classes": len(class_names),
-            "subsampled_videos": sum(p.num_frames > len(p.frames) for p in plans), "plan_sha256": fingerprint}
-    meta, failures = finalize(out_dir, args.split, plans, bad, plan_failures, meta, args.strict)
+            "subsampled_videos": sum(p.num_frames > len(p.frames) for p in plans), "plan_sha256": fingerprint,
+            "videos_sha256": videos_fp}
+    meta, failures = finalize(out_dir, args.split, plans, bad, plan_failures, meta, args.strict, nonfinite)
     log_failure_summary(failures, report)
     n, length, d = meta["memmap_size"]
     log.info("wrote %s/%s.npy (%d videos x %d frames x %d) and %s.json; %d video(s) left out, %d corrupt frame(s) "

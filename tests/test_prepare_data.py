@@ -331,3 +331,73 @@ def test_bad_split_json_and_frames_dir_name_the_file(tmp_path):
     (tmp_path / "frames").mkdir()
     with pytest.raises(pd.BadInputError, match="bad.json"):
         run_main(*stage_args(tmp_path / "frames", bad, tmp_path / "out"))
+
+
+# ------------------------------------------------------------------------------------------------ issue 11
+
+
+def test_nonfinite_embedding_fails_its_video(fixture_frames, tmp_path, monkeypatch, caplog):
+    """Issue 11 item 4: NaN/inf from the backbone went into the memmap. Every batch is checked: a video with a
+    non-finite frame embedding is listed and left out, the others are kept."""
+    frames, split_json = fixture_frames
+    real = pd.embed_batch
+    calls = {"n": 0}
+
+    def poisoned(model, x, precision="fp32"):
+        out = real(model, x, precision).clone()
+        calls["n"] += len(out) > 1  # not check_backbone's one-frame probe
+        if calls["n"] == 1 and len(out) > 1:
+            out[1, 3] = float("nan")  # the second frame of the first video in the plan (bikes_c000)
+        return out
+
+    monkeypatch.setattr(pd, "embed_batch", poisoned)
+    out = tmp_path / "out"
+    assert run_main(*stage_args(frames, split_json, out)) == 0
+    arr, meta = load_out(out)
+    failed = json.loads((out / "failed_train.json").read_text())
+    assert [(f["video_name"], "not finite (NaN/inf)" in f["reason"]) for f in failed] == [("bikes_c000", True)]
+    assert [r["video_name"] for r in meta["data"]] == ["carphone_pristine_c000", "tree_c000", "vtest_c000"]
+    assert np.isfinite(arr).all()
+
+
+def test_second_run_on_one_split_is_refused_and_flags_checked(fixture_frames, tmp_path, capsys):
+    from utils import OutputLock
+
+    frames, split_json = fixture_frames
+    out = tmp_path / "out"
+    with OutputLock(out, ".lock.train"), pytest.raises(pd.BadInputError, match="in use by another run"):
+        run_main(*stage_args(frames, split_json, out))
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(pd.BadInputError, match="-o/--out_dir .*is a file"):
+        run_main(*stage_args(frames, split_json, tmp_path / "file"))
+    for bad in (["-bs", "0"], ["--num_workers", "-1"], ["--max_len", "0"], ["--checkpoint_seconds", "nan"]):
+        with pytest.raises(SystemExit) as exc:
+            pd.get_args_parser().parse_args(stage_args(frames, split_json, out, *bad))
+        err = capsys.readouterr().err
+        assert exc.value.code == 2 and "error: argument " in err and bad[0] in err.split("error: argument ")[1]
+
+
+def test_frames_redone_by_stage_1_are_embedded_again(reference, fixture_frames, tmp_path, caplog):
+    """Issue 11: stage 2 checks its source too. Stage 1 redid a video whose source changed (its manifest
+    records the new size and time; here even the frame count is the same): the split is embedded again."""
+    frames, split_json = fixture_frames
+    copy = tmp_path / "frames"
+    shutil.copytree(frames, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    for i, entry in enumerate(manifest["videos"].values()):
+        entry.update(source_size=1000 + i, source_mtime_ns=10**18)
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    out = tmp_path / "out"
+    assert run_main(*stage_args(copy, split_json, out)) == 0
+    caplog.set_level(logging.INFO, logger="actionbert")
+    assert run_main(*stage_args(copy, split_json, out)) == 0 and "nothing to do" in caplog.text
+    first = json.loads((out / "train.json").read_text())["plan_sha256"]
+    manifest["videos"]["tree_c000"]["source_mtime_ns"] += 1
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    caplog.clear()
+    assert run_main(*stage_args(copy, split_json, out)) == 0
+    assert "changed since" in caplog.text and "embedding the split again" in caplog.text
+    arr, meta = load_out(out)
+    assert meta["plan_sha256"] != first and np.isfinite(arr).all()
+    ref_arr, _ = load_out(reference)
+    np.testing.assert_array_equal(arr, ref_arr)  # the same frames embedded again give the same rows
