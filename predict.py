@@ -38,7 +38,17 @@ from models.e2e import is_e2e_name
 from precision import INFERENCE_PRECISIONS, resolve_precision
 from sampling import eval_indices, subsample_indices
 from transforms import RESIZE_MODES, normalize_batch, preprocess_frame
-from utils import BadInputError, atomic_write_json, resolve_device, run_cli, setup_logging
+from utils import (
+    NAME_MAX,
+    BadInputError,
+    atomic_write_json,
+    check_writable_file,
+    fit_name,
+    positive_int,
+    resolve_device,
+    run_cli,
+    setup_logging,
+)
 from video import VideoDecodeError, is_video_file, iter_stored_frames_at_fps, truncation_reason
 
 log = logging.getLogger("actionbert.predict")
@@ -211,7 +221,8 @@ def rebuild_backbone(info: dict[str, Any], ckpt_path: str | os.PathLike, overrid
         hint = "" if override else " (recorded in the checkpoint); pass a local copy with --backbone_weights PATH"
         raise BadInputError(f"backbone weights {weights} not found{hint}")
     try:
-        backbone, _ = build_backbone(name, weights, seed=seed)
+        backbone, _ = build_backbone(name, weights, seed=seed, flag="--backbone_weights" if override else
+                                     "the checkpoint's backbone weights")
     except BadInputError as exc:
         if weights == "imagenet":
             raise BadInputError(
@@ -356,10 +367,11 @@ def attention_plot_paths(out: str | os.PathLike, videos: Sequence[Path]) -> list
     paths, seen = [], set()
     for v in videos:
         stem = re.sub(r"[^A-Za-z0-9._-]+", "_", v.stem) or "video"
-        candidate, k = f"{out.stem}_{stem}", 1
+        room = NAME_MAX - len((out.suffix or ".png").encode()) - 8  # the suffix and a counter always fit
+        candidate, k = fit_name(f"{out.stem}_{stem}", room), 1
         while candidate.casefold() in seen:
             k += 1
-            candidate = f"{out.stem}_{stem}_{k}"
+            candidate = f"{fit_name(f'{out.stem}_{stem}', room)}_{k}"
         seen.add(candidate.casefold())
         paths.append(out.with_name(candidate + (out.suffix or ".png")))
     return paths
@@ -439,6 +451,15 @@ def _predict_e2e(predictor: Predictor, path: str, decoded: DecodedVideo, attenti
     return Prediction(path, probs, len(decoded.frames), times, maps, thumbs)
 
 
+def failure_reason(exc: Exception) -> str:
+    """One line for an exception from one video's work; its traceback goes to the debug log (-v)."""
+    log.debug("traceback:", exc_info=exc)
+    if isinstance(exc, BadInputError):
+        return str(exc)
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"unexpected error ({type(exc).__name__}{': ' + first if first else ''}); -v logs its traceback"
+
+
 def format_table(pred: Prediction, class_names: Sequence[str], k: int, fps: float) -> str:
     """A small aligned table of one video's top-k classes."""
     top = pred.topk(class_names, k)
@@ -458,7 +479,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("videos", nargs="+", metavar="VIDEO", help="video files or folders (all video files inside, "
                    "recursively, sorted)")
     p.add_argument("--model_ckpt", required=True, help="checkpoint from main.py, e.g. RUN/checkpoints/best.pth")
-    p.add_argument("--topk", type=int, default=5, help="classes to print per video")
+    p.add_argument("--topk", type=positive_int, default=5, help="classes to print per video")
     p.add_argument("--json", default=None, help="also write [{video, topk: [{label, class_idx, prob}], num_frames}] "
                    "to this file")
     p.add_argument("--backbone_weights", default=None, help="local state_dict of the checkpoint's backbone, used "
@@ -467,7 +488,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                    "e2e_roberta): draw the [CLS] attention over time per layer and rolled out, under the sampled "
                    "frames. One video: OUT.png; several: OUT_<video stem>.png beside it")
     p.add_argument("--gpu_id", type=int, default=0, help="CUDA device; the CPU is used when there is none")
-    p.add_argument("--batch_size", type=int, default=64, help="frames per backbone forward pass")
+    p.add_argument("--batch_size", type=positive_int, default=64, help="frames per backbone forward pass")
     p.add_argument("--precision", choices=INFERENCE_PRECISIONS, default="auto", help="backbone precision; auto: fp16 "
                    "autocast on CUDA, fp32 on the CPU (as prepare_data.py)")
     p.add_argument("-v", "--verbose", action="store_true")
@@ -478,6 +499,10 @@ def main(args: argparse.Namespace) -> int:
     setup_logging(args.verbose)
     if args.topk < 1 or args.batch_size < 1:
         raise BadInputError(f"--topk and --batch_size must be >= 1 (got {args.topk}, {args.batch_size})")
+    if args.json:  # refused now, not after every video was classified
+        check_writable_file(args.json, "--json")
+    if args.attention_plot:
+        check_writable_file(args.attention_plot, "--attention_plot")
     torch.set_num_threads(default_threads())
     device = resolve_device(args.gpu_id)
     predictor = load_predictor(args.model_ckpt, args.backbone_weights, device, args.precision)
@@ -495,9 +520,12 @@ def main(args: argparse.Namespace) -> int:
     for n, path in enumerate(videos):
         try:
             pred = predict_video(predictor, path, args.batch_size, attention=want_attention)
-        except VideoDecodeError as exc:
-            print(f"skipped {path}: {exc.reason}")
-            failures.append({"file": str(path), "reason": exc.reason})
+            if not np.isfinite(pred.probs).all():
+                raise BadInputError("the model's output is not finite (NaN/inf)")
+        except Exception as exc:  # one video's failure, whatever raised it, is that video's line
+            reason = exc.reason if isinstance(exc, VideoDecodeError) else failure_reason(exc)
+            print(f"skipped {path}: {reason}")
+            failures.append({"file": str(path), "reason": reason})
             continue
         print(format_table(pred, predictor.class_names, args.topk, predictor.settings.fps))
         results.append({"video": str(path), "topk": pred.topk(predictor.class_names, args.topk),
@@ -505,8 +533,11 @@ def main(args: argparse.Namespace) -> int:
         if want_attention:
             top = pred.topk(predictor.class_names, 1)[0]
             title = f"{path.name}: {top['label']} ({top['prob']:.3f}), {predictor.model_name} [CLS] attention"
-            plot_attention(plot_paths[n], pred.attention, pred.times, pred.thumbs, title)
-            print(f"  attention plot: {plot_paths[n]}")
+            try:
+                plot_attention(plot_paths[n], pred.attention, pred.times, pred.thumbs, title)
+                print(f"  attention plot: {plot_paths[n]}")
+            except Exception as exc:
+                print(f"  no attention plot for {path}: {failure_reason(exc)}")
     if args.json:
         atomic_write_json(args.json, results)
     total = len(results) + len(failures)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -56,7 +57,7 @@ def _replace_module(model: nn.Module, dotted: str, new: nn.Module) -> None:
     setattr(parent, child, new)
 
 
-def _unwrap_state_dict(obj: object, path: Path) -> dict[str, torch.Tensor]:
+def _unwrap_state_dict(obj: object, path: Path, flag: str = "--weights") -> dict[str, torch.Tensor]:
     """Accept a bare state_dict or one wrapped as {"state_dict": ...} / {"model": ...}; strip DDP's `module.`."""
     if isinstance(obj, dict):
         for key in ("state_dict", "model", "model_state_dict"):
@@ -64,17 +65,21 @@ def _unwrap_state_dict(obj: object, path: Path) -> dict[str, torch.Tensor]:
                 obj = obj[key]
                 break
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise BadInputError(f"--weights {path}: not a state_dict (a dict of tensors)")
+        raise BadInputError(f"{flag} {path}: not a state_dict (a dict of tensors)")
     return {k.removeprefix("module."): v for k, v in obj.items()}
 
 
-def load_headless_state_dict(model: nn.Module, classifier: str, path: Path) -> None:
-    """Load a local state_dict, full (classifier keys dropped) or headless, into the headless model."""
+def load_headless_state_dict(model: nn.Module, classifier: str, path: Path, flag: str = "--weights") -> None:
+    """Load a local state_dict, full (classifier keys dropped) or headless, into the headless model. Messages
+    name the file by `flag`, the option the user typed it with."""
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # any unpickling failure is the user's file
-        raise BadInputError(f"--weights {path}: cannot read it as a torch state_dict ({exc})") from exc
-    state = _unwrap_state_dict(obj, path)
+        with warnings.catch_warnings():  # torch warns about pickle protocols of files it then refuses
+            warnings.simplefilter("ignore")
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # any unpickling failure is the user's file; torch's text would advise weights_only=False
+        raise BadInputError(f"{flag} {path}: cannot read it as a torch state_dict of plain tensors "
+                            f"({type(exc).__name__}; damaged, or another kind of file)") from None
+    state = _unwrap_state_dict(obj, path, flag)
     state = {k: v for k, v in state.items() if not k.startswith(classifier + ".")}
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
@@ -91,17 +96,18 @@ def load_headless_state_dict(model: nn.Module, classifier: str, path: Path) -> N
             parts.append(f"{len(wrong)} shape mismatch(es) (e.g. {k}: file {tuple(state[k].shape)}, "
                          f"model {tuple(own[k].shape)})")
         raise BadInputError(
-            f"--weights {path} does not fit this backbone: {'; '.join(parts)}. Was it saved from another --model?"
+            f"{flag} {path} does not fit this backbone: {'; '.join(parts)}. Was it saved from another --model?"
         )
     model.load_state_dict(state, strict=True)
 
 
-def build_backbone(name: str, weights: str = "imagenet", seed: int | None = None) -> tuple[nn.Module, int]:
+def build_backbone(name: str, weights: str = "imagenet", seed: int | None = None,
+                   flag: str = "--weights") -> tuple[nn.Module, int]:
     """A torchvision classifier without its last Linear layer, in eval mode, and its feature dimension D.
 
     weights: "imagenet" (torchvision's DEFAULT weights, downloaded or from the torch hub cache), "none" (random
     init; pass `seed` to make it reproducible, as predict.py must to rebuild the same random backbone) or a path
-    to a local state_dict (full classifier or headless).
+    to a local state_dict (full classifier or headless). `flag` is the option a path came from, for messages.
     """
     import torchvision
 
@@ -119,7 +125,7 @@ def build_backbone(name: str, weights: str = "imagenet", seed: int | None = None
             ) from exc
     else:
         if weights != "none" and not Path(weights).is_file():
-            raise BadInputError(f"--weights {weights}: no such file (expected imagenet, none or a state_dict path)")
+            raise BadInputError(f"{flag} {weights}: no such file (expected imagenet, none or a state_dict path)")
         rng = torch.random.fork_rng(devices=[]) if seed is not None else nullcontext()
         with rng:
             if seed is not None:
@@ -129,7 +135,7 @@ def build_backbone(name: str, weights: str = "imagenet", seed: int | None = None
     dim = int(layer.in_features)
     _replace_module(model, classifier, nn.Identity())
     if weights not in ("imagenet", "none"):
-        load_headless_state_dict(model, classifier, Path(weights))
+        load_headless_state_dict(model, classifier, Path(weights), flag)
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)

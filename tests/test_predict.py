@@ -248,3 +248,97 @@ def test_end_to_end_checkpoint_matches_clip_dataset_eval(pipeline, tmp_path):
     pred = predict.predict_video(predictor, _source(pipeline, ds.names[0]), attention=True)
     np.testing.assert_allclose(pred.probs, expected, atol=1e-5)
     assert pred.attention.shape == (2, 4) and len(pred.thumbs) == 4
+
+
+# ----- each input gets a result or one line saying why (issue 11) --------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(tmp_path_factory) -> Path:
+    """A meanpool head over a random resnet18 at 32 px, 1 fps: enough to run predict.py on any video, cheaply."""
+    from checkpoint import build_checkpoint, save_checkpoint
+    from models import build_model
+
+    model = build_model("meanpool", input_dim=512, num_classes=2)
+    info = {"backbone": "resnet18", "weights": "none", "seed": 0, "fps": 1.0, "frame_size": 32, "jpeg_quality": 90,
+            "image_size": 32, "resize": "crop", "max_len_cap": None, "dtype": "float32"}
+    path = tmp_path_factory.mktemp("tiny") / "tiny.pth"
+    save_checkpoint(build_checkpoint(model, ["Biking", "動作"], info), path)
+    return path
+
+
+def _predict_args(*argv: str | Path):
+    return predict.get_args_parser().parse_args([str(a) for a in argv])
+
+
+def test_output_paths_are_refused_before_any_work(tiny_ckpt, tmp_path, monkeypatch):
+    """Issue 11 item 9: --json naming a folder raised IsADirectoryError after all the work was done."""
+    monkeypatch.setattr(predict, "load_predictor", lambda *a, **k: pytest.fail("work started"))
+    with pytest.raises(BadInputError, match="--json .* is a folder"):
+        predict.main(_predict_args("--model_ckpt", tiny_ckpt, "--json", tmp_path, ROOT / "x.mp4"))
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(BadInputError, match="--attention_plot folder"):
+        predict.main(_predict_args("--model_ckpt", tiny_ckpt, "--attention_plot", tmp_path / "f" / "a.png", "x.mp4"))
+
+
+def test_bad_backbone_weights_are_named_as_typed(tiny_ckpt, tmp_path):
+    """Issue 11 item 11: a bad --backbone_weights was reported as `--weights ...`."""
+    junk = tmp_path / "junk.pth"
+    junk.write_bytes(b"\x80\x04 not a state dict")
+    with pytest.raises(BadInputError) as exc:
+        predict.load_predictor(tiny_ckpt, str(junk))
+    assert str(exc.value).startswith(f"--backbone_weights {junk}") and "weights_only" not in str(exc.value)
+
+
+def test_any_error_in_one_video_is_that_videos_line(tiny_ckpt, tmp_path, monkeypatch, capsys):
+    """Any exception while classifying one video (not only a VideoDecodeError) skips it with one line."""
+    from tests.conftest import VIDEOS
+
+    real = predict.predict_video
+
+    def flaky(predictor, path, *a, **k):
+        if Path(path).name == "bikes.mp4":
+            raise RuntimeError("out of something")
+        return real(predictor, path, *a, **k)
+
+    monkeypatch.setattr(predict, "predict_video", flaky)
+    out = tmp_path / "out.json"
+    assert predict.main(_predict_args("--model_ckpt", tiny_ckpt, VIDEOS / "bikes.mp4",
+                                      VIDEOS / "carphone_pristine.mp4", "--json", out)) == 0
+    printed = capsys.readouterr().out
+    assert "skipped" in printed and "bikes.mp4: unexpected error (RuntimeError: out of something)" in printed
+    assert [Path(r["video"]).name for r in json.loads(out.read_text())] == ["carphone_pristine.mp4"]
+
+
+def test_nonfinite_checkpoint_is_refused(tiny_ckpt, tmp_path):
+    """Issue 11 item 4: predict.py printed nan probabilities from a NaN checkpoint, exit 0."""
+    ckpt = torch.load(tiny_ckpt, weights_only=True)
+    ckpt["model_state"]["classifier.weight"][0, 0] = float("nan")
+    torch.save(ckpt, tmp_path / "nan.pth")
+    with pytest.raises(BadInputError, match="not finite"):
+        predict.load_predictor(tmp_path / "nan.pth")
+
+
+@pytest.mark.slow
+def test_fuzz_corpus_every_input_classified_or_skipped_with_a_line(tiny_ckpt, tmp_path):
+    """The stage-1 fuzz corpus (38 damaged files) plus good videos through the predict.py CLI: no hang, no
+    traceback, every input either classified (in --json) or skipped with one line."""
+    from tests import fuzz_corpus
+    from tests.conftest import VIDEOS
+
+    bad = fuzz_corpus.make_corpus(tmp_path / "videos")
+    good = [VIDEOS / "carphone_pristine.mp4", VIDEOS / "tree.avi"]
+    out = tmp_path / "out.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "predict.py"), "--model_ckpt", str(tiny_ckpt),
+                           str(tmp_path / "videos"), *map(str, good), "--json", str(out), "--gpu_id", "-1"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr + proc.stdout
+    classified = {r["video"] for r in json.loads(out.read_text())}
+    skipped = {line.split(": ", 1)[0].removeprefix("skipped ") for line in proc.stdout.splitlines()
+               if line.startswith("skipped ")}
+    every = {str(p) for p in bad} | {str(g) for g in good}
+    assert classified | skipped == every and not classified & skipped
+    assert {str(g) for g in good} <= classified
+    for r in json.loads(out.read_text()):
+        assert all(np.isfinite(t["prob"]) for t in r["topk"])
