@@ -10,7 +10,7 @@ worker count.
 
 Which files are a video's frames is layout.py's rule, the one stage 2 follows. A frame that is missing or corrupt
 (transforms.FrameError: empty, not a JPEG, truncated) is replaced by the nearest readable frame of the same video,
-with one warning per bad file; a video with none left is an error.
+with one warning per bad file; a video with none left is an error, and so is any bad frame with `strict`.
 
 Items are uint8 tensors (T, 3, S, S), or (V, T, 3, S, S) for V > 1 evaluation views; `models.e2e.EndToEndModel`
 normalises them on the device. `clip_collate` batches them like `dataset.pad_collate` does embeddings.
@@ -82,7 +82,9 @@ class ClipDataset(Dataset):
     A key is an index, or `(index, epoch)` as `dataset.TrainSampler` yields: training randomness is seeded
     by (seed, epoch, index). Videos without frames are left out and listed in `.failures` ({"file",
     "video_name", "reason"}, for utils.write_failure_report); no usable video at all, or any with `strict`, is a
-    BadInputError. `.bad_frames` maps each missing or corrupt frame file met in this process to why.
+    BadInputError. A missing or corrupt frame follows stage 2's rule (transforms.read_frame): the nearest readable
+    frame of the same video stands in (stage 2 drops it; a clip has a fixed length), or with `strict` it is an
+    error. `.bad_frames` maps each missing or corrupt frame file met in this process to why.
     """
 
     def __init__(
@@ -118,6 +120,7 @@ class ClipDataset(Dataset):
         self.names: list[str] = []
         labels, counts = [], []
         self.failures: list[dict[str, Any]] = []
+        self.strict = bool(strict)
         for e in source:
             name = e["video_name"]
             n, reason = video_frames(self.frames_dir, name)
@@ -145,13 +148,15 @@ class ClipDataset(Dataset):
 
     def _frame(self, index: int, k: int) -> np.ndarray:
         """RGB frame k of video `index`, or the nearest readable frame of the same video (earlier one first) when
-        that file is missing or corrupt."""
+        that file is missing or corrupt (an error with `strict`)."""
         name, n = self.names[index], int(self.num_frames[index])
         for j in _nearest_first(k, n):
             path = str(frame_path(self.frames_dir, name, j))
             try:
                 img = read_frame(path)
             except FrameError as exc:
+                if self.strict:
+                    raise BadInputError(f"corrupt frame {path}: {exc} (--strict)") from None
                 if path not in self.bad_frames:
                     self.bad_frames[path] = str(exc)
                     log.warning("%s: %s; the nearest readable frame of the same video stands in (%d bad frame file(s) "

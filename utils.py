@@ -37,13 +37,25 @@ def setup_logging(verbose: bool = False) -> None:
     )
 
 
+def error_line(exc: BaseException) -> str:
+    """An error's message as the user should see it. A DataLoader worker's exception arrives re-raised with the
+    worker's whole traceback in its message ("Caught X in DataLoader worker ... Original Traceback ..."): only
+    its last line, the original message, is kept."""
+    text = str(exc)
+    if "Original Traceback" not in text:
+        return text
+    last = [line for line in text.strip().splitlines() if line.strip()][-1]
+    head, sep, message = last.partition(": ")
+    return message if sep and head.endswith(type(exc).__name__) else last
+
+
 def run_cli(main: Callable[[Any], int | None], args: Any) -> None:
     """Run a script's main(args) and turn BadInputError into `error: ...` with exit code 2."""
     try:
         code = main(args)
     except BadInputError as exc:
-        log.error("%s", exc)
-        print(f"error: {exc}", file=sys.stderr)
+        log.error("%s", error_line(exc))
+        print(f"error: {error_line(exc)}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted; rerun the same command to resume", file=sys.stderr)

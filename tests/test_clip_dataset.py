@@ -20,7 +20,7 @@ from dataset import TrainSampler
 from layout import frame_path, read_class_names
 from sampling import eval_indices, train_indices
 from tests.conftest import write_video_frames
-from transforms import crop_resize_flip, preprocess_frame, sample_crop
+from transforms import FrameError, crop_resize_flip, preprocess_frame, read_frame, sample_crop
 from utils import BadInputError
 
 CLIP_LEN = 4
@@ -170,6 +170,24 @@ def test_truncated_jpeg_is_replaced_by_the_nearest_readable_frame(tmp_path, capl
         assert abs(clip[2].float().mean().item() - shades[1] - 20) < 5
     assert ds.bad_frames == {str(bad): "truncated JPEG (no end-of-image marker)"}
     assert caplog.text.count(str(bad)) == 1
+
+
+def test_truncated_and_empty_frames_follow_stage2s_rule(tmp_path):
+    """Issue 11: the e2e loader used cv2.imread, which turns a JPEG cut short into a grey-filled image without a
+    word, where stage 2 refuses it. Now both use one rule (transforms.read_frame): the neighbour stands in (stage 2
+    drops the frame), and --strict refuses, as stage 2 does."""
+    imgs = [np.full((40, 40, 3), v, np.uint8) for v in (30, 120, 220, 90)]
+    write_video_frames(tmp_path, "v", imgs)
+    path = frame_path(tmp_path, "v", 2)
+    path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])  # no end-of-image marker
+    with pytest.raises(FrameError, match="truncated"):
+        read_frame(str(path))
+    ds = ClipDataset(tmp_path, [{"video_name": "v", "label_idx": 0}], CLIP_LEN, image_size=16)
+    clip, _, _ = ds[0]
+    assert torch.equal(clip[2], clip[1]) or torch.equal(clip[2], clip[3])
+    with pytest.raises(BadInputError, match=r"corrupt frame .*frame_000003.jpg: truncated JPEG \(no end-of-image "
+                                            r"marker\) \(--strict\)"):
+        ClipDataset(tmp_path, [{"video_name": "v", "label_idx": 0}], CLIP_LEN, image_size=16, strict=True)[0]
 
 
 def test_gaps_and_stray_files_give_both_routes_the_same_frames(tmp_path):

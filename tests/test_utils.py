@@ -9,6 +9,7 @@ import sys
 import time
 
 import pytest
+import torch
 
 from tests.conftest import ROOT
 from utils import (
@@ -19,6 +20,7 @@ from utils import (
     atomic_write_text,
     check_writable_dir,
     check_writable_file,
+    error_line,
     fit_name,
     float_in,
     positive_int,
@@ -132,3 +134,22 @@ def test_lock_blocks_for_no_time(tmp_path):
         with pytest.raises(BadInputError):
             OutputLock(tmp_path).acquire()
         assert time.monotonic() - start < 1
+
+
+class _Failing(torch.utils.data.Dataset):
+    def __len__(self):
+        return 2
+
+    def __getitem__(self, i):
+        raise BadInputError(f"no readable frame in video {i}")
+
+
+def test_error_from_a_dataloader_worker_is_one_line():
+    """A BadInputError raised in a DataLoader worker comes back with the worker's traceback in its message; the
+    CLI shows only the original line."""
+    loader = torch.utils.data.DataLoader(_Failing(), num_workers=1)
+    with pytest.raises(BadInputError) as exc:
+        next(iter(loader))
+    assert "Traceback" in str(exc.value)
+    assert error_line(exc.value) == "no readable frame in video 0"
+    assert error_line(BadInputError("plain")) == "plain"
