@@ -17,6 +17,7 @@ does (uniform segment centres, `num_clips` views averaged).
 from __future__ import annotations
 
 import argparse
+import io
 import logging
 import math
 import os
@@ -36,11 +37,13 @@ from models.backbone import build_backbone, default_threads, embed_batch, input_
 from models.base import VideoModel
 from models.e2e import is_e2e_name
 from precision import INFERENCE_PRECISIONS, resolve_precision
+from reports import escape_missing, label_font
 from sampling import eval_indices, subsample_indices
 from transforms import RESIZE_MODES, normalize_batch, preprocess_frame
 from utils import (
     NAME_MAX,
     BadInputError,
+    atomic_write_bytes,
     atomic_write_json,
     check_writable_file,
     fit_name,
@@ -341,7 +344,9 @@ def plot_attention(
     ax_img.set_ylim(0, 1)
     ax_img.set_yticks([])
     ax_img.tick_params(labelbottom=False)
-    fig.suptitle(title, fontsize=10, y=1 - 0.15 / fig_h, va="top")
+    family = label_font([title])  # a class or file name in CJK or emoji: a font that has it, else escapes
+    fig.suptitle(title if family else escape_missing(title), fontsize=10, y=1 - 0.15 / fig_h, va="top",
+                 family=family)
     im = ax_att.imshow(maps, aspect="auto", cmap="viridis", interpolation="nearest", vmin=0.0,
                        extent=(-0.5, n - 0.5, len(rows) - 0.5, -0.5))
     ax_att.set_yticks(range(len(rows)), rows, fontsize=8)
@@ -351,12 +356,10 @@ def plot_attention(
     fig.colorbar(im, cax=ax_bar)
     ax_bar.set_ylabel("[CLS] attn.", fontsize=8)
     ax_bar.tick_params(labelsize=7)
-    buf_path = Path(out_path)
-    buf_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = buf_path.with_name(f".{buf_path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
     plt.close(fig)
-    os.replace(tmp, buf_path)
+    atomic_write_bytes(out_path, buf.getvalue())  # a short temporary name, whatever the video's name
 
 
 def attention_plot_paths(out: str | os.PathLike, videos: Sequence[Path]) -> list[Path]:

@@ -1,7 +1,13 @@
-"""Figures written beside a run's logs: learning curves and a confusion matrix readable at 101 classes."""
+"""Figures written beside a run's logs: learning curves and a confusion matrix readable at 101 classes.
+
+Class names may be in any script (CJK, emoji, accents); matplotlib's default font draws boxes for glyphs it
+lacks. `label_font` finds an installed font that has every character; when none does, figures show class indices
+and a legend that spells the names with escapes for the missing characters (the CSV reports hold the real names).
+"""
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 from collections.abc import Sequence
@@ -10,6 +16,45 @@ from typing import Any
 import numpy as np
 
 from utils import atomic_write_bytes
+
+# Fonts that claim every code point but draw placeholder boxes, so they never count as covering a text.
+_PLACEHOLDER_FONTS = ("Last Resort",)
+
+
+@functools.cache
+def _charmap(path: str) -> frozenset[int]:
+    from matplotlib.ft2font import FT2Font
+
+    try:
+        return frozenset(FT2Font(path).get_charmap())
+    except Exception:  # an unreadable font file is a font without glyphs
+        return frozenset()
+
+
+def label_font(texts: Sequence[str]) -> str | None:
+    """The family of an installed font with a glyph for every character of `texts`: matplotlib's default
+    (sans-serif) first, then any other (e.g. Noto Sans CJK for Chinese or Japanese class names); None if none."""
+    from matplotlib import font_manager, rcParams
+
+    needed = {ord(c) for t in texts for c in str(t) if not c.isspace()}
+    default = font_manager.findfont(font_manager.FontProperties(family=rcParams["font.family"]))
+    if needed <= _charmap(default):
+        return font_manager.FontProperties(fname=default).get_name()
+    for entry in sorted(font_manager.fontManager.ttflist, key=lambda f: (f.name, f.fname)):
+        if entry.name.startswith(_PLACEHOLDER_FONTS) or entry.style != "normal":
+            continue
+        if needed <= _charmap(entry.fname):
+            return entry.name
+    return None
+
+
+def escape_missing(text: str, family: str | None = None) -> str:
+    """`text` with the characters `family` (default: matplotlib's default font) cannot draw as \\uXXXX escapes."""
+    from matplotlib import font_manager, rcParams
+
+    props = font_manager.FontProperties(family=family or rcParams["font.family"])
+    have = _charmap(font_manager.findfont(props))
+    return "".join(c if c.isspace() or ord(c) in have else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
 def _pyplot():
@@ -72,9 +117,14 @@ def plot_confusion(
     norm = np.divide(cm, support, out=np.zeros_like(cm), where=support > 0)
     n = len(class_names)
     side, font = confusion_layout(n)
+    family = label_font([*map(str, class_names), title])
+    labels = [str(c) for c in class_names] if family else [str(i) for i in range(n)]
+    legend = [] if family else ["no installed font draws these", "class names; they are spelled", "with escapes:",
+                                *(f"{i}: {escape_missing(str(c))}" for i, c in enumerate(class_names))]
     # margins sized from the longest label, set by hand: tight layout would draw the 2n tick labels twice more
-    label_in = max((len(str(c)) for c in class_names), default=1) * font * 0.6 / 72 + 0.5
-    width, height = side + label_in + 1.2, side + label_in + 0.6
+    label_in = max((len(c) for c in labels), default=1) * font * 0.6 / 72 + 0.5
+    legend_in = max((len(t) for t in legend), default=0) * font * 0.6 / 72 + (0.5 if legend else 0.0)
+    width, height = side + label_in + 1.2 + legend_in, side + label_in + 0.6
     fig = plt.figure(figsize=(width, height))
     ax = fig.add_axes((label_in / width, label_in / height, side / width, side / height))
     cax = fig.add_axes(((label_in + side + 0.2) / width, label_in / height, 0.25 / width, side / height))
@@ -82,8 +132,11 @@ def plot_confusion(
     ticks = np.arange(n)
     ax.set_xticks(ticks)
     ax.set_yticks(ticks)
-    ax.set_xticklabels(class_names, rotation=90, fontsize=font)
-    ax.set_yticklabels(class_names, fontsize=font)
+    ax.set_xticklabels(labels, rotation=90, fontsize=font, family=family)
+    ax.set_yticklabels(labels, fontsize=font, family=family)
+    if legend:  # no installed font draws these names: indices on the axes, the names spelled out here
+        fig.text((label_in + side + 1.2) / width, (label_in + side) / height, "\n".join(legend),
+                 va="top", ha="left", fontsize=font)
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class")
     if n <= 30:  # numbers in the cells only while they fit
@@ -92,7 +145,8 @@ def plot_confusion(
                 if cm[i, j]:
                     colour = "white" if norm[i, j] > 0.5 else "black"
                     ax.text(j, i, int(cm[i, j]), ha="center", va="center", fontsize=font * 0.8, color=colour)
-    ax.set_title(title or "confusion matrix (rows normalised)")
+    title = title or "confusion matrix (rows normalised)"
+    ax.set_title(title if family else escape_missing(title), family=family)
     fig.colorbar(im, cax=cax)
     dpi = dpi or (150 if n > 50 else 120)  # 150: ~30 px per class row at 101 classes
     _save(fig, path, dpi=dpi, tight=False)

@@ -311,3 +311,36 @@ def test_second_training_run_in_one_folder_is_refused(data_dir, tmp_path):
         with pytest.raises(BadInputError, match=f"in use by another run \\(pid {os.getpid()}"):
             run_main(*train_args(data_dir, tmp_path, "r", "--epochs", 1))
     run_main(*train_args(data_dir, tmp_path, "r", "--epochs", 1))  # released: runs
+
+
+def test_confusion_matrix_with_names_no_installed_font_draws(tmp_path, monkeypatch):
+    """Issue 11 item 11: CJK and emoji class names rendered as boxes. With no installed font that has their
+    characters (as on this machine), the axes show class indices and a legend spells the names with escapes;
+    with such a font, the names are drawn in it."""
+    import warnings
+
+    import matplotlib.pyplot as plt
+
+    import reports
+
+    drawn = {}
+    real_close = plt.close
+
+    def keep(fig=None):
+        if fig is not None and hasattr(fig, "axes") and fig.axes:
+            ax = fig.axes[0]
+            drawn["ticks"] = [t.get_text() for t in ax.get_yticklabels()]
+            drawn["texts"] = [t.get_text() for t in fig.texts]
+        real_close(fig)
+
+    monkeypatch.setattr(plt, "close", keep)
+    names = ["Biking", "動作", "🚴 ride"]
+    if reports.label_font(names) is None:  # the fallback, the case of this machine
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # "Glyph ... missing from font" would be a warning
+            plot_confusion(np.eye(3), names, tmp_path / "cm.png", title="test")
+        assert drawn["ticks"] == ["0", "1", "2"]
+        assert "1: \\u52d5\\u4f5c" in drawn["texts"][0] and "2: \\U0001f6b4 ride" in drawn["texts"][0]
+    monkeypatch.setattr(reports, "label_font", lambda texts: "DejaVu Sans")  # as if a covering font were found
+    plot_confusion(np.eye(3), ["Biking", "Café", "Walk"], tmp_path / "cm2.png")
+    assert drawn["ticks"] == ["Biking", "Café", "Walk"] and drawn["texts"] == []
