@@ -30,7 +30,14 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from layout import check_split_entries, frame_path, read_frame_settings, read_split_json, video_frames
+from layout import (
+    check_split_entries,
+    frame_path,
+    manifest_videos,
+    read_frame_settings,
+    read_split_json,
+    video_frames,
+)
 from sampling import eval_indices, item_rng, train_indices
 from transforms import RESIZE_MODES, FrameError, clip_tensor, crop_resize_flip, read_frame, resize_frame, sample_crop
 from utils import BadInputError
@@ -121,9 +128,10 @@ class ClipDataset(Dataset):
         labels, counts = [], []
         self.failures: list[dict[str, Any]] = []
         self.strict = bool(strict)
+        recorded = manifest_videos(self.frames_dir)
         for e in source:
             name = e["video_name"]
-            n, reason = video_frames(self.frames_dir, name)
+            n, reason = video_frames(self.frames_dir, name, recorded.get(name))  # stage 2's rule, record included
             if reason is not None:
                 self.failures.append({"file": str(self.frames_dir / name), "video_name": name, "reason": reason})
                 continue

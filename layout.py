@@ -12,7 +12,8 @@ the highest k of its `frame_<k>.jpg` files (`frame_name` spells k). Other files 
 a frame deleted or lost after stage 1, which writes every folder whole) is a missing frame, and readers treat it
 exactly as a corrupt one: stage 2 leaves it out and counts it in `skipped_frames`, a clip uses the nearest readable
 frame of the same video instead (transforms.FrameError for both). So the two routes see the same frames at the
-same positions.
+same positions. A folder whose highest k differs from the frame count its manifest record names is left out
+whole by both routes (`video_frames`).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -159,16 +160,25 @@ def count_frames(video_dir: str | os.PathLike) -> int:
     return count
 
 
-def video_frames(frames_dir: str | os.PathLike, video_name: str) -> tuple[int, str | None]:
-    """(number of frames, None) of a split entry's frames folder, or (0, why it has none): the failure reason
-    both routes report for a video they leave out."""
+def video_frames(
+    frames_dir: str | os.PathLike, video_name: str, record: Mapping[str, Any] | None = None
+) -> tuple[int, str | None]:
+    """(number of frames, None) of a split entry's frames folder, or (0, why it is unusable): the failure reason
+    both routes report for a video they leave out. `record` is the video's entry in stage 1's manifest
+    (`manifest_videos`): a folder whose frames end elsewhere than its record says (two stage-1 runs writing one
+    folder, frames deleted) disagrees with it, and using it would hide that."""
     if Path(video_name).is_absolute() or ".." in Path(video_name).parts:
         return 0, "video_name is not a plain folder name"
     folder = Path(frames_dir) / video_name
     if not folder.is_dir():
         return 0, "no frames folder"
     n = count_frames(folder)
-    return (n, None) if n else (0, "frames folder holds no frame_NNNNNN.jpg files")
+    if not n:
+        return 0, "frames folder holds no frame_NNNNNN.jpg files"
+    expected = (record or {}).get("num_frames")
+    if isinstance(expected, int) and not isinstance(expected, bool) and n != expected:
+        return 0, f"the folder holds {n} frame(s) but stage 1's manifest records {expected}; rerun prepare_ucf101.py"
+    return n, None
 
 
 # ----------------------------------------------------------------------------------------------- manifest.json
@@ -183,6 +193,15 @@ def read_manifest(frames_dir: str | os.PathLike) -> dict[str, Any] | None:
     if not isinstance(manifest, dict):
         raise BadInputError(f"frames manifest {path} must hold a JSON object, not {type(manifest).__name__}")
     return manifest
+
+
+def manifest_videos(frames_dir: str | os.PathLike) -> dict[str, dict[str, Any]]:
+    """Stage 1's per-video records ({video_name: {"num_frames", "source_size", "source_mtime_ns", ...}}) from
+    the manifest; {} without one."""
+    videos = (read_manifest(frames_dir) or {}).get("videos")
+    if not isinstance(videos, dict):
+        return {}
+    return {name: v for name, v in videos.items() if isinstance(v, dict)}
 
 
 def read_frame_settings(frames_dir: str | os.PathLike) -> dict[str, Any]:

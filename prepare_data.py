@@ -19,7 +19,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from distributed import DistInfo, barrier, main_rank_lock, rank_group
-from layout import frame_name, read_class_names, read_frame_settings, read_manifest, read_split_json, video_frames
+from layout import frame_name, manifest_videos, read_class_names, read_frame_settings, read_split_json, video_frames
 from models.backbone import build_backbone, default_threads, embed_batch, input_stats
 from precision import INFERENCE_PRECISIONS, resolve_precision
 from sampling import subsample_indices
@@ -74,15 +74,17 @@ class VideoPlan:
 
 
 def plan_videos(
-    entries: Sequence[tuple[str, int]], frames_dir: str | Path, max_len: int | None
+    entries: Sequence[tuple[str, int]], frames_dir: str | Path, max_len: int | None,
+    records: Mapping[str, dict[str, Any]] | None = None,
 ) -> tuple[list[VideoPlan], list[dict[str, Any]]]:
     """The videos that have frames (layout.video_frames: a missing frame inside a folder is planned, and skipped
-    at decoding like a corrupt one), with the frames to embed; the others as failure records."""
+    at decoding like a corrupt one; a folder that disagrees with its manifest `records` entry is a failure), with
+    the frames to embed; the others as failure records."""
     frames_dir = Path(frames_dir)
     plans, failures = [], []
     for name, label in entries:
         video_dir = frames_dir / name
-        num_frames, reason = video_frames(frames_dir, name)
+        num_frames, reason = video_frames(frames_dir, name, (records or {}).get(name))
         if reason is not None:
             failures.append({"file": str(video_dir), "video_name": name, "reason": reason})
             continue
@@ -91,14 +93,11 @@ def plan_videos(
     return plans, failures
 
 
-def read_source_stamps(frames_dir: str | Path) -> dict[str, list[Any]]:
-    """{video_name: [source size, source mtime_ns, frame count]} from stage 1's manifest: what changes when stage
-    1 redoes a video whose source changed, even when it keeps the same number of frames. {} without one."""
-    videos = (read_manifest(frames_dir) or {}).get("videos")
-    if not isinstance(videos, dict):
-        return {}
+def source_stamps(records: Mapping[str, dict[str, Any]]) -> dict[str, list[Any]]:
+    """{video_name: [source size, source mtime_ns, frame count]} of stage 1's manifest records: what changes when
+    stage 1 redoes a video whose source changed, even when it keeps the same number of frames."""
     return {name: [v.get("source_size"), v.get("source_mtime_ns"), v.get("num_frames")]
-            for name, v in videos.items() if isinstance(v, dict) and "source_size" in v}
+            for name, v in records.items() if "source_size" in v}
 
 
 def plan_fingerprint(plans: Sequence[VideoPlan], max_len: int, stamps: dict[str, list[Any]] | None = None) -> str:
@@ -542,7 +541,8 @@ def embed_split(args: argparse.Namespace, info: DistInfo) -> int:
     entries = [(r["video_name"], r["label_idx"]) for r in records]
     class_names = read_class_names(Path(args.json_file).parent, records)
     frame_settings = read_frame_settings(args.frames_dir)
-    plans, plan_failures = plan_videos(entries, args.frames_dir, args.max_len)
+    recorded = manifest_videos(args.frames_dir)
+    plans, plan_failures = plan_videos(entries, args.frames_dir, args.max_len, recorded)
     report = out_dir / f"failed_{args.split}.json"
     if plan_failures and args.strict:
         f = plan_failures[0]
@@ -554,7 +554,7 @@ def embed_split(args: argparse.Namespace, info: DistInfo) -> int:
         raise BadInputError(f"none of the {len(entries)} videos of {args.json_file} has frames in {args.frames_dir}; "
                             f"listed in {report}")
     max_len = max(len(p.frames) for p in plans)
-    fingerprint = plan_fingerprint(plans, max_len, read_source_stamps(args.frames_dir))
+    fingerprint = plan_fingerprint(plans, max_len, source_stamps(recorded))
     videos_fp = videos_fingerprint(plans)
     identity = {"backbone": args.model, "weights": args.weights, "seed": args.seed if args.weights == "none" else None,
                 "image_size": args.image_size, "resize": args.resize, "dtype": args.dtype,

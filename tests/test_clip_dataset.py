@@ -6,6 +6,7 @@ Frames come from the real clips in ../shared/data/videos (conftest's clip_frames
 
 from __future__ import annotations
 
+import json
 import logging
 
 import cv2
@@ -188,6 +189,20 @@ def test_truncated_and_empty_frames_follow_stage2s_rule(tmp_path):
     with pytest.raises(BadInputError, match=r"corrupt frame .*frame_000003.jpg: truncated JPEG \(no end-of-image "
                                             r"marker\) \(--strict\)"):
         ClipDataset(tmp_path, [{"video_name": "v", "label_idx": 0}], CLIP_LEN, image_size=16, strict=True)[0]
+
+
+def test_frames_folder_disagreeing_with_the_manifest_is_left_out(tmp_path):
+    """Issue 11 item 5, the e2e route: a folder holding fewer frames than stage 1's manifest records is left out
+    (layout.video_frames, stage 2's rule)."""
+    imgs = [np.full((40, 40, 3), v, np.uint8) for v in (30, 120, 220, 90)]
+    write_video_frames(tmp_path, "whole", imgs)
+    write_video_frames(tmp_path, "cut", imgs[:2])
+    manifest = {"fps": 1.0, "videos": {"whole": {"num_frames": 4}, "cut": {"num_frames": 4}}}
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    entries = [{"video_name": "whole", "label_idx": 0}, {"video_name": "cut", "label_idx": 0}]
+    ds = ClipDataset(tmp_path, entries, CLIP_LEN, image_size=16)
+    assert ds.names == ["whole"]
+    assert "holds 2 frame(s) but stage 1's manifest records 4" in ds.failures[0]["reason"]
 
 
 def test_gaps_and_stray_files_give_both_routes_the_same_frames(tmp_path):

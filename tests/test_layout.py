@@ -12,6 +12,7 @@ from layout import (
     format_class_index,
     frame_name,
     frame_path,
+    manifest_videos,
     read_class_index,
     read_class_names,
     read_frame_settings,
@@ -129,6 +130,10 @@ def test_video_frames_says_why_a_video_has_none(tmp_path):
     assert video_frames(tmp_path, "missing") == (0, "no frames folder")
     assert video_frames(tmp_path, "empty") == (0, "frames folder holds no frame_NNNNNN.jpg files")
     assert video_frames(tmp_path, "../ok") == (0, "video_name is not a plain folder name")
+    # issue 11 item 5: a folder that ends elsewhere than its manifest record says is unusable for both routes
+    assert video_frames(tmp_path, "ok", {"num_frames": 1, "source_size": 9}) == (1, None)
+    assert video_frames(tmp_path, "ok", {"num_frames": 3}) == (
+        0, "the folder holds 1 frame(s) but stage 1's manifest records 3; rerun prepare_ucf101.py")
 
 
 # ----------------------------------------------------------------------------------------------- manifest.json
@@ -136,12 +141,14 @@ def test_video_frames_says_why_a_video_has_none(tmp_path):
 
 def test_frame_settings_from_the_manifest(tmp_path, caplog):
     assert read_manifest(tmp_path) is None
+    assert manifest_videos(tmp_path) == {}
     assert read_frame_settings(tmp_path) == {"fps": None, "frame_size": None, "jpeg_quality": None}
     assert "manifest.json" in caplog.text
     (tmp_path / "manifest.json").write_text(json.dumps({"fps": 2, "frame_size": 64, "jpeg_quality": 90,
                                                         "videos": {"v": {"num_frames": 3}}}))
     assert read_frame_settings(tmp_path) == {"fps": 2.0, "frame_size": 64, "jpeg_quality": 90}
     assert read_manifest(tmp_path)["videos"]["v"]["num_frames"] == 3
+    assert manifest_videos(tmp_path) == {"v": {"num_frames": 3}}
     (tmp_path / "manifest.json").write_text("[1, 2")
     with pytest.raises(BadInputError, match="manifest.json is not valid JSON"):
         read_frame_settings(tmp_path)

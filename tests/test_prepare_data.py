@@ -401,3 +401,19 @@ def test_frames_redone_by_stage_1_are_embedded_again(reference, fixture_frames, 
     assert meta["plan_sha256"] != first and np.isfinite(arr).all()
     ref_arr, _ = load_out(reference)
     np.testing.assert_array_equal(arr, ref_arr)  # the same frames embedded again give the same rows
+
+
+def test_frames_folder_disagreeing_with_the_manifest_fails_its_video(fixture_frames, tmp_path):
+    """Issue 11 item 5: a frames folder holding 316 of the 1500 frames its record names was embedded without a
+    word. Stage 2 compares each folder with stage 1's manifest."""
+    frames, split_json = fixture_frames
+    copy = tmp_path / "frames"
+    shutil.copytree(frames, copy)
+    files = sorted((copy / "bikes_c000").glob("*.jpg"))
+    for f in files[len(files) // 2 :]:
+        f.unlink()
+    out = tmp_path / "out"
+    assert run_main(*stage_args(copy, split_json, out)) == 0
+    failed = json.loads((out / "failed_train.json").read_text())
+    assert [f["video_name"] for f in failed] == ["bikes_c000"]
+    assert f"holds {len(files) // 2} frame(s) but stage 1's manifest records {len(files)}" in failed[0]["reason"]
