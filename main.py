@@ -84,7 +84,6 @@ from utils import (
     log_failure_summary,
     nonnegative_float,
     nonnegative_int,
-    positive_float,
     positive_int,
     probability,
     resolve_device,
@@ -158,7 +157,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                    "(resnet: stem, layer1..layer4; 5 freezes the whole CNN)")
     g.add_argument("--grad_checkpointing", action="store_true", help="recompute backbone activations in "
                    "backward: less memory, ~30%% more compute")
-    g.add_argument("--backbone_lr", type=positive_float, default=None, help="peak learning rate of the backbone "
+    g.add_argument("--backbone_lr", type=nonnegative_float, default=None, help="peak learning rate of the backbone "
                    "(default: --lr)")
     g.add_argument("--init_head_from", default=None, help="start the head from this checkpoint (a head trained "
                    "by main.py on embeddings of the same classes: the two-step recipe); its hyper-parameters win")
@@ -166,7 +165,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("optimisation")
     g.add_argument("--batch_size", type=positive_int, default=256, help="global batch, split over torchrun processes")
     g.add_argument("--epochs", type=positive_int, default=300)
-    g.add_argument("--lr", type=positive_float, default=1e-4, help="peak AdamW learning rate")
+    g.add_argument("--lr", type=nonnegative_float, default=1e-4, help="peak AdamW learning rate (finite; 0 keeps "
+                   "the weights as they are, e.g. to check an initialisation)")
     g.add_argument("--weight_decay", type=nonnegative_float, default=0.01, help="AdamW decay; never on biases, norms, "
                    "embeddings")
     g.add_argument("--warmup_epochs", type=nonnegative_float, default=1.0, help="linear warm-up, then cosine decay to 0")

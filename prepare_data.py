@@ -477,7 +477,8 @@ def check_backbone(model: torch.nn.Module, dim: int, image_size: int, device: to
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("-s", "--split", required=True, help="split name: output files are <out_dir>/<split>.npy/.json")
+    p.add_argument("-s", "--split", required=True, type=split_name,
+                   help="split name: output files are <out_dir>/<split>.npy/.json")
     p.add_argument("-f", "--frames_dir", required=True, help="frames/ folder of stage 1 (<video_name>/frame_*.jpg)")
     p.add_argument("-j", "--json_file", required=True, help="split JSON of stage 1 (list of {video_name, label_idx})")
     p.add_argument("-o", "--out_dir", required=True)
@@ -503,6 +504,13 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "0 = after every batch. Outputs do not depend on it")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
+
+
+def split_name(text: str) -> str:
+    """argparse `type=` for -s: a plain file-name part (it names <split>.npy, .json and progress files)."""
+    if not text or text.startswith(".") or "/" in text or "\0" in text or len(text.encode()) > 200:
+        raise argparse.ArgumentTypeError(f"must be a plain name of at most 200 bytes (e.g. train), got {text!r}")
+    return text
 
 
 def validate_args(args: argparse.Namespace) -> None:

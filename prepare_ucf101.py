@@ -16,6 +16,7 @@ OUT is locked for the run (utils.OutputLock): a second run on the same OUT is re
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import json
 import logging
@@ -454,9 +455,9 @@ def extract_all(
     failures: list[dict[str, str]] = []
     timeout = args.video_timeout or None
     bar = tqdm(total=len(items), initial=len(metas), desc="extracting frames", unit="video", dynamic_ncols=True)
-    try:
-        outcomes = run_isolated(extract_video, tasks, min(args.workers, max(1, len(tasks))), timeout,
-                                initializer=_init_worker, initargs=(args.verbose,))
+    outcomes = run_isolated(extract_video, tasks, min(args.workers, max(1, len(tasks))), timeout,
+                            initializer=_init_worker, initargs=(args.verbose,))
+    with contextlib.closing(outcomes), bar:  # a raise here stops the workers now, not at garbage collection
         for outcome in outcomes:
             task = tasks[outcome.index]
             res = _result_of(outcome, task, frames_dir, settings, video_dir)
@@ -468,8 +469,6 @@ def extract_all(
                 failures.append(res["failure"])
                 log.warning("%s: %s", res["failure"]["file"], res["failure"]["reason"])
             bar.update(1)
-    finally:
-        bar.close()
     if tmp.is_dir():
         shutil.rmtree(tmp)
     return metas, failures

@@ -356,6 +356,7 @@ def outputs(out: Path) -> tuple[dict[str, dict], dict[str, str]]:
     return manifest, failed
 
 
+@pytest.mark.slow  # launches the stage-1 CLI
 @pytest.mark.parametrize("workers", ["1", "2"])
 def test_headerless_mpeg_ps_cut_is_listed_not_fatal(tmp_path, workers):
     """Item 1: a piece cut from the middle of an MPEG program stream opens with a video stream but no codec
@@ -375,6 +376,7 @@ def test_headerless_mpeg_ps_cut_is_listed_not_fatal(tmp_path, workers):
     assert (out / "train_ucf101.json").is_file()
 
 
+@pytest.mark.slow  # launches the stage-1 CLI
 @pytest.mark.parametrize(("fault", "workers", "words"), [
     ("segfault", "1", "died of SIGSEGV"),
     ("kill", "2", "died of SIGKILL"),
@@ -402,6 +404,7 @@ def test_worker_dying_mid_video_fails_only_that_video(tmp_path, fault, workers, 
     assert sorted(v["source"] for v in outputs(out)[0].values()) == good
 
 
+@pytest.mark.slow  # launches the stage-1 CLI
 def test_unexpected_error_traceback_is_logged_at_debug_level_only(tmp_path):
     vids = tmp_path / "videos"
     good_videos(vids, 2)
@@ -412,6 +415,7 @@ def test_unexpected_error_traceback_is_logged_at_debug_level_only(tmp_path):
     assert "DEBUG" in proc.stderr and "Traceback" in proc.stderr and "_test_fault" in proc.stderr
 
 
+@pytest.mark.slow  # launches the stage-1 CLI
 def test_video_timeout_stops_a_hanging_video(tmp_path):
     vids = tmp_path / "videos"
     good_videos(vids, 3)
@@ -450,6 +454,7 @@ def _group_gone(pgid: int) -> bool:
     return False
 
 
+@pytest.mark.slow  # launches the stage-1 CLI
 def test_second_run_on_one_output_folder_is_refused(tmp_path):
     """Item 5: two stage-1 runs on one OUT corrupted it (316 of 1500 frames kept, records saying 1500)."""
     vids = tmp_path / "videos"
@@ -468,6 +473,7 @@ def test_second_run_on_one_output_folder_is_refused(tmp_path):
     assert sorted(outputs(out)[0]) == ["g0", "g1"]
 
 
+@pytest.mark.slow  # launches the stage-1 CLI
 def test_ctrl_c_prints_one_line_and_stops_every_worker(tmp_path):
     vids = tmp_path / "videos"
     good_videos(vids, 3)
@@ -480,6 +486,7 @@ def test_ctrl_c_prints_one_line_and_stops_every_worker(tmp_path):
     _wait_for(lambda: _group_gone(proc.pid), 10)
 
 
+@pytest.mark.slow  # launches the stage-1 CLI
 def test_long_names_fit_the_file_system_and_stay_stable(tmp_path):
     """Item 2: a 246-byte video name (or 80 CJK characters) stopped every run with ENAMETOOLONG on its record's
     temporary name; a long class folder before a clashing long stem cannot even make a frames folder."""
@@ -504,6 +511,7 @@ def test_long_names_fit_the_file_system_and_stay_stable(tmp_path):
     assert "4 video(s) already extracted" in proc.stderr and snapshot(out) == before
 
 
+@pytest.mark.slow  # launches the stage-1 CLI
 def test_symlink_loops_and_unreadable_entries_are_failures(tmp_path):
     """Item 3: a symlink loop in a class folder crashed the scan (ELOOP); nothing was extracted."""
     vids = tmp_path / "videos"
@@ -522,9 +530,10 @@ def test_symlink_loops_and_unreadable_entries_are_failures(tmp_path):
     assert "Loop/" not in failed  # its entries are listed; it is not also called empty
 
 
+@pytest.mark.slow  # launches the stage-1 CLI
 def test_changed_source_is_redone_and_recorded(tmp_path):
-    """Item 6: a video replaced under the same name (4 s -> 10 s, 5 -> 10 frames at 1 fps) was skipped as already extracted, the manifest
-    keeping the old frame count."""
+    """Item 6: a video replaced under the same name (4 s -> 10 s, 5 -> 10 frames at 1 fps) was skipped as already
+    extracted, the manifest keeping the old frame count."""
     vids = tmp_path / "videos"
     good_videos(vids, 2)
     (vids / "Good" / "g1.mp4").unlink()
@@ -557,6 +566,7 @@ def _official(tmp_path: Path, train: list[str], test: list[str], class_dir: str 
     return splits, vids
 
 
+@pytest.mark.slow  # launches the stage-1 CLI
 @pytest.mark.parametrize(("train", "test", "words"), [
     (["v_Jump_g01_c01.avi", "v_Jump_g02_c01.avi"], ["v_Jump_g02_c01.avi", "v_Jump_g03_c01.avi"],
      "1 video(s) are in both the train and the test list (a train/test leak): Jump/v_Jump_g02_c01.avi"),
@@ -572,6 +582,7 @@ def test_split_files_with_a_leak_or_a_duplicate_are_refused(tmp_path, train, tes
     assert not out.exists()  # refused before OUT was made
 
 
+@pytest.mark.slow  # launches the stage-1 CLI
 def test_nfd_class_folder_matches_nfc_split_lists(tmp_path):
     """Item 7: a class folder in NFD form (as macOS writes it) while the lists use NFC: the videos match, the
     files keep their on-disk names, and labels follow the lists."""
@@ -598,6 +609,7 @@ def test_nfd_class_folder_matches_nfc_split_lists(tmp_path):
         assert (out / "frames" / r["video_name"]).is_dir()
 
 
+@pytest.mark.slow  # launches the stage-1 CLI
 @pytest.mark.parametrize("umask", [0o022, 0o002])
 def test_outputs_keep_the_users_umask(tmp_path, umask):
     """Item 10: files written atomically were -rw------- whatever the umask."""
@@ -615,6 +627,7 @@ def test_outputs_keep_the_users_umask(tmp_path, umask):
         assert path.stat().st_mode & 0o777 == want, path
 
 
+@pytest.mark.slow  # launches the stage-1 CLI
 def test_output_folder_that_is_a_file_is_refused(tmp_path):
     vids = tmp_path / "videos"
     good_videos(vids, 1)
@@ -659,3 +672,21 @@ def test_fuzz_corpus_every_file_extracted_or_listed(tmp_path, workers):
     assert all(reason for reason in failed.values())
     assert "unknown video codec" in failed["Bad/cut_nocodec.mpg"]
     assert "zero frame dimensions" in failed["Bad/cut_zerodim.mp4"]
+
+
+def test_full_disk_stops_the_stage_instead_of_failing_every_video(tmp_path, monkeypatch):
+    """A write error no video could escape (no space left, a read-only or over-quota file system) is not one
+    video's fault: extract_video reports it as fatal, and the stage stops with one line instead of listing all."""
+    import errno
+
+    import prepare_ucf101 as p1
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(p1, "open", full, raising=False)
+    task = p1.ExtractTask("v", "A/v.mp4", str(VIDEOS / "carphone_pristine.mp4"), str(tmp_path / "frames"), 1.0, 32,
+                          90, False)
+    res = p1.extract_video(task)
+    assert res["fatal"].startswith(f"cannot write frames under {tmp_path / 'frames'}: No space left on device")
+    assert not (tmp_path / "frames" / ".tmp" / "v").exists()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import signal
 import time
@@ -52,25 +53,16 @@ def test_a_task_past_the_timeout_is_killed_and_the_rest_run():
 
 
 def test_closing_early_stops_every_worker():
+    before = {p.pid for p in multiprocessing.active_children()}  # other tests' children are not the pool's
     gen = run_isolated(task, [("ok", 1), ("hang", 2), ("hang", 3)], 3)
     first = next(gen)
     assert first.ok
-    pool_pids = [p.pid for p in __import__("multiprocessing").active_children()]
+    pool = [p for p in multiprocessing.active_children() if p.pid not in before]
+    assert len(pool) == 3
     gen.close()
-    deadline = time.monotonic() + 10
-    for pid in pool_pids:
-        while time.monotonic() < deadline:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                break
-            try:
-                os.waitpid(pid, os.WNOHANG)
-            except ChildProcessError:
-                break
-            time.sleep(0.05)
-        else:
-            pytest.fail(f"worker {pid} still alive")
+    for proc in pool:
+        proc.join(10)
+        assert not proc.is_alive(), f"worker {proc.pid} still alive"
 
 
 def test_death_reason_words():
