@@ -20,7 +20,7 @@ import torch
 
 from models import build_model
 from models.e2e import head_of_e2e, is_e2e_name, load_e2e_model
-from utils import BadInputError, atomic_write_bytes
+from utils import BadInputError, atomic_write_bytes, first_names
 
 log = logging.getLogger("actionbert")
 
@@ -102,17 +102,13 @@ def nonfinite_tensors(state: Any) -> list[str]:
             if torch.is_tensor(v) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
 
 
-def _first(names: list[str], n: int = 3) -> str:
-    return ", ".join(names[:n]) + (f", ... ({len(names) - n} more)" if len(names) > n else "")
-
-
 def save_checkpoint(ckpt: dict[str, Any], path: str | os.PathLike, *more_paths: str | os.PathLike) -> None:
     """Serialise once, then write each path atomically (temp file + fsync + rename): a kill never leaves half a
     file. `more_paths` get the same bytes (best.pth beside last.pth). Weights that are not finite are refused:
     a diverged state must never replace the last good checkpoint."""
     bad = nonfinite_tensors(ckpt.get("model_state"))
     if bad:
-        raise BadInputError(f"not saving {path}: {len(bad)} weight tensor(s) are not finite (NaN/inf): {_first(bad)};"
+        raise BadInputError(f"not saving {path}: {len(bad)} weight tensor(s) are not finite (NaN/inf): {first_names(bad, 3)};"
                             " the checkpoints already written are the last finite state")
     buf = io.BytesIO()
     torch.save(ckpt, buf)
@@ -144,7 +140,7 @@ def check_finite_weights(state: Any, path: str | os.PathLike, label: str = "") -
     bad = nonfinite_tensors(state)
     if bad:
         raise BadInputError(f"{label}{path} holds weights that are not finite (NaN/inf) in {len(bad)} tensor(s): "
-                            f"{_first(bad)}; it comes from a run that diverged: use an earlier checkpoint")
+                            f"{first_names(bad, 3)}; it comes from a run that diverged: use an earlier checkpoint")
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:

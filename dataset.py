@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from sampling import TemporalAugment, item_rng
-from utils import BadInputError, read_json
+from utils import BadInputError, first_names, read_json
 
 log = logging.getLogger("actionbert")
 
@@ -314,9 +314,8 @@ def feature_stats(
         total_sq += np.square(real).sum(0)
         count += int(mask.sum())
     if nonfinite:
-        shown = ", ".join(nonfinite[:10]) + (f", ... ({len(nonfinite) - 10} more)" if len(nonfinite) > 10 else "")
         raise BadInputError(f"{info.npy_path}: {len(nonfinite)} video(s) have non-finite (NaN/inf) embeddings: "
-                            f"{shown}. Training on them would give a NaN model; rerun prepare_data.py for this split")
+                            f"{first_names(nonfinite, 10)}. Training on them would give a NaN model; rerun prepare_data.py for this split")
     return total, total_sq, count
 
 

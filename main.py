@@ -79,6 +79,7 @@ from utils import (
     atomic_write_json,
     atomic_write_text,
     check_writable_dir,
+    first_names,
     float_in,
     int_at_least,
     log_failure_summary,
@@ -745,10 +746,9 @@ def write_epoch_outputs(run_dir: Path, state: RunState, train_metrics: dict[str,
 def nonfinite_loss_error(loss: float, state: RunState, indices: torch.Tensor, names: Sequence[str]) -> BadInputError:
     """The error a NaN/inf training loss stops the run with, naming the step and the batch's videos."""
     videos = [names[i] for i in indices.tolist()]
-    shown = ", ".join(videos[:8]) + (f", ... ({len(videos) - 8} more)" if len(videos) > 8 else "")
     return BadInputError(
         f"the training loss is {loss} at step {state.global_step + 1} (epoch {state.epoch + 1}) on a batch of "
-        f"{len(videos)} video(s): {shown}. Stopped before the weights took it in; the run's checkpoints hold the "
+        f"{len(videos)} video(s): {first_names(videos, 8)}. Stopped before the weights took it in; the run's checkpoints hold the "
         "last finite state. Check these videos' inputs, or lower --lr"
     )
 

@@ -40,6 +40,7 @@ from utils import (
     OutputLock,
     atomic_write_json,
     check_writable_dir,
+    first_names,
     fit_name,
     float_in,
     int_at_least,
@@ -206,12 +207,8 @@ def scan_video_dir(video_dir: Path) -> ScanResult:
         if count == 0:
             failures.append({"file": entry.name + "/", "reason": "empty class folder: no video files"})
     if ignored:
-        log.info("ignoring %d non-video entr%s: %s", len(ignored), "y" if len(ignored) == 1 else "ies", _first(ignored))
+        log.info("ignoring %d non-video entr%s: %s", len(ignored), "y" if len(ignored) == 1 else "ies", first_names(ignored))
     return ScanResult(assign_video_names(found), failures, ignored)
-
-
-def _first(names: list[str], n: int = 5) -> str:
-    return ", ".join(names[:n]) + (f", ... ({len(names) - n} more)" if len(names) > n else "")
 
 
 def assign_video_names(found: list[tuple[str, str]]) -> list[VideoItem]:
@@ -236,7 +233,7 @@ def assign_video_names(found: list[tuple[str, str]]) -> list[VideoItem]:
         log.info(
             "%d videos share a file name with a video in another folder; naming them <Class>__<stem>: %s",
             len(clash),
-            _first(sorted(f"{c}/{f}" for c, f in clash)),
+            first_names(sorted(f"{c}/{f}" for c, f in clash)),
         )
         more, clash = unique({(c, f): f"{c}__{Path(f).stem}" for c, f in clash})
         names.update(more)
@@ -430,7 +427,7 @@ def extract_all(
     if tmp.is_dir():
         leftovers = [e.name for e in _sorted_entries(tmp)]
         if leftovers:
-            log.info("redoing %d video(s) left unfinished by an interrupted run: %s", len(leftovers), _first(leftovers))
+            log.info("redoing %d video(s) left unfinished by an interrupted run: %s", len(leftovers), first_names(leftovers))
         shutil.rmtree(tmp)
     metas: dict[str, dict[str, Any]] = {}
     tasks = []
@@ -449,7 +446,7 @@ def extract_all(
         log.info("%d video(s) already extracted, skipping them", len(metas))
     if changed:
         log.info("redoing %d video(s) whose source changed since they were extracted (or whose record is "
-                 "incomplete): %s", len(changed), _first(changed))
+                 "incomplete): %s", len(changed), first_names(changed))
     # Largest files first, so a long video does not start last and leave the other workers idle at the end.
     tasks.sort(key=lambda t: (-_file_size(t.path), t.video_name))
     failures: list[dict[str, str]] = []
@@ -563,10 +560,10 @@ def plan_official(
     twice = sorted(f"{rel} <- {' and '.join(names)}" for rel, names in sides.items() if len(names) > 1)
     if twice:
         raise BadInputError(f"{len(twice)} video(s) are named by more than one split-file entry (a duplicate, or "
-                            f"a train/test leak): {_first(twice)}")
+                            f"a train/test leak): {first_names(twice)}")
     if all_missing:
         names = [f"{e.class_name}/{e.file_name}" for e in all_missing]
-        msg = f"{len(all_missing)} video(s) named in the split files are not in the video folder: {_first(names)}"
+        msg = f"{len(all_missing)} video(s) named in the split files are not in the video folder: {first_names(names)}"
         if not allow_missing:
             raise BadInputError(msg + " (--allow_missing skips them)")
         log.warning("%s; skipping them (--allow_missing)", msg)
@@ -576,7 +573,7 @@ def plan_official(
         ]
     unused = [it.rel_path for it in videos if it.video_name not in used]
     if unused:
-        log.info("%d video(s) are in neither list of this split and are not extracted: %s", len(unused), _first(unused))
+        log.info("%d video(s) are in neither list of this split and are not extracted: %s", len(unused), first_names(unused))
     return planned, missing_failures
 
 
@@ -632,7 +629,7 @@ def _main(args: argparse.Namespace, video_dir: Path, out_dir: Path, plan: Plan) 
         class_names = sorted({it.class_name for it in usable_items})
         dropped = sorted({it.class_name for it in scan.videos} - set(class_names))
         if dropped:
-            log.warning("class folder(s) with no usable video, left out of classInd.txt: %s", _first(dropped))
+            log.warning("class folder(s) with no usable video, left out of classInd.txt: %s", first_names(dropped))
         train, val = group_split(usable_items, args.split_ratio, args.seed)
         outputs = {"train": train, "val": val}
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from layout import CLASS_INDEX, read_class_index
-from utils import BadInputError, read_lines
+from utils import BadInputError, first_names, read_lines
 
 log = logging.getLogger("actionbert.splits")
 
@@ -220,8 +220,7 @@ def _entry_key(e: SplitEntry) -> tuple[str, str]:
 
 
 def _names(entries: Iterable[SplitEntry], limit: int = 5) -> str:
-    shown = [f"{e.class_name}/{e.file_name} ({e.source})" for e in entries]
-    return ", ".join(shown[:limit]) + (f", ... ({len(shown) - limit} more)" if len(shown) > limit else "")
+    return first_names([f"{e.class_name}/{e.file_name} ({e.source})" for e in entries], limit)
 
 
 def check_official_split(split: OfficialSplit) -> None:

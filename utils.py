@@ -15,7 +15,7 @@ import os
 import random
 import secrets
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -273,6 +273,12 @@ def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
             return json.load(fh)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise BadInputError(f"{what} {path} is not valid JSON: {exc}") from exc
+
+
+def first_names(names: Sequence[str], limit: int = 5) -> str:
+    """The first `limit` names, comma-separated, and how many more: a message names a few, never thousands."""
+    more = f", ... ({len(names) - limit} more)" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
 
 
 def read_lines(path: str | os.PathLike, what: str = "file") -> list[str]:

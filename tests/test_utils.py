@@ -21,6 +21,7 @@ from utils import (
     check_writable_dir,
     check_writable_file,
     error_line,
+    first_names,
     fit_name,
     float_in,
     positive_int,
@@ -153,3 +154,8 @@ def test_error_from_a_dataloader_worker_is_one_line():
     assert "Traceback" in str(exc.value)
     assert error_line(exc.value) == "no readable frame in video 0"
     assert error_line(BadInputError("plain")) == "plain"
+
+
+def test_first_names_lists_a_few_and_counts_the_rest():
+    assert first_names(["a", "b"]) == "a, b"
+    assert first_names([f"v{i}" for i in range(12)], 3) == "v0, v1, v2, ... (9 more)"
