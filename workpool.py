@@ -198,7 +198,10 @@ def run_isolated(
                         w.index = None
                         yield outcome
                         continue
-                    alive = w.process.is_alive()  # a reply torn by the worker's death, or one that cannot be read
+                    # No whole reply: the worker died (its pipe closes a moment before it can be reaped, so give
+                    # it that moment to tell how), or it sent something that cannot be read.
+                    w.process.join(_STOP_GRACE_S)
+                    alive = w.process.is_alive()
                     pool.discard(w, kill=True)
                     error = "its reply could not be read" if alive else death_reason(w.process.exitcode)
                     yield Outcome(index, False, kind="died", error=error)

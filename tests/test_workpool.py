@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import signal
@@ -21,6 +22,13 @@ def task(x):
         os.kill(os.getpid(), signal.SIGSEGV)
     if kind == "exit":
         os._exit(7)
+    if kind == "slow_exit":  # the reply pipe closes before the process can be reaped, as it may in any exit
+        for fd in os.listdir("/proc/self/fd"):
+            with contextlib.suppress(OSError):
+                if os.readlink(f"/proc/self/fd/{fd}").startswith("socket:"):
+                    os.close(int(fd))
+        time.sleep(0.3)
+        os._exit(5)
     if kind == "hang":
         time.sleep(3600)
     if kind == "unpicklable":
@@ -63,6 +71,15 @@ def test_closing_early_stops_every_worker():
     for proc in pool:
         proc.join(10)
         assert not proc.is_alive(), f"worker {proc.pid} still alive"
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="finds the pipe through /proc")
+def test_a_worker_whose_pipe_closes_before_it_exits_is_named_by_its_exit():
+    """Its reply pipe hits EOF a moment before the process can be reaped: the outcome still says how it died
+    (a stage-1 worker's os._exit was once reported as "its reply could not be read" in a loaded full suite)."""
+    got = outcomes([("slow_exit", 0), ("ok", 3)], workers=1)
+    assert got[0].kind == "died" and got[0].error == "its worker process exited with code 5"
+    assert got[1].result == 9
 
 
 def test_death_reason_words():
