@@ -748,8 +748,8 @@ def nonfinite_loss_error(loss: float, state: RunState, indices: torch.Tensor, na
     videos = [names[i] for i in indices.tolist()]
     return BadInputError(
         f"the training loss is {loss} at step {state.global_step + 1} (epoch {state.epoch + 1}) on a batch of "
-        f"{len(videos)} video(s): {first_names(videos, 8)}. Stopped before the weights took it in; the run's checkpoints hold the "
-        "last finite state. Check these videos' inputs, or lower --lr"
+        f"{len(videos)} video(s): {first_names(videos, 8)}. Stopped before the weights took it in; the run's "
+        "checkpoints hold the last finite state. Check these videos' inputs, or lower --lr"
     )
 
 
@@ -837,7 +837,7 @@ def evaluate(
             idx = batch["indices"][~finite.cpu()].tolist()
             videos = [names[i] if names is not None else str(i) for i in idx]
             raise BadInputError(f"non-finite (NaN/inf) model outputs for {len(videos)} video(s): "
-                                f"{', '.join(videos[:10])}; their inputs hold NaN/inf values")
+                                f"{first_names(videos, 10)}; their inputs hold NaN/inf values")
         loss = F.cross_entropy(logits, labels, reduction="sum")
         acc.update(logits, labels, loss.item())
         if collect:
