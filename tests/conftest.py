@@ -3,7 +3,7 @@ split files), frames in stage 1's layout cut from those clips, and the `needs_sh
 
 Tests that read ../shared/data carry `@pytest.mark.needs_shared_data` (or the module's `pytestmark`); without that
 folder they are skipped with one reason, the rest still run. `slow` marks tests that train to a threshold, launch
-torchrun or run the demo: `pytest -m "not slow"` is the quick loop.
+processes (torchrun, CLIs end to end) or run the demo: `pytest -m "not slow"` is the quick loop.
 """
 
 from __future__ import annotations
@@ -100,3 +100,22 @@ def clip_frames(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> 
         write_video_frames(root, name, _decode(shared_data / "videos" / file, keep))
         entries.append({"video_name": name, "label_idx": label, "class_name": f"c{label}"})
     return root, entries
+
+
+# ----------------------------------------------------------------------------------------------- fuzz corpus
+
+
+@pytest.fixture(scope="session")
+def fuzz_video_dir(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> tuple[Path, list[Path], list[str]]:
+    """(VIDEO_DIR, damaged files, good videos relative to VIDEO_DIR), built once and read-only for the tests:
+    `Bad/` holds tests/fuzz_corpus.py's seeded damaged files plus one whole clip (`Bad/fine.mp4`), `Good/` two
+    whole clips; corpus sources and probes sit in a hidden folder, which no stage reads."""
+    from tests import fuzz_corpus
+
+    root = tmp_path_factory.mktemp("fuzz") / "videos"
+    bad = fuzz_corpus.make_corpus(root)
+    good = ["Good/g0.mp4", "Good/g1.mp4", "Bad/fine.mp4"]
+    for rel in good:
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        os.symlink(shared_data / "videos" / "carphone_pristine.mp4", root / rel)
+    return root, bad, good

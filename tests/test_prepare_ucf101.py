@@ -17,7 +17,6 @@ import cv2
 import pytest
 
 from prepare_ucf101 import assign_video_names, get_args_parser
-from tests import fuzz_corpus
 from tests.conftest import ROOT, VIDEOS
 from tests.video_reference import decode_all_timestamps, select_frames
 
@@ -356,46 +355,30 @@ def outputs(out: Path) -> tuple[dict[str, dict], dict[str, str]]:
     return manifest, failed
 
 
+# Test-only faults (prepare_ucf101.FAULT_ENV) and how failed_videos.json words each.
+FAULTS = {"segfault": "died of SIGSEGV", "kill": "died of SIGKILL", "exit": "exited with code 3",
+          "raise": "unexpected error while extracting (RuntimeError: test fault"}
+
+
 @pytest.mark.slow  # launches the stage-1 CLI
 @pytest.mark.parametrize("workers", ["1", "2"])
-def test_headerless_mpeg_ps_cut_is_listed_not_fatal(tmp_path, workers):
-    """Item 1: a piece cut from the middle of an MPEG program stream opens with a video stream but no codec
-    context; it crashed --workers 1 (AttributeError) and hung --workers 2 (Pool.terminate)."""
-    vids = tmp_path / "videos"
-    data = fuzz_corpus.encode_clip(tmp_path / "src.mpg", "mpeg2video", fmt="mpeg").read_bytes()
-    (vids / "Bad").mkdir(parents=True)
-    piece = fuzz_corpus.find_cut(data, fuzz_corpus.no_codec_context, ".mpg", tmp_path)
-    (vids / "Bad" / "cut.mpg").write_bytes(piece)
-    link(vids / "Bad" / "fine.mp4", "carphone_pristine.mp4")
-    good = good_videos(vids)
-    out = tmp_path / "out"
-    run_guarded("-v", vids, "-o", out, "-fps", "1", "--frame_size", "32", "--workers", workers, timeout=120)
-    manifest, failed = outputs(out)
-    assert "unknown video codec" in failed["Bad/cut.mpg"]
-    assert sorted(v["source"] for v in manifest.values()) == sorted([*good, "Bad/fine.mp4"])
-    assert (out / "train_ucf101.json").is_file()
-
-
-@pytest.mark.slow  # launches the stage-1 CLI
-@pytest.mark.parametrize(("fault", "workers", "words"), [
-    ("segfault", "1", "died of SIGSEGV"),
-    ("kill", "2", "died of SIGKILL"),
-    ("exit", "1", "exited with code 3"),
-    ("raise", "2", "unexpected error while extracting (RuntimeError: test fault"),
-])
-def test_worker_dying_mid_video_fails_only_that_video(tmp_path, fault, workers, words):
+def test_workers_dying_mid_video_fail_only_their_videos(tmp_path, workers):
     """A worker that crashes (a codec segfault, an OOM kill, os._exit) or raises mid-video: the stage finishes,
-    lists that video with the reason, leaves no half folder, and a rerun completes it."""
+    lists that video with the reason, leaves no half folder, and a rerun completes it. One run meets all four
+    faults, each on its own video (g1..g4), between good ones."""
     vids = tmp_path / "videos"
-    good = good_videos(vids, 3)
+    good = good_videos(vids, 2 + len(FAULTS))
     out = tmp_path / "out"
     args = ["-v", vids, "-o", out, "-fps", "1", "--frame_size", "32", "--workers", workers]
-    proc = run_guarded(*args, env={"ACTIONBERT_TEST_FAULT": f"{fault}:g1"})
+    faulty = {f"g{i}": fault for i, fault in enumerate(FAULTS, 1)}
+    proc = run_guarded(*args, env={"ACTIONBERT_TEST_FAULT": ",".join(f"{f}:{v}" for v, f in faulty.items())})
     manifest, failed = outputs(out)
-    assert list(failed) == ["Good/g1.mp4"] and words in failed["Good/g1.mp4"]
-    assert sorted(manifest) == ["g0", "g2"] and not (out / "frames" / "g1").exists()
+    assert sorted(failed) == [f"Good/{v}.mp4" for v in faulty]
+    for v, fault in faulty.items():
+        assert FAULTS[fault] in failed[f"Good/{v}.mp4"] and not (out / "frames" / v).exists()
+    assert sorted(manifest) == ["g0", f"g{len(good) - 1}"]
     assert not (out / "frames" / ".tmp").exists()
-    assert "1 input(s) left out" in proc.stderr
+    assert f"{len(faulty)} input(s) left out" in proc.stderr
     ref = tmp_path / "ref"
     run_guarded("-v", vids, "-o", ref, "-fps", "1", "--frame_size", "32")
     proc = run_guarded(*args)
@@ -649,14 +632,14 @@ def test_bad_flag_values_are_argparse_errors(tmp_path, flag, value, capsys):
     assert exc.value.code == 2 and "usage:" in err and named and flag in named[1].split("/")
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # launches the stage-1 CLI
 @pytest.mark.parametrize("workers", ["1", "2"])
-def test_fuzz_corpus_every_file_extracted_or_listed(tmp_path, workers):
+def test_fuzz_corpus_every_file_extracted_or_listed(fuzz_video_dir, tmp_path, workers):
     """38 damaged files (headerless cuts of six containers, truncations, flipped bytes, empty and random files,
-    wrong extensions) among good videos: no hang, no traceback, every file accounted for, the good ones whole."""
-    vids = tmp_path / "videos"
-    bad = fuzz_corpus.make_corpus(vids)
-    good = good_videos(vids, 2)
+    wrong extensions) among good videos: no hang, no traceback, every file accounted for, the good ones whole.
+    Item 1 among them: a piece cut from the middle of an MPEG program stream opens with a video stream but no codec
+    context; it crashed --workers 1 (AttributeError) and hung --workers 2 (Pool.terminate)."""
+    vids, bad, good = fuzz_video_dir
     out = tmp_path / "out"
     start = time.monotonic()
     run_guarded("-v", vids, "-o", out, "-fps", "1", "--frame_size", "32", "--workers", workers,
@@ -672,6 +655,7 @@ def test_fuzz_corpus_every_file_extracted_or_listed(tmp_path, workers):
     assert all(reason for reason in failed.values())
     assert "unknown video codec" in failed["Bad/cut_nocodec.mpg"]
     assert "zero frame dimensions" in failed["Bad/cut_zerodim.mp4"]
+    assert (out / "train_ucf101.json").is_file()
 
 
 def test_full_disk_stops_the_stage_instead_of_failing_every_video(tmp_path, monkeypatch):
