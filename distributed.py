@@ -1,10 +1,17 @@
 """torch.distributed set-up shared by prepare_data.py and main.py (torchrun, NCCL on GPUs, gloo on the CPU).
 
+Every device decision of a distributed run is made here, once, so callers never think about it:
+- each rank is bound to its own GPU (`LOCAL_RANK`) before the process group exists, so NCCL, object collectives
+  and every later CUDA call of the rank use that GPU and never `cuda:0`;
+- on GPUs the process group has two backends (`process_group_backend`): NCCL for CUDA tensors (DDP's gradients)
+  and gloo for CPU tensors and pickled objects (metric sums, feature statistics, RNG states), which NCCL refuses.
+  The callers' CPU tensors therefore go over gloo as they are, with no device copies.
+
 One rank's failure stops every rank with a message, never a hang: `rank_group()` publishes a failing rank's
-message in the job's key-value store (the TCPStore that torchrun's rendezvous made) and leaves without tearing
-down the process group (which could wait on peers stuck in a collective); `barrier()` waits on that store, so a
-peer waiting there sees the failure at once and stops with `PeerFailedError`, and a peer inside a collective
-whose partner left gets the backend's error turned into the same one-line message.
+message in the job's key-value store (the TCPStore that torchrun's rendezvous made) and releases its part of the
+process group (`_release_peers`); `barrier()` waits on that store, so a peer waiting there sees the failure at once
+and stops with `PeerFailedError`, and a peer inside a collective whose partner left gets the backend's error turned
+into the same one-line message.
 """
 
 from __future__ import annotations
@@ -15,12 +22,12 @@ import logging
 import os
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
 
-from utils import BadInputError, OutputLock
+from utils import BadInputError, OutputLock, resolve_device
 
 log = logging.getLogger("actionbert")
 
@@ -34,11 +41,19 @@ class PeerFailedError(BadInputError):
     """This rank stops because another rank failed: one line naming that rank and its message."""
 
 
+def process_group_backend(cuda: bool, cuda_backend: str = "nccl") -> str:
+    """The backend string of the process group: CPU tensors and objects always have gloo; CUDA tensors get
+    `cuda_backend` (NCCL) on GPUs. NCCL alone would refuse every CPU collective the stages run."""
+    return f"cpu:gloo,cuda:{cuda_backend}" if cuda else "gloo"
+
+
 @dataclass(frozen=True)
 class DistInfo:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    # the rank's own device under torchrun (cuda:LOCAL_RANK, or the CPU); unused for a single process
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
     @property
     def enabled(self) -> bool:
@@ -49,19 +64,50 @@ class DistInfo:
         return self.rank == 0
 
 
+def local_cuda_device(local_rank: int) -> torch.device:
+    """cuda:LOCAL_RANK, refusing more processes on a node than it has visible GPUs (two ranks sharing a GPU
+    deadlock NCCL)."""
+    count = torch.cuda.device_count()
+    if not 0 <= local_rank < count:
+        raise BadInputError(
+            f"torchrun started local rank {local_rank} but only {count} CUDA device(s) are visible on this node: "
+            f"use --nproc_per_node {count} or fewer (one process per GPU; CUDA_VISIBLE_DEVICES picks which)"
+        )
+    return torch.device("cuda", local_rank)
+
+
 def init_distributed(backend: str | None = None) -> DistInfo:
-    """Join the process group when launched by torchrun (WORLD_SIZE > 1); otherwise a single process."""
+    """Join the process group when launched by torchrun (WORLD_SIZE > 1); otherwise a single process.
+
+    With CUDA, the rank is bound to cuda:LOCAL_RANK first (`set_device`, then `device_id` so NCCL forms its
+    communicator on that GPU at once). `backend` overrides `process_group_backend` (tests pass a stand-in)."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size <= 1:
         return DistInfo()
     rank = int(os.environ["RANK"])
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    cuda = torch.cuda.is_available()
+    device = torch.device("cpu")
+    if cuda:
+        device = local_cuda_device(local_rank)
+        torch.cuda.set_device(device)
     if backend is None:
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        backend = process_group_backend(cuda)
     if not dist.is_initialized():
-        dist.init_process_group(backend=backend)
-    log.info("distributed: rank %d of %d (%s)", rank, world_size, backend)
-    return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank)
+        dist.init_process_group(backend=backend, device_id=device if cuda else None)
+    log.info("distributed: rank %d of %d (local rank %d) on %s, backend %s", rank, world_size, local_rank, device,
+             backend)
+    return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank, device=device)
+
+
+def rank_device(info: DistInfo, gpu_id: int | None) -> torch.device:
+    """The device this process computes on: its own GPU under torchrun (the GPU flag is ignored, since every rank
+    would otherwise pick the same one), else `--gpu_id` resolved as utils.resolve_device does."""
+    if not info.enabled:
+        return resolve_device(gpu_id)
+    if info.device.type == "cuda" and info.is_main:
+        log.info("torchrun: each rank runs on cuda:LOCAL_RANK (the GPU flag, %s, is ignored)", gpu_id)
+    return info.device
 
 
 def _store() -> dist.Store:
@@ -94,12 +140,23 @@ def _publish_failure(info: DistInfo, exc: BaseException) -> None:
                 time.sleep(_POLL_S)
 
 
+def group_backends(backend: str) -> set[str]:
+    """The backends a process group's backend string names: 'gloo' -> {'gloo'}, and the two-backend group of GPUs
+    ('cpu:gloo,cuda:nccl', what `dist.get_backend()` returns for it) -> {'gloo', 'nccl'}."""
+    return {part.rpartition(":")[2].strip() for part in backend.lower().split(",")}
+
+
 def _release_peers() -> None:
     """End this rank's part in the process group so that a peer inside a collective with it fails now instead of
-    at the backend's timeout: gloo's pairs close on destroy; NCCL's communicators are aborted where torch offers
-    it (else torchrun's agent stops the peers once this process exits)."""
+    at the backend's timeout. A gloo-only group is destroyed (its pairs close). A group with NCCL in it, alone or
+    beside gloo, is aborted where torch offers it, never destroyed (destroying flushes NCCL's pending work, which
+    may wait on the peers): the abort ends the NCCL communicators and drops the group, whose gloo pairs then close
+    as on destroy. Without the abort, torchrun's agent stops the peers once this process exits.
+
+    A module that still holds the group (DDP, inside the failing frames) keeps its gloo pairs open until this
+    process exits; a peer in a gloo collective then stops at that moment instead."""
     c10d = dist.distributed_c10d
-    if dist.get_backend() == "gloo":
+    if group_backends(dist.get_backend()) == {"gloo"}:
         dist.destroy_process_group()
     elif hasattr(c10d, "_abort_process_group"):
         c10d._abort_process_group()
@@ -168,14 +225,14 @@ def barrier(info: DistInfo) -> None:
 
 
 def all_reduce_sum(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
-    """Sum a tensor over ranks in place (a no-op for one process)."""
+    """Sum a tensor over ranks in place (a no-op for one process). CPU tensors go over gloo, CUDA ones NCCL."""
     if info.enabled:
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
 
 
 def all_gather_objects(obj, info: DistInfo) -> list:
-    """Gather one picklable object from every rank, in rank order."""
+    """Gather one picklable object from every rank, in rank order (over gloo: objects are CPU memory)."""
     if not info.enabled:
         return [obj]
     out: list = [None] * info.world_size

@@ -65,7 +65,15 @@ from dataset import (
     pad_collate,
     stats_from_sums,
 )
-from distributed import DistInfo, all_gather_objects, all_reduce_sum, barrier, main_rank_lock, rank_group
+from distributed import (
+    DistInfo,
+    all_gather_objects,
+    all_reduce_sum,
+    barrier,
+    main_rank_lock,
+    rank_device,
+    rank_group,
+)
 from layout import read_class_names, read_split_json, split_json_path
 from metrics import MetricAccumulator
 from models import MODEL_NAMES, build_model
@@ -87,7 +95,6 @@ from utils import (
     nonnegative_int,
     positive_int,
     probability,
-    resolve_device,
     run_cli,
     set_seed,
     setup_logging,
@@ -184,8 +191,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--frame_dropout", type=probability, default=0.0, help="drop each frame with this probability")
 
     g = p.add_argument_group("hardware")
-    g.add_argument("--gpu_id", type=int, default=1, help="CUDA device; the CPU is used (one log line) "
-                   "without CUDA")
+    g.add_argument("--gpu_id", type=int, default=0, help="CUDA device, as in prepare_data.py and predict.py; the "
+                   "CPU is used (one log line) without CUDA. Under torchrun each rank uses cuda:LOCAL_RANK")
     g.add_argument("--precision", choices=PRECISIONS, default=None,
                    help="torch.amp precision; overrides --opt_lvl. fp16 uses a GradScaler; fp16 asked on the CPU "
                    "runs in fp32 (logged)")
@@ -212,13 +219,6 @@ def get_args_parser() -> argparse.ArgumentParser:
 def rank_seed(seed: int, rank: int) -> int:
     """The seed of one rank's Python, NumPy and torch generators."""
     return seed + RANK_SEED_STRIDE * rank
-
-
-def run_device(gpu_id: int, dist_info: DistInfo) -> torch.device:
-    """This rank's GPU under torchrun, else --gpu_id (the CPU, with one log line, when there is no CUDA)."""
-    if dist_info.enabled and torch.cuda.is_available():
-        return torch.device("cuda", dist_info.local_rank)
-    return resolve_device(gpu_id)
 
 
 def warmup_cosine(step: int, warmup: int, total: int) -> float:
@@ -854,7 +854,7 @@ def evaluate(
 def train(args: argparse.Namespace, dist_info: DistInfo) -> int:
     """Train --model on the train split, evaluating on val after every epoch; resumes the run folder's last.pth.
     `main` holds the run folder locked meanwhile."""
-    device = run_device(args.gpu_id, dist_info)
+    device = rank_device(dist_info, args.gpu_id)
     precision = resolve_precision(precision_from_flags(args.precision, args.opt_lvl), device, training=True)
     run_dir = train_run_dir(args)
     ckpt_dir = run_dir / "checkpoints"
@@ -1029,7 +1029,7 @@ def test(args: argparse.Namespace, dist_info: DistInfo) -> int:
     info = load_split(args, args.split, clips)
     check_num_cls(args.num_cls, info)
     check_compatible(ckpt, args.model_ckpt, None, info.num_classes, info.feature_dim, info.class_names)
-    device = run_device(args.gpu_id, dist_info)
+    device = rank_device(dist_info, args.gpu_id)
     # training=True: evaluate in the precision training runs in on this device (fp16 asked on the CPU is fp32)
     precision = resolve_precision(precision_from_flags(args.precision, args.opt_lvl), device, training=True)
     model = model_from_checkpoint(ckpt, device)

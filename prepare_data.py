@@ -30,7 +30,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from distributed import DistInfo, barrier, main_rank_lock, rank_group
+from distributed import DistInfo, barrier, main_rank_lock, rank_device, rank_group
 from layout import frame_name, manifest_videos, read_class_names, read_frame_settings, read_split_json, video_frames
 from models.backbone import build_backbone, default_threads, embed_batch, input_stats
 from precision import INFERENCE_PRECISIONS, resolve_precision
@@ -47,7 +47,6 @@ from utils import (
     nonnegative_int,
     positive_int,
     read_json,
-    resolve_device,
     run_cli,
     setup_logging,
     write_failure_report,
@@ -486,7 +485,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", default="imagenet", help="imagenet (torchvision's), none (random init) or a state_dict PATH")
     p.add_argument("-bs", "--batch_size", type=positive_int, default=128, help="frames per forward pass (batches span videos)")
     p.add_argument("-nw", "--num_workers", type=nonnegative_int, default=4, help="DataLoader processes decoding and resizing frames")
-    p.add_argument("-g", "--gpu_id", type=int, default=0, help="CUDA device; the CPU is used when there is none")
+    p.add_argument("-g", "--gpu_id", type=int, default=0, help="CUDA device; the CPU is used when there is none. Under "
+                   "torchrun each rank uses cuda:LOCAL_RANK instead")
     p.add_argument("--image_size", type=int_at_least(16), default=224)
     p.add_argument("--resize", choices=RESIZE_MODES, default="crop",
                    help="crop: shorter side to image_size then centre crop; squash: straight to SxS (old behaviour)")
@@ -540,7 +540,7 @@ def embed_split(args: argparse.Namespace, info: DistInfo) -> int:
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", info.world_size))
     if "OMP_NUM_THREADS" not in os.environ:  # an explicit setting wins; torchrun sets 1 per rank
         torch.set_num_threads(default_threads(local_world))
-    device = resolve_device(info.local_rank if info.enabled and torch.cuda.is_available() else args.gpu_id)
+    device = rank_device(info, args.gpu_id)
     precision = resolve_precision(args.precision, device)
     channels_last = device.type == "cuda" if args.channels_last is None else args.channels_last
     out_dir = Path(args.out_dir)
