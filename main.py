@@ -182,6 +182,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--grad_clip", type=nonnegative_float, default=1.0, help="max gradient norm (0 = off)")
     g.add_argument("--label_smoothing", type=probability, default=0.0)
     g.add_argument("--balanced", action="store_true", help="sample classes equally often (with replacement)")
+    g.add_argument("--group_by_length", action=argparse.BooleanOptionalAction, default=None,
+                   help="batch videos of similar length together (Hugging Face Trainer's group_by_length: random "
+                   "mega-batches sorted by length, cut into batches, batch order shuffled), so padding costs little. "
+                   "Default: on for the sequence heads (bilstm, bert, roberta), off for meanpool and e2e_* (fixed "
+                   "clip length)")
 
     g = p.add_argument_group("temporal augmentation (training split only)")
     g.add_argument("--temporal_crop", type=float_in(0.0, 1.0, low_open=True), default=1.0, help="keep a random window of at least this "
@@ -249,9 +254,12 @@ def test_run_dir(args: argparse.Namespace, ckpt: dict[str, Any]) -> Path:
 def check_args(args: argparse.Namespace) -> None:
     """Flag combinations argparse cannot check one by one, refused before any work: train mode without --model, a
     transformer whose width does not split into its attention heads (Hugging Face would raise deep inside model
-    construction)."""
+    construction), --group_by_length for an e2e model (its clips all have one length)."""
     if args.mode == "train" and args.model is None:
         raise BadInputError("--model is required in train mode (choose from " + ", ".join(ALL_MODEL_NAMES) + ")")
+    if args.group_by_length and args.model and is_e2e_name(args.model):
+        raise BadInputError(f"--group_by_length groups videos by their number of embeddings; {args.model} trains on "
+                            "clips that all have --clip_len frames (leave the flag out)")
     head = (args.model or "").removeprefix("e2e_")
     if head in ("bert", "roberta") and not args.pretrained:
         import inspect
@@ -264,6 +272,19 @@ def check_args(args: argparse.Namespace) -> None:
         if hidden % heads:
             raise BadInputError(f"--hidden_size {hidden} is not divisible by --num_heads {heads}: each attention "
                                 "head takes an equal share of the width")
+
+
+# Heads whose cost grows with the padded width of a batch: length grouping is on by default for them.
+SEQUENCE_HEADS = ("bilstm", "bert", "roberta")
+
+
+def resolve_group_by_length(args: argparse.Namespace) -> bool:
+    """--group_by_length, defaulting to on for the sequence heads over embeddings; written back into `args` so
+    the run's log and checkpoints record it (and a resume cannot silently change it). `check_args` has refused it
+    for e2e models."""
+    if args.group_by_length is None:
+        args.group_by_length = args.model in SEQUENCE_HEADS
+    return bool(args.group_by_length)
 
 
 def check_num_cls(flag: int | None, data: SplitData) -> None:
@@ -293,6 +314,7 @@ class SplitData:
     class_names: list[str]
     source: str  # the file that messages name
     feature_dim: int | None  # embeddings' D; None for clips (the model's backbone decides it)
+    lengths: np.ndarray | None = None  # each video's frame count (embeddings); None for clips (all clip_len)
     provenance: dict[str, Any] = field(default_factory=dict)  # the checkpoint's data_info
     skipped: list[dict[str, Any]] = field(default_factory=list)  # {"file", "reason"} of videos left out
 
@@ -330,7 +352,8 @@ def embedding_split(args: argparse.Namespace, split: str, train: bool = False) -
     info = load_split_info(args.data_dir, split, args.strict)
     augment = TemporalAugment(args.temporal_crop, args.temporal_stride, args.frame_dropout) if train else None
     return SplitData(split, EmbeddingDataset(info, augment, args.seed), pad_collate, info.names, info.labels,
-                     info.class_names, str(info.json_path), info.feature_dim, info.provenance, info.skipped)
+                     info.class_names, str(info.json_path), info.feature_dim, info.lengths, info.provenance,
+                     info.skipped)
 
 
 def clip_settings(args: argparse.Namespace, ckpt: dict[str, Any] | None = None) -> ClipSettings:
@@ -365,7 +388,7 @@ def clip_split(args: argparse.Namespace, split: str, clips: ClipSettings, train:
                      num_clips=clips.num_clips, seed=args.seed, strict=args.strict)
     provenance = clip_provenance(clips.frames_dir, backbone=clips.backbone, weights=clips.weights,
                                  image_size=clips.image_size, clip_len=clips.clip_len, num_clips=clips.num_clips)
-    return SplitData(split, ds, clip_collate, ds.names, ds.labels, class_names, str(path), None, provenance,
+    return SplitData(split, ds, clip_collate, ds.names, ds.labels, class_names, str(path), None, None, provenance,
                      ds.failures)
 
 
@@ -561,8 +584,8 @@ class RunState:
 
 
 # Settings that make another run: resuming a run folder with other values would silently ignore the new ones.
-RUN_DEFINING = (*HEAD_KWARGS, "seed", "batch_size", "balanced", "temporal_crop", "temporal_stride", "frame_dropout",
-                "backbone", "weights", "clip_len", "num_clips", "image_size", "freeze_backbone_stages",
+RUN_DEFINING = (*HEAD_KWARGS, "seed", "batch_size", "balanced", "group_by_length", "temporal_crop", "temporal_stride",
+                "frame_dropout", "backbone", "weights", "clip_len", "num_clips", "image_size", "freeze_backbone_stages",
                 "backbone_lr", "init_head_from")
 
 
@@ -859,6 +882,7 @@ def train(args: argparse.Namespace, dist_info: DistInfo) -> int:
     run_dir = train_run_dir(args)
     ckpt_dir = run_dir / "checkpoints"
     clips = clip_settings(args) if is_e2e_name(args.model) else None  # before the log records the arguments
+    resolve_group_by_length(args)
     handler = add_file_log(run_dir / "train_log.txt", args) if dist_info.is_main else None
 
     # data
@@ -882,7 +906,10 @@ def train(args: argparse.Namespace, dist_info: DistInfo) -> int:
     if per_rank_batch * world != args.batch_size:
         log.warning("--batch_size %d is not a multiple of %d processes: %d per process", args.batch_size, world,
                     per_rank_batch)
-    sampler = TrainSampler(train_data.labels, args.seed, args.balanced, world, dist_info.rank)
+    grouped = args.group_by_length and train_data.lengths is not None
+    sampler = TrainSampler(train_data.labels, args.seed, args.balanced, world, dist_info.rank,
+                           lengths=train_data.lengths if grouped else None,
+                           batch_size=per_rank_batch if grouped else None)
     pin = device.type == "cuda"
     train_loader = make_train_loader(train_data, sampler, per_rank_batch, args, pin)
     val_loader = make_eval_loader(val_data, per_rank_batch, args.num_workers, dist_info, pin)

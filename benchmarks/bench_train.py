@@ -1,14 +1,20 @@
-"""Training throughput: batches padded to their own longest video (dynamic) against padding to the split's maximum.
+"""Training throughput of one epoch under three batchings of the same videos: padding every batch to the split's
+maximum (fixed, the original loader), to the batch's own longest video (dynamic), and dynamic padding of
+length-grouped batches (grouped: main.py's --group_by_length, Hugging Face Trainer's recipe).
 
-UCF-101-shaped data: 9537 videos (split 1's training list), lengths from a log-normal fitted to UCF-101's
-clip durations at 1 fps (mean ~7.2 s, shortest ~1 s, longest 71 s, a long tail), D=512, 101 classes.
-Both modes train `bert` with 4 layers on exactly the same batches, read through dataset.py from a .npy
-memmap. On a small CPU a whole epoch takes long, so by default the first --num_batches batches of a
-seeded epoch order are timed and the epoch time is extrapolated (--num_batches 0 times the whole epoch).
+UCF-101-shaped data: 9537 videos (split 1's training list), lengths from a log-normal fitted to UCF-101's clip
+durations at 1 fps (mean ~7.2 s, shortest ~1 s, longest 71 s, a long tail), D=512, 101 classes. Every mode trains
+`bert` with 4 layers through main.py's training step (autocast + Optimization.step) on the batches main.py's sampler
+plans for epoch 0, read through dataset.py from a .npy memmap.
 
-    python benchmarks/bench_train.py [--num_batches 4] [--device cpu]
+On a small CPU a whole epoch takes long, so by default each mode's epoch is estimated from --num_batches batches:
+its batches are sorted by padded size (width x batch) and cut into that many equal strata; the median batch of each
+stratum is timed and stands for its stratum (a stratified estimate: grouped epochs mix very narrow and very wide
+batches, which the first few batches would misrepresent). --num_batches 0 times every batch of the epoch.
 
-Prints `fixed/dynamic = R` and appends a table to BENCHMARKS.md.
+    python benchmarks/bench_train.py [--num_batches 4] [--device cpu] [--precision fp32]
+
+Prints `fixed/grouped = R` (target >= 5) and `fixed/dynamic = R`, and appends a table to BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import shlex
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -32,8 +39,12 @@ from torch.utils.data import DataLoader
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from dataset import EmbeddingDataset, fixed_pad_collate, load_split_info, pad_collate  # noqa: E402
+from dataset import EmbeddingDataset, TrainSampler, fixed_pad_collate, load_split_info, pad_collate  # noqa: E402
+from main import Optimization  # noqa: E402
 from models import build_model  # noqa: E402
+from precision import autocast  # noqa: E402
+
+MODES = ("fixed", "dynamic", "grouped")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -45,10 +56,14 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="bert")
     p.add_argument("--num_layers", type=int, default=4)
     p.add_argument("--batch_size", type=int, default=256)
-    p.add_argument("--num_batches", type=int, default=4, help="batches timed per mode (0 = the whole epoch)")
+    p.add_argument("--num_batches", type=int, default=4, help="batches timed per mode, one per stratum (0 = the "
+                   "whole epoch)")
+    p.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default="fp32")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=str(ROOT / "BENCHMARKS.md"))
+    p.add_argument("--no_append", action="store_true", help="print only; do not append to BENCHMARKS.md")
     return p
 
 
@@ -61,111 +76,176 @@ def ucf101_like_lengths(n: int, max_len: int, rng: np.random.Generator) -> np.nd
     return np.ceil(durations).astype(np.int64)
 
 
-def write_data(folder: Path, lengths: np.ndarray, rows_used: np.ndarray, dim: int, max_len: int, num_classes: int,
+def epoch_plan(mode: str, labels: np.ndarray, lengths: np.ndarray, batch_size: int, seed: int) -> list[list[int]]:
+    """Epoch 0's batches as main.py's sampler plans them (one process): random for fixed and dynamic (the same
+    batches), length-grouped for grouped."""
+    grouped = mode == "grouped"
+    sampler = TrainSampler(labels, seed, lengths=lengths if grouped else None, batch_size=batch_size if grouped else None)
+    order = [i for i, _ in sampler]
+    return [order[k : k + batch_size] for k in range(0, len(order), batch_size)]
+
+
+def padded_width(mode: str, batch: list[int], lengths: np.ndarray, max_len: int) -> int:
+    return max_len if mode == "fixed" else int(lengths[batch].max())
+
+
+def stratified_sample(costs: np.ndarray, k: int) -> list[tuple[int, int]]:
+    """(batch, weight) pairs: the batches sorted by cost and cut into k equal strata, each stratum's median batch
+    weighted by the stratum's size (k <= 0 or >= the batch count: every batch, weight 1)."""
+    if k <= 0 or k >= len(costs):
+        return [(i, 1) for i in range(len(costs))]
+    strata = np.array_split(np.argsort(costs, kind="stable"), k)
+    return [(int(s[len(s) // 2]), len(s)) for s in strata]
+
+
+def write_data(folder: Path, lengths: np.ndarray, fill: np.ndarray, dim: int, max_len: int, num_classes: int,
                rng: np.random.Generator) -> None:
-    """A stage-2 style split holding only the videos the timed batches read (the file stays ~0.3 GB)."""
+    """A stage-2 split of every video, with real rows only for the videos in `fill` (the memmap file is sparse,
+    so only the rows the timed batches read take disk space)."""
     arr = np.lib.format.open_memmap(folder / "train.npy", mode="w+", dtype=np.float32,
-                                    shape=(len(rows_used), max_len, dim))
-    records = []
-    for new_row, video in enumerate(rows_used):
-        n = int(lengths[video])
-        arr[new_row, :n] = rng.standard_normal((n, dim), dtype=np.float32)
-        records.append({"video_idx": new_row, "video_name": f"v{video:05d}", "video_length": n,
-                        "label_idx": int(video % num_classes)})
+                                    shape=(len(lengths), max_len, dim))
+    for video in np.unique(fill):
+        arr[video, : lengths[video]] = rng.standard_normal((int(lengths[video]), dim), dtype=np.float32)
     arr.flush()
     del arr
-    meta = {"data": records, "memmap_size": [len(rows_used), max_len, dim], "split": "train",
-            "feature_dim": dim, "num_classes": num_classes,
-            "class_names": [f"class_{c}" for c in range(num_classes)]}
+    records = [{"video_idx": i, "video_name": f"v{i:05d}", "video_length": int(n), "label_idx": i % num_classes}
+               for i, n in enumerate(lengths)]
+    meta = {"data": records, "memmap_size": [len(lengths), max_len, dim], "split": "train", "feature_dim": dim,
+            "num_classes": num_classes, "class_names": [f"class_{c}" for c in range(num_classes)]}
     (folder / "train.json").write_text(json.dumps(meta))
 
 
-def time_mode(model, init_state, loader, device) -> tuple[float, float, list[int]]:
-    """Wall and CPU seconds for the timed batches (after one untimed warm-up step), padded width of each batch."""
-    model.load_state_dict(init_state)
+def plain_optimization(model: torch.nn.Module, device: torch.device, precision: str) -> Optimization:
+    """main.py's optimisation step (AdamW, fp16's GradScaler, gradient clipping at 1) at a constant learning rate."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    return Optimization(optimizer=optimizer, scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0),
+                        scaler=torch.amp.GradScaler(device.type, enabled=precision == "fp16"),
+                        criterion=torch.nn.CrossEntropyLoss(), grad_clip=1.0)
+
+
+def time_batches(model, loader, device: torch.device, precision: str) -> tuple[list[float], list[float]]:
+    """Wall and CPU seconds of each batch of `loader` after the first (a warm-up for kernels and allocators):
+    main.py's step (autocast forward, loss, Optimization.step with fp16's GradScaler)."""
     model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    widths, elapsed, cpu = [], 0.0, 0.0
+    opt = plain_optimization(model, device, precision)
+    walls, cpus = [], []
     for i, batch in enumerate(loader):
         if device.type == "cuda":
             torch.cuda.synchronize()
         start, start_cpu = time.perf_counter(), time.process_time()
         feats = batch["feats"].to(device, non_blocking=True)
         lengths, labels = batch["lengths"].to(device), batch["labels"].to(device)
-        loss = torch.nn.functional.cross_entropy(model(feats, lengths), labels)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        with autocast(precision, device):
+            logits = model(feats, lengths)
+        opt.step(opt.criterion(logits.float(), labels), model.parameters())
         if device.type == "cuda":
             torch.cuda.synchronize()
-        if i > 0:  # the first batch warms up kernels and allocators
-            elapsed += time.perf_counter() - start
-            cpu += time.process_time() - start_cpu
-            widths.append(int(batch["feats"].shape[1]))
-    return elapsed, cpu, widths
+        if i > 0:
+            walls.append(time.perf_counter() - start)
+            cpus.append(time.process_time() - start_cpu)
+    return walls, cpus
+
+
+@dataclass
+class ModeResult:
+    mode: str
+    mean_width: float  # over the whole epoch's batches
+    padded_frames: int  # frames the epoch computes on, padding included
+    epoch_s: float  # estimated (or measured, with --num_batches 0) wall seconds of the epoch
+    epoch_cpu_s: float
+    timed: int  # batches timed
+    batches: int  # batches in the epoch
+
+
+def measure_modes(model_name: str, num_layers: int, modes: list[str], lengths: np.ndarray, batch_size: int,
+                  num_batches: int, dim: int, num_classes: int, device: torch.device, precision: str,
+                  seed: int = 0) -> dict[str, ModeResult]:
+    """Each mode's epoch time for the same videos and the same initial weights (also used by gpu_check.py)."""
+    rng = np.random.default_rng(seed + 1)
+    max_len = int(lengths.max())
+    labels = np.arange(len(lengths)) % num_classes
+    plans, samples = {}, {}
+    for mode in modes:
+        plan = epoch_plan(mode, labels, lengths, batch_size, seed)
+        costs = np.array([padded_width(mode, b, lengths, max_len) * len(b) for b in plan])
+        plans[mode], samples[mode] = plan, stratified_sample(costs, num_batches)
+    fill = np.concatenate([plans[m][i] for m in modes for i, _ in samples[m]] + [np.argsort(-lengths)[:batch_size]])
+    torch.manual_seed(seed)
+    model = build_model(model_name, input_dim=dim, num_classes=num_classes, num_layers=num_layers).to(device)
+    init_state = {k: v.clone() for k, v in model.state_dict().items()}
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="bench_train_") as tmp:
+        write_data(Path(tmp), lengths, fill, dim, max_len, num_classes, rng)
+        info = load_split_info(tmp, "train")
+        for mode in modes:
+            plan, sample = plans[mode], samples[mode]
+            widest = [int(i) for i in np.argsort(-lengths)[:batch_size]]  # warm-up at the largest shapes
+            collate = fixed_pad_collate(max_len) if mode == "fixed" else pad_collate
+            loader = DataLoader(EmbeddingDataset(info), batch_sampler=[widest] + [plan[i] for i, _ in sample],
+                                collate_fn=collate, num_workers=0, pin_memory=device.type == "cuda")
+            model.load_state_dict(init_state)
+            walls, cpus = time_batches(model, loader, device, precision)
+            weights = np.array([w for _, w in sample])
+            widths = [padded_width(mode, b, lengths, max_len) for b in plan]
+            results[mode] = ModeResult(mode, float(np.mean(widths)), int(sum(w * len(b) for w, b in zip(widths, plan,
+                                       strict=True))), float(weights @ walls), float(weights @ cpus), len(sample),
+                                       len(plan))
+    return results
 
 
 def main(args: argparse.Namespace) -> int:
-    rng = np.random.default_rng(args.seed)
-    torch.manual_seed(args.seed)
     device = torch.device(args.device)
-    lengths = ucf101_like_lengths(args.num_videos, args.max_len, rng)
-    order = rng.permutation(args.num_videos)
-    epoch_batches = math.ceil(args.num_videos / args.batch_size)
-    timed = epoch_batches if args.num_batches <= 0 else min(args.num_batches, epoch_batches - 1)
-    used = order[: (timed + 1) * args.batch_size]  # +1: the warm-up batch
-    with tempfile.TemporaryDirectory() as tmp:
-        write_data(Path(tmp), lengths, used, args.dim, args.max_len, args.num_classes, rng)
-        info = load_split_info(tmp, "train")
-        model = build_model(args.model, input_dim=args.dim, num_classes=args.num_classes,
-                            num_layers=args.num_layers).to(device)
-        init_state = {k: v.clone() for k, v in model.state_dict().items()}
-        results = {}
-        for mode, collate in (("dynamic", pad_collate), ("fixed", fixed_pad_collate(args.max_len))):
-            loader = DataLoader(EmbeddingDataset(info), batch_size=args.batch_size, shuffle=False,
-                                collate_fn=collate, num_workers=0, pin_memory=device.type == "cuda")
-            seconds, cpu, widths = time_mode(model, init_state, loader, device)
-            results[mode] = {"seconds": seconds, "cpu": cpu, "per_batch": seconds / len(widths), "widths": widths,
-                             "epoch_s": seconds / len(widths) * epoch_batches}
-            print(f"{mode}: {seconds:.2f} s for {len(widths)} batches, mean width {np.mean(widths):.1f}, "
-                  f"epoch ~{results[mode]['epoch_s']:.1f} s", flush=True)
-    ratio = results["fixed"]["seconds"] / results["dynamic"]["seconds"]
-    print(f"fixed/dynamic = {ratio:.2f} (CPU time {results['fixed']['cpu'] / results['dynamic']['cpu']:.2f})")
-    append_table(args, lengths, results, ratio, epoch_batches)
+    lengths = ucf101_like_lengths(args.num_videos, args.max_len, np.random.default_rng(args.seed))
+    results = measure_modes(args.model, args.num_layers, args.modes, lengths, args.batch_size, args.num_batches,
+                            args.dim, args.num_classes, device, args.precision, args.seed)
+    for r in results.values():
+        print(f"{r.mode}: mean width {r.mean_width:.1f}, epoch ~{r.epoch_s:.1f} s ({r.timed} of {r.batches} "
+              "batches timed)", flush=True)
+    if "fixed" in results:
+        for mode in ("grouped", "dynamic"):
+            if mode in results:
+                print(f"fixed/{mode} = {results['fixed'].epoch_s / results[mode].epoch_s:.2f} (CPU time "
+                      f"{results['fixed'].epoch_cpu_s / results[mode].epoch_cpu_s:.2f})")
+    if not args.no_append:
+        append_table(args, lengths, results)
     return 0
 
 
-def append_table(args, lengths, results, ratio, epoch_batches) -> None:
+def append_table(args, lengths, results: dict[str, ModeResult]) -> None:
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor())
     gpu = torch.cuda.get_device_name() if args.device.startswith("cuda") else "none"
-    timed = len(results["dynamic"]["widths"])
-    scope = "whole epoch" if timed >= epoch_batches - 1 else f"{timed} of {epoch_batches} batches, extrapolated"
+    any_result = next(iter(results.values()))
+    scope = ("whole epoch" if args.num_batches <= 0 else
+             f"{any_result.timed} of {any_result.batches} batches per mode, one per stratum of padded size")
     lines = [
         "",
-        f"## Training: dynamic vs fixed padding ({datetime.date.today().isoformat()})",
+        f"## Training: fixed vs dynamic vs length-grouped padding ({datetime.date.today().isoformat()})",
         "",
         f"Machine: {cpu}, {torch.get_num_threads()} torch threads ({os.cpu_count()} cores), GPU: {gpu}, "
         f"torch {torch.__version__}, device {args.device}.",
         f"Data: {args.num_videos} videos, lengths at 1 fps mean {lengths.mean():.2f}, min {lengths.min()}, "
         f"max {lengths.max()}, median {int(np.median(lengths))}, 99th percentile {int(np.percentile(lengths, 99))}; "
         f"D={args.dim}; `{args.model}` with {args.num_layers} layers (head defaults otherwise), batch "
-        f"{args.batch_size}, fp32, forward + backward + AdamW step; timed: {scope} (same batches in both modes, "
-        "after one warm-up batch).",
+        f"{args.batch_size}, {args.precision}, forward + backward + AdamW step; timed: {scope} (after one warm-up "
+        "batch of the longest videos).",
         f"Command: `{shlex.join([sys.executable, *sys.argv])}`",
         f"Load average (1 min) at the end: {os.getloadavg()[0]:.1f} (other jobs share the cores when above "
         f"{os.cpu_count()}; the CPU-time ratio is the steadier number then).",
         "",
-        "| padding | mean batch width (frames) | wall s / batch | CPU s / batch | wall s / epoch | ratio (wall) |",
+        "| batching | mean batch width (frames) | padded frames / epoch | wall s / epoch | CPU s / epoch | "
+        "fixed / this (wall) |",
         "|---|---|---|---|---|---|",
     ]
-    for mode in ("dynamic", "fixed"):
-        r = results[mode]
-        lines.append(f"| {mode} | {np.mean(r['widths']):.1f} | {r['per_batch']:.3f} | "
-                     f"{r['cpu'] / len(r['widths']):.3f} | {r['epoch_s']:.1f} | "
-                     f"{r['seconds'] / results['dynamic']['seconds']:.2f} |")
-    cpu_ratio = results["fixed"]["cpu"] / results["dynamic"]["cpu"]
-    lines.append(f"\n`fixed/dynamic = {ratio:.2f}` (wall; CPU-time ratio {cpu_ratio:.2f})\n")
+    base = results.get("fixed")
+    for r in results.values():
+        ratio = f"{base.epoch_s / r.epoch_s:.2f}" if base else "-"
+        lines.append(f"| {r.mode} | {r.mean_width:.1f} | {r.padded_frames} | {r.epoch_s:.1f} | {r.epoch_cpu_s:.1f} "
+                     f"| {ratio} |")
+    if base and "grouped" in results:
+        g = results["grouped"]
+        lines.append(f"\n`fixed/grouped = {base.epoch_s / g.epoch_s:.2f}` (wall; CPU-time ratio "
+                     f"{base.epoch_cpu_s / g.epoch_cpu_s:.2f}; target >= 5)\n")
     with open(args.out, "a", encoding="utf-8") as fh:
         fh.write("\n".join(lines) + "\n")
 

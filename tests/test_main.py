@@ -112,6 +112,25 @@ def test_resume_at_epoch_and_mid_epoch_matches_a_straight_run(data_dir, tmp_path
             torch.testing.assert_close(state[key], value, rtol=0, atol=1e-6)
 
 
+def test_group_by_length_is_on_for_sequence_heads_recorded_and_resumed_exactly(data_dir, tmp_path):
+    # batches of 8 from 64 videos: mega-batches of 16 sorted by length, so grouping changes which videos meet
+    common = ["--model", "bilstm", "--hidden_size", 16, "--epochs", 2, "--batch_size", 8, "--dropout", 0.2,
+              "--frame_dropout", 0.2]
+    run_main(*train_args(data_dir, tmp_path, "straight", *common))
+    ckpt = load_checkpoint(tmp_path / "t" / "straight" / "checkpoints" / "last.pth")
+    assert ckpt["args"]["group_by_length"] is True  # the default for a sequence head, recorded
+    run_main(*train_args(data_dir, tmp_path, "steps", *common, "--stop_after_steps", 11))
+    run_main(*train_args(data_dir, tmp_path, "steps", *common))  # resumed in the middle of epoch 2
+    assert epoch_records(tmp_path / "t" / "steps") == epoch_records(tmp_path / "t" / "straight")
+    run_main(*train_args(data_dir, tmp_path, "plain", *common, "--no-group_by_length", "--epochs", 1))
+    assert load_checkpoint(tmp_path / "t" / "plain" / "checkpoints" / "last.pth")["args"]["group_by_length"] is False
+    # another batch plan is another run: resuming the folder with the grouping switched is refused
+    with pytest.raises(BadInputError, match="--group_by_length False -> True"):
+        run_main(*train_args(data_dir, tmp_path, "plain", *common))
+    args = main.get_args_parser().parse_args(["--model", "meanpool"])
+    assert main.resolve_group_by_length(args) is False and args.group_by_length is False
+
+
 @pytest.mark.slow
 def test_sequence_head_learns_order_that_meanpool_cannot(data_dir, tmp_path):
     """Classes 2i and 2i+1 hold the same frames in opposite order: only a sequence model separates them."""
@@ -178,9 +197,10 @@ def test_confusion_matrix_readable_with_101_classes(tmp_path):
 
 
 @pytest.mark.slow
-def test_ddp_on_gloo_matches_one_process(data_dir, tmp_path):
+@pytest.mark.parametrize("grouping", [[], ["--group_by_length", "--batch_size", 8]])
+def test_ddp_on_gloo_matches_one_process(data_dir, tmp_path, grouping):
     args = [str(a) for a in train_args(data_dir, tmp_path, "ddp", "--epochs", 2, "--dropout", 0.0,
-                                       "--frame_dropout", 0.2)]
+                                       "--frame_dropout", 0.2, *grouping)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(ROOT / "main.py"),
@@ -188,7 +208,8 @@ def test_ddp_on_gloo_matches_one_process(data_dir, tmp_path):
         cwd=ROOT, capture_output=True, text=True, timeout=300, env=env,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    run_main(*train_args(data_dir, tmp_path, "single", "--epochs", 2, "--dropout", 0.0, "--frame_dropout", 0.2))
+    run_main(*train_args(data_dir, tmp_path, "single", "--epochs", 2, "--dropout", 0.0, "--frame_dropout", 0.2,
+                         *grouping))
     ddp, single = epoch_records(tmp_path / "t" / "ddp"), epoch_records(tmp_path / "t" / "single")
     assert [r["val_count"] for r in ddp] == [31, 31]  # uneven shards (16 + 15), no duplicates counted
     for a, b in zip(ddp, single, strict=True):
@@ -226,6 +247,16 @@ def test_heads_that_do_not_divide_the_width_are_refused_up_front(data_dir, tmp_p
     with pytest.raises(BadInputError, match="--hidden_size 256 is not divisible by --num_heads 5"):  # the default
         run_main(*train_args(data_dir, tmp_path, "r", "--model", "e2e_roberta", "--num_heads", 5))
     assert not (tmp_path / "t").exists()
+
+
+def test_group_by_length_for_an_e2e_model_is_refused_up_front(data_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(main, "rank_group", lambda: pytest.fail("work started"))
+    with pytest.raises(BadInputError, match="clips that all have --clip_len frames"):
+        run_main(*train_args(data_dir, tmp_path, "r", "--model", "e2e_bert", "--group_by_length"))
+    assert not (tmp_path / "t").exists()
+    args = main.get_args_parser().parse_args(["--model", "e2e_bert", "--no-group_by_length"])
+    main.check_args(args)  # switched off: nothing to refuse
+    assert main.resolve_group_by_length(args) is False
 
 
 def test_output_folder_that_is_a_file_is_refused_before_any_work(data_dir, tmp_path, capsys):

@@ -1,0 +1,29 @@
+"""requirements.txt admits the versions the code runs on: every pinned range holds the installed version."""
+
+from __future__ import annotations
+
+from importlib.metadata import version
+
+from packaging.requirements import Requirement
+
+from tests.conftest import ROOT
+
+
+def test_every_requirement_range_admits_the_installed_version():
+    for line in (ROOT / "requirements.txt").read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        req = Requirement(line)
+        installed = version(req.name)
+        assert req.specifier.contains(installed, prereleases=True), f"{req} does not admit the installed {installed}"
+
+
+def test_transformers_range_starts_where_pretrainedconfig_is_exported():
+    import transformers
+
+    req = next(Requirement(line) for line in (ROOT / "requirements.txt").read_text().splitlines()
+               if line.startswith("transformers"))
+    assert hasattr(transformers, "PreTrainedConfig")  # what models/transformer.py imports
+    # 4.x (up to 4.57.x) exports only PretrainedConfig: no 4.x version may satisfy the range
+    assert not req.specifier.contains("4.57.6") and req.specifier.contains("5.0.0")
