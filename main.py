@@ -79,7 +79,7 @@ from metrics import MetricAccumulator
 from models import MODEL_NAMES, build_model
 from models.base import VideoModel
 from models.e2e import E2E_MODEL_NAMES, E2E_PREFIX, build_e2e_model, is_e2e_name
-from precision import PRECISIONS, autocast, precision_from_flags, resolve_precision
+from precision import PRECISIONS, autocast, training_precision
 from reports import plot_confusion, plot_curves
 from sampling import TemporalAugment
 from utils import (
@@ -199,11 +199,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--gpu_id", type=int, default=0, help="CUDA device, as in prepare_data.py and predict.py; the "
                    "CPU is used (one log line) without CUDA. Under torchrun each rank uses cuda:LOCAL_RANK")
     g.add_argument("--precision", choices=PRECISIONS, default=None,
-                   help="torch.amp precision; overrides --opt_lvl. fp16 uses a GradScaler; fp16 asked on the CPU "
-                   "runs in fp32 (logged)")
+                   help="torch.amp precision; overrides --opt_lvl. fp16 uses a GradScaler and runs as asked on the "
+                   "CPU too (slowly; logged); bf16 on a GPU without it runs fp16")
     g.add_argument("--opt_lvl", type=int, choices=(0, 1, 2, 3), default=1,
                    help="alias of --precision kept from apex (torch.amp only): 0 = fp32, 1 = fp16 autocast + "
-                   "GradScaler, 2 and 3 = bf16")
+                   "GradScaler, 2 and 3 = bf16. Without CUDA its fp16 runs fp32 (logged)")
     g.add_argument("--num_workers", type=nonnegative_int, default=4)
 
     g = p.add_argument_group("logging")
@@ -878,7 +878,7 @@ def train(args: argparse.Namespace, dist_info: DistInfo) -> int:
     """Train --model on the train split, evaluating on val after every epoch; resumes the run folder's last.pth.
     `main` holds the run folder locked meanwhile."""
     device = rank_device(dist_info, args.gpu_id)
-    precision = resolve_precision(precision_from_flags(args.precision, args.opt_lvl), device, training=True)
+    precision = training_precision(args.precision, args.opt_lvl, device)
     run_dir = train_run_dir(args)
     ckpt_dir = run_dir / "checkpoints"
     clips = clip_settings(args) if is_e2e_name(args.model) else None  # before the log records the arguments
@@ -1057,8 +1057,8 @@ def test(args: argparse.Namespace, dist_info: DistInfo) -> int:
     check_num_cls(args.num_cls, info)
     check_compatible(ckpt, args.model_ckpt, None, info.num_classes, info.feature_dim, info.class_names)
     device = rank_device(dist_info, args.gpu_id)
-    # training=True: evaluate in the precision training runs in on this device (fp16 asked on the CPU is fp32)
-    precision = resolve_precision(precision_from_flags(args.precision, args.opt_lvl), device, training=True)
+    # evaluate in the precision training runs in on this device (the same flags, the same rule)
+    precision = training_precision(args.precision, args.opt_lvl, device)
     model = model_from_checkpoint(ckpt, device)
     loader = make_eval_loader(info, max(1, args.batch_size // dist_info.world_size), args.num_workers, dist_info,
                               device.type == "cuda")
