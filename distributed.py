@@ -54,10 +54,9 @@ class DistInfo:
     local_rank: int = 0
     # the rank's own device under torchrun (cuda:LOCAL_RANK, or the CPU); unused for a single process
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-
-    @property
-    def enabled(self) -> bool:
-        return self.world_size > 1
+    # in a process group: launched by torchrun (also with one process, so `--nproc_per_node=1` runs the same
+    # distributed path, DDP and collectives included, as a multi-GPU job)
+    enabled: bool = False
 
     @property
     def is_main(self) -> bool:
@@ -77,12 +76,13 @@ def local_cuda_device(local_rank: int) -> torch.device:
 
 
 def init_distributed(backend: str | None = None) -> DistInfo:
-    """Join the process group when launched by torchrun (WORLD_SIZE > 1); otherwise a single process.
+    """Join the process group when launched by torchrun (any WORLD_SIZE) or with WORLD_SIZE > 1 (another
+    launcher); otherwise a single process.
 
     With CUDA, the rank is bound to cuda:LOCAL_RANK first (`set_device`, then `device_id` so NCCL forms its
     communicator on that GPU at once). `backend` overrides `process_group_backend` (tests pass a stand-in)."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size <= 1:
+    if world_size <= 1 and "TORCHELASTIC_RUN_ID" not in os.environ:
         return DistInfo()
     rank = int(os.environ["RANK"])
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -97,7 +97,7 @@ def init_distributed(backend: str | None = None) -> DistInfo:
         dist.init_process_group(backend=backend, device_id=device if cuda else None)
     log.info("distributed: rank %d of %d (local rank %d) on %s, backend %s", rank, world_size, local_rank, device,
              backend)
-    return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank, device=device)
+    return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank, device=device, enabled=True)
 
 
 def rank_device(info: DistInfo, gpu_id: int | None) -> torch.device:

@@ -1081,7 +1081,7 @@ def test(args: argparse.Namespace, dist_info: DistInfo) -> int:
 
 
 def main(args: argparse.Namespace) -> int:
-    setup_logging(args.verbose)
+    setup_logging(args.verbose)  # first, so that init_distributed's line (rank, device, backend) is logged
     check_args(args)
     with rank_group() as dist_info:  # one rank's failure stops every rank, with its message
         if not dist_info.is_main:

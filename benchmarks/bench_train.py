@@ -9,8 +9,8 @@ plans for epoch 0, read through dataset.py from a .npy memmap.
 
 On a small CPU a whole epoch takes long, so by default each mode's epoch is estimated from --num_batches batches:
 its batches are sorted by padded size (width x batch) and cut into that many equal strata; the median batch of each
-stratum is timed and stands for its stratum (a stratified estimate: grouped epochs mix very narrow and very wide
-batches, which the first few batches would misrepresent). --num_batches 0 times every batch of the epoch.
+stratum is timed and scaled to its stratum's padded frames (a stratified ratio estimate: grouped epochs mix very
+narrow and very wide batches, which the first few batches would misrepresent). --num_batches 0 times every batch.
 
     python benchmarks/bench_train.py [--num_batches 4] [--device cpu] [--precision fp32]
 
@@ -89,13 +89,14 @@ def padded_width(mode: str, batch: list[int], lengths: np.ndarray, max_len: int)
     return max_len if mode == "fixed" else int(lengths[batch].max())
 
 
-def stratified_sample(costs: np.ndarray, k: int) -> list[tuple[int, int]]:
-    """(batch, weight) pairs: the batches sorted by cost and cut into k equal strata, each stratum's median batch
-    weighted by the stratum's size (k <= 0 or >= the batch count: every batch, weight 1)."""
+def stratified_sample(costs: np.ndarray, k: int) -> list[tuple[int, float]]:
+    """(batch, weight) pairs: the batches sorted by cost (padded frames) and cut into k equal strata; each
+    stratum's median batch is timed and scaled up to the whole stratum by cost (a ratio estimate: time taken as
+    proportional to padded frames within a stratum). k <= 0 or >= the batch count: every batch, weight 1."""
     if k <= 0 or k >= len(costs):
-        return [(i, 1) for i in range(len(costs))]
+        return [(i, 1.0) for i in range(len(costs))]
     strata = np.array_split(np.argsort(costs, kind="stable"), k)
-    return [(int(s[len(s) // 2]), len(s)) for s in strata]
+    return [(int(s[len(s) // 2]), float(costs[s].sum() / costs[s[len(s) // 2]])) for s in strata]
 
 
 def write_data(folder: Path, lengths: np.ndarray, fill: np.ndarray, dim: int, max_len: int, num_classes: int,
@@ -157,39 +158,61 @@ class ModeResult:
     batches: int  # batches in the epoch
 
 
+class EpochData:
+    """Every mode's epoch plan over UCF-101-shaped lengths, and a stage-2 split on disk holding the videos its
+    timed batches read (a context manager: the split lives in a temporary folder). Also used by gpu_check.py."""
+
+    def __init__(self, lengths: np.ndarray, dim: int, num_classes: int, batch_size: int, modes: list[str],
+                 num_batches: int, seed: int = 0) -> None:
+        self.lengths, self.dim, self.num_classes = lengths, dim, num_classes
+        self.max_len = int(lengths.max())
+        labels = np.arange(len(lengths)) % num_classes
+        self.plans, self.samples = {}, {}
+        for mode in modes:
+            plan = epoch_plan(mode, labels, lengths, batch_size, seed)
+            costs = np.array([padded_width(mode, b, lengths, self.max_len) * len(b) for b in plan])
+            self.plans[mode], self.samples[mode] = plan, stratified_sample(costs, num_batches)
+        self.widest = [int(i) for i in np.argsort(-lengths, kind="stable")[:batch_size]]  # the warm-up batch
+        self.fill = np.concatenate([self.plans[m][i] for m in modes for i, _ in self.samples[m]] + [self.widest])
+        self.seed = seed
+        self._tmp: tempfile.TemporaryDirectory | None = None
+
+    def __enter__(self) -> EpochData:
+        self._tmp = tempfile.TemporaryDirectory(prefix="bench_train_")
+        write_data(Path(self._tmp.name), self.lengths, self.fill, self.dim, self.max_len, self.num_classes,
+                   np.random.default_rng(self.seed + 1))
+        self.info = load_split_info(self._tmp.name, "train")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._tmp.cleanup()
+
+    def time_epoch(self, model: torch.nn.Module, mode: str, device: torch.device, precision: str) -> ModeResult:
+        """`mode`'s epoch seconds for `model` (trained in place from its current weights)."""
+        plan, sample = self.plans[mode], self.samples[mode]
+        collate = fixed_pad_collate(self.max_len) if mode == "fixed" else pad_collate
+        loader = DataLoader(EmbeddingDataset(self.info), batch_sampler=[self.widest] + [plan[i] for i, _ in sample],
+                            collate_fn=collate, num_workers=0, pin_memory=device.type == "cuda")
+        walls, cpus = time_batches(model, loader, device, precision)
+        weights = np.array([w for _, w in sample])
+        widths = [padded_width(mode, b, self.lengths, self.max_len) for b in plan]
+        padded = int(sum(w * len(b) for w, b in zip(widths, plan, strict=True)))
+        return ModeResult(mode, float(np.mean(widths)), padded, float(weights @ walls), float(weights @ cpus),
+                          len(sample), len(plan))
+
+
 def measure_modes(model_name: str, num_layers: int, modes: list[str], lengths: np.ndarray, batch_size: int,
                   num_batches: int, dim: int, num_classes: int, device: torch.device, precision: str,
                   seed: int = 0) -> dict[str, ModeResult]:
-    """Each mode's epoch time for the same videos and the same initial weights (also used by gpu_check.py)."""
-    rng = np.random.default_rng(seed + 1)
-    max_len = int(lengths.max())
-    labels = np.arange(len(lengths)) % num_classes
-    plans, samples = {}, {}
-    for mode in modes:
-        plan = epoch_plan(mode, labels, lengths, batch_size, seed)
-        costs = np.array([padded_width(mode, b, lengths, max_len) * len(b) for b in plan])
-        plans[mode], samples[mode] = plan, stratified_sample(costs, num_batches)
-    fill = np.concatenate([plans[m][i] for m in modes for i, _ in samples[m]] + [np.argsort(-lengths)[:batch_size]])
+    """Each mode's epoch time for the same videos, every mode from the same initial weights."""
     torch.manual_seed(seed)
     model = build_model(model_name, input_dim=dim, num_classes=num_classes, num_layers=num_layers).to(device)
     init_state = {k: v.clone() for k, v in model.state_dict().items()}
     results = {}
-    with tempfile.TemporaryDirectory(prefix="bench_train_") as tmp:
-        write_data(Path(tmp), lengths, fill, dim, max_len, num_classes, rng)
-        info = load_split_info(tmp, "train")
+    with EpochData(lengths, dim, num_classes, batch_size, modes, num_batches, seed) as data:
         for mode in modes:
-            plan, sample = plans[mode], samples[mode]
-            widest = [int(i) for i in np.argsort(-lengths)[:batch_size]]  # warm-up at the largest shapes
-            collate = fixed_pad_collate(max_len) if mode == "fixed" else pad_collate
-            loader = DataLoader(EmbeddingDataset(info), batch_sampler=[widest] + [plan[i] for i, _ in sample],
-                                collate_fn=collate, num_workers=0, pin_memory=device.type == "cuda")
             model.load_state_dict(init_state)
-            walls, cpus = time_batches(model, loader, device, precision)
-            weights = np.array([w for _, w in sample])
-            widths = [padded_width(mode, b, lengths, max_len) for b in plan]
-            results[mode] = ModeResult(mode, float(np.mean(widths)), int(sum(w * len(b) for w, b in zip(widths, plan,
-                                       strict=True))), float(weights @ walls), float(weights @ cpus), len(sample),
-                                       len(plan))
+            results[mode] = data.time_epoch(model, mode, device, precision)
     return results
 
 

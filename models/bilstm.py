@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
@@ -57,7 +59,10 @@ class BiLSTMHead(VideoHead):
         # pack_padded_sequence refuses empty sequences; a zero-length video reads one (zeroed) padding row.
         true_lengths = lengths.clamp(min=1, max=x.shape[1])
         packed = pack_padded_sequence(x, true_lengths.cpu(), batch_first=True, enforce_sorted=False)
-        out, (h_n, _) = self.lstm(packed)
+        # oneDNN's CPU LSTM has no bf16/fp16 kernel for every shape ("could not create a primitive descriptor" when
+        # all lengths are equal), so on the CPU the recurrence runs in fp32 outside autocast; CUDA's cuDNN has both.
+        with torch.autocast("cpu", enabled=False) if x.device.type == "cpu" else contextlib.nullcontext():
+            out, (h_n, _) = self.lstm(packed)
         if self.pooling == "last":
             # h_n: (num_layers * 2, B, H), already restored to the batch's original order.
             pooled = torch.cat([h_n[-2], h_n[-1]], dim=1)

@@ -19,8 +19,11 @@ SHARED_DATA = ROOT.parent / "shared" / "data"
 VIDEOS = SHARED_DATA / "videos"
 MISSING_SHARED_DATA = f"needs the reference clips and split files in {SHARED_DATA} (see its README.md): not found"
 
-# Keep the tests to the cores CI has and off any GPU.
-os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Keep the tests to the cores CI has and off any GPU. A hook, not an import-time line: benchmarks import test
+    helpers (bench_embed's frames fixture), and importing them must not hide the GPU the benchmark measures."""
+    os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

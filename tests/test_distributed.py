@@ -119,7 +119,7 @@ def test_each_rank_is_bound_to_its_local_gpu_before_the_process_group(monkeypatc
     info = init_distributed()
     gpu = torch.device("cuda", 2)
     assert calls == [("set_device", gpu), ("init_process_group", "cpu:gloo,cuda:nccl", gpu)]
-    assert (info.rank, info.world_size, info.local_rank, info.device) == (6, 8, 2, gpu)
+    assert (info.rank, info.world_size, info.local_rank, info.device, info.enabled) == (6, 8, 2, gpu, True)
     assert rank_device(info, gpu_id=0) == gpu  # the GPU flag never sends every rank to the same device
 
 
@@ -132,8 +132,19 @@ def test_more_ranks_on_a_node_than_gpus_is_a_clear_error(monkeypatch):
         init_distributed()
 
 
+def test_torchrun_with_one_process_still_runs_the_distributed_path(monkeypatch):
+    calls: list = []
+    _fake_cuda(monkeypatch, 1, calls)
+    for key, value in (("WORLD_SIZE", "1"), ("RANK", "0"), ("LOCAL_RANK", "0"), ("TORCHELASTIC_RUN_ID", "x")):
+        monkeypatch.setenv(key, value)
+    info = init_distributed()
+    assert info.enabled and info.device == torch.device("cuda", 0)
+    assert calls[-1] == ("init_process_group", "cpu:gloo,cuda:nccl", torch.device("cuda", 0))
+
+
 def test_a_single_process_uses_the_gpu_flag(monkeypatch):
     monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.delenv("TORCHELASTIC_RUN_ID", raising=False)
     info = init_distributed()
     assert info == DistInfo() and not info.enabled
     assert rank_device(info, gpu_id=0) == torch.device("cpu")  # no CUDA in the tests: the CPU, one log line

@@ -135,6 +135,18 @@ def test_every_trainable_parameter_gets_a_gradient(name: str, kwargs: dict) -> N
     assert not missing
 
 
+@pytest.mark.parametrize(("name", "kwargs"), ALL_HEADS)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_every_head_trains_under_cpu_autocast(name: str, kwargs: dict, dtype: torch.dtype) -> None:
+    # main.py --precision bf16/fp16 on the CPU; all-equal lengths are what broke oneDNN's low-precision LSTM
+    model = small_head(name, **kwargs).train()
+    for lengths in ([6, 6], [6, 3]):
+        with torch.autocast("cpu", dtype=dtype):
+            logits = model(torch.randn(2, 6, DIM), torch.tensor(lengths))
+        logits.float().sum().backward()
+        assert torch.isfinite(logits.float()).all()
+
+
 def test_unknown_and_none_kwargs() -> None:
     # main.py passes one common set of flags to every head; unset ones as None mean "the head's default".
     common = {"hidden_size": None, "num_layers": None, "num_heads": 4, "intermediate_size": None, "dropout": None}

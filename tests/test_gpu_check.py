@@ -1,0 +1,31 @@
+"""benchmarks/gpu_check.py, the one command for the first GPU, runs every part at tiny sizes on the CPU."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ROOT
+
+PARTS = ("data", "stage 2 forward", "stage 2 whole stage", "stage 3 epoch", "stage 3 largest batch", "end to end",
+         "torchrun nproc 1", "predict.py")
+
+
+@pytest.mark.slow
+def test_gpu_check_runs_every_part_at_tiny_sizes_without_cuda(tmp_path):
+    out = tmp_path / "BENCHMARKS.md"
+    proc = subprocess.run([sys.executable, "benchmarks/gpu_check.py", "--out", str(out), "--work_dir",
+                           str(tmp_path / "work")], cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    assert "no CUDA device: running every step at tiny sizes on the CPU" in proc.stdout
+    table = out.read_text()
+    assert "## GPU check on" in table and "no CUDA: tiny sizes on the CPU" in table and "TINY sizes" in table
+    rows = [line.split(" | ") for line in table.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    assert {r[0].removeprefix("| ") for r in rows} == set(PARTS)
+    assert not any("FAILED" in line or "skipped" in line for line in table.splitlines())
+    stage3 = [r for r in rows if r[0] == "| stage 3 epoch"]
+    assert len(stage3) == 10  # 4 heads x fp16/bf16, plus bert with fixed padding in both
+    assert any("gloo, DDP" in r[1] for r in rows)  # main.py under torchrun joined a process group
+    assert (tmp_path / "work" / "attention.png").stat().st_size > 0
