@@ -882,6 +882,7 @@ def train(args: argparse.Namespace, dist_info: DistInfo) -> int:
     run_dir = train_run_dir(args)
     ckpt_dir = run_dir / "checkpoints"
     clips = clip_settings(args) if is_e2e_name(args.model) else None  # before the log records the arguments
+    grouping_given = args.group_by_length is not None
     resolve_group_by_length(args)
     handler = add_file_log(run_dir / "train_log.txt", args) if dist_info.is_main else None
 
@@ -900,6 +901,10 @@ def train(args: argparse.Namespace, dist_info: DistInfo) -> int:
              what, precision)
 
     ckpt, ckpt_path = resume_checkpoint(args, run_dir, train_data)
+    if ckpt is not None and not grouping_given and args.group_by_length and "group_by_length" not in (
+            ckpt.get("args") or {}):
+        log.info("%s is from before --group_by_length: resuming it with the random batches it started with", ckpt_path)
+        args.group_by_length = False
 
     world = dist_info.world_size
     per_rank_batch = max(1, args.batch_size // world)

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import main
-from checkpoint import load_checkpoint
+from checkpoint import load_checkpoint, save_checkpoint
 from reports import confusion_layout, plot_confusion
 from tests.conftest import ROOT
 from tests.synthetic import make_order_task, write_embedding_split
@@ -127,6 +127,13 @@ def test_group_by_length_is_on_for_sequence_heads_recorded_and_resumed_exactly(d
     # another batch plan is another run: resuming the folder with the grouping switched is refused
     with pytest.raises(BadInputError, match="--group_by_length False -> True"):
         run_main(*train_args(data_dir, tmp_path, "plain", *common))
+    # a run saved before the flag existed resumes with the random batches it started with
+    last = tmp_path / "t" / "plain" / "checkpoints" / "last.pth"
+    old = load_checkpoint(last)
+    del old["args"]["group_by_length"]
+    save_checkpoint(old, last)
+    run_main(*train_args(data_dir, tmp_path, "plain", *common))
+    assert load_checkpoint(last)["args"]["group_by_length"] is False
     args = main.get_args_parser().parse_args(["--model", "meanpool"])
     assert main.resolve_group_by_length(args) is False and args.group_by_length is False
 
