@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import itertools
 import json
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -361,49 +362,71 @@ def finalize(
 # ----------------------------------------------------------------------------------------------- extraction
 
 
+def start_frame_batches(
+    videos: Sequence[VideoPlan], batch_ids: Sequence[int], *, batch_size: int, num_workers: int, image_size: int,
+    resize: str, pin_memory: bool, seed: int = 0,
+) -> Iterator[dict[str, Any]]:
+    """The decoded batches `batch_ids`, in order, with the DataLoader workers started now: they decode ahead while
+    the caller builds the model, so worker start-up and the first batches overlap the model build."""
+    # One cv2 thread, set here in the parent: workers are processes already, and OpenCV's thread pool does not
+    # survive fork() (a worker that touches an inherited live pool, even to resize it, hangs).
+    cv2.setNumThreads(1)
+    loader = DataLoader(
+        FrameBatches(videos, batch_ids, batch_size, image_size, resize),
+        batch_size=None,
+        shuffle=False,
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        prefetch_factor=4 if num_workers > 0 else None,
+        generator=torch.Generator().manual_seed(seed),
+    )
+    return iter(loader)
+
+
+def check_first_batch(model: torch.nn.Module, batch: dict[str, Any], dim: int, *, name: str, image_size: int,
+                      mean: Sequence[float], std: Sequence[float], device: torch.device, precision: str,
+                      channels_last: bool) -> torch.Tensor | None:
+    """The first decoded batch's features (on the CPU), computed before any output file exists, so a backbone that
+    cannot take the frames, or gives other than D features, fails with one clear line and leaves OUT untouched.
+    Checking real work costs nothing extra (a separate probe forward would set up batch-1 kernels for nothing).
+    None when none of the batch's frames decoded (then a blank frame is what gets checked)."""
+    images = batch["images"]
+    x = images if len(images) else torch.zeros((1, 3, image_size, image_size), dtype=torch.uint8)
+    try:
+        out = embed_batch(model, normalize_batch(x, device, mean, std, channels_last), precision)
+    except Exception as exc:  # torchvision asserts (e.g. ViT's fixed size) surface here
+        raise BadInputError(f"backbone {name} cannot embed {image_size}x{image_size} frames: {exc}") from exc
+    if out.shape != (len(x), dim):
+        raise BadInputError(f"backbone {name} gives features of shape {tuple(out.shape[1:])} per frame, expected "
+                            f"({dim},)")
+    return out.cpu() if len(images) else None
+
+
 def extract(
     model: torch.nn.Module,
-    videos: Sequence[VideoPlan],
-    batch_ids: Sequence[int],
+    batches: Iterator[dict[str, Any]],
+    num_batches: int,
     arr: np.ndarray,
     on_flush: Callable[[list[dict[str, Any]]], None],
     *,
-    batch_size: int,
-    num_workers: int,
-    image_size: int,
-    resize: str,
     mean: Sequence[float],
     std: Sequence[float],
     device: torch.device,
     precision: str,
     channels_last: bool,
     strict: bool = False,
-    seed: int = 0,
     show_progress: bool = True,
     checkpoint_seconds: float = CHECKPOINT_SECONDS,
+    first_out: torch.Tensor | None = None,
 ) -> None:
-    """Embed the batches `batch_ids` of the plan over `videos`, writing frame f of video v to arr[v, f]; frames
-    are normalised with the backbone's `mean` and `std`.
+    """Embed the `num_batches` decoded batches (start_frame_batches), writing frame f of video v to arr[v, f];
+    frames are normalised with the backbone's `mean` and `std`, and `first_out` holds the first batch's features
+    when check_first_batch computed them already.
 
     Work is reported to `on_flush` only after the memmap holding it has been flushed. On CUDA the copy of
     batch b's features overlaps the forward of batch b+1, and decoding runs ahead in the workers.
     """
-    if not batch_ids:
-        return
-    dataset = FrameBatches(videos, batch_ids, batch_size, image_size, resize)
     cuda = device.type == "cuda"
-    # One cv2 thread, set here in the parent: workers are processes already, and OpenCV's thread pool does not
-    # survive fork() (a worker that touches an inherited live pool, even to resize it, hangs).
-    cv2.setNumThreads(1)
-    loader = DataLoader(
-        dataset,
-        batch_size=None,
-        shuffle=False,
-        num_workers=num_workers,
-        pin_memory=cuda,
-        prefetch_factor=4 if num_workers > 0 else None,
-        generator=torch.Generator().manual_seed(seed),
-    )
     pending_records: list[dict[str, Any]] = []
     last_flush = time.monotonic()
 
@@ -433,13 +456,15 @@ def extract(
             flush()
 
     pending: tuple[dict[str, Any], torch.Tensor, torch.cuda.Event | None] | None = None
-    for batch in tqdm(loader, desc="embedding", unit="batch", disable=not show_progress):
+    for batch in tqdm(batches, total=num_batches, desc="embedding", unit="batch", disable=not show_progress):
         for err in batch["errors"]:
             if strict:
                 raise BadInputError(f"corrupt frame {err} (--strict)")
             log.debug("skipping frame %s", err)
         x, event = batch["images"], None
-        if len(x):
+        if first_out is not None:
+            out, first_out = first_out, None
+        elif len(x):
             out = embed_batch(model, normalize_batch(x, device, mean, std, channels_last), precision)
             if cuda:
                 out = out.to("cpu", non_blocking=True)  # into pinned memory; the event says when it has landed
@@ -457,18 +482,6 @@ def extract(
             pending[2].synchronize()
         consume(pending[0], pending[1])
     flush()
-
-
-def check_backbone(model: torch.nn.Module, dim: int, image_size: int, device: torch.device, precision: str,
-                   channels_last: bool, name: str) -> None:
-    """A tiny forward at the chosen size, so a model that cannot take it fails with one clear line."""
-    x = torch.zeros((1, 3, image_size, image_size), dtype=torch.uint8)
-    try:
-        out = embed_batch(model, normalize_batch(x, device, *input_stats(name), channels_last), precision)
-    except Exception as exc:  # torchvision asserts (e.g. ViT's fixed size) surface here
-        raise BadInputError(f"backbone {name} cannot embed {image_size}x{image_size} frames: {exc}") from exc
-    if out.shape != (1, dim):
-        raise BadInputError(f"backbone {name} gives features of shape {tuple(out.shape)}, expected (1, {dim})")
 
 
 # ----------------------------------------------------------------------------------------------- CLI
@@ -578,17 +591,32 @@ def embed_split(args: argparse.Namespace, info: DistInfo) -> int:
         log.info("%s/%s.npy is complete for this command: nothing to do", out_dir, args.split)
         return 0
 
+    # This rank's work is known before the model exists (a fresh run, or a stale one that rank 0 clears below,
+    # starts from nothing, and nobody changes an interrupted run's logs before the barriers below), so the decode
+    # workers start on it now and decode while the backbone is built: start-up overlaps work.
+    total = int(frame_offsets(plans)[-1])
+    done = (np.zeros(total, dtype=bool) if state in ("fresh", "stale")
+            else read_progress(out_dir, args.split, total)[1])
+    batch_ids = batches_to_do(total, done, args.batch_size, info.rank, info.world_size)
+    batches = start_frame_batches(plans, batch_ids, batch_size=args.batch_size, num_workers=args.num_workers,
+                                  image_size=args.image_size, resize=args.resize, pin_memory=device.type == "cuda",
+                                  seed=args.seed) if batch_ids else iter(())
+
     model, dim = build_backbone(args.model, args.weights, seed=args.seed)
     channels_last = resolve_channels_last(args.channels_last, model, args.model)
     mean, std = input_stats(args.model)
     model = model.to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    check_backbone(model, dim, args.image_size, device, precision, channels_last, args.model)
+    first = next(batches, None)  # decoded while the model was built
+    first_out = None
+    if first is not None:
+        first_out = check_first_batch(model, first, dim, name=args.model, image_size=args.image_size, mean=mean,
+                                      std=std, device=device, precision=precision, channels_last=channels_last)
+        batches = itertools.chain([first], batches)
     header = {**identity, "plan_sha256": fingerprint, "videos_sha256": videos_fp, "batch_size": args.batch_size}
     partial = out_dir / f"{args.split}.npy.partial"
     shape = (len(plans), max_len, dim)
-    total = int(frame_offsets(plans)[-1])
 
     barrier(info)  # every rank has looked at OUT before rank 0 changes it
     if info.is_main:
@@ -598,11 +626,7 @@ def embed_split(args: argparse.Namespace, info: DistInfo) -> int:
                 path.unlink(missing_ok=True)  # the JSON first: it must never describe another .npy
             atomic_write_text(progress_path(out_dir, args.split, 0), json.dumps({"header": header}) + "\n")
             np.lib.format.open_memmap(partial, mode="w+", dtype=args.dtype, shape=shape).flush()
-    barrier(info)
-    _, done, _, _ = read_progress(out_dir, args.split, total)
-    barrier(info)  # all ranks have read every log before any rank rewrites its own
-
-    batch_ids = batches_to_do(total, done, args.batch_size, info.rank, info.world_size)
+    barrier(info)  # rank 0's fresh files exist before any rank opens them
     log.info("rank %d: %d batch(es) of %d frames to embed (%d of %d frames done before); %dpx %s, D=%d, %s, %s",
              info.rank, len(batch_ids), args.batch_size, int(done.sum()), total, args.image_size, args.resize, dim,
              device, precision)
@@ -613,11 +637,9 @@ def embed_split(args: argparse.Namespace, info: DistInfo) -> int:
                                 f"delete it and {out_dir}/.{args.split}.progress.* to start over")
         plog = ProgressLog(progress_path(out_dir, args.split, info.rank), header)
         try:
-            extract(model, plans, batch_ids, arr, plog.append, batch_size=args.batch_size,
-                    num_workers=args.num_workers, image_size=args.image_size, resize=args.resize,
-                    mean=mean, std=std, device=device,
-                    precision=precision, channels_last=channels_last, strict=args.strict, seed=args.seed,
-                    show_progress=info.is_main, checkpoint_seconds=args.checkpoint_seconds)
+            extract(model, batches, len(batch_ids), arr, plog.append, mean=mean, std=std, device=device,
+                    precision=precision, channels_last=channels_last, strict=args.strict,
+                    show_progress=info.is_main, checkpoint_seconds=args.checkpoint_seconds, first_out=first_out)
         finally:
             plog.close()
             del arr

@@ -345,7 +345,7 @@ def test_nonfinite_embedding_fails_its_video(fixture_frames, tmp_path, monkeypat
 
     def poisoned(model, x, precision="fp32"):
         out = real(model, x, precision).clone()
-        calls["n"] += len(out) > 1  # not check_backbone's one-frame probe
+        calls["n"] += len(out) > 1  # batches of real frames (the first is checked before any file exists)
         if calls["n"] == 1 and len(out) > 1:
             out[1, 3] = float("nan")  # the second frame of the first video in the plan (bikes_c000)
         return out
@@ -417,3 +417,57 @@ def test_frames_folder_disagreeing_with_the_manifest_fails_its_video(fixture_fra
     failed = json.loads((out / "failed_train.json").read_text())
     assert [f["video_name"] for f in failed] == ["bikes_c000"]
     assert f"holds {len(files) // 2} frame(s) but stage 1's manifest records {len(files)}" in failed[0]["reason"]
+
+
+def test_decoding_starts_before_the_model_is_built(fixture_frames, tmp_path, monkeypatch):
+    """Worker start-up and the first batches overlap the model build: the loader starts first."""
+    frames, split_json = fixture_frames
+    calls = []
+    start, build = pd.start_frame_batches, pd.build_backbone
+    monkeypatch.setattr(pd, "start_frame_batches", lambda *a, **k: calls.append("decode") or start(*a, **k))
+    monkeypatch.setattr(pd, "build_backbone", lambda *a, **k: calls.append("build") or build(*a, **k))
+    assert run_main(*stage_args(frames, split_json, tmp_path / "out")) == 0
+    assert calls == ["decode", "build"]
+
+
+def test_backbone_that_cannot_take_the_frames_leaves_out_untouched(fixture_frames, tmp_path, caplog):
+    frames, split_json = fixture_frames
+    out = tmp_path / "out"
+    with pytest.raises(pd.BadInputError, match="backbone vit_b_16 cannot embed 64x64 frames"):
+        run_main(*stage_args(frames, split_json, out, "-m", "vit_b_16"))  # ViT-B/16 wants 224x224
+    # checked on the first batch, before any file is made: OUT holds nothing but this split's (idle, empty) lock
+    assert [(p.name, p.stat().st_size) for p in out.iterdir()] == [(".lock.train", 0)]
+    assert run_main(*stage_args(frames, split_json, out)) == 0  # so the fitting command just runs
+
+
+def test_frames_redone_after_an_interrupted_run_are_embedded_again_in_one_go(reference, fixture_frames, tmp_path,
+                                                                          monkeypatch):
+    """An interrupted run whose frames stage 1 then redid is stale: its progress logs describe other frames, so
+    the rerun (which plans its batches before rank 0 clears those logs) must embed every frame, not skip the ones
+    the old logs name."""
+    frames, split_json = fixture_frames
+    copy = tmp_path / "frames"
+    shutil.copytree(frames, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    for i, entry in enumerate(manifest["videos"].values()):
+        entry.update(source_size=1000 + i, source_mtime_ns=10**18)
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    out = tmp_path / "out"
+    real, calls = pd.embed_batch, {"n": 0}
+
+    def dies_at_the_third_batch(model, x, precision="fp32"):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("killed")
+        return real(model, x, precision)
+
+    with monkeypatch.context() as m:
+        m.setattr(pd, "embed_batch", dies_at_the_third_batch)
+        with pytest.raises(RuntimeError, match="killed"):
+            run_main(*stage_args(copy, split_json, out, "--checkpoint_seconds", "0"))
+    assert '"r"' in (out / ".train.progress.rank0.jsonl").read_text()  # the first batch was recorded
+    manifest["videos"]["tree_c000"]["source_mtime_ns"] += 1  # stage 1 redid tree_c000
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    assert run_main(*stage_args(copy, split_json, out)) == 0
+    arr, _ = load_out(out)
+    np.testing.assert_array_equal(arr, load_out(reference)[0])
