@@ -68,6 +68,17 @@ def test_names_and_rebuild_from_config():
         assert torch.allclose(model(views, lengths), expected, atol=1e-5)
 
 
+def test_cnn_backbone_runs_channels_last_on_the_cpu_too():
+    model = _model().prepare_for_device("cpu").eval()
+    assert model.config["channels_last"] is True  # resnet: mostly convolutions, measured faster on the CPU
+    assert model.backbone.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    nchw = load_e2e_model({**model.config, "channels_last": False}, model.state_dict()).prepare_for_device("cpu")
+    assert not nchw.backbone.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    clips, lengths, _ = _batch()
+    with torch.no_grad():
+        torch.testing.assert_close(model(clips, lengths), nchw.eval()(clips, lengths), rtol=1e-4, atol=1e-4)
+
+
 def test_checkpoint_round_trip_through_checkpoint_py(tmp_path):
     from checkpoint import load_checkpoint
 
