@@ -159,7 +159,8 @@ def run(cmd: list[str], timeout: float, env: dict[str, str] | None = None) -> tu
                           env={**os.environ, **(env or {})})
     out = proc.stdout + proc.stderr
     if proc.returncode != 0:
-        raise RuntimeError(f"{Path(cmd[1]).name if len(cmd) > 1 else cmd[0]} exited {proc.returncode}: {out[-1500:]}")
+        script = next((Path(a).name for a in cmd if a.endswith(".py")), cmd[0])
+        raise RuntimeError(f"{script} exited {proc.returncode}: {out[-1500:]}")
     return time.perf_counter() - start, out
 
 
