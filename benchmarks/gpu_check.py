@@ -49,7 +49,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import make_demo_data  # noqa: E402
 import prepare_data  # noqa: E402
+import prepare_ucf101  # noqa: E402
 from benchmarks import bench_e2e  # noqa: E402
 from benchmarks.bench_embed import time_forward  # noqa: E402
 from benchmarks.bench_train import EpochData, plain_optimization, ucf101_like_lengths  # noqa: E402
@@ -126,6 +128,7 @@ class Check:
     deadline: float
     rows: list[tuple[str, str, str, str]] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
+    part_seconds: dict[str, float] = field(default_factory=dict)
     part_deadline: float = 0.0
 
     def left(self) -> float:
@@ -167,14 +170,21 @@ def run(cmd: list[str], timeout: float, env: dict[str, str] | None = None) -> tu
 # ----------------------------------------------------------------------------------------------- parts
 
 
+def in_process(module: Any, argv: list[str]) -> None:
+    """A stage's main(args) in this process (no interpreter start-up), its logging quiet again afterwards."""
+    code = module.main(module.get_args_parser().parse_args(argv))
+    logging.getLogger().setLevel(logging.WARNING)
+    if code:
+        raise RuntimeError(f"{module.__name__}.main exited {code}")
+
+
 def make_data(c: Check) -> None:
     """Generated videos (UCF-101's 320x240 on a GPU) through stage 1: frames for stage 2, torchrun, predict.py."""
     workers = str(max(1, os.cpu_count() or 1))
-    run([sys.executable, "make_demo_data.py", "-o", str(c.work / "demo"), "--workers", workers, *c.sizes.demo],
-        c.left())
-    run([sys.executable, "prepare_ucf101.py", "-v", str(c.work / "demo" / "videos"), "-o", str(c.work / "prepared"),
-         "--split_dir", str(c.work / "demo" / "splits"), "--split_id", "1", "-fps", str(c.sizes.stage1_fps),
-         "--workers", workers], c.left())
+    in_process(make_demo_data, ["-o", str(c.work / "demo"), "--workers", workers, *c.sizes.demo])
+    in_process(prepare_ucf101, ["-v", str(c.work / "demo" / "videos"), "-o", str(c.work / "prepared"), "--split_dir",
+                                str(c.work / "demo" / "splits"), "--split_id", "1", "-fps", str(c.sizes.stage1_fps),
+                                "--workers", workers])
     frames = sum(1 for _ in (c.work / "prepared" / "frames").rglob("frame_*.jpg"))
     c.row("data", f"generated videos through stage 1 ({' '.join(c.sizes.demo)})", "frames", str(frames))
 
@@ -221,7 +231,7 @@ def stage_part(c: Check, forward_fps: dict[tuple[str, str, bool], float]) -> Non
             start = time.perf_counter()
             prepare_data.main(args)
             seconds = time.perf_counter() - start
-            logging.getLogger("actionbert").setLevel(logging.WARNING)
+            logging.getLogger().setLevel(logging.WARNING)
             frames = sum(r["video_length"] for r in json.loads((out / "train.json").read_text())["data"])
             (out / "train.npy").unlink()
             stage_fps = frames / seconds
@@ -342,7 +352,7 @@ def torchrun_part(c: Check) -> Path:
     if f"backend {backend}" not in out:
         raise RuntimeError(f"prepare_data.py under torchrun did not join a {backend} process group:\n{out[-1500:]}")
     c.row("torchrun nproc 1", f"prepare_data.py -s train ({backend})", "wall s (start-up included)", f"{seconds:.1f}")
-    run([sys.executable, "prepare_data.py", "-s", "val", "-j", str(prepared / "val_ucf101.json"), *stage], c.left())
+    in_process(prepare_data, ["-s", "val", "-j", str(prepared / "val_ucf101.json"), *stage])
     precision = "bf16" if c.device.type == "cuda" else "fp32"
     seconds, out = run([*torchrun, "main.py", "--mode", "train", "--model", "bert", "--data_dir", str(emb),
                         "--expt_dir", str(c.work / "expts"), "--expt_name", "gpu_check", "--run_name", "bert",
@@ -370,7 +380,8 @@ def predict_part(c: Check, run_dir: Path) -> None:
 
 def run_part(c: Check, name: str, fn: Callable[[], Any]) -> Any:
     """One part under its budget; an exception becomes a FAILED row, and the check goes on."""
-    c.part_deadline = time.monotonic() + c.sizes.budgets[name]
+    start = time.monotonic()
+    c.part_deadline = start + c.sizes.budgets[name]
     try:
         return fn()
     except Exception as exc:  # a broken part must not cost the measurements of the others
@@ -378,6 +389,9 @@ def run_part(c: Check, name: str, fn: Callable[[], Any]) -> Any:
         c.row(name, "FAILED", type(exc).__name__, str(exc).splitlines()[0][:300] if str(exc) else "")
         traceback.print_exc()
         return None
+    finally:
+        c.part_seconds[name] = time.monotonic() - start
+        print(f"part {name}: {c.part_seconds[name]:.0f} s of its {c.sizes.budgets[name]:.0f} s budget", flush=True)
 
 
 def device_name(device: torch.device) -> str:
@@ -394,7 +408,8 @@ def table(c: Check, tiny: bool, seconds: float) -> str:
         f"## GPU check on {device_name(c.device)} ({datetime.date.today().isoformat()})",
         "",
         f"`python benchmarks/gpu_check.py{' --tiny' if tiny else ''}`: {'TINY sizes (a smoke run, not a measurement)' if tiny else 'full sizes'}; "
-        f"torch {torch.__version__}, {os.cpu_count()} CPU cores, {seconds:.0f} s in all"
+        f"torch {torch.__version__}, {os.cpu_count()} CPU cores, {seconds:.0f} s in all ("
+        + ", ".join(f"{k} {v:.0f} s" for k, v in c.part_seconds.items()) + ")"
         + (f"; FAILED parts: {', '.join(c.failed)}" if c.failed else "") + ".",
         "",
         "| part | setting | metric | value |",
