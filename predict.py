@@ -33,7 +33,7 @@ import torch
 
 from checkpoint import load_checkpoint, model_from_checkpoint
 from clip_dataset import eval_clip_from_frames
-from models.backbone import build_backbone, default_threads, embed_batch, input_stats
+from models.backbone import build_backbone, default_threads, embed_batch, input_stats, prefers_channels_last
 from models.base import VideoModel
 from models.e2e import is_e2e_name
 from precision import INFERENCE_PRECISIONS, resolve_precision
@@ -204,6 +204,7 @@ class Predictor:
     device: torch.device
     precision: str
     input_stats: tuple[Sequence[float], Sequence[float]] | None = None  # the backbone's (mean, std); heads only
+    channels_last: bool = False  # the backbone's memory layout, as stage 2 ran it; heads only
 
     @property
     def is_e2e(self) -> bool:
@@ -247,7 +248,7 @@ def load_predictor(
     device = torch.device(device)
     ckpt = load_checkpoint(ckpt_path)
     name = str(ckpt["model_name"])
-    backbone, stats = None, None
+    backbone, stats, channels_last = None, None, False
     if is_e2e_name(name):
         settings = e2e_settings(ckpt, ckpt_path)
         if backbone_weights:
@@ -256,6 +257,10 @@ def load_predictor(
         settings = embedding_settings(ckpt, ckpt_path)
         info = ckpt.get("data_info") or {}
         backbone = rebuild_backbone(info, ckpt_path, backbone_weights).to(device)
+        # stage 2's layout (recorded since it is chosen per backbone), so the features match its numerics closely
+        channels_last = bool(info.get("channels_last", prefers_channels_last(backbone)))
+        if channels_last:
+            backbone = backbone.to(memory_format=torch.channels_last)
         stats = input_stats(str(info["backbone"]))
         dim = int(ckpt["feature_dim"])
         probe = embed_batch(backbone, normalize_batch(torch.zeros((1, 3, 32, 32), dtype=torch.uint8), device, *stats))
@@ -272,6 +277,7 @@ def load_predictor(
         device=device,
         precision=resolve_precision(precision, device),
         input_stats=stats,
+        channels_last=channels_last,
     )
 
 
@@ -281,7 +287,7 @@ def embed_frames(predictor: Predictor, frames: Sequence[torch.Tensor], batch_siz
     feats = []
     for start in range(0, len(frames), batch_size):
         x = torch.stack(list(frames[start : start + batch_size]))
-        x = normalize_batch(x, predictor.device, *predictor.input_stats)
+        x = normalize_batch(x, predictor.device, *predictor.input_stats, predictor.channels_last)
         feats.append(embed_batch(predictor.backbone, x, predictor.precision))
     out = torch.cat(feats).cpu()
     return out.to(getattr(torch, predictor.settings.dtype)).float()
