@@ -182,8 +182,9 @@ def _as_peer_failure(info: DistInfo, exc: BaseException) -> PeerFailedError | No
 def rank_group(backend: str | None = None) -> Iterator[DistInfo]:
     """init_distributed() for the block, and one rank's exception stops every rank (see the module docstring).
 
-    A failing rank publishes its message, then re-raises without destroying the process group; a rank whose
-    error comes from a peer's failure raises PeerFailedError naming it instead of a backend traceback."""
+    A failing rank publishes its message, releases its part of the process group (`_release_peers`: never a
+    graceful teardown, which could wait on peers stuck in a collective) and re-raises; a rank whose error comes
+    from a peer's failure raises PeerFailedError naming it instead of a backend traceback."""
     info = init_distributed(backend)
     try:
         yield info

@@ -377,16 +377,22 @@ def test_second_run_on_one_split_is_refused_and_flags_checked(fixture_frames, tm
         assert exc.value.code == 2 and "error: argument " in err and bad[0] in err.split("error: argument ")[1]
 
 
-def test_frames_redone_by_stage_1_are_embedded_again(reference, fixture_frames, tmp_path, caplog):
-    """Issue 11: stage 2 checks its source too. Stage 1 redid a video whose source changed (its manifest
-    records the new size and time; here even the frame count is the same): the split is embedded again."""
-    frames, split_json = fixture_frames
-    copy = tmp_path / "frames"
+def stamped_copy(frames: Path, copy: Path) -> tuple[Path, dict]:
+    """A copy of stage 1's frames whose manifest records each video's source (size, time), as stage 1 writes it;
+    returns the copy and its manifest, to change a record as stage 1 redoing a video would."""
     shutil.copytree(frames, copy)
     manifest = json.loads((copy / "manifest.json").read_text())
     for i, entry in enumerate(manifest["videos"].values()):
         entry.update(source_size=1000 + i, source_mtime_ns=10**18)
     (copy / "manifest.json").write_text(json.dumps(manifest))
+    return copy, manifest
+
+
+def test_frames_redone_by_stage_1_are_embedded_again(reference, fixture_frames, tmp_path, caplog):
+    """Issue 11: stage 2 checks its source too. Stage 1 redid a video whose source changed (its manifest
+    records the new size and time; here even the frame count is the same): the split is embedded again."""
+    frames, split_json = fixture_frames
+    copy, manifest = stamped_copy(frames, tmp_path / "frames")
     out = tmp_path / "out"
     assert run_main(*stage_args(copy, split_json, out)) == 0
     caplog.set_level(logging.INFO, logger="actionbert")
@@ -446,12 +452,7 @@ def test_frames_redone_after_an_interrupted_run_are_embedded_again_in_one_go(ref
     the rerun (which plans its batches before rank 0 clears those logs) must embed every frame, not skip the ones
     the old logs name."""
     frames, split_json = fixture_frames
-    copy = tmp_path / "frames"
-    shutil.copytree(frames, copy)
-    manifest = json.loads((copy / "manifest.json").read_text())
-    for i, entry in enumerate(manifest["videos"].values()):
-        entry.update(source_size=1000 + i, source_mtime_ns=10**18)
-    (copy / "manifest.json").write_text(json.dumps(manifest))
+    copy, manifest = stamped_copy(frames, tmp_path / "frames")
     out = tmp_path / "out"
     real, calls = pd.embed_batch, {"n": 0}
 
