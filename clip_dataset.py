@@ -3,7 +3,8 @@
 A clip is `clip_len` frames chosen by sampling.py's TSN rules (one random frame per segment in training, segment
 centres in evaluation, `num_clips` shifted views), read and transformed by transforms.py: in training a random
 resized crop and a horizontal flip drawn once per clip and applied to every frame of it, so motion between frames
-is kept; in evaluation stage 2's own `resize_frame` (shorter side, then centre crop, by default). A video shorter
+is kept; in evaluation stage 2's own `resize_frame` with the backbone's ResizeSpec (its input size, crop fraction
+and interpolation: shorter side, then centre crop, by default). A video shorter
 than `clip_len` repeats frames in order, so every clip has exactly `clip_len` real frames: no padding, no varying
 lengths, and BatchNorm never sees blank frames. Randomness depends only on (seed, epoch, index), never on the
 worker count.
@@ -39,7 +40,17 @@ from layout import (
     video_frames,
 )
 from sampling import eval_indices, item_rng, train_indices
-from transforms import RESIZE_MODES, FrameError, clip_tensor, crop_resize_flip, read_frame, resize_frame, sample_crop
+from transforms import (
+    RESIZE_MODES,
+    FrameError,
+    ResizeSpec,
+    as_resize_spec,
+    clip_tensor,
+    crop_resize_flip,
+    read_frame,
+    resize_frame,
+    sample_crop,
+)
 from utils import BadInputError
 
 log = logging.getLogger("actionbert")
@@ -48,18 +59,25 @@ log = logging.getLogger("actionbert")
 def eval_clip_from_frames(
     frames: Sequence[np.ndarray],
     clip_len: int,
-    image_size: int,
+    image_size: ResizeSpec | int,
     num_clips: int = 1,
     resize: str = "crop",
+    transformed: bool = False,
 ) -> torch.Tensor:
     """predict.py's input for an e2e model: all RGB uint8 frames of one video as stage 1 stores them (e.g. from
     video.iter_stored_frames_at_fps with the manifest's fps, frame_size and jpeg_quality) -> uint8 (V, T, 3, S, S),
     sampled and transformed exactly as ClipDataset's evaluation items, so the result equals test mode's input bit
-    for bit. Only the sampled frames are transformed."""
+    for bit. Only the sampled frames are transformed; `transformed` frames already went through
+    transforms.resize_frame with the same spec (predict.py keeps only those) and are taken as they are."""
     if not frames:
         raise BadInputError("no frames to classify")
     ks = eval_indices(len(frames), clip_len, num_clips)
-    return clip_tensor(frames, ks, functools.partial(resize_frame, image_size=image_size, resize=resize))
+    spec = as_resize_spec(image_size, resize)
+    return clip_tensor(frames, ks, _identity if transformed else functools.partial(resize_frame, spec=spec))
+
+
+def _identity(img: np.ndarray) -> np.ndarray:
+    return img
 
 
 def clip_provenance(frames_dir: str | os.PathLike, **settings: Any) -> dict[str, Any]:
@@ -100,7 +118,7 @@ class ClipDataset(Dataset):
         entries: Sequence[dict[str, Any]] | str | os.PathLike,
         clip_len: int = 8,
         train: bool = False,
-        image_size: int = 224,
+        image_size: ResizeSpec | int = 224,
         num_clips: int = 1,
         seed: int = 0,
         crop_scale: tuple[float, float] = (0.25, 1.0),
@@ -108,12 +126,15 @@ class ClipDataset(Dataset):
         resize: str = "crop",
         strict: bool = False,
     ) -> None:
-        if clip_len < 1 or num_clips < 1 or image_size < 1:
+        size = image_size.size if isinstance(image_size, ResizeSpec) else image_size
+        if clip_len < 1 or num_clips < 1 or size < 1:
             raise BadInputError(f"--clip_len, --num_clips and --image_size must be >= 1 ({clip_len}, {num_clips}, "
-                                f"{image_size})")
+                                f"{size})")
         if resize not in RESIZE_MODES:
             raise BadInputError(f"resize must be one of {', '.join(RESIZE_MODES)}, got {resize!r}")
-        self.resize = resize
+        # the backbone's input (size, resize, crop fraction, interpolation); an int is a torchvision backbone's
+        self.spec = as_resize_spec(image_size, resize)
+        self.resize = self.spec.mode
         self.frames_dir = Path(frames_dir)
         if not self.frames_dir.is_dir():
             raise BadInputError(f"frames folder not found: {self.frames_dir}")
@@ -121,7 +142,7 @@ class ClipDataset(Dataset):
             source = read_split_json(entries)
         else:
             source = check_split_entries(list(entries))
-        self.clip_len, self.train, self.image_size = int(clip_len), bool(train), int(image_size)
+        self.clip_len, self.train, self.image_size = int(clip_len), bool(train), self.spec.size
         self.num_clips = 1 if train else int(num_clips)
         self.seed, self.crop_scale, self.hflip = int(seed), tuple(crop_scale), bool(hflip)
         self.names: list[str] = []
@@ -180,7 +201,7 @@ class ClipDataset(Dataset):
             self._cv2_threads_set = True
         index, epoch = key if isinstance(key, tuple) else (key, 0)
         index = int(index)
-        n, size = int(self.num_frames[index]), self.image_size
+        n, spec = int(self.num_frames[index]), self.spec
         if self.train:
             rng = item_rng(self.seed, epoch, index)  # draws the frames, then the crop box and the flip
             ks = train_indices(n, self.clip_len, rng)[None]
@@ -190,11 +211,11 @@ class ClipDataset(Dataset):
             flip = bool(self.hflip and rng.random() < 0.5)
 
             def transform(img: np.ndarray) -> np.ndarray:
-                return crop_resize_flip(_same_size(img, h, w), box, size, flip)
+                return crop_resize_flip(_same_size(img, h, w), box, spec, flip)
         else:
             ks = eval_indices(n, self.clip_len, self.num_clips)
             frames = {int(k): self._frame(index, int(k)) for k in np.unique(ks)}
-            transform = functools.partial(resize_frame, image_size=size, resize=self.resize)
+            transform = functools.partial(resize_frame, spec=spec)
         tensor = clip_tensor(frames, ks, transform)  # (V, T, 3, S, S)
         if self.num_clips == 1:
             tensor = tensor[0]

@@ -34,7 +34,7 @@ import shlex
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -77,11 +77,21 @@ from distributed import (
 from layout import read_class_names, read_split_json, split_json_path
 from metrics import MetricAccumulator
 from models import MODEL_NAMES, build_model
+from models.backbone import (
+    BACKBONE_HELP,
+    FEATURE_HELP,
+    FEATURES,
+    WEIGHTS_HELP,
+    BackboneRecord,
+    record_of,
+    resolve_backbone,
+)
 from models.base import VideoModel
 from models.e2e import E2E_MODEL_NAMES, E2E_PREFIX, build_e2e_model, is_e2e_name
 from precision import PRECISIONS, autocast, training_precision
 from reports import plot_confusion, plot_curves
 from sampling import TemporalAugment
+from transforms import RESIZE_MODES, ResizeSpec
 from utils import (
     BadInputError,
     atomic_write_json,
@@ -107,7 +117,7 @@ CURVES_EVERY_S = 30.0  # curves.png is redrawn at most this often (a redraw cost
 HEAD_KWARGS = ("num_layers", "hidden_size", "num_heads", "intermediate_size", "dropout", "pretrained")
 ALL_MODEL_NAMES = (*MODEL_NAMES, *E2E_MODEL_NAMES)
 # End-to-end clip settings: train mode's defaults; test mode takes the checkpoint's unless a flag is given.
-CLIP_DEFAULTS = {"clip_len": 8, "image_size": 224, "num_clips": 1}
+CLIP_DEFAULTS = {"clip_len": 8, "num_clips": 1}  # and --image_size: the backbone's own
 # Rank r seeds its generators with seed + RANK_SEED_STRIDE * r: distinct dropout masks per rank, the same for a given
 # --seed (a prime, so the streams of nearby seeds and ranks do not coincide).
 RANK_SEED_STRIDE = 7919
@@ -148,21 +158,25 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--dropout", type=probability, default=None, help="default: the head's own")
     g.add_argument("--pretrained", default=None, help="bert/roberta: Hugging Face name or local directory")
 
-    g = p.add_argument_group("end-to-end (e2e_* models: the CNN trained jointly with the head on stage 1's frames)")
+    g = p.add_argument_group("end-to-end (e2e_* models: the frame backbone trained jointly with the head on stage 1's frames)")
     g.add_argument("--split_json_dir", default=None, help="stage 1 output: <split>_ucf101.json and classInd.txt")
     g.add_argument("--frames_dir", default=None, help="stage 1's frames/<video_name>/frame_*.jpg (default: "
                    "SPLIT_JSON_DIR/frames)")
-    g.add_argument("--backbone", default="resnet18", help="any torchvision classification model")
-    g.add_argument("--weights", default="imagenet", help="backbone init: imagenet (torchvision's), none (random, "
-                   "from --seed) or a state_dict PATH, as in prepare_data.py")
+    g.add_argument("--backbone", default="resnet18", help=BACKBONE_HELP)
+    g.add_argument("--weights", default=None, help=WEIGHTS_HELP)
+    g.add_argument("--feature", choices=FEATURES, default="pooled", help=FEATURE_HELP)
     g.add_argument("--clip_len", type=positive_int, default=None, help="frames per clip: one random frame per segment in "
                    "training, segment centres in evaluation (default 8; test mode: the checkpoint's)")
     g.add_argument("--num_clips", type=positive_int, default=None, help="evaluation views per video, logits averaged "
                    "(default 1; test mode: the checkpoint's)")
-    g.add_argument("--image_size", type=int_at_least(16), default=None, help="frame size fed to the CNN (default 224; test "
-                   "mode: the checkpoint's)")
-    g.add_argument("--freeze_backbone_stages", type=nonnegative_int, default=0, help="freeze the first K backbone stages "
-                   "(resnet: stem, layer1..layer4; 5 freezes the whole CNN)")
+    g.add_argument("--image_size", type=int_at_least(16), default=None, help="frame size fed to the backbone "
+                   "(default: the backbone's own, 224 for torchvision; test mode: the checkpoint's)")
+    g.add_argument("--resize", choices=RESIZE_MODES, default=None, help="evaluation resize (default: the "
+                   "backbone's own; crop: shorter side then centre crop, squash: whole frame)")
+    g.add_argument("--freeze_backbone_stages", type=nonnegative_int, default=0, help="freeze the first K backbone "
+                   "stages. ResNets: stem, layer1..layer4 (5 freezes the whole CNN); timm/hf ViTs: the patch embedding "
+                   "and the first K blocks (blocks + 1 freezes all); timm/hf CNNs: the stem with stage 1, then one "
+                   "stage each")
     g.add_argument("--grad_checkpointing", action="store_true", help="recompute backbone activations in "
                    "backward: less memory, ~30%% more compute")
     g.add_argument("--backbone_lr", type=nonnegative_float, default=None, help="peak learning rate of the backbone "
@@ -328,15 +342,18 @@ class SplitData:
 
 @dataclass(frozen=True)
 class ClipSettings:
-    """The e2e route's inputs: where the frames are and how clips are cut from them."""
+    """The e2e route's inputs: where the frames are, how clips are cut from them, and the backbone they feed."""
 
     split_json_dir: Path
     frames_dir: Path
     clip_len: int
-    image_size: int
     num_clips: int
-    backbone: str
-    weights: str
+    record: BackboneRecord  # the backbone (D unknown until built) and its input
+    spec: ResizeSpec  # the input clips are cut at: the record's, at --image_size in test mode
+
+    @property
+    def image_size(self) -> int:
+        return self.spec.size
 
 
 def batch_inputs(batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -359,8 +376,9 @@ def embedding_split(args: argparse.Namespace, split: str, train: bool = False) -
 def clip_settings(args: argparse.Namespace, ckpt: dict[str, Any] | None = None) -> ClipSettings:
     """Resolve the e2e flags, writing them back into `args` (so checkpoints record what was used).
 
-    clip_len, image_size and num_clips: the flag, else (test mode) the checkpoint's, else CLIP_DEFAULTS. In test
-    mode the backbone is the checkpoint's."""
+    clip_len and num_clips: the flag, else (test mode) the checkpoint's, else CLIP_DEFAULTS. The backbone and its
+    input: the flags (--backbone, --weights, --feature, --image_size, --resize over the backbone's own config) or,
+    in test mode, the checkpoint's backbone record (--image_size still overrides the clips' size)."""
     if not args.split_json_dir:
         raise BadInputError("e2e_* models need --split_json_dir (stage 1's output: <split>_ucf101.json, "
                             "classInd.txt and frames/)")
@@ -370,13 +388,18 @@ def clip_settings(args: argparse.Namespace, ckpt: dict[str, Any] | None = None) 
             setattr(args, key, int(saved.get(key) or default))
         if getattr(args, key) < 1:
             raise BadInputError(f"--{key} must be >= 1, got {getattr(args, key)}")
-    backbone, weights = args.backbone, args.weights
-    if ckpt is not None:
-        backbone = str(ckpt["model_config"].get("backbone", backbone))
-        weights = str(ckpt["model_config"].get("weights", weights))
+    if ckpt is None:
+        record = resolve_backbone(args.backbone, args.weights, args.feature, args.image_size, args.resize)
+        spec = record.resize
+    else:
+        record = record_of({**saved, **ckpt["model_config"]}, str(args.model_ckpt))
+        size = args.image_size or saved.get("image_size") or record.image_size
+        spec = replace(record.resize, size=int(size), mode=args.resize or record.resize.mode)
+    args.weights, args.feature = record.weights, record.feature
+    args.image_size, args.resize = spec.size, spec.mode
     split_json_dir = Path(args.split_json_dir)
     frames_dir = Path(args.frames_dir) if args.frames_dir else split_json_dir / "frames"
-    return ClipSettings(split_json_dir, frames_dir, args.clip_len, args.image_size, args.num_clips, backbone, weights)
+    return ClipSettings(split_json_dir, frames_dir, args.clip_len, args.num_clips, record, spec)
 
 
 def clip_split(args: argparse.Namespace, split: str, clips: ClipSettings, train: bool = False) -> SplitData:
@@ -384,10 +407,11 @@ def clip_split(args: argparse.Namespace, split: str, clips: ClipSettings, train:
     path = split_json_path(clips.split_json_dir, split)
     entries = read_split_json(path)
     class_names = read_class_names(clips.split_json_dir, entries)
-    ds = ClipDataset(clips.frames_dir, entries, clips.clip_len, train=train, image_size=clips.image_size,
+    ds = ClipDataset(clips.frames_dir, entries, clips.clip_len, train=train, image_size=clips.spec,
                      num_clips=clips.num_clips, seed=args.seed, strict=args.strict)
-    provenance = clip_provenance(clips.frames_dir, backbone=clips.backbone, weights=clips.weights,
-                                 image_size=clips.image_size, clip_len=clips.clip_len, num_clips=clips.num_clips)
+    provenance = clip_provenance(clips.frames_dir, backbone=clips.record.backbone, weights=clips.record.weights,
+                                 feature=clips.record.feature, image_size=clips.image_size, resize=clips.spec.mode,
+                                 clip_len=clips.clip_len, num_clips=clips.num_clips)
     return SplitData(split, ds, clip_collate, ds.names, ds.labels, class_names, str(path), None, None, provenance,
                      ds.failures)
 
@@ -491,6 +515,7 @@ def build_fresh_model(args: argparse.Namespace, train_data: SplitData, sampler: 
         log.info("head hyper-parameters from %s: %s", head.path, json.dumps(head.build_kwargs, default=str))
         kwargs = {**kwargs, **head.build_kwargs}
     model = build_e2e_model(args.model, train_data.num_classes, backbone=args.backbone, weights=args.weights,
+                            feature=args.feature, image_size=args.image_size, resize=args.resize,
                             freeze_backbone_stages=args.freeze_backbone_stages,
                             grad_checkpointing=args.grad_checkpointing, **kwargs)
     model.prepare_for_device(device)
@@ -585,14 +610,18 @@ class RunState:
 
 # Settings that make another run: resuming a run folder with other values would silently ignore the new ones.
 RUN_DEFINING = (*HEAD_KWARGS, "seed", "batch_size", "balanced", "group_by_length", "temporal_crop", "temporal_stride",
-                "frame_dropout", "backbone", "weights", "clip_len", "num_clips", "image_size", "freeze_backbone_stages",
+                "frame_dropout", "backbone", "weights", "feature", "clip_len", "num_clips", "image_size", "resize",
+                "freeze_backbone_stages",
                 "backbone_lr", "init_head_from")
+# ... of which only e2e_* models use these (a head over embeddings takes its backbone from the data)
+E2E_ONLY = ("backbone", "weights", "feature", "clip_len", "num_clips", "image_size", "resize", "freeze_backbone_stages",
+            "backbone_lr", "init_head_from")
 
 
 def check_same_settings(saved: dict[str, Any], args: argparse.Namespace, path: Path) -> None:
     """--resume auto found a run in this folder: refuse if it was started with other settings."""
-    diffs = [f"--{k} {saved[k]} -> {getattr(args, k)}" for k in RUN_DEFINING
-             if k in saved and saved[k] != getattr(args, k)]
+    keys = RUN_DEFINING if is_e2e_name(args.model) else [k for k in RUN_DEFINING if k not in E2E_ONLY]
+    diffs = [f"--{k} {saved[k]} -> {getattr(args, k)}" for k in keys if k in saved and saved[k] != getattr(args, k)]
     if diffs:
         raise BadInputError(
             f"the run folder already holds a run ({path}) started with other settings ({', '.join(diffs)}); "

@@ -6,7 +6,8 @@
 Each video is decoded in memory (no frames written) at the checkpoint's fps with stage 1's exact-time sampling,
 and its frames go through the same pixels as training saw them: stage 1's shorter-side resize (`frame_size`) and
 its JPEG encoding at `jpeg_quality` (video.iter_stored_frames_at_fps: the same bytes stage 1 writes, decoded as
-stage 2 reads them), then stage 2's preprocessing, the checkpoint's backbone (rebuilt from name, weights and seed), the
+stage 2 reads them), then stage 2's preprocessing and the checkpoint's backbone, both rebuilt from the backbone record
+stage 2 stored (library, name, weights, seed, feature; input size, resize and crop, mean/std), the
 same uniform subsampling to stage 2's `max_len_cap`, and the stored embedding dtype. So a video gets the same
 probabilities here as through prepare_ucf101 -> prepare_data -> main.py --mode test, up to float noise.
 
@@ -23,7 +24,7 @@ import math
 import os
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,13 +34,20 @@ import torch
 
 from checkpoint import load_checkpoint, model_from_checkpoint
 from clip_dataset import eval_clip_from_frames
-from models.backbone import build_backbone, default_threads, embed_batch, input_stats, prefers_channels_last
+from models.backbone import (
+    BackboneRecord,
+    build_backbone,
+    default_threads,
+    embed_batch,
+    prefers_channels_last,
+    record_of,
+)
 from models.base import VideoModel
 from models.e2e import is_e2e_name
 from precision import INFERENCE_PRECISIONS, resolve_precision
 from reports import escape_missing, label_font
 from sampling import eval_indices, subsample_indices
-from transforms import RESIZE_MODES, normalize_batch, preprocess_frame
+from transforms import RESIZE_MODES, ResizeSpec, normalize_batch, preprocess_frame
 from utils import (
     NAME_MAX,
     BadInputError,
@@ -70,12 +78,19 @@ class FrameSettings:
     fps: float
     frame_size: int | None
     jpeg_quality: int
-    image_size: int
-    resize: str
+    spec: ResizeSpec  # stage 2's (or the e2e clips') resize and crop: the backbone record's input
     max_len_cap: int | None = None  # stage 2's --max_len (embedding route)
     dtype: str = "float32"  # stored embedding dtype (embedding route)
     clip_len: int | None = None  # end-to-end route
     num_clips: int = 1
+
+    @property
+    def image_size(self) -> int:
+        return self.spec.size
+
+    @property
+    def resize(self) -> str:
+        return self.spec.mode
 
 
 def _require(info: dict[str, Any], key: str, ckpt_path: str | os.PathLike, where: str = "data_info") -> Any:
@@ -101,31 +116,43 @@ def embedding_settings(ckpt: dict[str, Any], ckpt_path: str | os.PathLike) -> Fr
     else:
         cap = None
         log.warning("%s: data_info has no max_len_cap (stage 2's --max_len); frames are not capped", ckpt_path)
-    resize = info.get("resize") or "crop"
-    if resize not in RESIZE_MODES:
-        raise BadInputError(f"{ckpt_path}: data_info resize {resize!r} is not one of {', '.join(RESIZE_MODES)}")
     return FrameSettings(
         fps=float(fps),
         frame_size=None if frame_size is None else int(frame_size),
         jpeg_quality=int(_require(info, "jpeg_quality", ckpt_path)),
-        image_size=int(_require(info, "image_size", ckpt_path)),
-        resize=resize,
+        spec=checkpoint_backbone(info, ckpt_path).resize,
         max_len_cap=None if cap is None else int(cap),
         dtype=str(info.get("dtype") or "float32"),
     )
 
 
+def checkpoint_backbone(info: dict[str, Any], ckpt_path: str | os.PathLike) -> BackboneRecord:
+    """The backbone record of a checkpoint's data_info; one from before records existed is rebuilt from its
+    torchvision backbone name, image_size and resize (the preprocessing it was made with)."""
+    if not info.get("backbone_record"):
+        _require(info, "backbone", ckpt_path)
+        _require(info, "image_size", ckpt_path)
+        resize = info.get("resize") or "crop"
+        if resize not in RESIZE_MODES:
+            raise BadInputError(f"{ckpt_path}: data_info resize {resize!r} is not one of {', '.join(RESIZE_MODES)}")
+    return record_of(info, str(ckpt_path))
+
+
 def e2e_settings(ckpt: dict[str, Any], ckpt_path: str | os.PathLike) -> FrameSettings:
-    """FrameSettings of an end-to-end checkpoint: data_info first, then the training arguments it recorded."""
+    """FrameSettings of an end-to-end checkpoint: data_info first, then the training arguments it recorded; the
+    resize and crop from the model's backbone record (a checkpoint from before records: a torchvision backbone)."""
     merged = {**(ckpt.get("args") or {}), **(ckpt.get("data_info") or {})}
     fps = _require(merged, "fps", ckpt_path, "data_info/args")
     frame_size = _require(merged, "frame_size", ckpt_path, "data_info/args")
+    image_size = int(_require(merged, "image_size", ckpt_path, "data_info/args"))
+    resize = str(merged.get("resize") or "crop")
+    record = (ckpt.get("model_config") or {}).get("backbone_record")
+    own = ResizeSpec(**record["resize"]) if record else ResizeSpec(image_size, resize)
     return FrameSettings(
         fps=float(fps),
         frame_size=None if frame_size is None else int(frame_size),
         jpeg_quality=int(_require(merged, "jpeg_quality", ckpt_path, "data_info/args")),
-        image_size=int(_require(merged, "image_size", ckpt_path, "data_info/args")),
-        resize=str(merged.get("resize") or "crop"),
+        spec=replace(own, size=image_size, mode=resize),
         clip_len=int(_require(merged, "clip_len", ckpt_path, "data_info/args")),
         num_clips=int(merged.get("num_clips") or 1),
     )
@@ -175,7 +202,7 @@ def decode_video(path: str | os.PathLike, settings: FrameSettings, keep_thumbs: 
     frames = iter_stored_frames_at_fps(path, settings.fps, settings.frame_size, settings.jpeg_quality, info=info)
     for t, rgb in frames:
         out.times.append(t)
-        out.frames.append(preprocess_frame(rgb, settings.image_size, settings.resize))
+        out.frames.append(preprocess_frame(rgb, settings.spec))
         if keep_thumbs:
             h, w = rgb.shape[:2]
             size = (max(1, round(w * THUMB_HEIGHT / h)), THUMB_HEIGHT)
@@ -211,31 +238,30 @@ class Predictor:
         return is_e2e_name(self.model_name)
 
 
-def rebuild_backbone(info: dict[str, Any], ckpt_path: str | os.PathLike, override: str | None) -> torch.nn.Module:
-    """The checkpoint's frame backbone: its name, weights (or --backbone_weights) and, for random weights, seed."""
-    name = _require(info, "backbone", ckpt_path)
-    weights = override or _require(info, "weights", ckpt_path)
-    seed = None
+def rebuild_backbone(
+    info: dict[str, Any], ckpt_path: str | os.PathLike, override: str | None
+) -> tuple[torch.nn.Module, BackboneRecord]:
+    """The checkpoint's frame backbone from its record: library, name, feature, input and weights (or
+    --backbone_weights) and, for random weights, the seed."""
+    record = checkpoint_backbone(info, ckpt_path)
+    weights = override or record.weights
     if weights == "none":
-        seed = _require(info, "seed", ckpt_path)
-        if seed is None:
+        if record.seed is None:
             raise BadInputError(f"{ckpt_path}: a random backbone (weights none) without a recorded seed cannot be "
                                 "rebuilt; pass the trained backbone with --backbone_weights PATH")
-    elif weights != "imagenet" and not Path(weights).is_file():
+    elif weights not in ("imagenet", "pretrained") and not Path(weights).exists():
         hint = "" if override else " (recorded in the checkpoint); pass a local copy with --backbone_weights PATH"
         raise BadInputError(f"backbone weights {weights} not found{hint}")
     try:
-        backbone, _ = build_backbone(name, weights, seed=seed, flag="--backbone_weights" if override else
-                                     "the checkpoint's backbone weights")
+        return build_backbone(record, weights, flag="--backbone_weights" if override else
+                              "the checkpoint's backbone weights")
     except BadInputError as exc:
-        if weights == "imagenet":
+        if weights in ("imagenet", "pretrained"):
             raise BadInputError(
-                f"cannot get the ImageNet weights of backbone {name} that this checkpoint was trained with ({exc}). "
-                f"Offline, pass a local state_dict of torchvision's {name} ImageNet weights with "
-                "--backbone_weights PATH"
+                f"cannot get the {weights} weights of backbone {record.backbone} that this checkpoint was trained "
+                f"with ({exc}). Offline, pass a local copy of them with --backbone_weights PATH"
             ) from exc
         raise
-    return backbone
 
 
 def load_predictor(
@@ -256,16 +282,19 @@ def load_predictor(
     else:
         settings = embedding_settings(ckpt, ckpt_path)
         info = ckpt.get("data_info") or {}
-        backbone = rebuild_backbone(info, ckpt_path, backbone_weights).to(device)
+        backbone, record = rebuild_backbone(info, ckpt_path, backbone_weights)
+        backbone = backbone.to(device)
         # stage 2's layout (recorded since it is chosen per backbone), so the features match its numerics closely
         channels_last = bool(info.get("channels_last", prefers_channels_last(backbone)))
         if channels_last:
             backbone = backbone.to(memory_format=torch.channels_last)
-        stats = input_stats(str(info["backbone"]))
+        stats = record.mean, record.std
         dim = int(ckpt["feature_dim"])
-        probe = embed_batch(backbone, normalize_batch(torch.zeros((1, 3, 32, 32), dtype=torch.uint8), device, *stats))
+        size = record.image_size
+        x = torch.zeros((1, 3, size, size), dtype=torch.uint8)
+        probe = embed_batch(backbone, normalize_batch(x, device, *stats))
         if probe.shape[1] != dim:
-            raise BadInputError(f"backbone {info.get('backbone')} gives {probe.shape[1]}-dim features but the head "
+            raise BadInputError(f"backbone {record.backbone} gives {probe.shape[1]}-dim features but the head "
                                 f"{ckpt_path} expects {dim}")
     return Predictor(
         ckpt_path=str(ckpt_path),
@@ -439,10 +468,10 @@ def predict_video(
 def _predict_e2e(predictor: Predictor, path: str, decoded: DecodedVideo, attention: bool) -> Prediction:
     s = predictor.settings
     assert s.clip_len is not None
-    # The frames are already S x S after stage 2's resize, on which resize_frame is the identity: passing them
-    # gives exactly eval_clip_from_frames on the full frames without holding those in memory.
+    # The frames went through the clips' evaluation resize already (decode_video): taking them as they are gives
+    # exactly eval_clip_from_frames on the full frames without holding those in memory.
     hwc = [f.permute(1, 2, 0).numpy() for f in decoded.frames]
-    clip = eval_clip_from_frames(hwc, s.clip_len, s.image_size, s.num_clips, s.resize).to(predictor.device)
+    clip = eval_clip_from_frames(hwc, s.clip_len, s.spec, s.num_clips, transformed=True).to(predictor.device)
     lengths = torch.tensor([s.clip_len], device=predictor.device)
     model = predictor.model
     logits = model(clip[None], lengths)  # (1, V, T, 3, S, S): logits averaged over the V views
@@ -491,8 +520,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--topk", type=positive_int, default=5, help="classes to print per video")
     p.add_argument("--json", default=None, help="also write [{video, topk: [{label, class_idx, prob}], num_frames}] "
                    "to this file")
-    p.add_argument("--backbone_weights", default=None, help="local state_dict of the checkpoint's backbone, used "
-                   "instead of the weights it records (offline use, e.g. when ImageNet weights cannot be downloaded)")
+    p.add_argument("--backbone_weights", default=None, help="local weights of the checkpoint's backbone, used "
+                   "instead of those it records (offline use, e.g. when pretrained weights cannot be downloaded): a "
+                   "torchvision/timm state_dict or .safetensors file, or an HF model folder")
     p.add_argument("--attention_plot", default=None, metavar="OUT.png", help="bert/roberta heads (and e2e_bert/"
                    "e2e_roberta): draw the [CLS] attention over time per layer and rolled out, under the sampled "
                    "frames. One video: OUT.png; several: OUT_<video stem>.png beside it")

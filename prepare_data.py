@@ -1,7 +1,13 @@
-"""Stage 2: per-frame CNN embeddings of every video of a split, streamed into an (N, max_len, D) .npy memmap.
+"""Stage 2: per-frame embeddings of every video of a split, streamed into an (N, max_len, D) .npy memmap.
 
     prepare_data.py -s train -f OUT/frames -j OUT/train_ucf101.json -o DATA [-m resnet18] [-bs 128] [-nw 4] [-g 0]
+    prepare_data.py ... -m timm:vit_base_patch16_clip_224.openai [--feature pooled|cls|mean|projected]
+    prepare_data.py ... -m hf:facebook/dinov2-small   (or hf:LOCAL_DIR)
     torchrun --nproc_per_node=K prepare_data.py ...   (videos sharded across ranks, one shared memmap)
+
+The backbone's record (models/backbone.py: library, weights, feature, D, input size, resize and crop, mean/std, as
+its own configuration says unless --image_size/--resize override) goes into `<split>.json`, so predict.py feeds a
+raw video's frames through exactly this preprocessing.
 
 Frames are decoded and resized in DataLoader workers and batched across videos; the backbone runs in eval mode
 (BatchNorm uses its running statistics, so a video's embedding never depends on its batch-mates). Rows go
@@ -33,10 +39,21 @@ from tqdm import tqdm
 
 from distributed import DistInfo, barrier, main_rank_lock, rank_device, rank_group
 from layout import frame_name, manifest_videos, read_class_names, read_frame_settings, read_split_json, video_frames
-from models.backbone import build_backbone, default_threads, embed_batch, input_stats, resolve_channels_last
+from models.backbone import (
+    BACKBONE_HELP,
+    FEATURE_HELP,
+    FEATURES,
+    WEIGHTS_HELP,
+    BackboneRecord,
+    build_backbone,
+    default_threads,
+    embed_batch,
+    resolve_backbone,
+    resolve_channels_last,
+)
 from precision import INFERENCE_PRECISIONS, resolve_precision
 from sampling import subsample_indices
-from transforms import RESIZE_MODES, FrameError, load_frame, normalize_batch
+from transforms import RESIZE_MODES, FrameError, ResizeSpec, as_resize_spec, load_frame, normalize_batch
 from utils import (
     BadInputError,
     atomic_write_json,
@@ -57,7 +74,8 @@ log = logging.getLogger("actionbert")
 
 DTYPES = ("float32", "float16")
 # Fields that say how the embeddings were made: a rerun must match them all, or it would mix two kinds of rows.
-IDENTITY_KEYS = ("backbone", "weights", "seed", "image_size", "resize", "dtype", "max_len_cap", "precision")
+IDENTITY_KEYS = ("backbone", "weights", "seed", "feature", "image_size", "resize", "dtype", "max_len_cap", "precision")
+IDENTITY_DEFAULTS = {"feature": "pooled"}  # what files written before a key was recorded used
 CHECKPOINT_SECONDS = 1.0  # default of --checkpoint_seconds
 
 
@@ -127,14 +145,13 @@ class FrameBatches(Dataset):
     of batch_size. Batches span videos, and a frame meets the same batch-mates whichever rank, resume or
     world size computes it (the backbone's numerics differ in the last bits between batch shapes)."""
 
-    def __init__(
-        self, videos: Sequence[VideoPlan], batch_ids: Sequence[int], batch_size: int, image_size: int, resize: str
-    ) -> None:
+    def __init__(self, videos: Sequence[VideoPlan], batch_ids: Sequence[int], batch_size: int,
+                 spec: ResizeSpec | int, resize: str = "crop") -> None:
         self.dirs = [v.frame_dir for v in videos]
         self.frames = [v.frames for v in videos]
         self.offsets = frame_offsets(videos)
         self.batch_ids = list(batch_ids)
-        self.batch_size, self.image_size, self.resize = batch_size, image_size, resize
+        self.batch_size, self.spec = batch_size, as_resize_spec(spec, resize)  # the backbone record's input
 
     def __len__(self) -> int:
         return len(self.batch_ids)
@@ -148,11 +165,11 @@ class FrameBatches(Dataset):
         for j, (v, f) in enumerate(zip(vpos, fpos, strict=True)):
             path = os.path.join(self.dirs[v], self.frames[v][f])
             try:
-                images.append(load_frame(path, self.image_size, self.resize))
+                images.append(load_frame(path, self.spec))
             except FrameError as exc:
                 ok[j] = False
                 errors.append(f"{path}: {exc}")
-        s = self.image_size
+        s = self.spec.size
         x = torch.stack(images) if images else torch.empty((0, 3, s, s), dtype=torch.uint8)
         return {"start": int(g[0]), "vpos": torch.from_numpy(vpos), "fpos": torch.from_numpy(fpos),
                 "ok": torch.from_numpy(ok), "images": x, "errors": errors}
@@ -235,7 +252,10 @@ class ProgressLog:
 
 
 def refuse_mix(out_dir: Path, split: str, theirs: dict[str, Any], ours: dict[str, Any], what: str) -> None:
-    diffs = [f"{k}={theirs.get(k)!r} (this run: {ours.get(k)!r})" for k in IDENTITY_KEYS if theirs.get(k) != ours.get(k)]
+    def recorded(k: str) -> Any:
+        return theirs.get(k, IDENTITY_DEFAULTS.get(k))
+
+    diffs = [f"{k}={recorded(k)!r} (this run: {ours.get(k)!r})" for k in IDENTITY_KEYS if recorded(k) != ours.get(k)]
     if diffs:
         raise BadInputError(
             f"{out_dir} already holds {what} for split {split!r} made with {', '.join(diffs)}; refusing to mix "
@@ -363,8 +383,8 @@ def finalize(
 
 
 def start_frame_batches(
-    videos: Sequence[VideoPlan], batch_ids: Sequence[int], *, batch_size: int, num_workers: int, image_size: int,
-    resize: str, pin_memory: bool, seed: int = 0,
+    videos: Sequence[VideoPlan], batch_ids: Sequence[int], *, batch_size: int, num_workers: int, spec: ResizeSpec,
+    pin_memory: bool, seed: int = 0,
 ) -> Iterator[dict[str, Any]]:
     """The decoded batches `batch_ids`, in order, with the DataLoader workers started now: they decode ahead while
     the caller builds the model, so worker start-up and the first batches overlap the model build."""
@@ -372,7 +392,7 @@ def start_frame_batches(
     # survive fork() (a worker that touches an inherited live pool, even to resize it, hangs).
     cv2.setNumThreads(1)
     loader = DataLoader(
-        FrameBatches(videos, batch_ids, batch_size, image_size, resize),
+        FrameBatches(videos, batch_ids, batch_size, spec),
         batch_size=None,
         shuffle=False,
         num_workers=num_workers,
@@ -383,19 +403,18 @@ def start_frame_batches(
     return iter(loader)
 
 
-def check_first_batch(model: torch.nn.Module, batch: dict[str, Any], dim: int, *, name: str, image_size: int,
-                      mean: Sequence[float], std: Sequence[float], device: torch.device, precision: str,
-                      channels_last: bool) -> torch.Tensor | None:
+def check_first_batch(model: torch.nn.Module, batch: dict[str, Any], record: BackboneRecord, *,
+                      device: torch.device, precision: str, channels_last: bool) -> torch.Tensor | None:
     """The first decoded batch's features (on the CPU), computed before any output file exists, so a backbone that
-    cannot take the frames, or gives other than D features, fails with one clear line and leaves OUT untouched.
-    Checking real work costs nothing extra (a separate probe forward would set up batch-1 kernels for nothing).
-    None when none of the batch's frames decoded (then a blank frame is what gets checked)."""
-    images = batch["images"]
-    x = images if len(images) else torch.zeros((1, 3, image_size, image_size), dtype=torch.uint8)
+    cannot take the frames, or gives other than the record's D features, fails with one clear line and leaves OUT
+    untouched. Checking real work costs nothing extra (a separate probe forward would set up batch-1 kernels for
+    nothing). None when none of the batch's frames decoded (then a blank frame is what gets checked)."""
+    images, size, name, dim = batch["images"], record.image_size, record.backbone, record.dim
+    x = images if len(images) else torch.zeros((1, 3, size, size), dtype=torch.uint8)
     try:
-        out = embed_batch(model, normalize_batch(x, device, mean, std, channels_last), precision)
+        out = embed_batch(model, normalize_batch(x, device, record.mean, record.std, channels_last), precision)
     except Exception as exc:  # torchvision asserts (e.g. ViT's fixed size) surface here
-        raise BadInputError(f"backbone {name} cannot embed {image_size}x{image_size} frames: {exc}") from exc
+        raise BadInputError(f"backbone {name} cannot embed {size}x{size} frames: {exc}") from exc
     if out.shape != (len(x), dim):
         raise BadInputError(f"backbone {name} gives features of shape {tuple(out.shape[1:])} per frame, expected "
                             f"({dim},)")
@@ -494,15 +513,17 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("-f", "--frames_dir", required=True, help="frames/ folder of stage 1 (<video_name>/frame_*.jpg)")
     p.add_argument("-j", "--json_file", required=True, help="split JSON of stage 1 (list of {video_name, label_idx})")
     p.add_argument("-o", "--out_dir", required=True)
-    p.add_argument("-m", "--model", default="resnet18", help="any torchvision classification model (default resnet18)")
-    p.add_argument("--weights", default="imagenet", help="imagenet (torchvision's), none (random init) or a state_dict PATH")
+    p.add_argument("-m", "--model", default="resnet18", help=BACKBONE_HELP)
+    p.add_argument("--weights", default=None, help=WEIGHTS_HELP)
+    p.add_argument("--feature", choices=FEATURES, default="pooled", help=FEATURE_HELP)
     p.add_argument("-bs", "--batch_size", type=positive_int, default=128, help="frames per forward pass (batches span videos)")
     p.add_argument("-nw", "--num_workers", type=nonnegative_int, default=4, help="DataLoader processes decoding and resizing frames")
     p.add_argument("-g", "--gpu_id", type=int, default=0, help="CUDA device; the CPU is used when there is none. Under "
                    "torchrun each rank uses cuda:LOCAL_RANK instead")
-    p.add_argument("--image_size", type=int_at_least(16), default=224)
-    p.add_argument("--resize", choices=RESIZE_MODES, default="crop",
-                   help="crop: shorter side to image_size then centre crop; squash: straight to SxS (old behaviour)")
+    p.add_argument("--image_size", type=int_at_least(16), default=None, help="input size (default: the backbone's "
+                   "own, from its config; 224 for torchvision). Recorded as an override")
+    p.add_argument("--resize", choices=RESIZE_MODES, default=None, help="crop: shorter side, then the centre square; "
+                   "squash: the whole frame to SxS (old behaviour). Default: the backbone's own (crop for torchvision)")
     p.add_argument("--precision", choices=INFERENCE_PRECISIONS, default="auto",
                    help="auto: fp16 autocast on CUDA, fp32 on CPU")
     p.add_argument("--channels_last", action=argparse.BooleanOptionalAction, default=None,
@@ -531,7 +552,7 @@ def validate_args(args: argparse.Namespace) -> None:
     """What argparse's types cannot check, before any work: the inputs exist and the output folder can be made."""
     for flag, value, low in (("--batch_size", args.batch_size, 1), ("--num_workers", args.num_workers, 0),
                              ("--image_size", args.image_size, 16)):
-        if value < low:
+        if value is not None and value < low:
             raise BadInputError(f"{flag} must be >= {low}, got {value}")
     if args.max_len is not None and args.max_len < 1:
         raise BadInputError(f"--max_len must be >= 1, got {args.max_len}")
@@ -577,8 +598,9 @@ def embed_split(args: argparse.Namespace, info: DistInfo) -> int:
     max_len = max(len(p.frames) for p in plans)
     fingerprint = plan_fingerprint(plans, max_len, source_stamps(recorded))
     videos_fp = videos_fingerprint(plans)
-    identity = {"backbone": args.model, "weights": args.weights, "seed": args.seed if args.weights == "none" else None,
-                "image_size": args.image_size, "resize": args.resize, "dtype": args.dtype,
+    record = resolve_backbone(args.model, args.weights, args.feature, args.image_size, args.resize, seed=args.seed)
+    identity = {"backbone": record.backbone, "weights": record.weights, "seed": record.seed, "feature": record.feature,
+                "image_size": record.image_size, "resize": record.resize.mode, "dtype": args.dtype,
                 "max_len_cap": args.max_len, "precision": precision}
 
     state = "fresh"
@@ -593,26 +615,27 @@ def embed_split(args: argparse.Namespace, info: DistInfo) -> int:
 
     # This rank's work is known before the model exists (a fresh run, or a stale one that rank 0 clears below,
     # starts from nothing, and nobody changes an interrupted run's logs before the barriers below), so the decode
-    # workers start on it now and decode while the backbone is built: start-up overlaps work.
+    # workers start on it now, at the record's input, and decode while the backbone is built: start-up overlaps work.
     total = int(frame_offsets(plans)[-1])
     done = (np.zeros(total, dtype=bool) if state in ("fresh", "stale")
             else read_progress(out_dir, args.split, total)[1])
     batch_ids = batches_to_do(total, done, args.batch_size, info.rank, info.world_size)
     batches = start_frame_batches(plans, batch_ids, batch_size=args.batch_size, num_workers=args.num_workers,
-                                  image_size=args.image_size, resize=args.resize, pin_memory=device.type == "cuda",
+                                  spec=record.resize, pin_memory=device.type == "cuda",
                                   seed=args.seed) if batch_ids else iter(())
 
-    model, dim = build_backbone(args.model, args.weights, seed=args.seed)
-    channels_last = resolve_channels_last(args.channels_last, model, args.model)
-    mean, std = input_stats(args.model)
+    model, record = build_backbone(record)
+    dim = record.dim
+    log.info("backbone %s", record.describe())
+    channels_last = resolve_channels_last(args.channels_last, model, record.backbone)
     model = model.to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     first = next(batches, None)  # decoded while the model was built
     first_out = None
     if first is not None:
-        first_out = check_first_batch(model, first, dim, name=args.model, image_size=args.image_size, mean=mean,
-                                      std=std, device=device, precision=precision, channels_last=channels_last)
+        first_out = check_first_batch(model, first, record, device=device, precision=precision,
+                                      channels_last=channels_last)
         batches = itertools.chain([first], batches)
     header = {**identity, "plan_sha256": fingerprint, "videos_sha256": videos_fp, "batch_size": args.batch_size}
     partial = out_dir / f"{args.split}.npy.partial"
@@ -628,7 +651,7 @@ def embed_split(args: argparse.Namespace, info: DistInfo) -> int:
             np.lib.format.open_memmap(partial, mode="w+", dtype=args.dtype, shape=shape).flush()
     barrier(info)  # rank 0's fresh files exist before any rank opens them
     log.info("rank %d: %d batch(es) of %d frames to embed (%d of %d frames done before); %dpx %s, D=%d, %s, %s",
-             info.rank, len(batch_ids), args.batch_size, int(done.sum()), total, args.image_size, args.resize, dim,
+             info.rank, len(batch_ids), args.batch_size, int(done.sum()), total, record.image_size, record.resize.mode, dim,
              device, precision)
     if partial.is_file():
         arr = np.load(partial, mmap_mode="r+")
@@ -637,7 +660,7 @@ def embed_split(args: argparse.Namespace, info: DistInfo) -> int:
                                 f"delete it and {out_dir}/.{args.split}.progress.* to start over")
         plog = ProgressLog(progress_path(out_dir, args.split, info.rank), header)
         try:
-            extract(model, batches, len(batch_ids), arr, plog.append, mean=mean, std=std, device=device,
+            extract(model, batches, len(batch_ids), arr, plog.append, mean=record.mean, std=record.std, device=device,
                     precision=precision, channels_last=channels_last, strict=args.strict,
                     show_progress=info.is_main, checkpoint_seconds=args.checkpoint_seconds, first_out=first_out)
         finally:
@@ -653,7 +676,7 @@ def embed_split(args: argparse.Namespace, info: DistInfo) -> int:
     if not done.all():
         raise BadInputError(f"{int((~done).sum())} frame(s) of {args.split} still lack embeddings; rerun the command")
     meta = {"split": args.split, **identity, **frame_settings, "max_len": max_len, "feature_dim": dim,
-            "class_names": class_names, "num_classes": len(class_names),
+            "class_names": class_names, "num_classes": len(class_names), "backbone_record": record.to_dict(),
             "subsampled_videos": sum(p.num_frames > len(p.frames) for p in plans), "plan_sha256": fingerprint,
             "videos_sha256": videos_fp, "channels_last": channels_last}
     meta, failures = finalize(out_dir, args.split, plans, bad, plan_failures, meta, args.strict, nonfinite)

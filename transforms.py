@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import cv2
@@ -63,29 +64,92 @@ def read_frame(path: str, rgb: bool = True) -> np.ndarray:
 
 # ----------------------------------------------------------------------------------------------- eval / predict
 
+# Interpolation names (timm's pretrained configs, Hugging Face's PIL `resample` codes mapped to these) -> OpenCV.
+# OpenCV's cubic uses a = -0.75 where PIL uses a = -0.5, and neither OpenCV's linear nor its cubic antialias when
+# shrinking while PIL and torchvision's antialiased tensor resize do: so a shrink by 2x or more uses INTER_AREA
+# whatever the name. Measured against timm's own eval transform on real frames (README, "Backbones"), the pixels
+# then differ by 0.5-0.9 grey levels on average.
+INTERPOLATIONS = {
+    "nearest": cv2.INTER_NEAREST,
+    "bilinear": cv2.INTER_LINEAR,
+    "bicubic": cv2.INTER_CUBIC,
+    "lanczos": cv2.INTER_LANCZOS4,
+    "area": cv2.INTER_AREA,
+}
+# How each library rounds the resized long side and the centre-crop offset. One pixel of shift moves every edge,
+# so these matter more than the interpolation kernel: rounding as ActionBERT did instead of as timm does puts the
+# same frame 3-11 grey levels away from timm's on average, against 0.5-0.9 when rounding as timm does.
+#   actionbert   : round(long side), floor(offset): torchvision-named backbones, byte-identical to earlier runs
+#   timm         : torchvision's Resize + CenterCrop (int(long side), round(offset)), what timm's eval transform uses
+#   transformers : Hugging Face image processors (int(long side), floor(offset))
+CONVENTIONS = {"actionbert": (round, math.floor), "timm": (int, round), "transformers": (int, math.floor)}
 
-def resize_frame(img: np.ndarray, image_size: int, resize: str = "crop") -> np.ndarray:
-    """Resize (and centre-crop) an HxWx3 frame to image_size x image_size: the evaluation and predict transform.
 
-    crop: shorter side to image_size, then the centre square (keeps the aspect ratio);
-    squash: straight to SxS (the original code's behaviour, distorts the aspect ratio).
-    INTER_AREA for strong downscaling (no aliasing), INTER_LINEAR otherwise (5x cheaper, same result near 1:1).
-    Every OpenCV resize works per channel, so RGB and BGR give the same pixels.
+@dataclass(frozen=True)
+class ResizeSpec:
+    """How a frame becomes a backbone's S x S input: what a backbone record says about geometry.
+
+    crop:   shorter side to floor(size / crop_pct), then the centre size x size (timm's eval transform; crop_pct 1
+            keeps the whole shorter side);
+    squash: both sides to floor(size / crop_pct), then the centre crop (timm's `squash`; with crop_pct 1 straight to
+            size x size, the original code's behaviour, which distorts the aspect ratio).
     """
-    if resize not in RESIZE_MODES:
-        raise ValueError(f"resize must be one of {RESIZE_MODES}, got {resize!r}")
+
+    size: int
+    mode: str = "crop"
+    crop_pct: float = 1.0
+    interpolation: str = "bilinear"
+    convention: str = "actionbert"
+
+    def __post_init__(self) -> None:
+        if self.mode not in RESIZE_MODES:
+            raise ValueError(f"resize must be one of {RESIZE_MODES}, got {self.mode!r}")
+        if self.interpolation not in INTERPOLATIONS:
+            raise ValueError(f"interpolation must be one of {tuple(INTERPOLATIONS)}, got {self.interpolation!r}")
+        if self.convention not in CONVENTIONS:
+            raise ValueError(f"convention must be one of {tuple(CONVENTIONS)}, got {self.convention!r}")
+        if not 0 < self.crop_pct <= 1 or self.size < 1:
+            raise ValueError(f"need size >= 1 and 0 < crop_pct <= 1, got {self.size}, {self.crop_pct}")
+
+    @property
+    def scale_size(self) -> int:
+        """The side the frame is resized to before the centre crop (timm: floor(size / crop_pct))."""
+        return max(self.size, math.floor(self.size / self.crop_pct + 1e-6))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def as_resize_spec(spec: ResizeSpec | int, resize: str = "crop") -> ResizeSpec:
+    """A ResizeSpec as given, or an image size with a resize mode (the torchvision backbones' preprocessing)."""
+    return spec if isinstance(spec, ResizeSpec) else ResizeSpec(int(spec), resize)
+
+
+def _interpolation(spec: ResizeSpec, old: tuple[int, int], new: tuple[int, int]) -> int:
+    return cv2.INTER_AREA if new[0] * 2 <= old[0] or new[1] * 2 <= old[1] else INTERPOLATIONS[spec.interpolation]
+
+
+def resize_frame(img: np.ndarray, spec: ResizeSpec | int, resize: str = "crop") -> np.ndarray:
+    """Resize and centre-crop an HxWx3 frame to S x S as `spec` says (an int: ResizeSpec(int, resize)): the
+    evaluation and predict transform. Every OpenCV resize works per channel, so RGB and BGR give the same pixels."""
+    spec = as_resize_spec(spec, resize)
     h, w = img.shape[:2]
-    if resize == "squash":
-        new_w, new_h = image_size, image_size
+    size, scale_size = spec.size, spec.scale_size
+    round_long, round_offset = CONVENTIONS[spec.convention]
+    if spec.mode == "squash":
+        new_w, new_h = scale_size, scale_size
+    elif spec.convention == "actionbert":
+        scale = scale_size / min(h, w)
+        new_w, new_h = max(scale_size, round(w * scale)), max(scale_size, round(h * scale))
+    elif h <= w:
+        new_w, new_h = max(scale_size, round_long(scale_size * w / h)), scale_size
     else:
-        scale = image_size / min(h, w)
-        new_w, new_h = max(image_size, round(w * scale)), max(image_size, round(h * scale))
+        new_w, new_h = scale_size, max(scale_size, round_long(scale_size * h / w))
     if (new_w, new_h) != (w, h):
-        interp = cv2.INTER_AREA if new_w * 2 <= w or new_h * 2 <= h else cv2.INTER_LINEAR
-        img = cv2.resize(img, (new_w, new_h), interpolation=interp)
-    if resize == "crop":
-        top, left = (new_h - image_size) // 2, (new_w - image_size) // 2
-        img = img[top : top + image_size, left : left + image_size]
+        img = cv2.resize(img, (new_w, new_h), interpolation=_interpolation(spec, (w, h), (new_w, new_h)))
+    if (new_w, new_h) != (size, size):
+        top, left = int(round_offset((new_h - size) / 2)), int(round_offset((new_w - size) / 2))
+        img = img[top : top + size, left : left + size]
     return img
 
 
@@ -94,16 +158,16 @@ def to_chw(img: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))
 
 
-def preprocess_frame(rgb: np.ndarray, image_size: int, resize: str = "crop") -> torch.Tensor:
+def preprocess_frame(rgb: np.ndarray, spec: ResizeSpec | int, resize: str = "crop") -> torch.Tensor:
     """RGB uint8 HxWx3 -> uint8 (3, S, S): a decoded frame as a backbone's input, before normalisation."""
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
         raise ValueError(f"expected an RGB uint8 HxWx3 frame, got {rgb.dtype} {rgb.shape}")
-    return to_chw(resize_frame(rgb, image_size, resize))
+    return to_chw(resize_frame(rgb, spec, resize))
 
 
-def load_frame(path: str, image_size: int, resize: str = "crop") -> torch.Tensor:
+def load_frame(path: str, spec: ResizeSpec | int, resize: str = "crop") -> torch.Tensor:
     """Frame file -> uint8 (3, S, S) RGB, as stage 2's workers feed the backbone: `preprocess_frame` of the file."""
-    return preprocess_frame(read_frame(path), image_size, resize)
+    return preprocess_frame(read_frame(path), spec, resize)
 
 
 def normalize_batch(
@@ -162,16 +226,19 @@ def sample_crop(
     return (height - h) // 2, (width - w) // 2, h, w
 
 
-def _resize_exact(img: np.ndarray, width: int, height: int) -> np.ndarray:
-    shrink = width < img.shape[1] or height < img.shape[0]
-    return cv2.resize(img, (width, height), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
-
-
-def crop_resize_flip(frame: np.ndarray, box: tuple[int, int, int, int], size: int, flip: bool) -> np.ndarray:
-    """Crop `box` from an HxWx3 frame, resize to size x size, optionally mirror left-right: the training
-    transform of one frame of a clip, with the box and flip drawn once per clip (motion between frames is kept)."""
+def crop_resize_flip(
+    frame: np.ndarray, box: tuple[int, int, int, int], spec: ResizeSpec | int, flip: bool
+) -> np.ndarray:
+    """Crop `box` from an HxWx3 frame, resize to S x S, optionally mirror left-right: the training transform of one
+    frame of a clip, with the box and flip drawn once per clip (motion between frames is kept). Any shrink uses
+    INTER_AREA, an enlargement the backbone's own interpolation (`spec`; an int is bilinear)."""
+    spec = as_resize_spec(spec)
     top, left, h, w = box
-    out = _resize_exact(frame[top : top + h, left : left + w], size, size)
+    out = frame[top : top + h, left : left + w]
+    size = spec.size
+    shrink = size < w or size < h
+    interp = cv2.INTER_AREA if shrink else INTERPOLATIONS[spec.interpolation]
+    out = cv2.resize(out, (size, size), interpolation=interp)
     return np.ascontiguousarray(out[:, ::-1]) if flip else out
 
 

@@ -1,4 +1,4 @@
-"""End-to-end models: a torchvision CNN trained jointly with one of the sequence heads.
+"""End-to-end models: a frame backbone (torchvision, timm or Hugging Face) trained jointly with a sequence head.
 
 `EndToEndModel` = `models.backbone.build_backbone(name, weights)` (the same backbone as stage 2) followed by
 `models.build_model(head_name, input_dim=D, ...)` (the same head code as the embedding route). It maps
@@ -8,7 +8,8 @@ returns the logits averaged over the views.
 Clips may be uint8 RGB (what `clip_dataset.ClipDataset` yields: 4x less worker-to-main and host-to-device
 traffic; `transforms.preprocess_frame` gives the same for predict.py) and are normalised here with stage 2's
 `transforms.normalize_batch` and the backbone's own mean and std, on the device they are on; float clips are taken
-as already normalised.
+as already normalised. The backbone's record (models.backbone.BackboneRecord) travels in the model's config, so
+a checkpoint rebuilds the same architecture, input and feature without the original files.
 
 Names are `e2e_<head>`: e2e_bilstm, e2e_bert, e2e_roberta, e2e_meanpool. `build_e2e_model(**model.config)`
 rebuilds a model from a checkpoint's config, like `build_model` does for heads.
@@ -27,7 +28,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from models import MODEL_NAMES, build_model
-from models.backbone import build_backbone, input_stats, prefers_channels_last
+from models.backbone import BackboneRecord, FrameEncoder, build_backbone, prefers_channels_last
 from models.base import VideoModel, decay_param_groups, length_mask
 from transforms import normalize_batch
 from utils import BadInputError
@@ -38,7 +39,8 @@ E2E_PREFIX = "e2e_"
 E2E_MODEL_NAMES = tuple(E2E_PREFIX + name for name in MODEL_NAMES)
 
 # Keys of an e2e model's config that belong to the model rather than to its head.
-_E2E_KEYS = ("name", "backbone", "weights", "freeze_backbone_stages", "grad_checkpointing", "channels_last")
+_E2E_KEYS = ("name", "backbone", "weights", "freeze_backbone_stages", "grad_checkpointing", "channels_last", "feature",
+             "image_size", "resize", "backbone_record")
 
 
 def is_e2e_name(name: str) -> bool:
@@ -65,19 +67,76 @@ def _find_resnet(module: nn.Module) -> nn.Module | None:
     return None
 
 
-def backbone_stages(backbone: nn.Module) -> list[list[nn.Module]]:
-    """Stages in input order, each a list of modules.
+Stage = list[nn.Module | nn.Parameter]  # what freezing one stage sets requires_grad=False on
 
-    ResNets: stage 0 = conv1 + bn1 (the stem), stages 1-4 = layer1..layer4. Other architectures: the
-    children of a `features` Sequential when there is one (VGG, MobileNet, EfficientNet, DenseNet), else the
-    top-level children that hold parameters. Freezing K stages freezes the first K of this list.
+
+def backbone_stages(backbone: nn.Module) -> list[Stage]:
+    """Stages in input order, each a list of modules (and loose parameters such as a ViT's class token).
+
+    ResNets (torchvision's and timm's): stage 0 = conv1 + bn1 (the stem), stages 1-4 = layer1..layer4. timm and
+    Hugging Face models: `block_stages` (the input embedding with the first block, one block each, then what follows
+    the blocks). Other torchvision models: the children of a `features` Sequential when there is one (VGG,
+    MobileNet, EfficientNet, DenseNet), else the top-level children that hold parameters. Freezing K stages freezes
+    the first K of this list.
     """
     net = _find_resnet(backbone)
     if net is not None:
         return [[net.conv1, net.bn1], [net.layer1], [net.layer2], [net.layer3], [net.layer4]]
+    if isinstance(backbone, FrameEncoder):
+        return block_stages(backbone.model)
     features = getattr(backbone, "features", None)
     parent = features if isinstance(features, nn.Sequential) else backbone
     return [[child] for child in parent.children() if any(True for _ in child.parameters())]
+
+
+def main_blocks(model: nn.Module) -> tuple[str, nn.Module] | None:
+    """The model's sequence of blocks: the Sequential or ModuleList of two or more parameterised children holding the
+    most parameters (timm's `blocks` or ConvNeXt `stages`, Hugging Face's `encoder.layer(s)`)."""
+    best, best_count = None, 0
+    for name, module in model.named_modules():
+        if isinstance(module, (nn.Sequential, nn.ModuleList)):
+            children = list(module.children())
+            if len(children) >= 2 and all(any(True for _ in c.parameters()) for c in children):
+                count = sum(p.numel() for p in module.parameters())
+                if count > best_count:
+                    best, best_count = (name, module), count
+    return best
+
+
+def _cover(model: nn.Module, names: set[str]) -> Stage:
+    """The outermost submodules whose parameters are all in `names`, plus the parameters of `names` left over."""
+    out: Stage = []
+    taken: list[str] = []
+    for mname, module in model.named_modules():
+        if not mname or any(mname.startswith(t + ".") for t in taken):
+            continue
+        params = [f"{mname}.{n}" for n, _ in module.named_parameters()]
+        if params and all(p in names for p in params):
+            out.append(module)
+            taken.append(mname)
+    covered = {f"{t}.{n}" for t in taken for n, _ in model.get_submodule(t).named_parameters()}
+    out += [p for n, p in model.named_parameters() if n in names and n not in covered]
+    return out
+
+
+def block_stages(model: nn.Module) -> list[Stage]:
+    """Stages of a timm or Hugging Face model: stage 1 is the input embedding (patch embedding, class and register
+    tokens, position table, pre-norm; a CNN's stem) with the first block, then one stage per block (ViT block,
+    ConvNeXt stage), then everything after the blocks (final norm, pooling head, projection). So freezing K <= the
+    number of blocks freezes the embedding and the first K blocks; one more freezes the whole backbone."""
+    found = main_blocks(model)
+    if found is None:
+        return [[child] for child in model.children() if any(True for _ in child.parameters())]
+    path, blocks = found
+    names = [n for n, _ in model.named_parameters()]
+    in_block = {n: i for i in range(len(blocks)) for n in names if n.startswith(f"{path}.{i}.")}
+    first = min(names.index(n) for n in in_block)
+    before = {n for n in names[:first] if n not in in_block}
+    after = {n for n in names[first:] if n not in in_block}
+    stages: list[Stage] = [[*_cover(model, before), blocks[0]], *[[blocks[i]] for i in range(1, len(blocks))]]
+    if after:
+        stages.append(_cover(model, after))
+    return stages
 
 
 def _batch_norms(modules: Iterable[nn.Module]) -> Iterator[nn.modules.batchnorm._BatchNorm]:
@@ -138,12 +197,12 @@ def _checkpointed_class(cls: type) -> type:
     return type(f"Checkpointed{cls.__name__}", (_CheckpointedStage, cls), {})
 
 
-def checkpoint_units(stage: list[nn.Module]) -> Iterator[nn.Module]:
+def checkpoint_units(stage: Stage) -> Iterator[nn.Module]:
     """The segments checkpointing wraps: the blocks of a Sequential of blocks (ResNet's layerN: one BasicBlock or
     Bottleneck at a time, so backward holds one block's activations, not a stage's), else the module itself.
     Single layers (ResNet's conv1 and bn1) are left alone: checkpointing one layer saves nothing."""
     for module in stage:
-        children = list(module.children())
+        children = list(module.children()) if isinstance(module, nn.Module) else []
         if not children:
             continue
         if isinstance(module, nn.Sequential) and all(any(True for _ in c.children()) for c in children):
@@ -163,8 +222,25 @@ def set_stage_checkpointing(module: nn.Module, enabled: bool) -> None:
 # ---------------------------------------------------------------------------------------------------------------
 
 
+def unused_parameters(backbone: FrameEncoder) -> list[nn.Parameter]:
+    """Backbone parameters the chosen feature never reaches (the final norm when the feature is the class token read
+    before it, DINOv2's mask token of masked-image pre-training), found by one backward pass in eval mode. They are
+    frozen: DistributedDataParallel needs a gradient for every trainable parameter, and they would never learn."""
+    was_training = backbone.training
+    backbone.eval()
+    params = [p for p in backbone.parameters() if p.requires_grad]
+    size = backbone.record.image_size
+    try:
+        with torch.enable_grad():
+            out = backbone(torch.zeros((1, 3, size, size), device=params[0].device))
+            grads = torch.autograd.grad(out.float().sum(), params, allow_unused=True)
+    finally:
+        backbone.train(was_training)
+    return [p for p, g in zip(params, grads, strict=True) if g is None]
+
+
 class EndToEndModel(VideoModel):
-    """A CNN applied to every real frame, then a sequence head over the per-frame features."""
+    """A frame backbone applied to every real frame, then a sequence head over the per-frame features."""
 
     supports_grad_checkpointing: ClassVar[bool] = True
 
@@ -177,15 +253,26 @@ class EndToEndModel(VideoModel):
         freeze_backbone_stages: int = 0,
         grad_checkpointing: bool = False,
         channels_last: bool | None = None,
+        feature: str = "pooled",
+        image_size: int | None = None,
+        resize: str | None = None,
+        backbone_record: dict[str, Any] | None = None,
         **head_config: Any,
     ) -> None:
         super().__init__()
         self.head_name = head_name
         self.backbone_name = backbone
-        self.backbone, dim = build_backbone(backbone, weights)
+        # a checkpoint's record rebuilds exactly its backbone; otherwise the flags resolve one (models.backbone)
+        source = BackboneRecord.from_dict(backbone_record) if backbone_record else backbone
+        self.backbone, self.backbone_record = build_backbone(source, weights, feature=feature, image_size=image_size,
+                                                             resize=resize)
         self.backbone.requires_grad_(True)  # build_backbone hands out a frozen feature extractor
-        self.input_mean, self.input_std = input_stats(backbone)
-        self.feature_dim = self.input_dim = int(dim)  # input_dim: what checkpoint.py records as feature_dim
+        self.input_mean, self.input_std = self.backbone_record.mean, self.backbone_record.std
+        self._unused = unused_parameters(self.backbone) if isinstance(self.backbone, FrameEncoder) else []
+        # torchvision models: no library switch; BatchNorm models: our checkpointing keeps the running stats right
+        self._library_checkpointing = isinstance(self.backbone, FrameEncoder) and not any(
+            True for _ in _batch_norms([self.backbone]))
+        self.feature_dim = self.input_dim = int(self.backbone_record.dim)  # what checkpoint.py records as feature_dim
         self.head = build_model(head_name, input_dim=self.feature_dim, num_classes=num_classes, **head_config)
         self.num_classes = int(num_classes)
         # channels_last where it measured faster (models.backbone.prefers_channels_last), on the CPU as on CUDA
@@ -205,6 +292,7 @@ class EndToEndModel(VideoModel):
             "freeze_backbone_stages": self.freeze_backbone_stages,
             "grad_checkpointing": self.grad_checkpointing,
             "channels_last": self.channels_last,
+            "backbone_record": self.backbone_record.to_dict(),
             **head_cfg,
         }
 
@@ -220,29 +308,35 @@ class EndToEndModel(VideoModel):
         return len(self._stages)
 
     def frozen_modules(self) -> list[nn.Module]:
-        return [m for stage in self._stages[: self.freeze_backbone_stages] for m in stage]
+        return [m for stage in self._stages[: self.freeze_backbone_stages] for m in stage if isinstance(m, nn.Module)]
 
     def set_frozen_stages(self, k: int) -> None:
-        """Freeze the first k stages: no gradients, and their BatchNorm stays in eval mode while training."""
+        """Freeze the first k stages: no gradients, and their BatchNorm (and dropout) stays in eval mode while
+        training. Parameters the feature never uses stay frozen whatever k is."""
         if not 0 <= k <= self.num_stages:
             raise BadInputError(
                 f"--freeze_backbone_stages {k}: {self.backbone_name} has {self.num_stages} stages (0..{self.num_stages})"
             )
         self.freeze_backbone_stages = int(k)
         for i, stage in enumerate(self._stages):
-            for module in stage:
-                module.requires_grad_(i >= k)
+            for entry in stage:
+                entry.requires_grad_(i >= k)
+        for p in self._unused:
+            p.requires_grad_(False)
         self.train(self.training)
         self.set_grad_checkpointing(self.grad_checkpointing)  # frozen stages need no checkpointing
         if hasattr(self, "config"):
             self.config["freeze_backbone_stages"] = self.freeze_backbone_stages
 
     def set_grad_checkpointing(self, enabled: bool) -> None:
-        """Recompute the activations of each block of the trainable stages in backward instead of storing them."""
+        """Recompute the backbone's activations in backward instead of storing them: the library's own switch for
+        timm and Hugging Face models without BatchNorm (timm set_grad_checkpointing, transformers' activation
+        checkpointing), else each block of the trainable stages, with BatchNorm's running stats counted once."""
         self.grad_checkpointing = bool(enabled)
-        for i, stage in enumerate(self._stages):
-            for module in checkpoint_units(stage):
-                set_stage_checkpointing(module, enabled and i >= self.freeze_backbone_stages)
+        if not (self._library_checkpointing and self.backbone.set_library_checkpointing(self.grad_checkpointing)):
+            for i, stage in enumerate(self._stages):
+                for module in checkpoint_units(stage):
+                    set_stage_checkpointing(module, enabled and i >= self.freeze_backbone_stages)
         if hasattr(self, "config"):
             self.config["grad_checkpointing"] = self.grad_checkpointing
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torchvision
 
-from models.backbone import IMAGENET_MEAN, IMAGENET_STD, build_backbone, embed_batch, find_classifier, input_stats
+from models.backbone import IMAGENET_MEAN, IMAGENET_STD, build_backbone, embed_batch, find_classifier, resolve_backbone
 from utils import BadInputError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -17,7 +17,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.mark.parametrize("name", ["resnet18", "mobilenet_v3_small", "efficientnet_b0"])
 def test_headless_backbone_dim_matches_its_output(name):
-    model, dim = build_backbone(name, "none", seed=0)
+    model, record = build_backbone(name, "none", seed=0)
+    dim = record.dim
     reference = torchvision.models.get_model(name, weights=None)
     assert dim == find_classifier(reference)[1].in_features  # read from the model, not a table
     assert not model.training and not any(p.requires_grad for p in model.parameters())
@@ -43,8 +44,8 @@ def test_weights_path_full_or_headless_state_dict(tmp_path):
     full = torchvision.models.resnet18(weights=None)
     full_path = tmp_path / "full.pth"
     torch.save(full.state_dict(), full_path)
-    model, dim = build_backbone("resnet18", str(full_path))
-    assert dim == 512 and torch.equal(model.state_dict()["conv1.weight"], full.state_dict()["conv1.weight"])
+    model, record = build_backbone("resnet18", str(full_path))
+    assert record.dim == 512 and torch.equal(model.state_dict()["conv1.weight"], full.state_dict()["conv1.weight"])
     x = torch.randn(2, 3, 64, 64)
     full.fc = torch.nn.Identity()
     full.eval()
@@ -85,14 +86,16 @@ def test_imagenet_download_failure_names_the_alternatives(monkeypatch, tmp_path)
 
 
 def test_torchvision_backbones_take_imagenet_statistics():
-    assert input_stats("resnet18") == input_stats("efficientnet_b0") == (IMAGENET_MEAN, IMAGENET_STD)
+    stats = [(r.mean, r.std) for r in (resolve_backbone("resnet18"), resolve_backbone("efficientnet_b0"))]
+    assert stats[0] == stats[1] == (IMAGENET_MEAN, IMAGENET_STD)
     weights = torchvision.models.get_model_weights("resnet18").DEFAULT
     assert tuple(weights.transforms().mean) == IMAGENET_MEAN and tuple(weights.transforms().std) == IMAGENET_STD
 
 
 def test_bf16_autocast_on_cpu():
     """The resolution rules are precision.py's (tests/test_precision.py); here, the embedding under bf16."""
-    model, dim = build_backbone("resnet18", "none", seed=0)
+    model, record = build_backbone("resnet18", "none", seed=0)
+    dim = record.dim
     x = torch.randn(2, 3, 64, 64)
     bf16 = embed_batch(model, x, "bf16")
     fp32 = embed_batch(model, x, "fp32")

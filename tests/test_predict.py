@@ -188,7 +188,8 @@ def test_backbone_weights_override_and_missing_provenance(pipeline, tmp_path):
     a = predict.predict_video(predict.load_predictor(pipeline["meanpool"]), video)
     b = predict.predict_video(predict.load_predictor(pipeline["meanpool"], str(tmp_path / "r18.pth")), video)
     np.testing.assert_allclose(a.probs, b.probs, atol=1e-6)
-    ckpt["data_info"]["weights"] = str(tmp_path / "elsewhere" / "r18.pth")  # trained on another machine
+    moved = str(tmp_path / "elsewhere" / "r18.pth")  # trained on another machine
+    ckpt["data_info"]["weights"] = ckpt["data_info"]["backbone_record"]["weights"] = moved
     torch.save(ckpt, tmp_path / "moved.pth")
     with pytest.raises(BadInputError, match="--backbone_weights PATH"):
         predict.load_predictor(tmp_path / "moved.pth")

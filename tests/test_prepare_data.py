@@ -165,7 +165,8 @@ def test_rerun_is_noop_and_other_settings_are_refused(reference, fixture_frames,
 def test_embedding_does_not_depend_on_batch_mates(fixture_frames):
     frames, _ = fixture_frames
     torch.manual_seed(0)
-    model, dim = build_backbone("resnet18", "none", seed=0)
+    model, record = build_backbone("resnet18", "none", seed=0)
+    dim = record.dim
     clips = sorted(p for p in frames.iterdir() if p.is_dir())
     batch = [[load_frame(str(f), 64, "crop") for f in sorted(c.glob("*.jpg"))[:4]] for c in clips[:3]]
     stats = IMAGENET_MEAN, IMAGENET_STD
