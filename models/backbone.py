@@ -207,7 +207,7 @@ def resolve_backbone(
     if source == "timm":
         full_name, own, mean, std = _timm_input(lib_name)
     else:
-        full_name, (own, mean, std) = lib_name, _hf_input(lib_name, weights)
+        full_name, (own, mean, std) = lib_name, _hf_input(lib_name)
     spec, overridden = _override(own, image_size, resize)
     return BackboneRecord(backbone=f"{source}:{lib_name}", source=source, name=full_name, weights=weights,
                           seed=seed if weights == "none" else None, feature=feature, resize=spec, mean=mean, std=std,
@@ -272,14 +272,16 @@ def _interpolation_name(value: Any, where: str) -> str:
 
 
 def _timm_projection(model: nn.Module, name: str) -> str | None:
-    """How a timm model gives its image-text embedding: 'head' (CLIP image towers keep their projection as the
-    head), 'pooled' (SigLIP: the attention-pool head output is the image embedding, as SigLIP's
-    get_image_features returns it) or None (no image-text projection)."""
+    """How a timm model gives its image-text embedding: 'head' (CLIP image towers, ViT, ConvNeXt or ResNet, keep
+    their projection as the classifier head), 'pooled' (SigLIP: the attention-pool head output is the image
+    embedding, as SigLIP's get_image_features returns it) or None (no image-text projection; a fine-tuned CLIP's head
+    is a classifier)."""
     arch, _, tag = name.partition(".")
-    fine_tuned = "ft" in tag.split("_")
-    if "siglip" in arch and not fine_tuned and getattr(model, "attn_pool", None) is not None:
+    if "ft" in tag.split("_"):
+        return None
+    if "siglip" in arch and getattr(model, "attn_pool", None) is not None:
         return "pooled"
-    if "clip" in arch and not fine_tuned and isinstance(getattr(model, "head", None), nn.Linear):
+    if "clip" in name and getattr(model, "num_classes", 0) > 0:
         return "head"
     return None
 
@@ -330,17 +332,12 @@ def _build_timm(record: BackboneRecord, weights: str, seed: int | None, flag: st
 # ----------------------------------------------------------------------------------------------- Hugging Face
 
 
-def _hf_source(name: str, weights: str) -> str:
-    """Where an hf backbone's files are: the --weights folder, else NAME (a hub id or folder)."""
-    return weights if weights not in ("pretrained", "none") else name
-
-
-def _hf_input(name: str, weights: str) -> tuple[ResizeSpec, tuple, tuple]:
+def _hf_input(name: str) -> tuple[ResizeSpec, tuple, tuple]:
     """Input, mean and std from the model's image processor config (preprocessor_config.json), read as the
     processor would read it but without instantiating one (no PIL or torchvision code at run time)."""
     from transformers.image_processing_base import ImageProcessingMixin
 
-    src = _hf_source(name, weights)
+    src = name
     try:
         cfg, _ = ImageProcessingMixin.get_image_processor_dict(src)
     except Exception as exc:  # missing file, offline hub, unreadable JSON
@@ -388,31 +385,36 @@ def _hf_input(name: str, weights: str) -> tuple[ResizeSpec, tuple, tuple]:
     return spec, mean, std
 
 
+class _DropLoadReport(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "LOAD REPORT" not in record.getMessage()
+
+
 @contextmanager
 def _quiet_load_report() -> Iterator[None]:
     """transformers logs a report of unexpected keys (a CLIP checkpoint's text tower, when only its vision tower is
-    built) as a warning; missing keys, the ones that matter, are checked here instead."""
-    logger = logging.getLogger("transformers.modeling_utils")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
+    built) as a warning; missing keys, the ones that matter, are checked here instead. A filter, not a level:
+    transformers runs extra checks (and warns) when its logger's level is raised."""
+    logger, drop = logging.getLogger("transformers.modeling_utils"), _DropLoadReport()
+    logger.addFilter(drop)
     try:
         yield
     finally:
-        logger.setLevel(level)
+        logger.removeFilter(drop)
 
 
-def _hf_vision_config(record: BackboneRecord, src: str) -> Any:
-    """The vision part of the model's config: from the record (rebuilding offline) or read from `src`."""
+def _hf_vision_config(record: BackboneRecord) -> Any:
+    """The vision part of the model's config: from the record (rebuilding offline) or read from NAME."""
     from transformers import AutoConfig
 
     if record.config is not None:
         d = dict(record.config)
         return AutoConfig.for_model(d.pop("model_type"), **d)
     try:
-        config = AutoConfig.from_pretrained(src)
+        config = AutoConfig.from_pretrained(record.name)
     except Exception as exc:
-        raise BadInputError(f"hf:{record.name}: cannot read its config.json from {src} ({_first_line(exc)}); "
-                            "offline, pass a local model folder: hf:DIR") from None
+        raise BadInputError(f"hf:{record.name}: cannot read its config.json ({_first_line(exc)}); offline, pass a "
+                            "local model folder: hf:DIR") from None
     return getattr(config, "vision_config", None) or config
 
 
@@ -420,8 +422,8 @@ def _build_hf(record: BackboneRecord, weights: str, seed: int | None, flag: str)
     import transformers
     from transformers.models.auto.modeling_auto import MODEL_MAPPING_NAMES
 
-    src = _hf_source(record.name, weights)
-    config = _hf_vision_config(record, src)
+    src = record.name if weights in ("pretrained", "none") else weights  # the weights: NAME's or a --weights folder
+    config = _hf_vision_config(record)
     class_name = MODEL_MAPPING_NAMES.get(config.model_type)
     if class_name is None:
         raise BadInputError(f"hf:{record.name}: transformers has no model for config type {config.model_type!r}")

@@ -122,3 +122,44 @@ def fuzz_video_dir(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) 
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         os.symlink(shared_data / "videos" / "carphone_pristine.mp4", root / rel)
     return root, bad, good
+
+
+# ----------------------------------------------------------------------------------------------- tiny backbones
+
+
+@pytest.fixture(scope="session")
+def tiny_hf_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Tiny Hugging Face vision encoders (random weights from small configs, 32 px, patch 8, 2 layers of width 32)
+    saved with their image processor config, as `hf:DIR` backbones work offline: CLIP with its projection (24-d),
+    DINOv2 (shortest edge 36, centre crop 32) and SigLIP (squashed to 32x32, mean/std 0.5)."""
+    import torch
+    from transformers import (
+        BitImageProcessor,
+        CLIPImageProcessor,
+        CLIPVisionConfig,
+        CLIPVisionModelWithProjection,
+        Dinov2Config,
+        Dinov2Model,
+        SiglipImageProcessor,
+        SiglipVisionConfig,
+        SiglipVisionModel,
+    )
+
+    root = tmp_path_factory.mktemp("hf_models")
+    size = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
+            "patch_size": 8, "image_size": 32}
+    crop = {"height": 32, "width": 32}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        models = {
+            "clip": (CLIPVisionModelWithProjection(CLIPVisionConfig(projection_dim=24, **size)),
+                     CLIPImageProcessor(size={"shortest_edge": 32}, crop_size=crop)),
+            "dinov2": (Dinov2Model(Dinov2Config(**size)),
+                       BitImageProcessor(size={"shortest_edge": 36}, crop_size=crop, do_center_crop=True,
+                                         image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225])),
+            "siglip": (SiglipVisionModel(SiglipVisionConfig(**size)), SiglipImageProcessor(size=crop)),
+        }
+    for name, (model, processor) in models.items():
+        model.save_pretrained(root / name)
+        processor.save_pretrained(root / name)
+    return {name: root / name for name in models}

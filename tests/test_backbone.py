@@ -1,5 +1,7 @@
-"""models/backbone.py: headless torchvision backbones, --weights handling, input statistics, embedding precision.
-The frame preprocessing they take is transforms.py's (tests/test_transforms.py)."""
+"""models/backbone.py: torchvision, timm and Hugging Face backbones, their records (input, feature, D), --weights
+handling, input statistics, embedding precision. The frame preprocessing they take is transforms.py's
+(tests/test_transforms.py). timm models are random-initialised and the Hugging Face ones tiny local folders
+(conftest.tiny_hf_models): nothing is downloaded."""
 
 from __future__ import annotations
 
@@ -9,7 +11,15 @@ import pytest
 import torch
 import torchvision
 
-from models.backbone import IMAGENET_MEAN, IMAGENET_STD, build_backbone, embed_batch, find_classifier, resolve_backbone
+from models.backbone import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    BackboneRecord,
+    build_backbone,
+    embed_batch,
+    find_classifier,
+    resolve_backbone,
+)
 from utils import BadInputError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -101,3 +111,224 @@ def test_bf16_autocast_on_cpu():
     fp32 = embed_batch(model, x, "fp32")
     assert bf16.dtype == torch.float32 and bf16.shape == (2, dim)
     assert not torch.equal(bf16, fp32) and torch.allclose(bf16, fp32, rtol=0.1, atol=0.1)
+
+
+# ----------------------------------------------------------------------------------------------- timm and hf
+
+
+def _timm_model(name: str, seed: int = 0, **kwargs) -> torch.nn.Module:
+    """timm's own model, built the way --weights none --seed builds it, in eval mode."""
+    import timm
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return timm.create_model(name, **kwargs).eval()
+
+
+def test_unknown_backbone_names_list_the_three_prefixes():
+    for name in ("resnet19", "foo:resnet18", "tv:resnet18"):
+        with pytest.raises(BadInputError) as err:
+            resolve_backbone(name)
+        assert all(form in str(err.value) for form in ("torchvision name", "timm:NAME", "hf:NAME_OR_DIR")), err.value
+    with pytest.raises(BadInputError, match="unknown timm model 'not_a_model'"):
+        resolve_backbone("timm:not_a_model")
+    with pytest.raises(BadInputError, match="Invalid pretrained tag"):
+        resolve_backbone("timm:vit_small_patch16_224.no_such_tag")
+    assert resolve_backbone("torchvision:resnet18").backbone == resolve_backbone("resnet18").backbone == "resnet18"
+
+
+def test_timm_record_comes_from_its_pretrained_config_and_records_overrides():
+    import json
+
+    import timm
+
+    clip = resolve_backbone("timm:vit_base_patch16_clip_224.openai")  # no model is built to resolve a record
+    cfg = timm.models.get_pretrained_cfg("vit_base_patch16_clip_224.openai").to_dict()
+    assert clip.weights == "pretrained" and clip.backbone == "timm:vit_base_patch16_clip_224.openai"
+    # without a tag, the record names the weights timm picks (here a fine-tuned ImageNet classifier, not CLIP's own)
+    assert resolve_backbone("timm:vit_base_patch16_clip_224").name == "vit_base_patch16_clip_224.laion2b_ft_in12k_in1k"
+    assert (clip.mean, clip.std) == (tuple(cfg["mean"]), tuple(cfg["std"])) != (IMAGENET_MEAN, IMAGENET_STD)
+    r = clip.resize
+    assert (r.size, r.mode, r.crop_pct, r.interpolation, r.convention) == (224, "crop", cfg["crop_pct"], "bicubic",
+                                                                           "timm")
+    assert clip.overridden == () and clip.dim is None
+    dino = resolve_backbone("timm:vit_small_patch14_dinov2.lvd142m")
+    assert (dino.image_size, dino.resize.crop_pct, dino.mean) == (518, 1.0, IMAGENET_MEAN)
+    small = resolve_backbone("timm:vit_small_patch14_dinov2.lvd142m", "none", image_size=224, resize="squash", seed=3)
+    assert small.overridden == ("image_size", "resize") and (small.image_size, small.resize.mode) == (224, "squash")
+    assert small.seed == 3 and resolve_backbone("timm:convnext_tiny", seed=3).seed is None  # seeds random init only
+    again = BackboneRecord.from_dict(json.loads(json.dumps(small.to_dict())))  # through a JSON file and back
+    assert again == small
+    with pytest.raises(BadInputError, match="imagenet names torchvision's weights"):
+        resolve_backbone("timm:convnext_tiny", "imagenet")
+
+
+def test_hf_record_comes_from_its_image_processor_config(tiny_hf_models):
+    clip = resolve_backbone(f"hf:{tiny_hf_models['clip']}")
+    assert (clip.image_size, clip.resize.mode, clip.resize.crop_pct, clip.resize.interpolation) == (32, "crop", 1.0,
+                                                                                                  "bicubic")
+    assert clip.mean == pytest.approx((0.48145466, 0.4578275, 0.40821073)) and clip.resize.convention == "transformers"
+    dino = resolve_backbone(f"hf:{tiny_hf_models['dinov2']}")
+    assert dino.image_size == 32 and dino.resize.scale_size == 36 and dino.mean == IMAGENET_MEAN
+    siglip = resolve_backbone(f"hf:{tiny_hf_models['siglip']}")
+    assert (siglip.image_size, siglip.resize.mode, siglip.mean, siglip.std) == (32, "squash", (0.5,) * 3, (0.5,) * 3)
+    bare = tiny_hf_models["clip"].parent / "no_processor"
+    bare.mkdir(exist_ok=True)
+    (bare / "config.json").write_text((tiny_hf_models["clip"] / "config.json").read_text())
+    with pytest.raises(BadInputError, match="preprocessor_config.json"):  # never a guess at ImageNet statistics
+        resolve_backbone(f"hf:{bare}")
+
+
+def test_timm_features_shapes_and_their_sources():
+    x = torch.randn(2, 3, 32, 32)
+    vit = _timm_model("vit_tiny_patch16_224", num_classes=0, img_size=32)
+    tokens = vit.forward_features(x)
+    expected = {"pooled": vit(x), "cls": tokens[:, 0], "mean": tokens[:, 1:].mean(1)}
+    for feature, want in expected.items():
+        model, record = build_backbone("timm:vit_tiny_patch16_224", "none", seed=0, feature=feature, image_size=32)
+        assert record.dim == 192 and record.feature == feature and record.overridden == ("image_size",)
+        torch.testing.assert_close(embed_batch(model, x), want)
+    for name, feature, message in (("timm:resnet18", "cls", "feature map, not tokens"),
+                                   ("timm:vit_base_patch16_siglip_224", "cls", "has no class token"),
+                                   ("timm:vit_tiny_patch16_224", "projected", "vit_tiny_patch16_224.* no image-text"),
+                                   ("resnet18", "mean", "torchvision backbones .* pooled")):
+        with pytest.raises(BadInputError, match=message):
+            build_backbone(name, "none", seed=0, feature=feature, image_size=32)
+
+
+def test_timm_clip_projected_is_its_own_image_embedding():
+    name = "vit_base_patch16_clip_224.openai"
+    x = torch.randn(1, 3, 32, 32)
+    own = _timm_model(name, img_size=32)  # timm's CLIP image tower: forward gives the projected embedding
+    projected, record = build_backbone(f"timm:{name}", "none", seed=0, feature="projected", image_size=32)
+    assert record.dim == 512 and own.forward_head(own.forward_features(x), pre_logits=True).shape[1] == 768
+    torch.testing.assert_close(embed_batch(projected, x), own(x))
+
+
+def test_hf_features_equal_the_models_own_outputs(tiny_hf_models):
+    from transformers import CLIPVisionModelWithProjection, SiglipVisionModel
+
+    x = torch.randn(2, 3, 32, 32)
+    clip = CLIPVisionModelWithProjection.from_pretrained(tiny_hf_models["clip"]).eval()
+    with torch.no_grad():
+        out = clip(pixel_values=x)
+        pooled = clip.vision_model(pixel_values=x).pooler_output  # the post-layernormed class token
+    expected = {"pooled": pooled, "cls": out.last_hidden_state[:, 0], "mean": out.last_hidden_state[:, 1:].mean(1),
+                "projected": out.image_embeds}
+    for feature, want in expected.items():
+        model, record = build_backbone(f"hf:{tiny_hf_models['clip']}", feature=feature)
+        assert record.dim == (24 if feature == "projected" else 32), feature
+        torch.testing.assert_close(embed_batch(model, x), want)
+    siglip = SiglipVisionModel.from_pretrained(tiny_hf_models["siglip"]).eval()
+    model, record = build_backbone(f"hf:{tiny_hf_models['siglip']}", feature="projected")
+    with torch.no_grad():  # SigLIP's image embedding (get_image_features) is its attention-pool output
+        torch.testing.assert_close(embed_batch(model, x), siglip(pixel_values=x).pooler_output)
+    assert "SigLIP" in record.feature_from
+    with pytest.raises(BadInputError, match="dinov2.*no image-text projection"):
+        build_backbone(f"hf:{tiny_hf_models['dinov2']}", feature="projected")
+    with pytest.raises(BadInputError, match="no class token"):
+        build_backbone(f"hf:{tiny_hf_models['siglip']}", feature="cls")
+
+
+def test_random_init_and_local_weights_for_timm_and_hf(tmp_path, tiny_hf_models):
+    from safetensors.torch import save_file
+
+    x = torch.randn(2, 3, 32, 32)
+    a, _ = build_backbone("timm:vit_tiny_patch16_224", "none", seed=5, image_size=32)
+    b, _ = build_backbone("timm:vit_tiny_patch16_224", "none", seed=5, image_size=32)
+    c, _ = build_backbone("timm:vit_tiny_patch16_224", "none", seed=6, image_size=32)
+    assert torch.equal(embed_batch(a, x), embed_batch(b, x)) and not torch.equal(embed_batch(a, x), embed_batch(c, x))
+    # timm's own files: a full state_dict with its classifier (.pth) and a headless one (.safetensors)
+    full = _timm_model("vit_tiny_patch16_224", seed=6, img_size=32)
+    torch.save(full.state_dict(), tmp_path / "vit.pth")
+    save_file({k: v for k, v in full.state_dict().items() if not k.startswith("head.")}, tmp_path / "vit.safetensors")
+    with torch.no_grad():
+        want = full.forward_head(full.forward_features(x), pre_logits=True)
+    for path in (tmp_path / "vit.pth", tmp_path / "vit.safetensors"):
+        loaded, record = build_backbone("timm:vit_tiny_patch16_224", str(path), image_size=32)
+        assert record.weights == str(path)
+        torch.testing.assert_close(embed_batch(loaded, x), want)
+    torch.save(_timm_model("resnet18").state_dict(), tmp_path / "resnet.pth")
+    with pytest.raises(BadInputError, match="resnet.pth does not fit"):
+        build_backbone("timm:vit_tiny_patch16_224", str(tmp_path / "resnet.pth"), image_size=32)
+    with pytest.raises(BadInputError, match="model folder"):
+        build_backbone(f"hf:{tiny_hf_models['clip']}", str(tmp_path / "vit.pth"))
+    # hf: random init from the config alone, reproducible; --weights DIR loads another folder's weights
+    r1, _ = build_backbone(f"hf:{tiny_hf_models['clip']}", "none", seed=1)
+    r2, _ = build_backbone(f"hf:{tiny_hf_models['clip']}", "none", seed=1)
+    own, _ = build_backbone(f"hf:{tiny_hf_models['clip']}")
+    assert torch.equal(embed_batch(r1, x), embed_batch(r2, x)) and not torch.equal(embed_batch(r1, x),
+                                                                                      embed_batch(own, x))
+    via_dir, rec = build_backbone(f"hf:{tiny_hf_models['clip']}", str(tiny_hf_models["clip"]))
+    torch.testing.assert_close(embed_batch(via_dir, x), embed_batch(own, x))
+    with pytest.raises(BadInputError, match="does not hold CLIPVisionModel's weights"):
+        build_backbone(f"hf:{tiny_hf_models['clip']}", str(tiny_hf_models["dinov2"]))
+
+
+def test_failed_download_names_the_offline_alternatives_and_never_falls_back(monkeypatch, tiny_hf_models):
+    import timm
+    import transformers
+
+    real_create = timm.create_model
+
+    def offline_create(name, pretrained=False, **kwargs):
+        if pretrained:
+            raise OSError("We couldn't connect to 'https://huggingface.co'")
+        return real_create(name, pretrained=False, **kwargs)
+
+    monkeypatch.setattr(timm, "create_model", offline_create)
+    with pytest.raises(BadInputError) as err:
+        build_backbone("timm:vit_tiny_patch16_224", image_size=32)
+    assert "couldn't connect" in str(err.value) and "--weights none" in str(err.value)
+    assert "--weights PATH" in str(err.value)
+
+    def offline_load(*args, **kwargs):
+        raise OSError("We couldn't connect to 'https://huggingface.co'")
+
+    monkeypatch.setattr(transformers.CLIPVisionModel, "from_pretrained", offline_load)
+    with pytest.raises(BadInputError) as err:
+        build_backbone(f"hf:{tiny_hf_models['clip']}")
+    assert "--weights none" in str(err.value) and "--weights PATH" in str(err.value)
+
+
+@pytest.mark.needs_shared_data
+def test_record_preprocessing_matches_the_librarys_own(tmp_path, shared_data):
+    """OpenCV from the record against timm's own eval transform (PIL) and the model's Hugging Face image processor,
+    on real frames: within about a grey level on average (interpolation kernels differ; benchmarks/
+    check_preprocessing.py measures more backbones). Rounding as the library does is what gets it there."""
+    from dataclasses import replace
+
+    import cv2
+    import numpy as np
+    import timm
+    from PIL import Image
+    from transformers import AutoImageProcessor, CLIPImageProcessor
+
+    from transforms import resize_frame
+
+    CLIPImageProcessor().save_pretrained(tmp_path)  # transformers' CLIP defaults: 224 px, shorter side, bicubic
+
+    frames = []
+    for clip in ("vtest.avi", "bikes.mp4"):
+        ok, bgr = cv2.VideoCapture(str(shared_data / "videos" / clip)).read()
+        assert ok
+        rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+        frames += [rgb, cv2.resize(rgb, (320, 240), interpolation=cv2.INTER_AREA)]  # and at UCF-101's size
+    name = "vit_base_patch16_clip_224.openai"
+    cfg = timm.data.resolve_data_config(pretrained_cfg=timm.models.get_pretrained_cfg(name).to_dict())
+    tf, mean, std = timm.data.create_transform(**cfg), torch.tensor(cfg["mean"]), torch.tensor(cfg["std"])
+    processor = AutoImageProcessor.from_pretrained(tmp_path)
+
+    def timm_own(rgb):
+        return ((tf(Image.fromarray(rgb)) * std.view(3, 1, 1) + mean.view(3, 1, 1)) * 255).permute(1, 2, 0).numpy()
+
+    def hf_own(rgb):
+        out = processor(images=rgb, return_tensors="np", do_normalize=False, do_rescale=False)["pixel_values"][0]
+        return out.transpose(1, 2, 0)
+
+    for spec, own in ((resolve_backbone(f"timm:{name}").resize, timm_own),
+                      (resolve_backbone(f"hf:{tmp_path}").resize, hf_own)):
+        diff = np.mean([np.abs(resize_frame(f, spec).astype(np.float64) - own(f)).mean() for f in frames])
+        legacy = np.mean([np.abs(resize_frame(f, replace(spec, convention="actionbert")).astype(np.float64)
+                                 - own(f)).mean() for f in frames])
+        assert diff < 1.2 and legacy > 2 * diff, (spec, diff, legacy)

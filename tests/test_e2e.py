@@ -243,3 +243,94 @@ def test_init_head_from_embedding_checkpoint(tmp_path):
         _load_head(model, tmp_path / "junk.pth")
     with pytest.raises(BadInputError, match="not found"):
         _load_head(model, tmp_path / "nothing.pth")
+
+
+# ----------------------------------------------------------------------------------------------- timm and hf backbones
+
+
+def _vit(**kw) -> torch.nn.Module:
+    """e2e_meanpool over a random timm ViT-Tiny at 32 px (12 blocks of width 192)."""
+    set_seed(0)
+    return build_e2e_model("e2e_meanpool", num_classes=3, backbone="timm:vit_tiny_patch16_224", weights="none",
+                           image_size=32, **kw)
+
+
+def test_vit_freeze_k_keeps_patch_embedding_and_first_k_blocks():
+    model = _vit(freeze_backbone_stages=2)
+    assert model.num_stages == 13  # embedding + block 1, blocks 2..12, the final norm
+    frozen = {n for n, p in model.backbone.model.named_parameters() if not p.requires_grad}
+    expected = {n for n, _ in model.backbone.model.named_parameters()
+                if n.startswith(("patch_embed.", "blocks.0.", "blocks.1.")) or n in ("cls_token", "pos_embed")}
+    assert frozen == expected
+    before = copy.deepcopy(model.backbone.state_dict())
+    _train_steps(model)
+    after = model.backbone.state_dict()
+    for key, value in before.items():  # no BatchNorm here: LayerNorm models have only weights to keep
+        assert torch.equal(value, after[key]) == (key.removeprefix("model.") in expected), key
+    whole = _vit(freeze_backbone_stages=13)
+    assert not any(p.requires_grad for p in whole.backbone.parameters())
+    with pytest.raises(BadInputError, match="has 13 stages"):
+        _vit(freeze_backbone_stages=14)
+
+
+def test_hf_stages_and_parameters_the_feature_never_uses(tiny_hf_models):
+    """A CLIP vision tower read at its class token never uses its final LayerNorm: those weights are frozen (DDP
+    needs a gradient for every trainable parameter), whatever --freeze_backbone_stages sets; DINOv2's mask token
+    likewise."""
+    set_seed(0)
+    model = build_e2e_model("e2e_meanpool", num_classes=3, backbone=f"hf:{tiny_hf_models['clip']}", feature="cls")
+    assert model.num_stages == 3  # embeddings + pre-norm + layer 1, layer 2, post-norm
+    model.set_frozen_stages(0)
+    clips, lengths, labels = _batch()
+    torch.nn.functional.cross_entropy(model.train()(clips, lengths), labels).backward()
+    no_grad = {n for n, p in model.named_parameters() if p.requires_grad and p.grad is None}
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    assert not no_grad and frozen == {"backbone.model.post_layernorm.weight", "backbone.model.post_layernorm.bias"}
+    dino = build_e2e_model("e2e_meanpool", num_classes=3, backbone=f"hf:{tiny_hf_models['dinov2']}")
+    assert {n for n, p in dino.named_parameters() if not p.requires_grad} == {"backbone.model.embeddings.mask_token"}
+
+
+@pytest.mark.parametrize("backbone", ["timm:vit_tiny_patch16_224", "hf"])
+def test_library_grad_checkpointing_matches_plain_backward(backbone, tiny_hf_models):
+    name = f"hf:{tiny_hf_models['clip']}" if backbone == "hf" else backbone
+    set_seed(0)
+    plain = build_e2e_model("e2e_meanpool", num_classes=3, backbone=name, weights="none", image_size=32, dropout=0.0)
+    ckpt = copy.deepcopy(plain)
+    ckpt.set_grad_checkpointing(True)
+    lib = ckpt.backbone.model
+    assert lib.grad_checkpointing if backbone != "hf" else lib.is_activation_checkpointing  # the library's switch
+    clips, lengths, labels = _batch()
+    for model in (plain, ckpt):
+        torch.nn.functional.cross_entropy(model.train()(clips, lengths), labels).backward()
+    grads = [{k: p.grad for k, p in m.named_parameters() if p.grad is not None} for m in (plain, ckpt)]
+    assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 10
+    assert all(torch.allclose(g, grads[1][k], atol=1e-6, rtol=1e-4) for k, g in grads[0].items())
+    with torch.no_grad():  # and evaluation is unaffected
+        assert torch.allclose(plain.eval()(clips, lengths), ckpt.eval()(clips, lengths), atol=1e-6)
+
+
+def test_timm_cnn_with_batchnorm_keeps_our_checkpointing():
+    """timm's switch would recompute BatchNorm in backward and count each batch twice in its running stats."""
+    set_seed(0)
+    model = build_e2e_model("e2e_meanpool", num_classes=3, backbone="timm:resnet18", weights="none", image_size=32,
+                            grad_checkpointing=True)
+    assert not model.backbone.model.grad_checkpointing
+    assert type(model.backbone.model.layer1[0]).__name__.startswith("Checkpointed")
+    assert model.num_stages == 5  # timm's ResNet has torchvision's stages: stem, layer1..layer4
+
+
+def test_checkpoint_rebuilds_an_hf_backbone_without_its_folder(tiny_hf_models, tmp_path):
+    import shutil
+
+    folder = tmp_path / "clip"
+    shutil.copytree(tiny_hf_models["clip"], folder)
+    set_seed(0)
+    model = build_e2e_model("e2e_meanpool", num_classes=3, backbone=f"hf:{folder}", feature="projected").eval()
+    save_checkpoint(build_checkpoint(model, CLASSES, {"image_size": 32}), tmp_path / "e2e.pth")
+    shutil.rmtree(folder)  # the config travels in the record, the weights in the state
+    ckpt = torch.load(tmp_path / "e2e.pth", weights_only=True)
+    again = load_e2e_model(ckpt["model_config"], ckpt["model_state"]).eval()
+    clips, lengths, _ = _batch()
+    with torch.no_grad():
+        torch.testing.assert_close(again(clips, lengths), model(clips, lengths))
+    assert again.backbone_record.feature == "projected" and again.feature_dim == 24
