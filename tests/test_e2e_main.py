@@ -194,6 +194,49 @@ def test_e2e_refuses_missing_split_dir_and_embedding_checkpoints(demo, tmp_path)
         run_main("--mode", "test", "--model_ckpt", best, "--model", "e2e_bert", "--split_json_dir", demo["stage1"])
 
 
+def test_timm_vit_trains_freezes_k_blocks_resumes_and_predicts(demo, tmp_path):
+    """e2e_meanpool over a random timm ViT-Tiny at 32 px with the patch embedding and first 2 blocks frozen: those
+    weights stay as built while the rest learns; stopped after an epoch and rerun, it equals the straight run; test
+    mode and predict.py on a raw video give the same probabilities."""
+    import predict
+
+    stage1 = demo["stage1"]
+    vit = ["--model", "e2e_meanpool", "--backbone", "timm:vit_tiny_patch16_224", "--image_size", 32,
+           "--freeze_backbone_stages", 2, "--epochs", 2, "--lr", 3e-3]
+    run_main(*train_args(stage1, tmp_path, "vit", *vit))
+    run_dir = tmp_path / "e" / "vit"
+    last = load_checkpoint(run_dir / "checkpoints" / "last.pth")
+    record = last["model_config"]["backbone_record"]
+    assert (record["backbone"], record["dim"], record["resize"]["size"]) == ("timm:vit_tiny_patch16_224", 192, 32)
+    set_seed(0)  # the model main.py builds before training
+    init = build_e2e_model("e2e_meanpool", num_classes=len(CLASSES), backbone="timm:vit_tiny_patch16_224",
+                           weights="none", image_size=32, hidden_size=32).state_dict()
+    frozen = ("backbone.model.patch_embed.", "backbone.model.cls_token", "backbone.model.pos_embed",
+              "backbone.model.blocks.0.", "backbone.model.blocks.1.")
+    for key, value in init.items():
+        if key.startswith("backbone."):
+            assert torch.equal(last["model_state"][key], value) == key.startswith(frozen), key
+
+    run_main(*train_args(stage1, tmp_path, "vit_resumed", *vit, "--stop_after_epochs", 1))
+    run_main(*train_args(stage1, tmp_path, "vit_resumed", *vit))
+    assert epoch_records(tmp_path / "e" / "vit_resumed") == epoch_records(run_dir)
+    resumed = load_checkpoint(tmp_path / "e" / "vit_resumed" / "checkpoints" / "last.pth")["model_state"]
+    for key, value in last["model_state"].items():
+        torch.testing.assert_close(resumed[key], value, rtol=0, atol=1e-6)
+
+    best = run_dir / "checkpoints" / "best.pth"
+    run_main("--mode", "test", "--model_ckpt", best, "--split_json_dir", stage1, "--split", "test", "--num_workers", 0,
+             "--batch_size", 4, "--gpu_id", -1)
+    with open(run_dir / "predictions_test.csv") as fh:
+        row = next(csv.DictReader(fh))
+    predictor = predict.load_predictor(best)
+    video = next(demo["videos"].glob(f"*/{row['video']}.*"))
+    probs = predict.predict_video(predictor, video).probs
+    for r in range(1, 5):
+        label, prob = row[f"top{r}"], float(row[f"prob{r}"])
+        assert probs[predictor.class_names.index(label)] == pytest.approx(prob, abs=1e-4), label
+
+
 def test_ddp_on_gloo_trains_e2e(demo, tmp_path):
     # layer4 trainable (the rest frozen, to keep the test short): DDP syncs backbone and head gradients
     args = [str(a) for a in train_args(demo["stage1"], tmp_path, "ddp", "--epochs", 1, "--batch_size", 8,

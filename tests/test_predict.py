@@ -343,3 +343,36 @@ def test_fuzz_corpus_every_input_classified_or_skipped_with_a_line(fuzz_video_di
     assert {str(g) for g in good} | {str(vids / g) for g in good_in_dir} <= classified
     for r in json.loads(out.read_text()):
         assert all(np.isfinite(t["prob"]) for t in r["topk"])
+
+
+@pytest.mark.parametrize("backbone", ["timm:vit_tiny_patch16_224", "hf"])
+def test_timm_and_hf_backbones_predict_as_the_embedding_route(pipeline, tmp_path, tiny_hf_models, backbone):
+    """A head over timm or Hugging Face embeddings: predict.py rebuilds the backbone and its preprocessing from the
+    record in the checkpoint's data_info, so a raw video gets stage 2's embeddings and the head's probabilities."""
+    from checkpoint import build_checkpoint, save_checkpoint
+    from dataset import load_split_info
+    from models import build_model
+
+    if backbone == "hf":
+        name, flags = f"hf:{tiny_hf_models['clip']}", ["--feature", "projected"]  # CLIP's image embedding
+    else:
+        name, flags = backbone, ["--weights", "none", "--image_size", "32", "--seed", "0"]
+    data = tmp_path / "data"
+    _run(prepare_data, ["-s", "test", "-f", str(pipeline["stage1"] / "frames"), "-j",
+                        str(pipeline["stage1"] / "test_ucf101.json"), "-o", str(data), "-m", name, "-nw", "0",
+                        "-bs", "16", *flags])
+    info = load_split_info(data, "test")
+    torch.manual_seed(0)
+    head = build_model("meanpool", input_dim=info.shape[2], num_classes=len(CLASSES)).eval()
+    save_checkpoint(build_checkpoint(head, CLASSES_SORTED, info.provenance), tmp_path / "head.pth")
+    predictor = predict.load_predictor(tmp_path / "head.pth")
+    assert predictor.settings.spec.to_dict() == info.provenance["backbone_record"]["resize"]
+    rows = np.load(data / "test.npy", mmap_mode="r")
+    row, length, video = int(info.rows[0]), int(info.lengths[0]), _source(pipeline, info.names[0])
+    decoded = predict.decode_video(video, predictor.settings)
+    feats = predict.embed_frames(predictor, decoded.frames, 64).numpy()
+    np.testing.assert_allclose(feats, rows[row, :length], rtol=1e-4, atol=1e-5)
+    with torch.no_grad():
+        expected = head(torch.from_numpy(np.array(rows[row : row + 1, :length])), torch.tensor([length]))
+    np.testing.assert_allclose(predict.predict_video(predictor, video).probs, expected.softmax(-1)[0].numpy(),
+                               atol=1e-5)

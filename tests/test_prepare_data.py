@@ -302,6 +302,73 @@ def test_max_len_dtype_and_class_name_fallback(fixture_frames, tmp_path, caplog)
     assert meta["subsampled_videos"] == 2
 
 
+# ------------------------------------------------------------------------------------------------ backbones
+
+# --model -> (flags, D): random timm models at small sizes; the Hugging Face ones are conftest's tiny local folders
+BACKBONES = {
+    "timm:resnet18": (["--weights", "none", "--image_size", "64"], 512),
+    "timm:vit_tiny_patch16_224": (["--weights", "none", "--image_size", "32"], 192),
+    "hf:clip": ([], 32),
+    "hf:dinov2": ([], 32),
+}
+
+
+def _own_forward(name: str, folder: Path | None) -> torch.nn.Module:
+    """The library's own model as the record says (timm: pre-logits, seed 0; HF: the pooler output)."""
+    if folder is not None:
+        from transformers import AutoModel
+
+        model = AutoModel.from_pretrained(folder).eval()
+        return lambda x: model(pixel_values=x).pooler_output
+    import timm
+
+    lib = name.removeprefix("timm:")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        kwargs = {"img_size": 32} if "vit" in lib else {}
+        return timm.create_model(lib, num_classes=0, **kwargs).eval()
+
+
+@pytest.mark.parametrize("backbone", list(BACKBONES))
+def test_timm_and_hf_backbones_record_their_input_and_equal_their_own_forward(backbone, fixture_frames, tmp_path,
+                                                                             tiny_hf_models):
+    from transforms import ResizeSpec
+
+    frames, split_json = fixture_frames
+    folder = tiny_hf_models[backbone[3:]] if backbone.startswith("hf:") else None
+    name = f"hf:{folder}" if folder else backbone
+    flags, dim = BACKBONES[backbone]
+    out = tmp_path / "out"
+    args = ["-s", "train", "-f", str(frames), "-j", str(split_json), "-o", str(out), "-nw", "0", "-bs", "8", "-m", name]
+    assert run_main(*args, *flags) == 0
+    arr, meta = load_out(out)
+    record = meta["backbone_record"]
+    assert arr.shape[2] == meta["feature_dim"] == record["dim"] == dim and meta["backbone"] == name
+    if folder is None:  # timm's pretrained config, with the size flag recorded as an override
+        import timm
+
+        cfg = timm.models.get_pretrained_cfg(backbone[5:]).to_dict()
+        assert (tuple(record["mean"]), tuple(record["std"])) == (cfg["mean"], cfg["std"])
+        assert record["resize"]["crop_pct"] == cfg["crop_pct"] and record["overridden"] == ["image_size"]
+    else:  # the folder's image processor config
+        processor = json.loads((folder / "preprocessor_config.json").read_text())
+        assert (record["mean"], record["std"]) == (processor["image_mean"], processor["image_std"])
+        assert record["overridden"] == [] and record["resize"]["size"] == processor["crop_size"]["height"]
+    assert meta["image_size"] == record["resize"]["size"] and meta["feature"] == record["feature"] == "pooled"
+    # the stored rows are the library's own forward on the frames as the record preprocesses them
+    own = _own_forward(backbone, folder)
+    spec = ResizeSpec(**record["resize"])
+    rec = meta["data"][0]
+    files = sorted((frames / rec["video_name"]).glob("frame_*.jpg"))
+    x = normalize_batch(torch.stack([load_frame(str(f), spec) for f in files]), "cpu", record["mean"], record["std"])
+    with torch.no_grad():
+        expected = own(x).numpy()
+    np.testing.assert_allclose(arr[rec["video_idx"], : rec["video_length"]], expected, rtol=1e-4, atol=2e-5)
+    if backbone == "timm:vit_tiny_patch16_224":  # another feature is another set of embeddings
+        with pytest.raises(pd.BadInputError, match="feature='pooled' .this run: 'cls'"):
+            run_main(*args, *flags, "--feature", "cls")
+
+
 # ------------------------------------------------------------------------------------------------ pure functions
 
 
