@@ -4,6 +4,10 @@ forward pass alone (the better of the two memory layouts) on the same frames, ba
 precision.
 
     .venv/bin/python benchmarks/bench_embed.py [-m resnet18] [--image_size 224] [-bs 32] [-nw 2] [--copies 1]
+    .venv/bin/python benchmarks/bench_embed.py -m timm:vit_small_patch16_224 --weights none
+
+-m takes any backbone prepare_data.py takes (torchvision, timm:NAME, hf:DIR); the image size defaults to the
+backbone's own, and both runs use the backbone record's preprocessing.
 
 Frames are extracted from the real clips in ../shared/data/videos at UCF-101's 320x240, 711 real frames (or taken
 from an existing stage-1 frames folder with --frames_dir/--json_file). The stage runs in this process, as a
@@ -37,7 +41,7 @@ sys.path.insert(0, str(ROOT))
 
 import prepare_data  # noqa: E402
 from layout import read_split_json  # noqa: E402
-from models.backbone import build_backbone, embed_batch, input_stats, prefers_channels_last  # noqa: E402
+from models.backbone import build_backbone, embed_batch, prefers_channels_last  # noqa: E402
 from precision import resolve_precision  # noqa: E402
 from transforms import normalize_batch  # noqa: E402
 from utils import resolve_device, setup_logging  # noqa: E402
@@ -57,12 +61,12 @@ def cpu_model() -> str:
 
 
 def time_forward(model, num_frames: int, batch_size: int, image_size: int, device, precision: str,
-                 channels_last: bool, name: str = "resnet18") -> float:
+                 channels_last: bool, stats: tuple = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))) -> float:
     """Seconds for the forward pass alone over num_frames frames in batches of batch_size (plus one warm-up batch
-    of each size used, so kernel choice and allocation are not timed). `model` (the backbone `name`, whose input
-    statistics normalise the frames) must already be in the layout."""
+    of each size used, so kernel choice and allocation are not timed). `model` must already be in the layout;
+    `stats` is its record's (mean, std)."""
     x = torch.randint(0, 256, (batch_size, 3, image_size, image_size), dtype=torch.uint8)
-    xn = normalize_batch(x, device, *input_stats(name), channels_last)
+    xn = normalize_batch(x, device, *stats, channels_last)
     sizes = [batch_size] * (num_frames // batch_size) + ([num_frames % batch_size] if num_frames % batch_size else [])
     for n in sorted(set(sizes)):
         embed_batch(model, xn[:n], precision)
@@ -90,7 +94,8 @@ def timed(fn) -> tuple[float, float]:
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("-m", "--model", default="resnet18")
-    p.add_argument("--image_size", type=int, default=224)
+    p.add_argument("--image_size", type=int, default=None, help="default: the backbone's own (224 for torchvision)")
+    p.add_argument("--weights", default="none", help="as prepare_data.py's (default none: nothing to download)")
     p.add_argument("-bs", "--batch_size", type=int, default=32)
     p.add_argument("-nw", "--num_workers", type=int, default=2)
     p.add_argument("-g", "--gpu_id", type=int, default=0)
@@ -123,16 +128,18 @@ def main(args: argparse.Namespace) -> int:
         num_frames = sum(len(p.frames) for p in plans)
         threads = torch.get_num_threads()
 
-        model, _ = build_backbone(args.model, "none", seed=0)
+        model, record = build_backbone(args.model, args.weights, seed=0, image_size=args.image_size)
+        image_size = record.image_size
         model = model.to(device)
         stage_layout = prefers_channels_last(model)  # what the stage picks by default
 
         def forward(channels_last: bool) -> None:
             m = model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-            time_forward(m, num_frames, args.batch_size, args.image_size, device, precision, channels_last, args.model)
+            time_forward(m, num_frames, args.batch_size, image_size, device, precision, channels_last,
+                         (record.mean, record.std))
 
         stage_argv = ["-s", "bench", "-f", str(frames_dir), "-j", str(split_json), "-m", args.model, "--weights",
-                      "none", "--image_size", str(args.image_size), "-bs", str(args.batch_size), "-nw",
+                      args.weights, "--image_size", str(image_size), "-bs", str(args.batch_size), "-nw",
                       str(args.num_workers), "-g", str(args.gpu_id), "--precision", precision]
 
         def stage(k: int) -> None:
@@ -167,7 +174,7 @@ def main(args: argparse.Namespace) -> int:
                f"{fwd / cli:.3f})" if cli else ""
     print(f"stage/model = {ratio:.3f}  (stage {num_frames / stage:.1f} frames/s in {name[stage_layout]}, fastest "
           f"forward alone {num_frames / fwd:.1f} frames/s in {name[best_layout]} [{per_layout}]; {num_frames} frames, "
-          f"{args.model} {args.image_size}px, bs {args.batch_size}, {args.num_workers} workers, {threads} torch "
+          f"{args.model} {image_size}px, bs {args.batch_size}, {args.num_workers} workers, {threads} torch "
           f"threads, {device}, {precision}; CPU-time ratio {cpu_ratio:.3f}{cli_text})")
     if not args.no_append:
         command = "  ".join(["python benchmarks/bench_embed.py", *sys.argv[1:]]).replace("  ", " ")
@@ -180,7 +187,7 @@ def main(args: argparse.Namespace) -> int:
             "NCHW / channels_last (frames/s) | stage layout | whole stage (frames/s) | stage/model | stage/model in "
             "CPU seconds | CLI, imports included (frames/s) |",
             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
-            f"| {args.model} | {args.image_size} | {num_frames} | {args.batch_size} | {args.num_workers} | {threads} | "
+            f"| {args.model} | {image_size} | {num_frames} | {args.batch_size} | {args.num_workers} | {threads} | "
             f"{device.type} | {precision} | {per_layout.replace(', ', ' / ')} | {name[stage_layout]} | "
             f"{num_frames / stage:.2f} | {ratio:.3f} | {cpu_ratio:.3f} | {f'{num_frames / cli:.2f}' if cli else '-'} |",
             f"\nstage/model: the fastest stage run against the fastest forward run of the better layout "
