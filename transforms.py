@@ -4,8 +4,12 @@ normalisation, and the train-time clip augmentation.
 Stage 2 (`prepare_data.py`), the end-to-end clip route (`clip_dataset.py`) and `predict.py` call these functions,
 so a frame reaches a backbone as the same pixels whichever route it takes:
 
-    stored JPEG --decode_jpeg/read_frame--> HxWx3 uint8 --resize_frame--> SxSx3 --to_chw--> uint8 (3, S, S)
-        --normalize_batch(mean, std) on the device--> float (B, 3, S, S)
+    stored JPEG --decode_jpeg/read_frame--> HxWx3 uint8 --resize_frame(ResizeSpec)--> SxSx3 --to_chw-->
+        uint8 (3, S, S) --normalize_batch(mean, std) on the device--> float (B, 3, S, S)
+
+The ResizeSpec (size, crop or squash, crop fraction, interpolation, rounding convention) and the mean/std are the
+backbone record's (models/backbone.py), read from the model's own configuration: timm's eval transform and the
+Hugging Face image processors, reproduced with OpenCV. An int stands for a torchvision backbone's spec.
 
 Frames stay uint8 until `normalize_batch`, so DataLoader workers ship 4x fewer bytes and the arithmetic runs on the
 device. A frame file that is empty, not a JPEG or truncated is a `FrameError`, never libjpeg's grey-filled guess:

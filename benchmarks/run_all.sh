@@ -7,6 +7,8 @@ PY=${PY:-.venv/bin/python}
 "$PY" benchmarks/bench_extract.py --workers 2 --min_seconds 30 --rounds 3
 "$PY" benchmarks/bench_extract.py --workers 2 --min_seconds 30 --rounds 3 --ucf_like
 "$PY" benchmarks/bench_embed.py -nw 2
+"$PY" benchmarks/bench_embed.py -nw 2 -m timm:vit_small_patch16_224 --weights none
+"$PY" benchmarks/bench_backbones.py
 "$PY" benchmarks/bench_memory.py
 "$PY" benchmarks/bench_train.py --num_batches 3
 "$PY" benchmarks/bench_e2e.py --backbones resnet18 resnet50 --steps 2 --batch_size 8

@@ -69,7 +69,7 @@ def parse_backbone(name: str) -> tuple[str, str]:
     prefix, sep, rest = name.partition(":")
     if sep and prefix in SOURCES and rest:
         return prefix, rest
-    if sep and not Path(name).exists():
+    if sep:
         raise BadInputError(f"unknown backbone {name!r}: use {NAME_FORMS}")
     if name not in classification_model_names():
         some = ", ".join(n for n in classification_model_names() if n.startswith(("resnet", "efficientnet_b", "convnext")))
@@ -155,7 +155,8 @@ class BackboneRecord:
 
     def describe(self) -> str:
         r = self.resize
-        return (f"{self.backbone} ({self.weights}), feature {self.feature} = {self.feature_from}, D={self.dim}; input "
+        tag = f" = timm:{self.name}" if self.source == "timm" and f"timm:{self.name}" != self.backbone else ""
+        return (f"{self.backbone}{tag} ({self.weights}), feature {self.feature} = {self.feature_from}, D={self.dim}; input "
                 f"{r.size}px {r.mode} crop_pct {r.crop_pct:g} {r.interpolation}, mean {_fmt(self.mean)} std "
                 f"{_fmt(self.std)}" + (f"; overridden: {', '.join(self.overridden)}" if self.overridden else ""))
 
@@ -444,7 +445,7 @@ def _build_hf(record: BackboneRecord, weights: str, seed: int | None, flag: str)
     else:
         try:
             with _quiet_load_report():
-                model, info = cls.from_pretrained(src, config=config, dtype=torch.float32, output_loading_info=True)
+                model, info = cls.from_pretrained(src, config=config, output_loading_info=True)
         except Exception as exc:
             raise BadInputError(f"cannot load hf:{record.name} from {src} ({_first_line(exc)}); use {flag} none for "
                                 f"a random backbone or {flag} PATH for a local model folder") from None

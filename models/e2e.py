@@ -462,9 +462,9 @@ class EndToEndModel(VideoModel):
                     problems.append(f"{len(keys)} {what} weight(s), e.g. {keys[0]} (other layer sizes or counts?)")
         if problems:
             raise BadInputError(f"--init_head_from {head.path} does not fit: " + "; ".join(problems))
-        if head.backbone is not None and head.backbone != self.backbone_name:
+        if head.backbone is not None and head.backbone != self.backbone_record.backbone:
             log.warning("--init_head_from: the head was trained on %s features, the backbone here is %s",
-                        head.backbone, self.backbone_name)
+                        head.backbone, self.backbone_record.backbone)
         self.head.load_state_dict(head.state)
         log.info("head initialised from %s", head.path)
 

@@ -234,23 +234,23 @@ def test_random_init_and_local_weights_for_timm_and_hf(tmp_path, tiny_hf_models)
     from safetensors.torch import save_file
 
     x = torch.randn(2, 3, 32, 32)
-    a, _ = build_backbone("timm:vit_tiny_patch16_224", "none", seed=5, image_size=32)
-    b, _ = build_backbone("timm:vit_tiny_patch16_224", "none", seed=5, image_size=32)
-    c, _ = build_backbone("timm:vit_tiny_patch16_224", "none", seed=6, image_size=32)
+    a, _ = build_backbone("timm:test_vit", "none", seed=5, image_size=32)
+    b, _ = build_backbone("timm:test_vit", "none", seed=5, image_size=32)
+    c, _ = build_backbone("timm:test_vit", "none", seed=6, image_size=32)
     assert torch.equal(embed_batch(a, x), embed_batch(b, x)) and not torch.equal(embed_batch(a, x), embed_batch(c, x))
     # timm's own files: a full state_dict with its classifier (.pth) and a headless one (.safetensors)
-    full = _timm_model("vit_tiny_patch16_224", seed=6, img_size=32)
+    full = _timm_model("test_vit", seed=6, img_size=32)
     torch.save(full.state_dict(), tmp_path / "vit.pth")
     save_file({k: v for k, v in full.state_dict().items() if not k.startswith("head.")}, tmp_path / "vit.safetensors")
     with torch.no_grad():
         want = full.forward_head(full.forward_features(x), pre_logits=True)
     for path in (tmp_path / "vit.pth", tmp_path / "vit.safetensors"):
-        loaded, record = build_backbone("timm:vit_tiny_patch16_224", str(path), image_size=32)
+        loaded, record = build_backbone("timm:test_vit", str(path), image_size=32)
         assert record.weights == str(path)
         torch.testing.assert_close(embed_batch(loaded, x), want)
     torch.save(_timm_model("resnet18").state_dict(), tmp_path / "resnet.pth")
     with pytest.raises(BadInputError, match="resnet.pth does not fit"):
-        build_backbone("timm:vit_tiny_patch16_224", str(tmp_path / "resnet.pth"), image_size=32)
+        build_backbone("timm:test_vit", str(tmp_path / "resnet.pth"), image_size=32)
     with pytest.raises(BadInputError, match="model folder"):
         build_backbone(f"hf:{tiny_hf_models['clip']}", str(tmp_path / "vit.pth"))
     # hf: random init from the config alone, reproducible; --weights DIR loads another folder's weights
@@ -278,7 +278,7 @@ def test_failed_download_names_the_offline_alternatives_and_never_falls_back(mon
 
     monkeypatch.setattr(timm, "create_model", offline_create)
     with pytest.raises(BadInputError) as err:
-        build_backbone("timm:vit_tiny_patch16_224", image_size=32)
+        build_backbone("timm:test_vit", image_size=32)
     assert "couldn't connect" in str(err.value) and "--weights none" in str(err.value)
     assert "--weights PATH" in str(err.value)
 

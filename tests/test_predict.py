@@ -345,7 +345,7 @@ def test_fuzz_corpus_every_input_classified_or_skipped_with_a_line(fuzz_video_di
         assert all(np.isfinite(t["prob"]) for t in r["topk"])
 
 
-@pytest.mark.parametrize("backbone", ["timm:vit_tiny_patch16_224", "hf"])
+@pytest.mark.parametrize("backbone", ["timm:test_vit", "hf"])
 def test_timm_and_hf_backbones_predict_as_the_embedding_route(pipeline, tmp_path, tiny_hf_models, backbone):
     """A head over timm or Hugging Face embeddings: predict.py rebuilds the backbone and its preprocessing from the
     record in the checkpoint's data_info, so a raw video gets stage 2's embeddings and the head's probabilities."""
