@@ -158,7 +158,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--dropout", type=probability, default=None, help="default: the head's own")
     g.add_argument("--pretrained", default=None, help="bert/roberta: Hugging Face name or local directory")
 
-    g = p.add_argument_group("end-to-end (e2e_* models: the frame backbone trained jointly with the head on stage 1's frames)")
+    g = p.add_argument_group("end-to-end (e2e_* models: the frame backbone trained jointly with the head on stage "
+                             "1's frames)")
     g.add_argument("--split_json_dir", default=None, help="stage 1 output: <split>_ucf101.json and classInd.txt")
     g.add_argument("--frames_dir", default=None, help="stage 1's frames/<video_name>/frame_*.jpg (default: "
                    "SPLIT_JSON_DIR/frames)")

@@ -77,12 +77,6 @@ def parse_backbone(name: str) -> tuple[str, str]:
     return "torchvision", name
 
 
-def canonical_backbone(name: str) -> str:
-    """The spelling a run records: `torchvision:resnet18` is `resnet18`, the others as given."""
-    source, lib_name = parse_backbone(name)
-    return lib_name if source == "torchvision" else f"{source}:{lib_name}"
-
-
 def default_weights(name: str) -> str:
     """imagenet for torchvision names (their meaning before timm and hf existed), pretrained for the others."""
     return "imagenet" if parse_backbone(name)[0] == "torchvision" else "pretrained"
@@ -208,7 +202,9 @@ def resolve_backbone(
     if source == "timm":
         full_name, own, mean, std = _timm_input(lib_name)
     else:
-        full_name, (own, mean, std) = lib_name, _hf_input(lib_name)
+        # a local folder by its absolute path, so predict.py finds it from any working directory
+        full_name = str(Path(lib_name).resolve()) if Path(lib_name).is_dir() else lib_name
+        own, mean, std = _hf_input(full_name)
     spec, overridden = _override(own, image_size, resize)
     return BackboneRecord(backbone=f"{source}:{lib_name}", source=source, name=full_name, weights=weights,
                           seed=seed if weights == "none" else None, feature=feature, resize=spec, mean=mean, std=std,
@@ -338,13 +334,13 @@ def _hf_input(name: str) -> tuple[ResizeSpec, tuple, tuple]:
     processor would read it but without instantiating one (no PIL or torchvision code at run time)."""
     from transformers.image_processing_base import ImageProcessingMixin
 
-    src = name
     try:
-        cfg, _ = ImageProcessingMixin.get_image_processor_dict(src)
+        cfg, _ = ImageProcessingMixin.get_image_processor_dict(name)
     except Exception as exc:  # missing file, offline hub, unreadable JSON
-        raise BadInputError(f"hf:{name}: cannot read its image processor config (preprocessor_config.json in "
-                            f"{src}: {_first_line(exc)}). It says the model's input size, mean and std; save the "
-                            "model's processor there (processor.save_pretrained(DIR)) or use a local copy") from None
+        how = ("save the model's image processor there (AutoImageProcessor.from_pretrained(ID).save_pretrained(DIR))"
+               if Path(name).is_dir() else "offline, pass a local copy of the model folder: hf:DIR")
+        raise BadInputError(f"hf:{name}: cannot read its image processor config, preprocessor_config.json "
+                            f"({_first_line(exc)}), which says the model's input size, mean and std; {how}") from None
     where = f"hf:{name} preprocessor_config.json"
     if cfg.get("do_resize") is False:
         raise BadInputError(f"{where}: do_resize is false; frames of any size cannot be fed to it")
