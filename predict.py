@@ -39,7 +39,6 @@ from models.backbone import (
     build_backbone,
     default_threads,
     embed_batch,
-    prefers_channels_last,
     record_of,
 )
 from models.base import VideoModel
@@ -284,8 +283,9 @@ def load_predictor(
         info = ckpt.get("data_info") or {}
         backbone, record = rebuild_backbone(info, ckpt_path, backbone_weights)
         backbone = backbone.to(device)
-        # stage 2's layout (recorded since it is chosen per backbone), so the features match its numerics closely
-        channels_last = bool(info.get("channels_last", prefers_channels_last(backbone)))
+        # stage 2's layout (its record's; the backbone's preference for embeddings older than that), so the
+        # features match its numerics closely
+        channels_last = bool(record.channels_last)
         if channels_last:
             backbone = backbone.to(memory_format=torch.channels_last)
         stats = record.mean, record.std

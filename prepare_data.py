@@ -46,10 +46,10 @@ from models.backbone import (
     WEIGHTS_HELP,
     BackboneRecord,
     build_backbone,
+    choose_channels_last,
     default_threads,
     embed_batch,
     resolve_backbone,
-    resolve_channels_last,
 )
 from precision import INFERENCE_PRECISIONS, resolve_precision
 from sampling import subsample_indices
@@ -625,9 +625,9 @@ def embed_split(args: argparse.Namespace, info: DistInfo) -> int:
                                   seed=args.seed) if batch_ids else iter(())
 
     model, record = build_backbone(record)
-    dim = record.dim
+    record = choose_channels_last(record, args.channels_last)  # recorded: predict.py runs the same layout
+    dim, channels_last = record.dim, bool(record.channels_last)
     log.info("backbone %s", record.describe())
-    channels_last = resolve_channels_last(args.channels_last, model, record.backbone)
     model = model.to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -678,7 +678,7 @@ def embed_split(args: argparse.Namespace, info: DistInfo) -> int:
     meta = {"split": args.split, **identity, **frame_settings, "max_len": max_len, "feature_dim": dim,
             "class_names": class_names, "num_classes": len(class_names), "backbone_record": record.to_dict(),
             "subsampled_videos": sum(p.num_frames > len(p.frames) for p in plans), "plan_sha256": fingerprint,
-            "videos_sha256": videos_fp, "channels_last": channels_last}
+            "videos_sha256": videos_fp}
     meta, failures = finalize(out_dir, args.split, plans, bad, plan_failures, meta, args.strict, nonfinite)
     log_failure_summary(failures, report)
     n, length, d = meta["memmap_size"]

@@ -41,7 +41,7 @@ sys.path.insert(0, str(ROOT))
 
 import prepare_data  # noqa: E402
 from layout import read_split_json  # noqa: E402
-from models.backbone import build_backbone, embed_batch, prefers_channels_last  # noqa: E402
+from models.backbone import build_backbone, embed_batch  # noqa: E402
 from precision import resolve_precision  # noqa: E402
 from transforms import normalize_batch  # noqa: E402
 from utils import resolve_device, setup_logging  # noqa: E402
@@ -131,7 +131,7 @@ def main(args: argparse.Namespace) -> int:
         model, record = build_backbone(args.model, args.weights, seed=0, image_size=args.image_size)
         image_size = record.image_size
         model = model.to(device)
-        stage_layout = prefers_channels_last(model)  # what the stage picks by default
+        stage_layout = record.channels_last  # what the stage picks by default: the record's preference
 
         def forward(channels_last: bool) -> None:
             m = model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)

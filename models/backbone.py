@@ -129,6 +129,9 @@ class BackboneRecord:
     feature_from: str = ""  # where the feature is taken, in the library's terms
     prefix_tokens: int | None = None  # class and register tokens before the patch tokens (transformers)
     config: dict[str, Any] | None = field(default=None, repr=False)  # hf: the vision config, to rebuild offline
+    # the memory layout it runs in: its own preference (prefers_channels_last) unless a flag chose; None until built
+    # (and in files older than the layout choice), when build_backbone fills in the preference
+    channels_last: bool | None = None
 
     @property
     def image_size(self) -> int:
@@ -742,6 +745,9 @@ def build_backbone(
         module = (_build_timm if record.source == "timm" else _build_hf)(record, weights, seed, flag)
         module.eval()
         record = _complete_record(module)
+    if record.channels_last is None:
+        record = replace(record, channels_last=prefers_channels_last(module))
+    if isinstance(module, FrameEncoder):
         module.record = record
     module.eval()
     for p in module.parameters():
@@ -752,7 +758,7 @@ def build_backbone(
 def record_of(info: dict[str, Any], where: str = "") -> BackboneRecord:
     """The backbone record that a stage-2 JSON, a checkpoint's data_info or an e2e model config holds. Files written
     before records existed name a torchvision backbone with image_size and resize: their record is rebuilt from
-    those, which is exactly the preprocessing they were made with."""
+    those, which is exactly the preprocessing they were made with, and the memory layout they recorded (if any)."""
     if info.get("backbone_record"):
         return BackboneRecord.from_dict(info["backbone_record"])
     name = str(info.get("backbone") or "")
@@ -760,8 +766,10 @@ def record_of(info: dict[str, Any], where: str = "") -> BackboneRecord:
     if source != "torchvision":
         raise BadInputError(f"{where or 'the file'} names backbone {name or 'none'!r} without a backbone record")
     weights = str(info.get("weights") or "imagenet")
-    return _torchvision_record(lib_name, weights, info.get("seed"), int(info.get("image_size") or 224),
-                               info.get("resize") or "crop")
+    record = _torchvision_record(lib_name, weights, info.get("seed"), int(info.get("image_size") or 224),
+                                 info.get("resize") or "crop")
+    layout = info.get("channels_last")
+    return record if layout is None else replace(record, channels_last=bool(layout))
 
 
 @contextmanager
@@ -792,20 +800,25 @@ def default_threads(local_world_size: int = 1) -> int:
 
 
 def prefers_channels_last(model: nn.Module) -> bool:
-    """Whether `model` should run in channels_last: where convolutions hold most of the weights. Chosen by
-    measurement, the same on the CPU and on CUDA: on a 2-core CPU at 224 px (fp32 forward, one thread) channels_last
-    ran resnet18 and resnet50 1.25x, mobilenet_v3_large 1.13x and densenet121 1.07x faster, and a resnet18 training
-    step 1.11x; vit_b_16, swin_t and convnext_tiny, whose weights sit in Linear layers, gained nothing (0.99-1.08x,
-    within noise), so they keep the default layout. On GPUs channels_last is what tensor-core convolutions want."""
+    """Whether `model` should run in channels_last: where convolutions hold most of the weights, whichever library
+    built it. Chosen by measurement, the same on the CPU and on CUDA: on a 2-core CPU at 224 px (fp32 forward, one
+    thread) channels_last ran resnet18 and resnet50 1.25x, mobilenet_v3_large 1.13x and densenet121 1.07x faster,
+    and a resnet18 training step 1.11x; vit_b_16, swin_t and convnext_tiny, whose weights sit in Linear layers,
+    gained nothing (0.99-1.08x, within noise), so they keep the default layout. So do timm's and Hugging Face's
+    ViTs, CLIP, DINOv2 and SigLIP (a patch-embedding convolution, then Linear layers); timm's ResNets, EfficientNets
+    and other convnets prefer channels_last. On GPUs channels_last is what tensor-core convolutions want."""
     conv = sum(p.numel() for m in model.modules() if isinstance(m, nn.Conv2d) for p in m.parameters(recurse=False))
     total = sum(p.numel() for p in model.parameters())
     return total > 0 and 2 * conv >= total
 
 
-def resolve_channels_last(flag: bool | None, model: nn.Module, name: str) -> bool:
-    """--channels_last / --no-channels_last, else the backbone's own preference; logged either way."""
-    chosen = prefers_channels_last(model) if flag is None else bool(flag)
-    how = "--channels_last" if flag else "--no-channels_last" if flag is not None else "default for this backbone"
-    log.info("memory layout: %s (%s)", "channels_last" if chosen else "contiguous NCHW", how if flag is not None
-             else f"{how}: {name} is {'' if chosen else 'not '}mostly convolutions")
-    return chosen
+def choose_channels_last(record: BackboneRecord, flag: bool | None) -> BackboneRecord:
+    """The record with its memory layout: --channels_last / --no-channels_last, else the backbone's own preference
+    (filled in by build_backbone); logged either way. The record carries the choice to predict.py and checkpoints."""
+    if record.channels_last is None:
+        raise ValueError("choose_channels_last needs a built record (build_backbone fills in the preference)")
+    chosen = record.channels_last if flag is None else bool(flag)
+    how = ("--channels_last" if flag else "--no-channels_last") if flag is not None else (
+        f"default for this backbone: {record.backbone} is {'' if chosen else 'not '}mostly convolutions")
+    log.info("memory layout: %s (%s)", "channels_last" if chosen else "contiguous NCHW", how)
+    return replace(record, channels_last=chosen)

@@ -21,6 +21,7 @@ import contextlib
 import functools
 import logging
 from collections.abc import Iterable, Iterator
+from dataclasses import replace
 from typing import Any, ClassVar, Protocol
 
 import torch
@@ -28,7 +29,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from models import MODEL_NAMES, build_model
-from models.backbone import BackboneRecord, FrameEncoder, build_backbone, prefers_channels_last
+from models.backbone import BackboneRecord, FrameEncoder, build_backbone
 from models.base import VideoModel, decay_param_groups, length_mask
 from transforms import normalize_batch
 from utils import BadInputError
@@ -275,8 +276,11 @@ class EndToEndModel(VideoModel):
         self.feature_dim = self.input_dim = int(self.backbone_record.dim)  # what checkpoint.py records as feature_dim
         self.head = build_model(head_name, input_dim=self.feature_dim, num_classes=num_classes, **head_config)
         self.num_classes = int(num_classes)
-        # channels_last where it measured faster (models.backbone.prefers_channels_last), on the CPU as on CUDA
-        self.channels_last = prefers_channels_last(self.backbone) if channels_last is None else bool(channels_last)
+        # channels_last where it measured faster (the record's layout: models.backbone.prefers_channels_last), on the
+        # CPU as on CUDA; an explicit channels_last wins and is what the record then says
+        if channels_last is not None:
+            self.backbone_record = replace(self.backbone_record, channels_last=bool(channels_last))
+        self.channels_last = bool(self.backbone_record.channels_last)
         self._stages = backbone_stages(self.backbone)
         self.freeze_backbone_stages = 0
         self.grad_checkpointing = False

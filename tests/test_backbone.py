@@ -16,8 +16,10 @@ from models.backbone import (
     IMAGENET_STD,
     BackboneRecord,
     build_backbone,
+    choose_channels_last,
     embed_batch,
     find_classifier,
+    record_of,
     resolve_backbone,
 )
 from utils import BadInputError
@@ -100,6 +102,34 @@ def test_torchvision_backbones_take_imagenet_statistics():
     assert stats[0] == stats[1] == (IMAGENET_MEAN, IMAGENET_STD)
     weights = torchvision.models.get_model_weights("resnet18").DEFAULT
     assert tuple(weights.transforms().mean) == IMAGENET_MEAN and tuple(weights.transforms().std) == IMAGENET_STD
+
+
+def test_record_carries_the_memory_layout_each_family_prefers(tiny_hf_models):
+    """channels_last is decided once, on the built module, for every library: convolution-heavy backbones
+    (torchvision's and timm's ResNets) yes, ViTs and Hugging Face transformers no; a flag's choice is recorded."""
+    prefers = {name: build_backbone(name, "none", seed=0, image_size=32)[1].channels_last
+               for name in ("resnet18", "timm:resnet18", "timm:test_vit", "vit_b_16")}
+    prefers["hf"] = build_backbone(f"hf:{tiny_hf_models['clip']}")[1].channels_last
+    assert prefers == {"resnet18": True, "timm:resnet18": True, "timm:test_vit": False, "vit_b_16": False,
+                       "hf": False}
+    _, record = build_backbone("timm:resnet18", "none", seed=0, image_size=32)
+    assert choose_channels_last(record, None).channels_last is True
+    assert choose_channels_last(record, False).channels_last is False
+    forced = choose_channels_last(record, False)
+    assert BackboneRecord.from_dict(forced.to_dict()) == forced  # stored as stage 2 chose it
+    assert build_backbone(forced)[1].channels_last is False  # a rebuild keeps the recorded layout
+    with pytest.raises(ValueError, match="built record"):
+        choose_channels_last(resolve_backbone("resnet18"), None)
+
+
+def test_files_from_before_records_keep_their_recorded_layout():
+    """A stage-2 JSON with a top-level channels_last and no record (written before records existed) keeps that
+    layout; one older still takes the backbone's preference when rebuilt."""
+    old = {"backbone": "resnet18", "weights": "none", "seed": 0, "image_size": 64, "resize": "crop"}
+    assert record_of({**old, "channels_last": False}).channels_last is False
+    assert record_of(old).channels_last is None
+    assert build_backbone(record_of(old))[1].channels_last is True
+    assert build_backbone(record_of({**old, "channels_last": False}))[1].channels_last is False
 
 
 def test_bf16_autocast_on_cpu():

@@ -255,6 +255,22 @@ def _vit(**kw) -> torch.nn.Module:
                            **kw)
 
 
+def test_layout_comes_from_the_backbone_record():
+    """A timm ViT runs NCHW and a timm ResNet channels_last, as stage 2 would run them; an explicit setting wins and
+    the record in the model's config says so."""
+    vit = _vit().prepare_for_device("cpu")
+    assert vit.channels_last is vit.config["channels_last"] is vit.backbone_record.channels_last is False
+    set_seed(0)
+    cnn = build_e2e_model("e2e_meanpool", num_classes=3, backbone="timm:resnet18", weights="none", image_size=32)
+    cnn.prepare_for_device("cpu")
+    assert cnn.channels_last is cnn.config["backbone_record"]["channels_last"] is True
+    assert cnn.backbone.model.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    nchw = load_e2e_model({**cnn.config, "channels_last": False}, cnn.state_dict())
+    assert nchw.channels_last is nchw.config["backbone_record"]["channels_last"] is False
+    again = load_e2e_model(nchw.config, nchw.state_dict())  # a checkpoint keeps its layout
+    assert again.channels_last is False
+
+
 def test_vit_freeze_k_keeps_patch_embedding_and_first_k_blocks():
     model = _vit(freeze_backbone_stages=2)
     assert model.num_stages == 7  # embedding + block 1, blocks 2..6, the final norm

@@ -89,7 +89,8 @@ def test_same_embeddings_as_stage2(pipeline):
     meta = json.loads((pipeline["data"] / "test.json").read_text())
     rows = np.load(pipeline["data"] / "test.npy", mmap_mode="r")
     predictor = predict.load_predictor(pipeline["bert"])
-    assert predictor.channels_last is meta["channels_last"] is True  # stage 2's layout (resnet: channels_last)
+    # stage 2's layout, in its backbone record (resnet: channels_last)
+    assert predictor.channels_last is meta["backbone_record"]["channels_last"] is True
     rec = meta["data"][0]
     decoded = predict.decode_video(_source(pipeline, rec["video_name"]), predictor.settings)
     feats = predict.embed_frames(predictor, decoded.frames, 64).numpy()

@@ -162,6 +162,27 @@ def test_rerun_is_noop_and_other_settings_are_refused(reference, fixture_frames,
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
 
 
+def test_layout_flag_is_recorded_and_predict_runs_it(reference, fixture_frames, tmp_path):
+    """--no-channels_last overrides resnet18's preference: the record says so (no identity change: the rows agree
+    with the default layout's to float noise), and predict.py rebuilds the backbone in that layout."""
+    import predict
+    from checkpoint import build_checkpoint, save_checkpoint
+    from dataset import load_split_info
+    from models import build_model
+
+    frames, split_json = fixture_frames
+    out = tmp_path / "nchw"
+    assert run_main(*stage_args(frames, split_json, out, "--no-channels_last")) == 0
+    arr, meta = load_out(out)
+    assert meta["backbone_record"]["channels_last"] is False
+    assert load_out(reference)[1]["backbone_record"]["channels_last"] is True
+    np.testing.assert_allclose(arr, load_out(reference)[0], rtol=1e-4, atol=1e-5)
+    info = load_split_info(out, "train")
+    head = build_model("meanpool", input_dim=512, num_classes=len(info.class_names))
+    save_checkpoint(build_checkpoint(head, info.class_names, info.provenance), tmp_path / "head.pth")
+    assert predict.load_predictor(tmp_path / "head.pth").channels_last is False
+
+
 def test_embedding_does_not_depend_on_batch_mates(fixture_frames):
     frames, _ = fixture_frames
     torch.manual_seed(0)
@@ -344,6 +365,7 @@ def test_timm_and_hf_backbones_record_their_input_and_equal_their_own_forward(ba
     arr, meta = load_out(out)
     record = meta["backbone_record"]
     assert arr.shape[2] == meta["feature_dim"] == record["dim"] == dim and meta["backbone"] == name
+    assert record["channels_last"] is (backbone == "timm:resnet18")  # the layout it ran in: convnets only
     if folder is None:  # timm's pretrained config, with the size flag recorded as an override
         import timm
 
