@@ -1,6 +1,6 @@
 """GPU check: everything GPU-related measured in one command, for the first machine that has a GPU.
 
-    python benchmarks/gpu_check.py           # CUDA: full sizes, at most ~8 minutes on one H100/H200
+    python benchmarks/gpu_check.py           # CUDA: full sizes, at most ~9 minutes on one H100/H200
     python benchmarks/gpu_check.py --tiny    # the same steps at tiny sizes, first backbone only (always so without
                                              # CUDA, on the CPU: tests/test_gpu_check.py runs it so it cannot rot)
 
@@ -19,6 +19,10 @@ others still run):
    largest batch of the longest videos that a 12-layer bert trains on;
 4. end to end: clips/s of e2e_bilstm at 224 px for resnet18 and resnet50 in bf16 with channels_last, with and
    without gradient checkpointing, at the largest batch that fits (doubling from 1);
+   ViT-B/16 (timm:vit_base_patch16_224, --weights none: the GPU machine has no network either) in fp16 and bf16 at
+   its own input (224 px, its record's layout, NCHW): stage 2's forward alone (frames/s) and one e2e_bilstm
+   training step (main.py's: autocast, fp16's GradScaler, clipping) at a fixed batch of clips (s/step, clips/s,
+   peak memory); a tiny timm ViT on the CPU;
 5. torchrun --nproc_per_node=1 (NCCL on CUDA, gloo on the CPU): one prepare_data.py run and one epoch of main.py;
 6. predict.py on a generated video with --attention_plot (the checkpoint of part 5).
 
@@ -56,20 +60,24 @@ from benchmarks import bench_e2e  # noqa: E402
 from benchmarks.bench_embed import time_forward  # noqa: E402
 from benchmarks.bench_train import EpochData, plain_optimization, ucf101_like_lengths  # noqa: E402
 from models import build_model  # noqa: E402
-from models.backbone import build_backbone, prefers_channels_last  # noqa: E402
+from models.backbone import build_backbone  # noqa: E402
+from models.e2e import build_e2e_model  # noqa: E402
 from precision import autocast  # noqa: E402
 from utils import setup_logging  # noqa: E402
 
 log = logging.getLogger("actionbert")
 
-# Stage 2 and end-to-end backbones. The hook for more rows: append a name (e.g. "vit_b_16", issue 14's ViT-B/16).
+# Stage 2 and end-to-end backbones (any name prepare_data.py takes). The hook for more rows: append a name.
 BACKBONES = ["resnet18", "resnet50"]
 E2E_BACKBONES = ["resnet18", "resnet50"]
+# The transformer backbone of part "vit" (fp16 and bf16 only), random weights: timm's ViT-B/16 at its own 224 px.
+VIT = "timm:vit_base_patch16_224"
+VIT_PRECISIONS = ("fp16", "bf16")
 # Heads timed in stage 3 (main.py's names) and their settings: the transformers with bench_train.py's 4 layers.
 HEADS: list[tuple[str, dict[str, Any]]] = [("meanpool", {}), ("bilstm", {}), ("bert", {"num_layers": 4}),
                                            ("roberta", {"num_layers": 4})]
 PRECISIONS = ("fp32", "fp16", "bf16")
-FULL_BUDGET_S = 480.0
+FULL_BUDGET_S = 530.0
 
 
 @dataclass(frozen=True)
@@ -94,6 +102,9 @@ class Sizes:
     e2e_clip_len: int
     e2e_max_batch: int
     e2e_steps: int
+    vit: str  # the ViT of part "vit": VIT, or a tiny timm ViT on the CPU
+    vit_image_size: int | None  # None: the ViT's own input size
+    vit_batch: int  # clips per e2e step
     budgets: dict[str, float] = field(default_factory=dict)  # seconds per part
 
 
@@ -103,8 +114,9 @@ def full_sizes(cores: int) -> Sizes:
                  demo=["--groups", "8", "--clips", "3", "--size", "320x240", "--fps", "8"], stage1_fps=8.0,
                  videos=9537, max_len=71, dim=512, head_overrides={}, train_batch=256, timed_batches=0, bert12_batches=(256, 65536),
                  e2e_image_size=224, e2e_clip_len=8, e2e_max_batch=1024, e2e_steps=2,
+                 vit=VIT, vit_image_size=None, vit_batch=16,
                  budgets={"data": 60, "forward": 60, "stage": 80, "epochs": 60, "bert12": 30, "e2e": 110,
-                          "torchrun": 60, "predict": 20})
+                          "vit": 50, "torchrun": 60, "predict": 20})
 
 
 def tiny_sizes() -> Sizes:
@@ -113,9 +125,9 @@ def tiny_sizes() -> Sizes:
                        "--max_seconds", "3", "--classes", "GrowingDisc", "ShrinkingDisc", "PlainSquare"],
                  stage1_fps=2.0, videos=64, max_len=16, dim=16, head_overrides={"hidden_size": 16, "num_heads": 2},
                  train_batch=8, timed_batches=1, bert12_batches=(2, 4), e2e_image_size=32, e2e_clip_len=2,
-                 e2e_max_batch=2, e2e_steps=1,
+                 e2e_max_batch=2, e2e_steps=1, vit="timm:test_vit", vit_image_size=32, vit_batch=2,
                  budgets={"data": 300, "forward": 300, "stage": 300, "epochs": 300, "bert12": 300, "e2e": 300,
-                          "torchrun": 300, "predict": 300})
+                          "vit": 300, "torchrun": 300, "predict": 300})
 
 
 @dataclass
@@ -193,7 +205,7 @@ def forward_part(c: Check) -> dict[tuple[str, str, bool], float]:
     """Stage 2's forward pass alone: frames/s per backbone, precision and layout."""
     s, fps = c.sizes, {}
     for name in BACKBONES[: s.backbones]:
-        model, _ = build_backbone(name, "none", seed=0)
+        model, record = build_backbone(name, "none", seed=0, image_size=s.image_size)
         model = model.to(c.device)
         for precision in PRECISIONS:
             for channels_last in (False, True):
@@ -203,7 +215,7 @@ def forward_part(c: Check) -> dict[tuple[str, str, bool], float]:
                     continue
                 model = model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
                 seconds = time_forward(model, s.forward_frames, s.batch_size, s.image_size, c.device, precision,
-                                       channels_last, name)
+                                       channels_last, (record.mean, record.std))
                 fps[(name, precision, channels_last)] = s.forward_frames / seconds
                 c.row("stage 2 forward", setting, "frames/s", f"{s.forward_frames / seconds:.1f}")
         del model
@@ -216,7 +228,7 @@ def stage_part(c: Check, forward_fps: dict[tuple[str, str, bool], float]) -> Non
     s = c.sizes
     prepared = c.work / "prepared"
     for name in BACKBONES[: s.backbones]:
-        layout = prefers_channels_last(build_backbone(name, "none", seed=0)[0])
+        layout = build_backbone(name, "none", seed=0, image_size=s.image_size)[1].channels_last
         for precision in ("fp16", "bf16"):
             setting = f"{name} {s.image_size}px {precision} {'channels_last' if layout else 'NCHW'} (its default) " \
                       f"bs {s.batch_size}, {s.decode_workers} decode workers"
@@ -340,6 +352,48 @@ def e2e_part(c: Check) -> None:
             first = max(found, default=1)  # checkpointing fits at least the plain model's batch
 
 
+def vit_part(c: Check) -> None:
+    """ViT-B/16 in fp16 and bf16: stage 2's forward alone (frames/s) at its own input and layout, and one e2e
+    training step (main.py's Optimization.step under autocast) on a fixed batch of clips."""
+    s = c.sizes
+    model, record = build_backbone(s.vit, "none", seed=0, image_size=s.vit_image_size)
+    size, layout = record.image_size, bool(record.channels_last)
+    model = model.to(c.device).to(memory_format=torch.channels_last if layout else torch.contiguous_format)
+    where = f"{s.vit} {size}px {'channels_last' if layout else 'NCHW'} (its layout)"
+    for precision in VIT_PRECISIONS:
+        setting = f"{where} {precision} bs {s.batch_size}"
+        if c.out_of_time("ViT-B/16 stage 2 forward", setting):
+            continue
+        seconds = time_forward(model, s.forward_frames, s.batch_size, size, c.device, precision, layout,
+                               (record.mean, record.std))
+        c.row("ViT-B/16 stage 2 forward", setting, "frames/s", f"{s.forward_frames / seconds:.1f}")
+    del model
+    free(c.device)
+    for precision in VIT_PRECISIONS:
+        setting = f"e2e_bilstm {where} {precision}, {s.vit_batch} clips of {s.e2e_clip_len} frames"
+        if c.out_of_time("ViT-B/16 end to end", setting):
+            continue
+        torch.manual_seed(0)
+        e2e = build_e2e_model("e2e_bilstm", num_classes=101, backbone=s.vit, weights="none", image_size=size)
+        e2e = e2e.prepare_for_device(c.device).train()
+        opt = plain_optimization(e2e, c.device, precision)
+        clips, lengths, labels = bench_e2e.synthetic_batch(s.vit_batch, s.e2e_clip_len, size, 101, c.device)
+
+        def step(clips=clips, lengths=lengths, labels=labels, e2e=e2e, opt=opt, precision=precision) -> None:
+            with autocast(precision, c.device):
+                logits = e2e(clips, lengths)
+            opt.step(opt.criterion(logits.float(), labels), e2e.parameters())
+
+        if c.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(c.device)
+        rate, _ = bench_e2e.time_steps(step, (clips, lengths, labels), s.e2e_steps, c.device)
+        peak = f", peak {torch.cuda.max_memory_allocated(c.device) / 2**30:.1f} GiB" if c.device.type == "cuda" else ""
+        c.row("ViT-B/16 end to end", setting, "s / training step (clips/s)",
+              f"{s.vit_batch / rate:.3f} ({rate:.1f}/s{peak})")
+        del e2e, opt, clips
+        free(c.device)
+
+
 def torchrun_part(c: Check) -> Path:
     """prepare_data.py and one epoch of main.py under torchrun with one process (NCCL on CUDA); returns the run."""
     s, prepared, emb = c.sizes, c.work / "prepared", c.work / "torchrun_emb"
@@ -454,6 +508,7 @@ def main(args: argparse.Namespace) -> int:
         run_part(c, "epochs", lambda: epochs_part(c))
         run_part(c, "bert12", lambda: bert12_part(c))
         run_part(c, "e2e", lambda: e2e_part(c))
+        run_part(c, "vit", lambda: vit_part(c))
         run_dir = run_part(c, "torchrun", lambda: torchrun_part(c))
         if run_dir is not None:
             run_part(c, "predict", lambda: predict_part(c, run_dir))

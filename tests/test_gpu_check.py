@@ -10,7 +10,7 @@ import pytest
 from tests.conftest import ROOT
 
 PARTS = ("data", "stage 2 forward", "stage 2 whole stage", "stage 3 epoch", "stage 3 largest batch", "end to end",
-         "torchrun nproc 1", "predict.py")
+         "ViT-B/16 stage 2 forward", "ViT-B/16 end to end", "torchrun nproc 1", "predict.py")
 
 
 @pytest.mark.slow
@@ -27,5 +27,10 @@ def test_gpu_check_runs_every_part_at_tiny_sizes_without_cuda(tmp_path):
     assert not any("FAILED" in line or "skipped" in line for line in table.splitlines())
     stage3 = [r for r in rows if r[0] == "| stage 3 epoch"]
     assert len(stage3) == 10  # 4 heads x fp16/bf16, plus bert with fixed padding in both
+    vit = [r for r in rows if r[0].startswith("| ViT-B/16")]  # a tiny timm ViT stands in on the CPU
+    assert len(vit) == 4 and all("timm:test_vit 32px NCHW" in r[1] for r in vit)
+    assert sorted((r[0], next(p for p in ("fp16", "bf16") if f" {p}" in r[1])) for r in vit) == sorted(
+        (f"| ViT-B/16 {what}", p) for what in ("stage 2 forward", "end to end") for p in ("fp16", "bf16"))
+    assert all(float(r[3].split(" ")[0]) > 0 for r in vit)
     assert any("gloo, DDP" in r[1] for r in rows)  # main.py under torchrun joined a process group
     assert (tmp_path / "work" / "attention.png").stat().st_size > 0
