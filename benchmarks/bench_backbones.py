@@ -4,8 +4,9 @@
                                          [--image_size N] [--device cpu|cuda] [--no_append]
 
 Each backbone is built with --weights none (nothing is downloaded; the architecture decides the cost) at its own
-input size from its record (DINOv2's is 518 px) unless --image_size is given, and its forward pass alone (inference
-mode, fp32 on the CPU, bf16 autocast on CUDA) is timed on a batch of random frames: one warm-up, then the fastest
+input size from its record (DINOv2's is 518 px) unless --image_size is given, in the memory layout stage 2 runs it
+in (its record's: channels_last for resnet18), and its forward pass alone (inference mode, fp32 on the CPU, bf16
+autocast on CUDA) is timed on a batch of random frames: one warm-up, then the fastest
 of --repeats runs counts. Prints ms/frame and the ratio to resnet18 per backbone, and appends the table to
 BENCHMARKS.md with the machine (unless --no_append). Run it on a quiet machine: the ratio is what the README keeps.
 """
@@ -46,10 +47,11 @@ def time_backbone(name: str, batch_size: int, repeats: int, image_size: int | No
                   precision: str) -> tuple[float, int, int]:
     """(seconds per frame, D, input size) of the forward pass alone, fastest of `repeats` batches."""
     model, record = build_backbone(name, "none", seed=0, image_size=image_size)
-    model = model.to(device)
+    layout = torch.channels_last if record.channels_last else torch.contiguous_format
+    model = model.to(device).to(memory_format=layout)
     size = record.image_size
     x = torch.randint(0, 256, (batch_size, 3, size, size), dtype=torch.uint8)
-    xn = normalize_batch(x, device, record.mean, record.std)
+    xn = normalize_batch(x, device, record.mean, record.std, bool(record.channels_last))
     embed_batch(model, xn, precision)  # warm-up: allocator, kernel choice
     best = float("inf")
     for _ in range(repeats):
