@@ -195,19 +195,24 @@ def test_e2e_refuses_missing_split_dir_and_embedding_checkpoints(demo, tmp_path)
 
 
 def test_timm_vit_trains_freezes_k_blocks_resumes_and_predicts(demo, tmp_path):
-    """e2e_meanpool over timm's random test ViT at 32 px with the patch embedding and first 2 blocks frozen: those
-    weights stay as built while the rest learns; stopped after an epoch and rerun, it equals the straight run; test
-    mode and predict.py on a raw video give the same probabilities."""
+    """e2e_meanpool over timm's random test ViT at 32 px with the patch embedding and first 2 blocks frozen and
+    timm's own gradient checkpointing on: the frozen weights stay as built while the rest learns; stopped after an
+    epoch and rerun, it equals the straight run; test mode and predict.py on a raw video give the same
+    probabilities."""
     import predict
 
     stage1 = demo["stage1"]
     vit = ["--model", "e2e_meanpool", "--backbone", "timm:test_vit", "--image_size", 32,
-           "--freeze_backbone_stages", 2, "--epochs", 2, "--lr", 3e-3]
+           "--freeze_backbone_stages", 2, "--grad_checkpointing", "--epochs", 2, "--lr", 3e-3]
     run_main(*train_args(stage1, tmp_path, "vit", *vit))
     run_dir = tmp_path / "e" / "vit"
     last = load_checkpoint(run_dir / "checkpoints" / "last.pth")
     record = last["model_config"]["backbone_record"]
     assert (record["backbone"], record["dim"], record["resize"]["size"]) == ("timm:test_vit", 64, 32)
+    assert record["channels_last"] is False and last["model_config"]["grad_checkpointing"] is True
+    trained = build_e2e_model(**{**last["model_config"], "weights": "none"})  # the model the run trained
+    assert trained.backbone.model.grad_checkpointing  # timm's set_grad_checkpointing, not a wrapper of ours
+    assert not any(type(m).__name__.startswith("Checkpointed") for m in trained.modules())
     set_seed(0)  # the model main.py builds before training
     init = build_e2e_model("e2e_meanpool", num_classes=len(CLASSES), backbone="timm:test_vit",
                            weights="none", image_size=32, hidden_size=32).state_dict()
