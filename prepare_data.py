@@ -528,7 +528,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="auto: fp16 autocast on CUDA, fp32 on CPU")
     p.add_argument("--channels_last", action=argparse.BooleanOptionalAction, default=None,
                    help="channels_last memory format (default: on for backbones that are mostly convolutions, "
-                   "on the CPU as on CUDA, where it measured faster; off for ViT/Swin/ConvNeXt-like ones)")
+                   "from any library, on the CPU as on CUDA, where it measured faster; off for ViT/Swin/ConvNeXt-like "
+                   "ones and Hugging Face transformers). Recorded in the backbone record; predict.py runs it too")
     p.add_argument("--dtype", choices=DTYPES, default="float32", help="dtype of the stored embeddings")
     p.add_argument("--max_len", type=positive_int, default=None,
                    help="cap on frames per video: longer videos are subsampled uniformly (default: no cap)")

@@ -32,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -61,7 +62,7 @@ def cpu_model() -> str:
 
 
 def time_forward(model, num_frames: int, batch_size: int, image_size: int, device, precision: str,
-                 channels_last: bool, stats: tuple = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))) -> float:
+                 channels_last: bool, stats: tuple[Sequence[float], Sequence[float]]) -> float:
     """Seconds for the forward pass alone over num_frames frames in batches of batch_size (plus one warm-up batch
     of each size used, so kernel choice and allocation are not timed). `model` must already be in the layout;
     `stats` is its record's (mean, std)."""
