@@ -10,6 +10,8 @@ from, D, and the input: size, resize and crop (`transforms.ResizeSpec`), mean an
 model's own configuration (timm's pretrained config, the Hugging Face image processor config); torchvision
 classifiers keep the preprocessing ActionBERT always gave them (ImageNet statistics, shorter side to the image size
 and the centre square, bilinear). `--image_size` and `--resize` override, and the record lists what they overrode.
+It also holds the memory layout the backbone runs in (channels_last for mostly-convolution backbones of any library,
+measured on the built module; stage 2's --channels_last overrides), so predict.py runs stage 2's layout.
 It is stored in stage 2's `<split>.json` and in every checkpoint, as a plain dict (`to_dict`/`from_dict`).
 
 `resolve_backbone(...)` makes the record without building the model (cheap: stage 2 plans its input from it);
@@ -720,7 +722,8 @@ def build_backbone(
     flag: str = "--weights",
     **choices: Any,
 ) -> tuple[nn.Module, BackboneRecord]:
-    """The backbone in eval mode with frozen parameters, and its completed record (D filled in).
+    """The backbone in eval mode with frozen parameters, and its completed record (D filled in, and the memory
+    layout it prefers unless the record already holds one: prefers_channels_last, measured on the built module).
 
     `name` is a --model/--backbone value (resolved with `weights`, `seed` and `choices`: feature, image_size, resize;
     see resolve_backbone) or a record to rebuild exactly. With a record, `weights` replaces the recorded weights
