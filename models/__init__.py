@@ -14,12 +14,15 @@ from models.base import VideoHead
 # name -> (module, class); imported lazily so that `transformers` loads only when a transformer is used.
 _REGISTRY: dict[str, tuple[str, str]] = {
     "meanpool": ("models.meanpool", "MeanPoolHead"),
+    "attnpool": ("models.attnpool", "AttnPoolHead"),
     "bilstm": ("models.bilstm", "BiLSTMHead"),
     "bert": ("models.transformer", "BertHead"),
     "roberta": ("models.transformer", "RobertaHead"),
 }
 
 MODEL_NAMES = tuple(_REGISTRY)
+# Heads whose position information `positions="none"` removes (the others have none, or model order by design).
+POSITION_MODELS = ("bert", "roberta")
 
 
 def build_model(name: str, input_dim: int, num_classes: int, **config: Any) -> VideoHead:

@@ -1,10 +1,27 @@
 """BERT and RoBERTa encoders from Hugging Face `transformers` over frame embeddings, via `inputs_embeds`.
 
-Frames are projected to the encoder width and a learned [CLS] vector is put in front; the encoder's
-own embeddings module then adds its position (and token-type 0) embeddings exactly once and applies
-its LayerNorm, as it does for text. Padding is masked out of attention, so padded rows cannot change
-a prediction, and the final [CLS] state is classified. A video longer than the position table is
-subsampled uniformly to fit, with a warning, instead of failing with an index error.
+Frames are projected to the encoder width, layer-normalised to the scale of the encoder's word
+embeddings, and a learned [CLS] vector is put in front; the encoder's own embeddings module then adds
+its position (and token-type 0) embeddings exactly once and applies its LayerNorm, as it does for text.
+Padding is masked out of attention, so padded rows cannot change a prediction, and the final [CLS]
+state is classified. A video longer than the position table is subsampled uniformly to fit, with a
+warning, instead of failing with an index error.
+
+Why the frame tokens are normalised to the word-embedding scale (`frame_norm`): the encoder sums token
+and position embeddings and layer-normalises the sum, so only their ratio matters. A plain linear
+projection of standardised features has an RMS of ~0.58 whatever D is, while a fresh encoder's position
+table is N(0, 0.02) (MiniLM's pretrained one: RMS 0.025 against 0.056 for its word embeddings). Order
+then enters at 1/29 of the content's scale, and AdamW grows the positions by about one learning rate per
+step, so the head is order-blind until they have grown: on the synthetic order task (benchmarks/
+order_task.py) the ratio falls from 29 to ~10 over ~150 steps at lr 5e-4, and only then does order get
+used. A unit-gain LayerNorm alone makes the ratio 50 and is worse; a LayerNorm whose gain starts at the
+word-embedding scale (`initializer_range` for a fresh encoder, the RMS of the pretrained word table for
+`pretrained`) puts frames where text tokens sit, and order is learned within ~45 steps. The pretrained
+position table is used unchanged.
+
+`positions="none"` zeroes and freezes the position table: the encoder is then a set model (attention is
+permutation-equivariant and the [CLS] state permutation-invariant), the ablation that isolates attention
+from order.
 
 The word-embedding table is never read (there are no tokens); it is shrunk to `pad_token_id + 1`
 rows and frozen, so checkpoints do not carry a 30k-row vocabulary and DDP sees no unused parameter.
@@ -23,6 +40,8 @@ from models.base import VideoHead, length_mask
 from utils import BadInputError
 
 logger = logging.getLogger(__name__)
+
+POSITIONS = ("learned", "none")
 
 
 def uniform_frame_index(lengths: torch.Tensor, width: int, max_frames: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -62,12 +81,19 @@ class TransformerHead(VideoHead):
         pretrained: str | None = None,
         attn_implementation: str = "sdpa",
         encoder_config: dict[str, Any] | None = None,
+        positions: str = "learned",
+        frame_norm: bool | None = None,
         **_: object,
     ) -> None:
         """Build the encoder from `encoder_config` (a rebuild from `.config`, no download and no file
         needed), else from `pretrained` (a hub name or a local directory, loaded with its weights), else
         from the size flags. `max_positions` counts the [CLS] token, so a video fits when its length is at
-        most `max_positions - 1`; `intermediate_size` defaults to `4 * hidden_size`."""
+        most `max_positions - 1`; `intermediate_size` defaults to `4 * hidden_size`. `positions`: "learned"
+        (the encoder's table) or "none" (a set model). `frame_norm` (see the module docstring) is on for
+        every new model; None when rebuilding means a config from before it existed, so off."""
+        if positions not in POSITIONS:
+            raise ValueError(f"unknown positions {positions!r}; choose from {', '.join(POSITIONS)}")
+        frame_norm = encoder_config is None if frame_norm is None else bool(frame_norm)
         hidden_size = 256 if hidden_size is None else int(hidden_size)
         num_layers = 4 if num_layers is None else int(num_layers)
         num_heads = 4 if num_heads is None else int(num_heads)
@@ -97,8 +123,14 @@ class TransformerHead(VideoHead):
             )
             encoder = self.model_class(hf_config, add_pooling_layer=False)
         encoder.set_attn_implementation(attn_implementation)
+        token_scale = self._token_scale(encoder, from_table=bool(pretrained) and encoder_config is None)
         self._shrink_word_embeddings(encoder)
         hf_config = encoder.config
+        if positions == "none":
+            table = encoder.embeddings.position_embeddings
+            with torch.no_grad():
+                table.weight.zero_()
+            table.requires_grad_(False)
 
         super().__init__(
             input_dim,
@@ -112,12 +144,19 @@ class TransformerHead(VideoHead):
             pretrained=None if pretrained is None else str(pretrained),
             attn_implementation=attn_implementation,
             encoder_config=hf_config.to_diff_dict(),
+            positions=positions,
+            frame_norm=frame_norm,
         )
         self.encoder = encoder
+        self.positions = positions
         width = int(hf_config.hidden_size)
         self.position_offset = self._position_offset_for(hf_config)
         self.max_frames = int(hf_config.max_position_embeddings) - self.position_offset - 1
         self.projection = nn.Linear(input_dim, width)
+        self.frame_norm: nn.LayerNorm | None = None
+        if frame_norm:
+            self.frame_norm = nn.LayerNorm(width, eps=float(hf_config.layer_norm_eps))
+            nn.init.constant_(self.frame_norm.weight, token_scale)
         self.cls_token = nn.Parameter(torch.randn(width) * float(hf_config.initializer_range))
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(width, num_classes)
@@ -138,6 +177,20 @@ class TransformerHead(VideoHead):
             )
         except (OSError, ValueError) as exc:
             raise BadInputError(f"cannot load pretrained encoder {name_or_dir!r}: {exc}") from exc
+
+    @staticmethod
+    def _token_scale(encoder: PreTrainedModel, from_table: bool) -> float:
+        """The RMS at which the encoder expects its input tokens: that of its (pretrained) word-embedding
+        table, or, for a fresh encoder, the std its own initialisation draws word embeddings from."""
+        if from_table:
+            table = encoder.get_input_embeddings().weight.detach()
+            pad = encoder.config.pad_token_id
+            if pad is not None and table.shape[0] > 1:
+                table = torch.cat([table[:pad], table[pad + 1 :]])
+            rms = float(table.float().pow(2).mean().sqrt())
+            if rms > 0:
+                return rms
+        return float(encoder.config.initializer_range)
 
     @staticmethod
     def _shrink_word_embeddings(encoder: PreTrainedModel) -> None:
@@ -178,7 +231,10 @@ class TransformerHead(VideoHead):
         self.last_frame_index = index
 
         batch, frames = x.shape[:2]
-        tokens = torch.cat([self.cls_token.to(x.dtype).expand(batch, 1, -1), self.projection(x)], dim=1)
+        frame_tokens = self.projection(x)
+        if self.frame_norm is not None:
+            frame_tokens = self.frame_norm(frame_tokens)
+        tokens = torch.cat([self.cls_token.to(frame_tokens.dtype).expand(batch, 1, -1), frame_tokens], dim=1)
         attention_mask = length_mask(lengths + 1, frames + 1).long()  # [CLS] is always attended
         kwargs: dict[str, Any] = {
             "inputs_embeds": tokens,

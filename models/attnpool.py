@@ -1,0 +1,52 @@
+"""Attention pooling: a learned query attends over the frames, with no positions, then a linear classifier.
+
+The ablation between `meanpool` and `bert`: it weights frames by their content, as attention does, but cannot see
+their order (no position information anywhere, and a weighted sum does not depend on the order of its terms). A
+gap between `attnpool` and `meanpool` is what content weighting buys; a gap between `bert` and `attnpool` is what
+order (and depth) buys.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from models.base import VideoHead, length_mask
+
+
+class AttnPoolHead(VideoHead):
+    def __init__(
+        self,
+        input_dim: int,
+        num_classes: int,
+        hidden_size: int | None = 256,
+        num_heads: int | None = 4,
+        dropout: float | None = 0.1,
+        **_: object,
+    ) -> None:
+        hidden_size = 256 if hidden_size is None else int(hidden_size)
+        num_heads = 4 if num_heads is None else int(num_heads)
+        dropout = 0.1 if dropout is None else float(dropout)
+        if hidden_size % num_heads:
+            raise ValueError(f"hidden_size {hidden_size} is not a multiple of num_heads {num_heads}")
+        super().__init__(input_dim, num_classes, hidden_size=hidden_size, num_heads=num_heads, dropout=dropout)
+        self.projection = nn.Linear(input_dim, hidden_size)
+        self.query = nn.Parameter(torch.randn(hidden_size) * 0.02)
+        self.attention = nn.MultiheadAttention(hidden_size, num_heads, dropout=dropout, batch_first=True)
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(hidden_size, num_classes)
+
+    def pool(self, feats: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(pooled (B, hidden), attention weights (B, heads, T)) over the real frames. A zero-length video
+        attends to its one (zeroed) padding row rather than to nothing, which would be NaN."""
+        x = self.projection(self.standardize(feats, lengths))
+        true_lengths = lengths.to(x.device).clamp(min=1, max=x.shape[1])
+        padding = ~length_mask(true_lengths, x.shape[1])
+        query = self.query.to(x.dtype).expand(x.shape[0], 1, -1)
+        pooled, weights = self.attention(query, x, x, key_padding_mask=padding, need_weights=True,
+                                         average_attn_weights=False)
+        return pooled[:, 0], weights[:, :, 0]
+
+    def forward(self, feats: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        pooled, _ = self.pool(feats, lengths)
+        return self.classifier(self.dropout(pooled))
