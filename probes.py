@@ -1,0 +1,90 @@
+"""Order probes: the frames of a video changed so that a trained head shows whether it uses their order.
+
+Each probe is a pure function of (length, video name, seed) that returns which of the video's frames to feed, in
+which order. The same index map applies to any per-frame data: rows of stage 2's embeddings (the head routes) or
+the frames of an end-to-end clip, so test mode, the e2e route and predict.py share one definition.
+
+- `shuffle`: a random order, drawn from (seed, video name), so reruns and other workers agree;
+- `reverse`: the frames backwards;
+- `static`: the middle frame repeated for the video's length (appearance kept, change gone);
+- `half`: every second frame (half the frame rate, same duration).
+
+A head that cannot see order (meanpool, attnpool, bert --positions none) gives the same outputs under `shuffle`
+and `reverse`, up to float rounding; a head that uses order loses accuracy on the classes that need it.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+NONE = "none"  # the unchanged run, the reference every probe's drop is measured from
+
+
+def shuffle_indices(length: int, video: str, seed: int = 0) -> np.ndarray:
+    # crc32, not hash(): Python salts str hashes per process, and the order must be the same in every run
+    rng = np.random.default_rng([int(seed), zlib.crc32(video.encode("utf-8"))])
+    return rng.permutation(length)
+
+
+def reverse_indices(length: int, video: str = "", seed: int = 0) -> np.ndarray:
+    return np.arange(length)[::-1].copy()
+
+
+def static_indices(length: int, video: str = "", seed: int = 0) -> np.ndarray:
+    return np.full(length, (length - 1) // 2, dtype=np.int64)
+
+
+def half_indices(length: int, video: str = "", seed: int = 0) -> np.ndarray:
+    return np.arange(0, length, 2)
+
+
+PROBES: dict[str, Callable[[int, str, int], np.ndarray]] = {
+    "shuffle": shuffle_indices,
+    "reverse": reverse_indices,
+    "static": static_indices,
+    "half": half_indices,
+}
+PROBE_NAMES = tuple(PROBES)
+
+
+def probe_indices(probe: str, length: int, video: str, seed: int = 0) -> np.ndarray:
+    """Indices (int64, at least one) into a video's `length` frames for `probe`."""
+    if probe not in PROBES:
+        raise ValueError(f"unknown probe {probe!r}; choose from {', '.join(PROBE_NAMES)}")
+    if length < 1:
+        raise ValueError(f"a probe needs at least one frame, got length {length}")
+    return np.asarray(PROBES[probe](int(length), video, seed), dtype=np.int64)
+
+
+def apply_probe(frames: Any, probe: str, video: str, seed: int = 0, time_axis: int = 0) -> Any:
+    """`frames` (a NumPy array or tensor) with `probe` applied along `time_axis`."""
+    idx = probe_indices(probe, frames.shape[time_axis], video, seed)
+    if isinstance(frames, torch.Tensor):
+        return frames.index_select(time_axis, torch.from_numpy(idx))
+    return np.take(frames, idx, axis=time_axis)
+
+
+class ProbedDataset(Dataset):
+    """Any evaluation dataset of (frames, label, index) items with a probe applied to each item's frames.
+
+    `names[index]` is the video name the shuffle is seeded with; `time_axis` is where time is in an item
+    (0 for stage 2's (T, D) rows, -4 for a clip's (T, 3, H, W) or (V, T, 3, H, W) frames). The wrapped dataset
+    still reads one video at a time (from the memmap or the frame folder)."""
+
+    def __init__(self, base: Dataset, probe: str, names: Sequence[str], seed: int = 0, time_axis: int = 0) -> None:
+        if probe not in PROBES:
+            raise ValueError(f"unknown probe {probe!r}; choose from {', '.join(PROBE_NAMES)}")
+        self.base, self.probe, self.names, self.seed, self.time_axis = base, probe, names, int(seed), time_axis
+
+    def __len__(self) -> int:
+        return len(self.base)  # type: ignore[arg-type]
+
+    def __getitem__(self, key: Any) -> tuple[Any, int, int]:
+        frames, label, index = self.base[key]
+        return apply_probe(frames, self.probe, self.names[index], self.seed, self.time_axis), label, index

@@ -1,0 +1,169 @@
+"""compare_runs.py on hand-made run folders: groups by seed and by official split, paired tests, probe columns."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import compare_runs
+from stats import mcnemar_exact_p
+from utils import BadInputError
+
+CLASSES = ["Growing", "Shrinking", "Square"]
+
+
+def make_run(expt: Path, name: str, head: str, correct: dict[str, bool], seed: int = 0, split_id: int | None = 1,
+             probes: dict[str, dict[str, float]] | None = None, **args) -> Path:
+    """A run folder as main.py leaves it after training and `--mode test --split test` (`correct`: video -> hit)."""
+    run = expt / name
+    (run / "checkpoints").mkdir(parents=True)
+    ckpt = {
+        "format_version": 1, "model_name": head, "model_config": {"name": head, "input_dim": 8, "num_classes": 3},
+        "model_state": {}, "class_names": CLASSES, "num_classes": 3, "feature_dim": 8, "num_params": 1000,
+        "data_info": {"backbone": "resnet18", "weights": "none", "fps": 1.0, "split_id": split_id,
+                      "max_len": 10 + (split_id or 0)},
+        "args": {"seed": seed, "lr": 1e-3, "epochs": 10, "run_name": name, "data_dir": f"emb_split{split_id}",
+                 "num_workers": 0, **args},
+    }
+    torch.save(ckpt, run / "checkpoints" / "last.pth")
+    rows = []
+    for k, (video, hit) in enumerate(sorted(correct.items())):
+        true = CLASSES[k % 3]
+        rows.append({"video": video, "true_label": true, "predicted": true if hit else CLASSES[(k + 1) % 3],
+                     "correct": int(hit)})
+    with open(run / "predictions_test.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    top1 = sum(correct.values()) / len(correct)
+    (run / "results_test.json").write_text(json.dumps({"top1": top1, "top5": 1.0, "mean_class_acc": top1}))
+    if probes is not None:
+        none = {"top1": top1}
+        (run / "probes_test.json").write_text(json.dumps({"probes": {
+            "none": none, **{p: {**r, "top1_drop": top1 - r["top1"]} for p, r in probes.items()}}}))
+        with open(run / "probes_per_class_test.csv", "w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["class_idx", "class_name", "count", "none", *probes])
+            for c, name_ in enumerate(CLASSES):
+                writer.writerow([c, name_, 10, 1.0, *[0.5 if name_ != "Square" else 1.0 for _ in probes]])
+    return run
+
+
+def hits(n_right: int, total: int = 10, prefix: str = "v") -> dict[str, bool]:
+    return {f"{prefix}{i:02d}": i < n_right for i in range(total)}
+
+
+def run_compare(capsys: pytest.CaptureFixture, *argv: object) -> str:
+    args = compare_runs.get_args_parser().parse_args([str(a) for a in argv])
+    assert compare_runs.main(args) == 0
+    return capsys.readouterr().out
+
+
+def read_rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_runs_that_differ_only_in_seed_form_a_group_with_mean_std_and_n(tmp_path: Path, capsys) -> None:
+    for seed, right in enumerate((8, 9, 7)):
+        make_run(tmp_path, f"bert_s{seed}", "bert", hits(right), seed=seed)
+        make_run(tmp_path, f"meanpool_s{seed}", "meanpool", hits(5), seed=seed)
+    make_run(tmp_path, "bert_lr", "bert", hits(6), seed=0, lr=1e-2)  # another setting: its own group
+    out = run_compare(capsys, tmp_path)
+    groups = {r["group"]: r for r in read_rows(tmp_path / "comparison_groups.csv")}
+    assert set(groups) == {"bert", "meanpool", "bert_lr"}
+    bert = groups["bert"]
+    assert (bert["n"], bert["seeds"], bert["splits"]) == ("3", "0 1 2", "1")
+    assert float(bert["test_top1"]) == pytest.approx(0.8) and float(bert["test_top1_std"]) == pytest.approx(0.1)
+    assert groups["bert_lr"]["n"] == "1"
+    assert "0.800 ± 0.100" in out and "0.500 ± 0.000" in out  # the group table is what is printed
+    runs = {r["run"]: r for r in read_rows(tmp_path / "comparison.csv")}
+    assert runs["bert_s2"]["group"] == "bert" and runs["bert_s2"]["seed"] == "2"
+
+
+def test_runs_that_differ_only_in_the_official_split_form_a_group(tmp_path: Path, capsys) -> None:
+    for split_id, right in ((1, 6), (2, 8), (3, 7)):
+        # another data_dir and another max_len per split: the videos differ, the settings do not
+        make_run(tmp_path, f"bert_split{split_id}", "bert", hits(right, prefix=f"s{split_id}_"), split_id=split_id)
+    make_run(tmp_path, "bert_other_backbone", "bert", hits(9), split_id=1, epochs=20)
+    run_compare(capsys, tmp_path)
+    groups = {r["group"]: r for r in read_rows(tmp_path / "comparison_groups.csv")}
+    assert set(groups) == {"bert", "bert_other_backbone"}
+    assert (groups["bert"]["n"], groups["bert"]["splits"]) == ("3", "1 2 3")
+    assert float(groups["bert"]["test_top1"]) == pytest.approx(0.7)
+
+
+def test_every_head_is_paired_against_meanpool_on_the_same_videos(tmp_path: Path, capsys) -> None:
+    # bert right on 10 of 12 videos where meanpool is right on 4; each meanpool hit is also a bert hit
+    make_run(tmp_path, "bert", "bert", hits(10, 12))
+    make_run(tmp_path, "meanpool", "meanpool", hits(4, 12))
+    make_run(tmp_path, "same", "bilstm", hits(4, 12))
+    out = run_compare(capsys, tmp_path)
+    pairs = {r["a"]: r for r in read_rows(tmp_path / "comparison_pairs.csv")}
+    assert set(pairs) == {"bert", "same"} and pairs["bert"]["b"] == "meanpool"
+    assert (pairs["bert"]["a_only"], pairs["bert"]["b_only"]) == ("6", "0")
+    assert float(pairs["bert"]["diff"]) == pytest.approx(0.5)
+    assert float(pairs["bert"]["p"]) == pytest.approx(mcnemar_exact_p(6, 0))
+    assert float(pairs["same"]["p"]) == 1.0 and float(pairs["same"]["ci_low"]) == 0.0 == float(pairs["same"]["ci_high"])
+    assert "Paired against meanpool" in out and "+0.500" in out
+    assert "## Paired tests against meanpool" in (tmp_path / "comparison.md").read_text()
+
+
+def test_groups_are_paired_seed_by_seed_and_split_by_split(tmp_path: Path, capsys) -> None:
+    for split_id in (1, 2):
+        for seed in (0, 1):
+            make_run(tmp_path, f"bert_s{split_id}{seed}", "bert", hits(9, prefix=f"s{split_id}_"), seed=seed,
+                     split_id=split_id)
+            make_run(tmp_path, f"meanpool_s{split_id}{seed}", "meanpool", hits(3 + seed, prefix=f"s{split_id}_"),
+                     seed=seed, split_id=split_id)
+    run_compare(capsys, tmp_path)
+    (pair,) = read_rows(tmp_path / "comparison_pairs.csv")
+    assert (pair["a"], pair["b"], pair["units"], pair["split"]) == ("bert", "meanpool", "4", "1 2")
+    assert int(pair["a_only"]) == 2 * (6 + 5) and int(pair["b_only"]) == 0
+    assert float(pair["p"]) == pytest.approx(mcnemar_exact_p(5, 0))  # the weakest matched pair decides
+    assert float(pair["diff"]) == pytest.approx(0.55)
+    units = compare_runs.match_units(*[[r for r in compare_runs.find_runs(tmp_path, "test", {}, [])
+                                        if r.head == h] for h in ("bert", "meanpool")])
+    assert sorted((a.split_id, a.seed, b.split_id, b.seed) for a, b in units) == [
+        (1, 0, 1, 0), (1, 1, 1, 1), (2, 0, 2, 0), (2, 1, 2, 1)]
+
+
+def test_pair_prints_difference_interval_and_p(tmp_path: Path, capsys) -> None:
+    a = {f"v{i}": i < 8 or i >= 10 for i in range(20)}  # right on v0-v7 and v10-v19
+    b = {f"v{i}": i >= 8 for i in range(20)}  # right on v8-v19: 8 videos only A, 2 only B
+    run_a, run_b = make_run(tmp_path, "a", "bert", a), make_run(tmp_path, "b", "meanpool", b)
+    out = run_compare(capsys, "--pair", run_a, run_b)
+    assert "difference +0.3000" in out and "95% CI" in out
+    assert "p = 0.11" in out and "only a gets right: 8, only b: 2" in out
+    # the same by name inside the experiment, and identical runs give p = 1
+    assert "p = 0.11" in run_compare(capsys, tmp_path, "--pair", "a", "b")
+    assert "p = 1" in run_compare(capsys, "--pair", run_a, run_a)
+    with pytest.raises(BadInputError, match="not a run folder"):
+        run_compare(capsys, tmp_path, "--pair", "a", "nope")
+
+
+def test_probe_drops_beside_top1_and_per_class_group(tmp_path: Path, capsys) -> None:
+    make_run(tmp_path, "bert", "bert", hits(9), probes={"shuffle": {"top1": 0.6}, "static": {"top1": 0.5}})
+    make_run(tmp_path, "meanpool", "meanpool", hits(6), probes={"shuffle": {"top1": 0.6}})
+    groups = tmp_path.parent / f"{tmp_path.name}_groups.json"
+    groups.write_text(json.dumps({"order_pairs": [["Growing", "Shrinking"]], "appearance": ["Square"]}))
+    out = run_compare(capsys, tmp_path, "--class_groups", groups)
+    header = out.splitlines()[0]
+    assert header.index("test_top1") < header.index("shuffle_drop") < header.index("test_top5")
+    runs = {r["run"]: r for r in read_rows(tmp_path / "comparison.csv")}
+    assert float(runs["bert"]["shuffle_drop"]) == pytest.approx(0.3)
+    assert float(runs["bert"]["static_drop"]) == pytest.approx(0.4) and runs["meanpool"]["static_drop"] == ""
+    # per class group, from probes_per_class: 1.0 -> 0.5 on the order pairs, no change on the appearance class
+    assert float(runs["bert"]["order_pairs_shuffle_drop"]) == pytest.approx(0.5)
+    assert float(runs["bert"]["appearance_shuffle_drop"]) == pytest.approx(0.0)
+
+
+def test_group_labels() -> None:
+    assert compare_runs.group_label(["bert_s0", "bert_s1"]) == "bert"
+    assert compare_runs.group_label(["bert4_split1", "bert4_split2"]) == "bert4"
+    assert compare_runs.group_label(["heads0", "heads1"]) == "heads"
+    assert compare_runs.group_label(["roberta"]) == "roberta"
