@@ -82,6 +82,19 @@ def read_split_json(path: str | os.PathLike) -> list[dict[str, Any]]:
     return check_split_entries(read_json(path, "split JSON"), f"split JSON {path}")
 
 
+def split_id_of(records: Sequence[Any], source: str | os.PathLike = "split JSON") -> int | None:
+    """The official split id stage 1 recorded in each record of a split JSON (`split_id`), None for a random split.
+
+    Stages 2 and 3 carry it into the checkpoint's data_info, so that compare_runs.py can tell the official splits'
+    runs apart and average over them."""
+    ids = {r.get("split_id") for r in records if isinstance(r, dict)}
+    if len(ids) > 1:
+        raise BadInputError(f"{source} mixes records of several official splits ({', '.join(sorted(map(str, ids)))}); "
+                            "rerun prepare_ucf101.py for one --split_id")
+    found = next(iter(ids), None)
+    return None if found is None else int(found)
+
+
 # ----------------------------------------------------------------------------------------------- classInd.txt
 
 

@@ -18,13 +18,14 @@ are the loops, `train(args)` wires data, model, `Optimization` (AdamW, schedule,
 
 Every run lives in <expt_dir>/<expt_name>/<run_name>/: checkpoints/{best,last}.pth, train_log.txt,
 metrics.jsonl, tensorboard/, curves.png, and test mode's results_<split>.json, per_class_<split>.csv,
-predictions_<split>.csv and confusion_<split>.png.
+predictions_<split>.csv and confusion_<split>.png (with --probes: probes_<split>.json, probes_per_class_<split>.csv).
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import functools
 import io
 import json
@@ -74,9 +75,9 @@ from distributed import (
     rank_device,
     rank_group,
 )
-from layout import read_class_names, read_split_json, split_json_path
+from layout import read_class_names, read_split_json, split_id_of, split_json_path
 from metrics import MetricAccumulator
-from models import MODEL_NAMES, build_model
+from models import MODEL_NAMES, POSITION_MODELS, build_model
 from models.backbone import (
     BACKBONE_HELP,
     FEATURE_HELP,
@@ -89,11 +90,13 @@ from models.backbone import (
 from models.base import VideoModel
 from models.e2e import E2E_MODEL_NAMES, E2E_PREFIX, build_e2e_model, is_e2e_name
 from precision import PRECISIONS, autocast, training_precision
+from probes import NONE, PROBE_NAMES, ProbedDataset, summarise_probes
 from reports import plot_confusion, plot_curves
 from sampling import TemporalAugment
 from transforms import RESIZE_MODES, ResizeSpec
 from utils import (
     BadInputError,
+    atomic_write_csv,
     atomic_write_json,
     atomic_write_text,
     check_writable_dir,
@@ -114,7 +117,7 @@ from utils import (
 log = logging.getLogger("actionbert")
 
 CURVES_EVERY_S = 30.0  # curves.png is redrawn at most this often (a redraw costs ~0.5 s) and at the end
-HEAD_KWARGS = ("num_layers", "hidden_size", "num_heads", "intermediate_size", "dropout", "pretrained")
+HEAD_KWARGS = ("num_layers", "hidden_size", "num_heads", "intermediate_size", "dropout", "pretrained", "positions")
 ALL_MODEL_NAMES = (*MODEL_NAMES, *E2E_MODEL_NAMES)
 # End-to-end clip settings: train mode's defaults; test mode takes the checkpoint's unless a flag is given.
 CLIP_DEFAULTS = {"clip_len": 8, "num_clips": 1}  # and --image_size: the backbone's own
@@ -125,8 +128,8 @@ RANK_SEED_STRIDE = 7919
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        description="Train or test a temporal head (bilstm, bert, roberta, meanpool) over per-frame embeddings, or "
-        "a CNN trained jointly with it on frames (e2e_bilstm, e2e_bert, e2e_roberta, e2e_meanpool).",
+        description="Train or test a temporal head (" + ", ".join(MODEL_NAMES) + ") over per-frame embeddings, or "
+        "a CNN trained jointly with it on frames (e2e_<head>).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     g = p.add_argument_group("run")
@@ -144,6 +147,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--resume", default="auto", help="train: 'auto' resumes from the run folder's "
                    "checkpoints/last.pth when it exists, 'none' starts afresh, or a checkpoint path")
     g.add_argument("--split", default="val", help="test mode: the split to evaluate (val or test)")
+    g.add_argument("--probes", nargs="*", choices=PROBE_NAMES, default=[], metavar="PROBE",
+                   help="test mode: also evaluate with each video's frames changed, one run per probe: "
+                   f"{', '.join(PROBE_NAMES)} (shuffle is seeded by --seed and the video name). Writes "
+                   "probes_<split>.json and probes_per_class_<split>.csv")
     g.add_argument("--num_cls", type=positive_int, default=None, help="number of classes; read from the data, a value "
                    "that disagrees with it is an error")
     g.add_argument("--strict", action="store_true", help="refuse data with any bad record instead of leaving "
@@ -157,6 +164,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--intermediate_size", type=positive_int, default=None, help="feed-forward size (bert, roberta)")
     g.add_argument("--dropout", type=probability, default=None, help="default: the head's own")
     g.add_argument("--pretrained", default=None, help="bert/roberta: Hugging Face name or local directory")
+    g.add_argument("--positions", choices=("learned", "none"), default=None, help="bert/roberta: the encoder's "
+                   "position embeddings (learned, the default) or none at all, which makes it an order-blind set "
+                   "model (the ablation that isolates attention from order)")
 
     g = p.add_argument_group("end-to-end (e2e_* models: the frame backbone trained jointly with the head on stage "
                              "1's frames)")
@@ -250,7 +260,8 @@ def warmup_cosine(step: int, warmup: int, total: int) -> float:
 
 
 def head_kwargs(args: argparse.Namespace) -> dict[str, Any]:
-    """Head hyper-parameters the user set; unset ones keep the head's defaults (heads ignore unused ones)."""
+    """Head hyper-parameters the user set; unset ones keep the head's defaults (heads ignore unused ones; `check_args`
+    has refused --positions for a head without positions, where it would silently mean nothing)."""
     return {k: getattr(args, k) for k in HEAD_KWARGS if getattr(args, k) is not None}
 
 
@@ -269,14 +280,20 @@ def test_run_dir(args: argparse.Namespace, ckpt: dict[str, Any]) -> Path:
 def check_args(args: argparse.Namespace) -> None:
     """Flag combinations argparse cannot check one by one, refused before any work: train mode without --model, a
     transformer whose width does not split into its attention heads (Hugging Face would raise deep inside model
-    construction), --group_by_length for an e2e model (its clips all have one length)."""
+    construction), --group_by_length for an e2e model (its clips all have one length), --positions for a head without
+    position embeddings, --probes outside test mode."""
     if args.mode == "train" and args.model is None:
         raise BadInputError("--model is required in train mode (choose from " + ", ".join(ALL_MODEL_NAMES) + ")")
+    if args.mode == "train" and args.probes:
+        raise BadInputError("--probes evaluates a trained checkpoint: use it with --mode test --model_ckpt F")
     if args.group_by_length and args.model and is_e2e_name(args.model):
         raise BadInputError(f"--group_by_length groups videos by their number of embeddings; {args.model} trains on "
                             "clips that all have --clip_len frames (leave the flag out)")
-    head = (args.model or "").removeprefix("e2e_")
-    if head in ("bert", "roberta") and not args.pretrained:
+    head = (args.model or "").removeprefix(E2E_PREFIX)
+    if args.positions is not None and args.model and head not in POSITION_MODELS:
+        raise BadInputError(f"--positions applies to {', '.join(POSITION_MODELS)} (and e2e_ of them), not "
+                            f"{args.model}: the other heads have no position embeddings to remove")
+    if head in POSITION_MODELS and not args.pretrained:
         import inspect
 
         from models.transformer import TransformerHead
@@ -332,6 +349,7 @@ class SplitData:
     lengths: np.ndarray | None = None  # each video's frame count (embeddings); None for clips (all clip_len)
     provenance: dict[str, Any] = field(default_factory=dict)  # the checkpoint's data_info
     skipped: list[dict[str, Any]] = field(default_factory=list)  # {"file", "reason"} of videos left out
+    time_axis: int = 0  # where time is in an item's input: 0 for (T, D) rows, -4 for (T, 3, H, W) clips
 
     @property
     def num_classes(self) -> int:
@@ -412,9 +430,10 @@ def clip_split(args: argparse.Namespace, split: str, clips: ClipSettings, train:
                      num_clips=clips.num_clips, seed=args.seed, strict=args.strict)
     provenance = clip_provenance(clips.frames_dir, backbone=clips.record.backbone, weights=clips.record.weights,
                                  feature=clips.record.feature, image_size=clips.image_size, resize=clips.spec.mode,
-                                 clip_len=clips.clip_len, num_clips=clips.num_clips)
+                                 clip_len=clips.clip_len, num_clips=clips.num_clips,
+                                 split_id=split_id_of(entries, path))
     return SplitData(split, ds, clip_collate, ds.names, ds.labels, class_names, str(path), None, None, provenance,
-                     ds.failures)
+                     ds.failures, time_axis=-4)
 
 
 def load_split(args: argparse.Namespace, split: str, clips: ClipSettings | None, train: bool = False) -> SplitData:
@@ -1058,12 +1077,7 @@ def write_test_outputs(
     results = {"split": split, **acc.compute(), "num_classes": len(names), **extra}
     atomic_write_json(run_dir / f"results_{split}.json", results)
 
-    buf = io.StringIO()
-    rows = acc.per_class(names)
-    writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_text(run_dir / f"per_class_{split}.csv", buf.getvalue())
+    atomic_write_csv(run_dir / f"per_class_{split}.csv", acc.per_class(names))
 
     buf = io.StringIO()
     k = min(5, len(names))
@@ -1079,6 +1093,34 @@ def write_test_outputs(
     plot_confusion(acc.confusion.numpy(), names, run_dir / f"confusion_{split}.png",
                    title=f"{split}: top-1 {results['top1']:.3f}, mean class acc {results['mean_class_acc']:.3f}")
     return results
+
+
+def evaluate_probes(model: torch.nn.Module, info: SplitData, args: argparse.Namespace, device: torch.device,
+                    precision: str, dist_info: DistInfo) -> dict[str, MetricAccumulator]:
+    """The same checkpoint on the same split once per --probes entry, each video's frames changed by the probe
+    (probes.py) as they are read: still one video at a time from the memmap or the frame folder."""
+    accs = {}
+    for probe in dict.fromkeys(args.probes):
+        probed = dataclasses.replace(info, dataset=ProbedDataset(info.dataset, probe, info.names, args.seed,
+                                                                 info.time_axis))
+        loader = make_eval_loader(probed, max(1, args.batch_size // dist_info.world_size), args.num_workers,
+                                  dist_info, device.type == "cuda")
+        acc, _ = evaluate(model, loader, device, precision, info.num_classes, show=dist_info.is_main)
+        accs[probe] = acc.reduce(dist_info)
+    return accs
+
+
+def write_probe_outputs(run_dir: Path, split: str, class_names: list[str], accs: dict[str, MetricAccumulator],
+                        extra: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """probes_<split>.json (each probe's and the unchanged run's metrics, with the probes' drops) and
+    probes_per_class_<split>.csv (each class's accuracy under every probe, and its drop)."""
+    summary, rows = summarise_probes({p: a.compute() for p, a in accs.items()},
+                                     {p: a.per_class(class_names) for p, a in accs.items()})
+    atomic_write_json(run_dir / f"probes_{split}.json", {"split": split, **extra, "probes": summary})
+    atomic_write_csv(run_dir / f"probes_per_class_{split}.csv", rows)
+    log.info("%s, order probes: top1 %.4f unchanged; %s", split, summary[NONE]["top1"],
+             "; ".join(f"{p} {r['top1']:.4f} (drop {r['top1_drop']:+.4f})" for p, r in summary.items() if p != NONE))
+    return summary
 
 
 def test(args: argparse.Namespace, dist_info: DistInfo) -> int:
@@ -1101,6 +1143,7 @@ def test(args: argparse.Namespace, dist_info: DistInfo) -> int:
                             show=dist_info.is_main)
     acc.reduce(dist_info)
     outputs = [o for part in all_gather_objects(outputs, dist_info) for o in part]
+    probe_accs = evaluate_probes(model, info, args, device, precision, dist_info)
     if dist_info.is_main:
         extra = {"checkpoint": str(args.model_ckpt), "model": ckpt["model_name"], "epoch": ckpt.get("epoch"),
                  "precision": precision, "skipped": len(info.skipped)}
@@ -1111,6 +1154,9 @@ def test(args: argparse.Namespace, dist_info: DistInfo) -> int:
         log.info("%s: top1 %.4f top5 %.4f mean class acc %.4f loss %.4f over %d videos; reports in %s",
                  args.split, results["top1"], results["top5"], results["mean_class_acc"], results["loss"],
                  results["count"], run_dir)
+        if probe_accs:
+            write_probe_outputs(run_dir, args.split, info.class_names, {NONE: acc, **probe_accs},
+                                {**extra, "probe_seed": args.seed})
     barrier(dist_info)
     return 0
 

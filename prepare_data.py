@@ -38,7 +38,15 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from distributed import DistInfo, barrier, main_rank_lock, rank_device, rank_group
-from layout import frame_name, manifest_videos, read_class_names, read_frame_settings, read_split_json, video_frames
+from layout import (
+    frame_name,
+    manifest_videos,
+    read_class_names,
+    read_frame_settings,
+    read_split_json,
+    split_id_of,
+    video_frames,
+)
 from models.backbone import (
     BACKBONE_HELP,
     FEATURE_HELP,
@@ -581,6 +589,7 @@ def embed_split(args: argparse.Namespace, info: DistInfo) -> int:
     out_dir = Path(args.out_dir)
 
     records = read_split_json(args.json_file)
+    split_id = split_id_of(records, args.json_file)  # the official split, for the checkpoints' data_info
     entries = [(r["video_name"], r["label_idx"]) for r in records]
     class_names = read_class_names(Path(args.json_file).parent, records)
     frame_settings = read_frame_settings(args.frames_dir)
@@ -676,7 +685,7 @@ def embed_split(args: argparse.Namespace, info: DistInfo) -> int:
     _, done, bad, nonfinite = read_progress(out_dir, args.split, total)
     if not done.all():
         raise BadInputError(f"{int((~done).sum())} frame(s) of {args.split} still lack embeddings; rerun the command")
-    meta = {"split": args.split, **identity, **frame_settings, "max_len": max_len, "feature_dim": dim,
+    meta = {"split": args.split, "split_id": split_id, **identity, **frame_settings, "max_len": max_len, "feature_dim": dim,
             "class_names": class_names, "num_classes": len(class_names), "backbone_record": record.to_dict(),
             "subsampled_videos": sum(p.num_frames > len(p.frames) for p in plans), "plan_sha256": fingerprint,
             "videos_sha256": videos_fp}

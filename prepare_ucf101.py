@@ -523,8 +523,10 @@ def build_manifest(metas: dict[str, dict[str, Any]], settings: dict[str, Any]) -
 # ----- splits --------------------------------------------------------------------------------------------------
 
 
-def split_records(items: list[VideoItem], class_names: list[str], metas: dict[str, dict[str, Any]]) -> list[dict]:
-    """Split JSON records, sorted by label then name so reruns write identical files."""
+def split_records(items: list[VideoItem], class_names: list[str], metas: dict[str, dict[str, Any]],
+                  split_id: int | None = None) -> list[dict]:
+    """Split JSON records, sorted by label then name so reruns write identical files. `split_id`: the official
+    split they come from (recorded in each record, so that every later stage can tell the splits' runs apart)."""
     label_of = {c: i for i, c in enumerate(class_names)}
     records = [
         {
@@ -534,6 +536,7 @@ def split_records(items: list[VideoItem], class_names: list[str], metas: dict[st
             "video_path": it.rel_path,
             "group": it.group,
             "num_frames": metas[it.video_name]["num_frames"],
+            **({} if split_id is None else {"split_id": split_id}),
         }
         for it in items
     ]
@@ -635,7 +638,8 @@ def _main(args: argparse.Namespace, video_dir: Path, out_dir: Path, plan: Plan) 
 
     write_class_index(out_dir / CLASS_INDEX, class_names)
     for side, items in outputs.items():
-        atomic_write_json(out_dir / split_json_name(side), split_records(items, class_names, metas))
+        split_id = args.split_id if official is not None else None
+        atomic_write_json(out_dir / split_json_name(side), split_records(items, class_names, metas, split_id))
     report = out_dir / "failed_videos.json"
     write_failure_report(report, failures)
 

@@ -88,3 +88,32 @@ class ProbedDataset(Dataset):
     def __getitem__(self, key: Any) -> tuple[Any, int, int]:
         frames, label, index = self.base[key]
         return apply_probe(frames, self.probe, self.names[index], self.seed, self.time_axis), label, index
+
+
+def summarise_probes(
+    results: dict[str, dict[str, Any]], per_class: dict[str, list[dict[str, Any]]]
+) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]:
+    """What probes_<split>.json and probes_per_class_<split>.csv hold, from each run's metrics.
+
+    `results[probe]` is MetricAccumulator.compute() and `per_class[probe]` MetricAccumulator.per_class() of each
+    probe and of `none` (the unchanged run). Returns ({probe: {top1, mean_class_acc, count, ..., top1_drop,
+    mean_class_acc_drop}}, rows of {class_idx, class_name, count, none, <probe>, <probe>_drop, ...}). A drop is
+    the unchanged accuracy minus the probed one: positive when the head loses accuracy without the order."""
+    if NONE not in results:
+        raise ValueError("the unchanged run ('none') is the reference of every probe")
+    base = results[NONE]
+    summary: dict[str, dict[str, Any]] = {NONE: dict(base)}
+    for probe, res in results.items():
+        if probe != NONE:
+            summary[probe] = {**res, "top1_drop": base["top1"] - res["top1"],
+                              "mean_class_acc_drop": base["mean_class_acc"] - res["mean_class_acc"]}
+    rows = []
+    for c, ref in enumerate(per_class[NONE]):
+        row: dict[str, Any] = {"class_idx": ref["class_idx"], "class_name": ref["class_name"], "count": ref["support"],
+                               NONE: ref["accuracy"]}
+        for probe in results:
+            if probe != NONE:
+                acc = per_class[probe][c]["accuracy"]
+                row[probe], row[f"{probe}_drop"] = acc, ref["accuracy"] - acc
+        rows.append(row)
+    return summary, rows

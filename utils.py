@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import csv
 import errno
 import fcntl
 import hashlib
+import io
 import json
 import logging
 import math
@@ -261,6 +263,16 @@ def output_lock(folder: str | os.PathLike, name: str = ".lock", what: str = "out
     """`with output_lock(OUT):` holds OUT's lock for the block (see OutputLock)."""
     with OutputLock(folder, name, what) as lock:
         yield lock
+
+
+def atomic_write_csv(path: str | os.PathLike, rows: Sequence[dict[str, Any]],
+                     columns: Sequence[str] | None = None) -> None:
+    """Rows of dicts as a CSV with a header (`columns`, default the first row's keys; extra keys are left out)."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(columns if columns is not None else rows[0]), extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(path, buf.getvalue())
 
 
 def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:

@@ -21,8 +21,10 @@ import main
 import make_demo_data
 import prepare_ucf101
 from checkpoint import load_checkpoint
+from clip_dataset import ClipDataset
 from layout import read_class_names
 from models.e2e import build_e2e_model
+from probes import ProbedDataset, probe_indices
 from tests.conftest import ROOT
 from tests.synthetic import make_order_task, write_embedding_split
 from utils import BadInputError, set_seed
@@ -182,6 +184,30 @@ def test_init_head_from_a_head_trained_on_embeddings(demo, tmp_path):
     other = _head_checkpoint(tmp_path / "other", demo["stage1"], 512, [f"c{i}" for i in range(4)])
     with pytest.raises(BadInputError, match="other class names"):
         run_main(*train_args(demo["stage1"], tmp_path, "other", "--init_head_from", other))
+
+
+def test_probes_apply_to_the_clip_frames(demo, tmp_path):
+    """--probes on an e2e checkpoint: each probe changes the frames of the clip as it is read, and the official
+    split id stage 1 recorded travels into the checkpoint."""
+    best = demo["run"] / "checkpoints" / "best.pth"
+    assert load_checkpoint(best)["data_info"]["split_id"] == 1
+    run_main("--mode", "test", "--model_ckpt", best, "--split_json_dir", demo["stage1"], "--split", "test",
+             "--num_workers", 0, "--batch_size", 3, "--gpu_id", -1, "--probes", "reverse", "half", "static")
+    probes = json.loads((demo["run"] / "probes_test.json").read_text())["probes"]
+    assert set(probes) == {"none", "reverse", "half", "static"} and all(p["count"] == 8 for p in probes.values())
+    assert probes["none"]["top1"] == json.loads((demo["run"] / "results_test.json").read_text())["top1"]
+
+    entries = json.loads((demo["stage1"] / "test_ucf101.json").read_text())
+    for views in (1, 2):
+        ds = ClipDataset(demo["stage1"] / "frames", entries, clip_len=4, image_size=64, num_clips=views)
+        clip, label, index = ds[2]
+        name = ds.names[index]
+        reversed_, _, _ = ProbedDataset(ds, "reverse", ds.names, 0, time_axis=-4)[2]
+        half, _, _ = ProbedDataset(ds, "half", ds.names, 0, time_axis=-4)[2]
+        assert torch.equal(reversed_, clip.flip(-4)) and torch.equal(half, clip.index_select(-4, torch.tensor([0, 2])))
+        shuffled = ProbedDataset(ds, "shuffle", ds.names, 7, time_axis=-4)[2][0]
+        order = torch.from_numpy(probe_indices("shuffle", 4, name, 7))
+        assert torch.equal(shuffled, clip.index_select(-4, order))
 
 
 def test_e2e_refuses_missing_split_dir_and_embedding_checkpoints(demo, tmp_path):

@@ -19,6 +19,7 @@ from layout import (
     read_manifest,
     read_split_json,
     split_json_name,
+    split_id_of,
     split_json_path,
     video_frames,
     write_class_index,
@@ -155,3 +156,11 @@ def test_frame_settings_from_the_manifest(tmp_path, caplog):
     (tmp_path / "manifest.json").write_text("[1, 2]")
     with pytest.raises(BadInputError, match="must hold a JSON object"):
         read_manifest(tmp_path)
+
+
+def test_split_id_of_records():
+    """The official split id stage 1 writes in each record: one value for a split, None for a random split."""
+    assert split_id_of([{"video_name": "a", "split_id": 3}, {"video_name": "b", "split_id": 3}]) == 3
+    assert split_id_of([{"video_name": "a"}]) is None and split_id_of([]) is None
+    with pytest.raises(BadInputError, match="several official splits"):
+        split_id_of([{"split_id": 1}, {"split_id": 2}], "x.json")

@@ -150,6 +150,48 @@ def test_sequence_head_learns_order_that_meanpool_cannot(data_dir, tmp_path):
     assert best["meanpool"] <= 0.65  # the pair is told apart by appearance, never the order: ~50%
 
 
+def probe_results(run_dir, split="test"):
+    return json.loads((run_dir / f"probes_{split}.json").read_text())["probes"]
+
+
+def test_probes_show_which_head_uses_order(data_dir, tmp_path):
+    """--probes: a head that learned the order pairs loses them when the frames are reversed; meanpool and bert
+    --positions none (order-blind by construction) do not change at all under shuffle or reverse."""
+    heads = {"bilstm": ["--model", "bilstm", "--hidden_size", 32, "--lr", 1e-2, "--epochs", 8],
+             "meanpool": ["--lr", 1e-2, "--epochs", 3],
+             "setbert": ["--model", "bert", "--positions", "none", "--hidden_size", 16, "--num_heads", 2,
+                         "--epochs", 2]}
+    probes = {}
+    for name, extra in heads.items():
+        run_main(*train_args(data_dir, tmp_path, name, *extra))
+        run = tmp_path / "t" / name
+        run_main("--mode", "test", "--model_ckpt", run / "checkpoints" / "best.pth", "--data_dir", data_dir,
+                 "--split", "test", "--num_workers", 0, "--probes", "shuffle", "reverse", "static", "half")
+        probes[name] = probe_results(run)
+        with open(run / "probes_per_class_test.csv") as fh:
+            rows = list(csv.DictReader(fh))
+        assert [r["class_name"] for r in rows] == [f"class_{c}" for c in range(4)]
+        assert sum(int(r["count"]) for r in rows) == 23
+        for probe in ("shuffle", "reverse", "static", "half"):
+            result = probes[name][probe]
+            assert result["count"] == 23
+            assert result["top1_drop"] == pytest.approx(probes[name]["none"]["top1"] - result["top1"])
+            per_class_top1 = sum(float(r[probe]) * int(r["count"]) for r in rows) / 23
+            assert per_class_top1 == pytest.approx(result["top1"])
+    assert load_checkpoint(tmp_path / "t" / "setbert" / "checkpoints" / "best.pth")["model_config"]["positions"] == "none"
+    # the unchanged run is test mode's own result
+    assert probes["bilstm"]["none"]["top1"] == json.loads((tmp_path / "t" / "bilstm" / "results_test.json")
+                                                           .read_text())["top1"]
+    assert probes["bilstm"]["none"]["top1"] >= 0.9 and probes["bilstm"]["reverse"]["top1_drop"] >= 0.5
+    for name in ("meanpool", "setbert"):
+        assert probes[name]["shuffle"]["top1_drop"] == 0 and probes[name]["reverse"]["top1_drop"] == 0
+
+
+def test_positions_flag_only_for_heads_with_positions(data_dir, tmp_path):
+    with pytest.raises(BadInputError, match="--positions applies to bert, roberta"):
+        run_main(*train_args(data_dir, tmp_path, "r", "--epochs", 1, "--model", "bilstm", "--positions", "none"))
+
+
 def test_refuses_checkpoint_of_another_model_or_class_count(data_dir, tmp_path):
     run_main(*train_args(data_dir, tmp_path, "r", "--epochs", 1))
     ckpt = tmp_path / "t" / "r" / "checkpoints" / "last.pth"

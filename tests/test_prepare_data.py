@@ -136,6 +136,7 @@ def test_outputs_match_json_shapes_lengths_padding(reference, fixture_frames):
     assert arr.dtype == np.float32 and meta["feature_dim"] == 512 and meta["dtype"] == "float32"
     assert meta["class_names"] == ["Bikes", "Carphone_Pristine", "Tree", "Vtest"] and meta["num_classes"] == 4
     assert meta["fps"] == manifest["fps"] and meta["backbone"] == "resnet18" and meta["weights"] == "none"
+    assert meta["split_id"] is None  # not an official split
     split = {r["video_name"]: r["label_idx"] for r in json.loads(split_json.read_text())}
     for i, rec in enumerate(meta["data"]):
         assert rec["video_idx"] == i and rec["label_idx"] == split[rec["video_name"]]
@@ -309,7 +310,8 @@ def test_missing_videos_and_corrupt_frames(reference, fixture_frames, tmp_path, 
 def test_max_len_dtype_and_class_name_fallback(fixture_frames, tmp_path, caplog):
     frames, split_json = fixture_frames
     lonely_json = tmp_path / "split.json"  # no classInd.txt beside it
-    lonely_json.write_text(json.dumps(json.loads(split_json.read_text())[:2]))
+    # records of official split 2, as stage 1 writes them: the id travels into the JSON (then data_info)
+    lonely_json.write_text(json.dumps([{**r, "split_id": 2} for r in json.loads(split_json.read_text())[:2]]))
     out = tmp_path / "out"
     caplog.set_level(logging.INFO, logger="actionbert")
     assert run_main(*stage_args(frames, lonely_json, out, "--max_len", "5", "--dtype", "float16", "--resize", "squash",
@@ -321,6 +323,7 @@ def test_max_len_dtype_and_class_name_fallback(fixture_frames, tmp_path, caplog)
     assert meta["class_names"] == ["class_0", "class_1"]
     assert all(r["video_length"] == 5 < r["num_frames"] for r in meta["data"])
     assert meta["subsampled_videos"] == 2
+    assert meta["split_id"] == 2
 
 
 # ------------------------------------------------------------------------------------------------ backbones

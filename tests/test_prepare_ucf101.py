@@ -73,6 +73,7 @@ def test_random_split_end_to_end(tmp_path):
     assert json.loads((out / "failed_videos.json").read_text()) == []
     records = train + val
     assert sorted(r["video_path"] for r in records) == sorted(clips)
+    assert not any("split_id" in r for r in records)  # a random split is no official one
     names = {r["video_path"]: r["video_name"] for r in records}
     assert names["Biking/bikes.mp4"] == "Biking__bikes" and names["Walk [odd]/bikes.mp4"] == "Walk [odd]__bikes"
     assert names["Walk [odd]/we[ir]d! (x) & y.avi"] == "we[ir]d! (x) & y"
@@ -152,6 +153,7 @@ def test_official_ucf101_layout(tmp_path):
     for side in sides.values():
         for r in side:
             assert r["label_idx"] == (0 if "ApplyEyeMakeup" in r["video_name"] else 1)
+            assert r["split_id"] == 1  # which official split, for every later stage and compare_runs.py
     groups = {s: {r["group"] for r in rs} for s, rs in sides.items()}
     assert not groups["train"] & groups["val"] and not groups["test"] & (groups["train"] | groups["val"])
     assert not (out / "frames" / "v_ApplyEyeMakeup_g25_c01").exists()  # not in the split: not extracted

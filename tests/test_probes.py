@@ -1,0 +1,88 @@
+"""The order probes: index maps that are pure functions of (length, video, seed), applied as frames are read."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from dataset import EmbeddingDataset, load_split_info
+from metrics import MetricAccumulator
+from probes import PROBE_NAMES, ProbedDataset, apply_probe, probe_indices, summarise_probes
+from tests.conftest import ROOT
+from tests.synthetic import make_order_task, write_embedding_split
+
+
+def test_probe_index_maps() -> None:
+    assert probe_indices("reverse", 5, "v").tolist() == [4, 3, 2, 1, 0]
+    assert probe_indices("static", 5, "v").tolist() == [2] * 5  # the middle frame, for the video's length
+    assert probe_indices("static", 4, "v").tolist() == [1] * 4
+    assert probe_indices("half", 5, "v").tolist() == [0, 2, 4]  # every second frame: half the frame rate
+    assert probe_indices("half", 1, "v").tolist() == [0]
+    shuffled = probe_indices("shuffle", 12, "v_a", seed=0)
+    assert sorted(shuffled.tolist()) == list(range(12)) and shuffled.tolist() != list(range(12))
+    # fixed per (video, seed): reruns and workers agree; other videos and seeds get other orders
+    assert probe_indices("shuffle", 12, "v_a", seed=0).tolist() == shuffled.tolist()
+    assert probe_indices("shuffle", 12, "v_b", seed=0).tolist() != shuffled.tolist()
+    assert probe_indices("shuffle", 12, "v_a", seed=1).tolist() != shuffled.tolist()
+    for probe in PROBE_NAMES:
+        assert probe_indices(probe, 1, "v").tolist() == [0]
+    with pytest.raises(ValueError, match="unknown probe"):
+        probe_indices("mirror", 3, "v")
+    with pytest.raises(ValueError, match="at least one frame"):
+        probe_indices("reverse", 0, "v")
+
+
+def test_shuffle_does_not_depend_on_the_process() -> None:
+    """Python salts str hashes per process; the shuffle of a video must be the same in every run and worker."""
+    code = "from probes import probe_indices; print(probe_indices('shuffle', 9, 'v_Growing_g01_c01', 3).tolist())"
+    env = {**os.environ, "PYTHONHASHSEED": "12345", "PYTHONPATH": str(ROOT)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT, env=env)
+    assert out.stdout.strip() == str(probe_indices("shuffle", 9, "v_Growing_g01_c01", 3).tolist())
+
+
+def test_apply_probe_on_arrays_and_tensors() -> None:
+    rows = np.arange(12, dtype=np.float32).reshape(6, 2)
+    assert np.array_equal(apply_probe(rows, "reverse", "v"), rows[::-1])
+    clips = torch.arange(2 * 4 * 3, dtype=torch.float32).view(2, 4, 3, 1, 1)  # (V, T, 3, H, W)
+    assert torch.equal(apply_probe(clips, "half", "v", time_axis=-4), clips[:, [0, 2]])
+    assert torch.equal(apply_probe(clips, "static", "v", time_axis=-4), clips[:, [1, 1, 1, 1]])
+
+
+def test_probed_embedding_dataset_reads_the_changed_frames_from_the_memmap(tmp_path) -> None:
+    videos, labels = make_order_task(5, num_pairs=1, dim=4, seed=0)
+    write_embedding_split(tmp_path, "test", videos, labels)
+    info = load_split_info(tmp_path, "test")
+    base = EmbeddingDataset(info)
+    for probe in PROBE_NAMES:
+        probed = ProbedDataset(base, probe, info.names, seed=4)
+        for i in range(len(base)):
+            feats, label, index = probed[i]
+            expected = videos[i][probe_indices(probe, len(videos[i]), info.names[i], 4)]
+            assert (label, index) == (labels[i], i) and np.array_equal(feats, expected)
+
+
+def test_summarise_probes() -> None:
+    names = ["a", "b"]
+    accs = {}
+    for probe, (right_a, right_b) in {"none": (4, 3), "shuffle": (2, 3), "static": (0, 1)}.items():
+        acc = MetricAccumulator(2)
+        targets = torch.tensor([0] * 4 + [1] * 4)
+        hits = torch.tensor([i < right_a for i in range(4)] + [i < right_b for i in range(4)])
+        pred = torch.where(hits, targets, 1 - targets)
+        acc.update(torch.nn.functional.one_hot(pred, 2).float(), targets, 0.0)
+        accs[probe] = acc
+    summary, rows = summarise_probes({p: a.compute() for p, a in accs.items()},
+                                     {p: a.per_class(names) for p, a in accs.items()})
+    assert summary["none"]["top1"] == 7 / 8 and "top1_drop" not in summary["none"]
+    assert summary["shuffle"]["top1_drop"] == pytest.approx(2 / 8) and summary["static"]["count"] == 8
+    assert summary["static"]["mean_class_acc_drop"] == pytest.approx((1 + 0.75) / 2 - (0 + 0.25) / 2)
+    assert rows[0] == {"class_idx": 0, "class_name": "a", "count": 4, "none": 1.0, "shuffle": 0.5,
+                       "shuffle_drop": 0.5, "static": 0.0, "static_drop": 1.0}
+    assert rows[1]["shuffle_drop"] == 0.0
+    with pytest.raises(ValueError, match="none"):
+        summarise_probes({"shuffle": summary["shuffle"]}, {})
