@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import io
 import json
 import logging
 import os
@@ -42,7 +41,7 @@ import numpy as np
 
 from checkpoint import load_checkpoint
 from stats import BOOTSTRAP_SAMPLES, PairedResult, format_p, grouped_paired_difference, mean_std
-from utils import BadInputError, atomic_write_text, read_json, run_cli, setup_logging
+from utils import BadInputError, atomic_write_csv, atomic_write_text, read_json, run_cli, setup_logging
 
 log = logging.getLogger("actionbert")
 
@@ -483,14 +482,6 @@ def run_columns(runs: list[Run], groups: dict[str, list[str]], group_probes: lis
     return [*columns, *TAIL_COLUMNS]
 
 
-def _csv(rows: list[dict[str, Any]], columns: list[str]) -> str:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore")
-    writer.writeheader()
-    writer.writerows(rows)
-    return buf.getvalue()
-
-
 def print_pair(args: argparse.Namespace, runs: list[Run], groups: dict[str, list[Run]]) -> int:
     """`--pair A B`: the difference, its interval and `p = <value>` on stdout."""
     sides = [resolve_side(spec, runs, groups, args.split) for spec in args.pair]
@@ -538,10 +529,10 @@ def main(args: argparse.Namespace) -> int:
         md += (f"\n## Paired tests against {REFERENCE_HEAD} (same videos; bootstrap 95% CI of the top-1 difference, "
                f"{args.bootstrap_samples} resamples, seed {args.bootstrap_seed}; exact McNemar p)\n\n{pair_table}")
     atomic_write_text(out / "comparison.md", md)
-    atomic_write_text(out / "comparison.csv", _csv([r.row for r in runs], [*columns, "group"]))
+    atomic_write_csv(out / "comparison.csv", [r.row for r in runs], [*columns, "group"])
     group_csv_columns = [*GROUP_COLUMNS] + [f"{m}{s}" for m in metrics for s in ("", "_std", "_n")]
-    atomic_write_text(out / "comparison_groups.csv", _csv(group_rows, group_csv_columns))
-    atomic_write_text(out / "comparison_pairs.csv", _csv([pairing_row(p) for p in pairings], list(PAIR_COLUMNS)))
+    atomic_write_csv(out / "comparison_groups.csv", group_rows, group_csv_columns)
+    atomic_write_csv(out / "comparison_pairs.csv", [pairing_row(p) for p in pairings], PAIR_COLUMNS)
     log.info("wrote %s, %s, %s and %s", out / "comparison.md", out / "comparison.csv", out / "comparison_groups.csv",
              out / "comparison_pairs.csv")
     return 0

@@ -1,7 +1,7 @@
 """Classify raw videos with a trained checkpoint: video -> frames -> backbone -> head -> top-k labels, one command.
 
     python predict.py --model_ckpt RUN/checkpoints/best.pth VIDEO_OR_FOLDER [...] [--topk 5] [--json out.json]
-                      [--attention_plot out.png] [--backbone_weights PATH]
+                      [--attention_plot out.png] [--occlusion out.png] [--backbone_weights PATH]
 
 Each video is decoded in memory (no frames written) at the checkpoint's fps with stage 1's exact-time sampling,
 and its frames go through the same pixels as training saw them: stage 1's shorter-side resize (`frame_size`) and
@@ -13,6 +13,10 @@ probabilities here as through prepare_ucf101 -> prepare_data -> main.py --mode t
 
 End-to-end checkpoints (`e2e_*`) are rebuilt whole from the checkpoint and sample the clip as their evaluation
 does (uniform segment centres, `num_clips` views averaged).
+
+`--occlusion` works for every head: each frame the head is given is removed in turn (the rest keep their order)
+and the predicted class's probability is scored again; e2e models run their backbone once and occlude the first
+view's frame features.
 """
 
 from __future__ import annotations
@@ -345,33 +349,25 @@ def cls_attention(attentions: Sequence[torch.Tensor]) -> np.ndarray:
     return torch.stack(rows).numpy()
 
 
-def plot_attention(
-    out_path: str | os.PathLike,
-    maps: np.ndarray,
-    times: Sequence[float],
-    thumbs: Sequence[np.ndarray],
-    title: str,
-) -> None:
-    """A strip of the sampled frames above the [CLS] attention over time (one row per layer, then rollout)."""
+def _frame_strip_figure(n: int, thumbs: Sequence[np.ndarray], times: Sequence[float], panel_h: float, title: str):
+    """A figure with the sampled frames in a strip over a panel with one column per frame, laid out in inches so
+    thumbnails keep their aspect ratio and sit exactly over their column. Returns (fig, panel axes, colour-bar
+    axes); the panel's x axis is the frame number, labelled with its time."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    n = maps.shape[1]
-    rows = [f"layer {i + 1}" for i in range(maps.shape[0] - 1)] + ["rollout"]
-    # Lay out in inches so thumbnails keep their aspect ratio and sit exactly over their column.
     cell = min(1.2, 16.0 / n)  # width of one frame's column: at most 16 inches of frames in all
     step = max(1, math.ceil(n / MAX_THUMBS))
     h, w = thumbs[0].shape[:2]
     thumb_h = min(2.5, step * cell * h / w)
-    att_h = 0.3 * len(rows) + 0.1
     left, right, top, gap, bottom = 0.9, 1.2, 0.5, 0.1, 0.6
-    fig_w, fig_h = left + n * cell + right, top + thumb_h + gap + att_h + bottom
+    fig_w, fig_h = left + n * cell + right, top + thumb_h + gap + panel_h + bottom
     fig = plt.figure(figsize=(fig_w, fig_h))
-    ax_img = fig.add_axes((left / fig_w, (bottom + att_h + gap) / fig_h, n * cell / fig_w, thumb_h / fig_h))
-    ax_att = fig.add_axes((left / fig_w, bottom / fig_h, n * cell / fig_w, att_h / fig_h), sharex=ax_img)
-    ax_bar = fig.add_axes(((left + n * cell + 0.15) / fig_w, bottom / fig_h, 0.15 / fig_w, att_h / fig_h))
+    ax_img = fig.add_axes((left / fig_w, (bottom + panel_h + gap) / fig_h, n * cell / fig_w, thumb_h / fig_h))
+    ax_panel = fig.add_axes((left / fig_w, bottom / fig_h, n * cell / fig_w, panel_h / fig_h), sharex=ax_img)
+    ax_bar = fig.add_axes(((left + n * cell + 0.15) / fig_w, bottom / fig_h, 0.15 / fig_w, panel_h / fig_h))
     for i in range(0, n, step):
         span = min(step, n - i)
         ax_img.imshow(thumbs[i], extent=(i - 0.5 + 0.03, i - 0.5 + span - 0.03, 0, 1), aspect="auto")
@@ -382,22 +378,62 @@ def plot_attention(
     family = label_font([title])  # a class or file name in CJK or emoji: a font that has it, else escapes
     fig.suptitle(title if family else escape_missing(title), fontsize=10, y=1 - 0.15 / fig_h, va="top",
                  family=family)
-    im = ax_att.imshow(maps, aspect="auto", cmap="viridis", interpolation="nearest", vmin=0.0,
-                       extent=(-0.5, n - 0.5, len(rows) - 0.5, -0.5))
-    ax_att.set_yticks(range(len(rows)), rows, fontsize=8)
     ticks = list(range(0, n, max(1, math.ceil(n / 20))))
-    ax_att.set_xticks(ticks, [f"{times[i]:.1f}" for i in ticks], fontsize=8)
-    ax_att.set_xlabel("time in the video (s)")
-    fig.colorbar(im, cax=ax_bar)
-    ax_bar.set_ylabel("[CLS] attn.", fontsize=8)
-    ax_bar.tick_params(labelsize=7)
+    ax_panel.set_xticks(ticks, [f"{times[i]:.1f}" for i in ticks], fontsize=8)
+    ax_panel.set_xlabel("time in the video (s)")
+    return fig, ax_panel, ax_bar
+
+
+def _save_figure(fig: Any, out_path: str | os.PathLike) -> None:
+    import matplotlib.pyplot as plt
+
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
     plt.close(fig)
     atomic_write_bytes(out_path, buf.getvalue())  # a short temporary name, whatever the video's name
 
 
-def attention_plot_paths(out: str | os.PathLike, videos: Sequence[Path]) -> list[Path]:
+def plot_attention(
+    out_path: str | os.PathLike,
+    maps: np.ndarray,
+    times: Sequence[float],
+    thumbs: Sequence[np.ndarray],
+    title: str,
+) -> None:
+    """A strip of the sampled frames above the [CLS] attention over time (one row per layer, then rollout)."""
+    n = maps.shape[1]
+    rows = [f"layer {i + 1}" for i in range(maps.shape[0] - 1)] + ["rollout"]
+    fig, ax_att, ax_bar = _frame_strip_figure(n, thumbs, times, 0.3 * len(rows) + 0.1, title)
+    im = ax_att.imshow(maps, aspect="auto", cmap="viridis", interpolation="nearest", vmin=0.0,
+                       extent=(-0.5, n - 0.5, len(rows) - 0.5, -0.5))
+    ax_att.set_yticks(range(len(rows)), rows, fontsize=8)
+    fig.colorbar(im, cax=ax_bar)
+    ax_bar.set_ylabel("[CLS] attn.", fontsize=8)
+    ax_bar.tick_params(labelsize=7)
+    _save_figure(fig, out_path)
+
+
+def plot_occlusion(
+    out_path: str | os.PathLike,
+    drops: np.ndarray,
+    times: Sequence[float],
+    thumbs: Sequence[np.ndarray],
+    title: str,
+) -> None:
+    """A strip of the sampled frames above, per frame, the drop in the predicted class's probability when that
+    frame is removed (up: the frame supported the prediction; down: the prediction is surer without it)."""
+    n = len(drops)
+    fig, ax, ax_side = _frame_strip_figure(n, thumbs, times, 1.6, title)
+    values = np.nan_to_num(np.asarray(drops, dtype=np.float64))
+    ax.bar(range(n), values, width=0.8, color=["tab:red" if v > 0 else "tab:blue" for v in values])
+    ax.axhline(0.0, color="black", linewidth=0.6)
+    ax.set_ylabel("prob. drop", fontsize=8)
+    ax.tick_params(axis="y", labelsize=7)
+    ax_side.axis("off")
+    _save_figure(fig, out_path)
+
+
+def plot_paths(out: str | os.PathLike, videos: Sequence[Path]) -> list[Path]:
     """One video: exactly `out`. Several: `<out stem>_<video stem>.png` beside it, made unique by a counter."""
     out = Path(out)
     if len(videos) == 1:
@@ -419,6 +455,23 @@ def attention_plot_paths(out: str | os.PathLike, videos: Sequence[Path]) -> list
 
 
 @dataclass
+class Occlusion:
+    """Which moments matter: per frame the model was given, how much the predicted class's probability drops when
+    that frame alone is removed from the sequence (the others keep their order)."""
+
+    class_idx: int
+    prob: float  # the class's probability with every frame
+    drops: np.ndarray  # (T,): prob - prob without frame t
+    times: list[float]
+    thumbs: list[np.ndarray] = field(default_factory=list)
+
+    def to_json(self, class_names: Sequence[str]) -> dict[str, Any]:
+        return {"label": class_names[self.class_idx], "class_idx": self.class_idx, "prob": self.prob,
+                "times": [round(t, 6) for t in self.times],
+                "drops": [None if not math.isfinite(d) else float(d) for d in self.drops]}
+
+
+@dataclass
 class Prediction:
     video: str
     probs: np.ndarray  # (num_classes,)
@@ -426,10 +479,33 @@ class Prediction:
     times: list[float]  # time of each frame the model used
     attention: np.ndarray | None = None  # (layers + 1, T) from cls_attention
     thumbs: list[np.ndarray] = field(default_factory=list)  # of the frames the attention refers to
+    occlusion: Occlusion | None = None
 
     def topk(self, class_names: Sequence[str], k: int) -> list[dict[str, Any]]:
         order = np.argsort(-self.probs, kind="stable")[: min(k, len(self.probs))]
         return [{"label": class_names[i], "class_idx": int(i), "prob": float(self.probs[i])} for i in order]
+
+
+@torch.no_grad()
+def occlusion_drops(head: torch.nn.Module, feats: torch.Tensor, class_idx: int, chunk: int = 64) -> tuple[float, np.ndarray]:
+    """(P(class | all T frames), per frame t: that minus P(class | the T-1 other frames, in order)).
+
+    Works for any head over (B, T, D) features and lengths: the T occluded sequences are batched (in chunks, so
+    memory stays bounded for long videos) with length T-1; a one-frame video is compared with an empty one, which
+    every head scores (padding is masked)."""
+    num = feats.shape[0]
+    lengths = torch.tensor([num], device=feats.device)
+    prob = float(head(feats[None], lengths).float().softmax(-1)[0, class_idx])
+    drops = np.empty(num)
+    keep = ~torch.eye(num, dtype=torch.bool, device=feats.device)  # row t: every frame but t
+    for start in range(0, num, chunk):
+        rows = keep[start : start + chunk]
+        batch = feats.new_zeros(len(rows), max(num - 1, 1), feats.shape[1])
+        if num > 1:
+            batch[:] = torch.stack([feats[r] for r in rows])
+        occluded = head(batch, torch.full((len(rows),), num - 1, device=feats.device))
+        drops[start : start + len(rows)] = prob - occluded.float().softmax(-1)[:, class_idx].cpu().numpy()
+    return prob, drops
 
 
 def kept_frames(num_frames: int, settings: FrameSettings) -> np.ndarray:
@@ -439,20 +515,27 @@ def kept_frames(num_frames: int, settings: FrameSettings) -> np.ndarray:
 
 @torch.no_grad()
 def predict_video(
-    predictor: Predictor, path: str | os.PathLike, batch_size: int = 64, attention: bool = False
+    predictor: Predictor, path: str | os.PathLike, batch_size: int = 64, attention: bool = False,
+    occlusion: bool = False,
 ) -> Prediction:
-    """Probabilities of one video (and, with `attention`, the [CLS] attention maps over its frames)."""
+    """Probabilities of one video (with `attention`, the [CLS] attention maps over its frames; with `occlusion`,
+    the drop of the predicted class's probability when each frame is removed)."""
     s = predictor.settings
-    decoded = decode_video(path, s, keep_thumbs=attention)
+    decoded = decode_video(path, s, keep_thumbs=attention or occlusion)
     num_frames = len(decoded.frames)
     if predictor.is_e2e:
-        return _predict_e2e(predictor, str(path), decoded, attention)
+        return _predict_e2e(predictor, str(path), decoded, attention, occlusion)
     keep = kept_frames(num_frames, s)
     frames = [decoded.frames[i] for i in keep]
     times = [decoded.times[i] for i in keep]
-    thumbs = [decoded.thumbs[i] for i in keep] if attention else []
+    thumbs = [decoded.thumbs[i] for i in keep] if attention or occlusion else []
     feats = embed_frames(predictor, frames, batch_size).to(predictor.device)
     lengths = torch.tensor([len(frames)], device=predictor.device)
+    occ = None
+    if occlusion:
+        top = int(predictor.model(feats[None], lengths).float().argmax(-1)[0])
+        prob, drops = occlusion_drops(predictor.model, feats, top)
+        occ = Occlusion(top, prob, drops, list(times), list(thumbs))
     maps = None
     if attention:
         logits, atts = predictor.model(feats[None], lengths, return_attentions=True)
@@ -462,10 +545,11 @@ def predict_video(
     else:
         logits = predictor.model(feats[None], lengths)
     probs = logits.float().softmax(-1)[0].cpu().numpy()
-    return Prediction(str(path), probs, num_frames, times, maps, thumbs)
+    return Prediction(str(path), probs, num_frames, times, maps, thumbs, occ)
 
 
-def _predict_e2e(predictor: Predictor, path: str, decoded: DecodedVideo, attention: bool) -> Prediction:
+def _predict_e2e(predictor: Predictor, path: str, decoded: DecodedVideo, attention: bool,
+                 occlusion: bool = False) -> Prediction:
     s = predictor.settings
     assert s.clip_len is not None
     # The frames went through the clips' evaluation resize already (decode_video): taking them as they are gives
@@ -478,7 +562,12 @@ def _predict_e2e(predictor: Predictor, path: str, decoded: DecodedVideo, attenti
     probs = logits.float().softmax(-1)[0].cpu().numpy()
     ks = eval_indices(len(decoded.frames), s.clip_len, s.num_clips)[0]
     times = [decoded.times[int(k)] for k in ks]
-    maps, thumbs = None, []
+    maps, thumbs, occ = None, [], None
+    if occlusion:  # over the first view's frames (the segment centres when num_clips is 1), backbone run once
+        feats = model.frame_features(clip[:1], lengths)[0]
+        top = int(np.argmax(probs))
+        prob, drops = occlusion_drops(model.head, feats, top)
+        occ = Occlusion(top, prob, drops, list(times), [decoded.thumbs[int(k)] for k in ks])
     if attention:  # the first view's attention (the segment centres when num_clips is 1)
         feats = model.frame_features(clip[:1], lengths)
         _, atts = model.head(feats, lengths, return_attentions=True)
@@ -486,7 +575,7 @@ def _predict_e2e(predictor: Predictor, path: str, decoded: DecodedVideo, attenti
         maps = cls_attention([a[0].cpu() for a in atts])[:, : len(used)]
         times = [times[i] for i in used]
         thumbs = [decoded.thumbs[int(ks[i])] for i in used]
-    return Prediction(path, probs, len(decoded.frames), times, maps, thumbs)
+    return Prediction(path, probs, len(decoded.frames), times, maps, thumbs, occ)
 
 
 def failure_reason(exc: Exception) -> str:
@@ -518,14 +607,18 @@ def get_args_parser() -> argparse.ArgumentParser:
                    "recursively, sorted)")
     p.add_argument("--model_ckpt", required=True, help="checkpoint from main.py, e.g. RUN/checkpoints/best.pth")
     p.add_argument("--topk", type=positive_int, default=5, help="classes to print per video")
-    p.add_argument("--json", default=None, help="also write [{video, topk: [{label, class_idx, prob}], num_frames}] "
-                   "to this file")
+    p.add_argument("--json", default=None, help="also write [{video, topk: [{label, class_idx, prob}], num_frames"
+                   "[, occlusion: {label, class_idx, prob, times, drops}]}] to this file")
     p.add_argument("--backbone_weights", default=None, help="local weights of the checkpoint's backbone, used "
                    "instead of those it records (offline use, e.g. when pretrained weights cannot be downloaded): a "
                    "torchvision/timm state_dict or .safetensors file, or an HF model folder")
     p.add_argument("--attention_plot", default=None, metavar="OUT.png", help="bert/roberta heads (and e2e_bert/"
                    "e2e_roberta): draw the [CLS] attention over time per layer and rolled out, under the sampled "
                    "frames. One video: OUT.png; several: OUT_<video stem>.png beside it")
+    p.add_argument("--occlusion", default=None, metavar="OUT.png", help="every head: per sampled frame, the drop "
+                   "in the predicted class's probability when that frame is removed, drawn under the frames (which "
+                   "moments the prediction rests on); --json then includes the curve. One video: OUT.png; several: "
+                   "OUT_<video stem>.png beside it")
     p.add_argument("--gpu_id", type=int, default=0, help="CUDA device; the CPU is used when there is none")
     p.add_argument("--batch_size", type=positive_int, default=64, help="frames per backbone forward pass")
     p.add_argument("--precision", choices=INFERENCE_PRECISIONS, default="auto", help="backbone precision; auto: fp16 "
@@ -540,8 +633,9 @@ def main(args: argparse.Namespace) -> int:
         raise BadInputError(f"--topk and --batch_size must be >= 1 (got {args.topk}, {args.batch_size})")
     if args.json:  # refused now, not after every video was classified
         check_writable_file(args.json, "--json")
-    if args.attention_plot:
-        check_writable_file(args.attention_plot, "--attention_plot")
+    for flag in ("attention_plot", "occlusion"):
+        if getattr(args, flag):
+            check_writable_file(getattr(args, flag), f"--{flag}")
     torch.set_num_threads(default_threads())
     device = resolve_device(args.gpu_id)
     predictor = load_predictor(args.model_ckpt, args.backbone_weights, device, args.precision)
@@ -554,11 +648,14 @@ def main(args: argparse.Namespace) -> int:
     videos, failures = find_videos(args.videos)
     for f in failures:
         print(f"skipped {f['file']}: {f['reason']}")
-    plot_paths = attention_plot_paths(args.attention_plot, videos) if want_attention else []
+    attention_paths = plot_paths(args.attention_plot, videos) if want_attention else []
+    want_occlusion = args.occlusion is not None
+    occlusion_paths = plot_paths(args.occlusion, videos) if want_occlusion else []
     results = []
     for n, path in enumerate(videos):
         try:
-            pred = predict_video(predictor, path, args.batch_size, attention=want_attention)
+            pred = predict_video(predictor, path, args.batch_size, attention=want_attention,
+                                 occlusion=want_occlusion)
             if not np.isfinite(pred.probs).all():
                 raise BadInputError("the model's output is not finite (NaN/inf)")
         except Exception as exc:  # one video's failure, whatever raised it, is that video's line
@@ -569,14 +666,24 @@ def main(args: argparse.Namespace) -> int:
         print(format_table(pred, predictor.class_names, args.topk, predictor.settings.fps))
         results.append({"video": str(path), "topk": pred.topk(predictor.class_names, args.topk),
                         "num_frames": pred.num_frames})
+        top = pred.topk(predictor.class_names, 1)[0]
         if want_attention:
-            top = pred.topk(predictor.class_names, 1)[0]
             title = f"{path.name}: {top['label']} ({top['prob']:.3f}), {predictor.model_name} [CLS] attention"
             try:
-                plot_attention(plot_paths[n], pred.attention, pred.times, pred.thumbs, title)
-                print(f"  attention plot: {plot_paths[n]}")
+                plot_attention(attention_paths[n], pred.attention, pred.times, pred.thumbs, title)
+                print(f"  attention plot: {attention_paths[n]}")
             except Exception as exc:
                 print(f"  no attention plot for {path}: {failure_reason(exc)}")
+        if pred.occlusion is not None:
+            occ = pred.occlusion
+            results[-1]["occlusion"] = occ.to_json(predictor.class_names)
+            title = (f"{path.name}: {top['label']} ({top['prob']:.3f}), {predictor.model_name}: drop in "
+                     f"P({top['label']}) when one frame is removed")
+            try:
+                plot_occlusion(occlusion_paths[n], occ.drops, occ.times, occ.thumbs, title)
+                print(f"  occlusion plot: {occlusion_paths[n]}")
+            except Exception as exc:
+                print(f"  no occlusion plot for {path}: {failure_reason(exc)}")
     if args.json:
         atomic_write_json(args.json, results)
     total = len(results) + len(failures)

@@ -409,3 +409,22 @@ def test_config_from_before_frame_norm_rebuilds_the_old_head() -> None:
     assert rebuilt.frame_norm is None and not rebuilt.config["frame_norm"]
     rebuilt.load_state_dict(model.state_dict())
     assert small_head("bert").config["frame_norm"] is True
+
+
+@pytest.mark.parametrize(("name", "kwargs"), ALL_HEADS)
+def test_occlusion_drops_remove_one_frame_at_a_time(name: str, kwargs: dict) -> None:
+    """predict.py --occlusion: drop t = P(class | all frames) - P(class | the others, in order), batched."""
+    from predict import occlusion_drops
+
+    model = small_head(name, **kwargs)
+    feats = torch.from_numpy(np.random.default_rng(5).normal(size=(5, DIM)).astype(np.float32))
+    with torch.no_grad():
+        prob, drops = occlusion_drops(model, feats, class_idx=2, chunk=2)  # chunks of 2: 3 batches
+        full = model(feats[None], torch.tensor([5])).softmax(-1)[0, 2]
+        assert prob == pytest.approx(float(full), abs=1e-6)
+        for t in (0, 3, 4):
+            rest = torch.cat([feats[:t], feats[t + 1 :]])
+            expected = full - model(rest[None], torch.tensor([4])).softmax(-1)[0, 2]
+            assert drops[t] == pytest.approx(float(expected), abs=1e-5)
+        _, single = occlusion_drops(model, feats[:1], class_idx=0)  # one frame against an empty video
+        assert single.shape == (1,) and np.isfinite(single).all()

@@ -156,6 +156,24 @@ def test_cli_folder_bad_videos_json_and_attention(pipeline, tmp_path, capsys):
 
 
 
+def test_occlusion_cli_for_a_head_without_attention(pipeline, tmp_path, capsys):
+    """--occlusion works for every head (here meanpool): a PNG under the frames and the curve in --json."""
+    video = _source(pipeline, sorted(_embedding_route_probs(pipeline))[0])
+    out_json, plot = tmp_path / "out.json", tmp_path / "occ.png"
+    args = predict.get_args_parser().parse_args(["--model_ckpt", str(pipeline["meanpool"]), str(video),
+                                                 "--json", str(out_json), "--occlusion", str(plot)])
+    assert predict.main(args) == 0
+    assert f"occlusion plot: {plot}" in capsys.readouterr().out
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    (result,) = json.loads(out_json.read_text())
+    occ = result["occlusion"]
+    assert occ["label"] == result["topk"][0]["label"] and occ["prob"] == pytest.approx(result["topk"][0]["prob"])
+    assert len(occ["drops"]) == len(occ["times"]) == result["num_frames"]
+    assert occ["times"] == [float(k) for k in range(result["num_frames"])]
+    # meanpool over T frames: removing frame t moves the mean by (mean - x_t) / (T - 1), never nothing
+    assert any(abs(d) > 1e-6 for d in occ["drops"])
+
+
 def test_attention_maps_follow_kept_frames(pipeline):
     predictor = predict.load_predictor(pipeline["bert"])
     name = sorted(_embedding_route_probs(pipeline))[0]
@@ -224,9 +242,9 @@ def test_find_videos_recursive_sorted(tmp_path):
     videos, failures = predict.find_videos([tmp_path, tmp_path / "empty"])
     assert [p.relative_to(tmp_path).as_posix() for p in videos] == ["a [1]/x.mkv", "b/a.avi", "b/z.MP4"]
     assert failures == [{"file": str(tmp_path / "empty"), "reason": "folder holds no video files"}]
-    paths = predict.attention_plot_paths(tmp_path / "o.png", [Path("x/v 1.avi"), Path("y/v 1.avi")])
+    paths = predict.plot_paths(tmp_path / "o.png", [Path("x/v 1.avi"), Path("y/v 1.avi")])
     assert [p.name for p in paths] == ["o_v_1.png", "o_v_1_2.png"]
-    assert predict.attention_plot_paths("o.png", [Path("v.avi")]) == [Path("o.png")]
+    assert predict.plot_paths("o.png", [Path("v.avi")]) == [Path("o.png")]
 
 
 def test_end_to_end_checkpoint_matches_clip_dataset_eval(pipeline, tmp_path):
@@ -248,9 +266,17 @@ def test_end_to_end_checkpoint_matches_clip_dataset_eval(pipeline, tmp_path):
     clip, _, _ = ds[0]
     with torch.no_grad():
         expected = model(clip[None], torch.tensor([4])).softmax(-1)[0].numpy()
-    pred = predict.predict_video(predictor, _source(pipeline, ds.names[0]), attention=True)
+    pred = predict.predict_video(predictor, _source(pipeline, ds.names[0]), attention=True, occlusion=True)
     np.testing.assert_allclose(pred.probs, expected, atol=1e-5)
     assert pred.attention.shape == (2, 4) and len(pred.thumbs) == 4
+    # occlusion over the first view's frames: frame 1 removed is that view's clip without frame 1
+    occ = pred.occlusion
+    assert occ.class_idx == int(np.argmax(pred.probs)) and occ.drops.shape == (4,) and len(occ.thumbs) == 4
+    with torch.no_grad():
+        full = model(clip[:1], torch.tensor([4])).softmax(-1)[0, occ.class_idx]
+        without = model(clip[:1, [0, 2, 3]], torch.tensor([3])).softmax(-1)[0, occ.class_idx]
+    assert occ.prob == pytest.approx(float(full), abs=1e-5)
+    assert occ.drops[1] == pytest.approx(float(full - without), abs=1e-5)
 
 
 # ----- each input gets a result or one line saying why (issue 11) --------------------------------------------------
@@ -282,6 +308,8 @@ def test_output_paths_are_refused_before_any_work(tiny_ckpt, tmp_path, monkeypat
     (tmp_path / "f").write_text("x")
     with pytest.raises(BadInputError, match="--attention_plot folder"):
         predict.main(_predict_args("--model_ckpt", tiny_ckpt, "--attention_plot", tmp_path / "f" / "a.png", "x.mp4"))
+    with pytest.raises(BadInputError, match="--occlusion folder"):
+        predict.main(_predict_args("--model_ckpt", tiny_ckpt, "--occlusion", tmp_path / "f" / "o.png", "x.mp4"))
 
 
 def test_bad_backbone_weights_are_named_as_typed(tiny_ckpt, tmp_path):
