@@ -11,8 +11,8 @@ traffic; `transforms.preprocess_frame` gives the same for predict.py) and are no
 as already normalised. The backbone's record (models.backbone.BackboneRecord) travels in the model's config, so
 a checkpoint rebuilds the same architecture, input and feature without the original files.
 
-Names are `e2e_<head>`: e2e_bilstm, e2e_bert, e2e_roberta, e2e_meanpool. `build_e2e_model(**model.config)`
-rebuilds a model from a checkpoint's config, like `build_model` does for heads.
+Names are `e2e_<head>`, one per head of `models.MODEL_NAMES` (e2e_bilstm, e2e_bert, e2e_attnpool, ...).
+`build_e2e_model(**model.config)` rebuilds a model from a checkpoint's config, like `build_model` does for heads.
 """
 
 from __future__ import annotations

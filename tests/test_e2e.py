@@ -51,7 +51,7 @@ def _train_steps(model, steps: int = 1, lr: float = 1e-2) -> None:
 
 
 def test_names_and_rebuild_from_config():
-    assert set(E2E_MODEL_NAMES) >= {"e2e_meanpool", "e2e_bilstm", "e2e_bert", "e2e_roberta"}
+    assert set(E2E_MODEL_NAMES) >= {"e2e_meanpool", "e2e_attnpool", "e2e_bilstm", "e2e_bert", "e2e_roberta"}
     model = _model(grad_checkpointing=True).eval()
     assert model.supports_grad_checkpointing and not model.exposes_attention  # a meanpool head has no attention
     clips, lengths, _ = _batch()
@@ -77,6 +77,21 @@ def test_cnn_backbone_runs_channels_last_on_the_cpu_too():
     clips, lengths, _ = _batch()
     with torch.no_grad():
         torch.testing.assert_close(model(clips, lengths), nchw.eval()(clips, lengths), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize(("head", "kwargs"), [("attnpool", {"hidden_size": 16, "num_heads": 2}),
+                                               ("bert", {"hidden_size": 16, "num_heads": 2, "num_layers": 1,
+                                                         "positions": "none"})])
+def test_order_blind_ablations_end_to_end(head, kwargs):
+    """e2e_attnpool and e2e_bert --positions none: rebuilt from their config, and blind to the clip's frame order."""
+    model = _model(head, **kwargs).eval()
+    assert model.config["name"] == f"e2e_{head}"
+    again = load_e2e_model(model.config, model.state_dict()).eval()
+    clips, lengths, _ = _batch()
+    with torch.no_grad():
+        logits = model(clips, lengths)
+        torch.testing.assert_close(again(clips, lengths), logits)
+        torch.testing.assert_close(model(clips.flip(1), lengths), logits, rtol=1e-4, atol=1e-5)
 
 
 def test_checkpoint_round_trip_through_checkpoint_py(tmp_path):
