@@ -32,31 +32,41 @@ test-quick: lint $(STAMP)
 # ---- make demo: the whole pipeline on generated videos, offline, on the CPU in minutes ----------------------------
 # Every stage resumes, so rerunning `make demo` finishes what is missing. Override any variable:
 #   make demo WEIGHTS=imagenet            (real ImageNet features where torchvision can download them)
+#   make demo DEMO_SEEDS="0 1 2"          (every head with three seeds: mean ± std and paired tests over them)
 #   make demo DEMO_DIR=/tmp/d DEMO_DATA_ARGS="--groups 4 --clips 2" DEMO_EPOCHS=10
 # Defaults (measured on a 2-core CPU, see README): 12 classes x 12 groups x 3 clips, 4 test groups per class; 1 fps;
 # a random resnet18 at 64 px (it separates the demo's states well enough, at a third of the cost of 112 px).
-# The transformers sit on an order-blind plateau for ~300 optimiser steps (~20 epochs here) before they use frame
-# order, so they get DEMO_EPOCHS; meanpool and bilstm reach their best val accuracy within a few epochs, so their
-# DEMO_ARGS_<head> (appended last: the last value of a flag wins) give them fewer.
+# The transformers get DEMO_EPOCHS (they learn the order pairs within a few epochs since their frame tokens enter at
+# the position embeddings' scale); meanpool, attnpool and bilstm reach their best val accuracy within a few epochs,
+# so their DEMO_ARGS_<head> (appended last: the last value of a flag wins) set their own. Each test run also
+# evaluates the order probes (DEMO_PROBES), and compare_runs prints each probe's drop and the paired tests.
 DEMO_DIR ?= demo
 WEIGHTS ?= none
 DEMO_DATA_ARGS ?=
 DEMO_IMAGE_SIZE ?= 64
-DEMO_EPOCHS ?= 50
-DEMO_HEADS ?= meanpool bilstm bert roberta
+DEMO_EPOCHS ?= 10
+DEMO_SEEDS ?= 0
+DEMO_HEADS ?= meanpool attnpool bilstm bert roberta
+DEMO_PROBES ?= shuffle reverse static half
 DEMO_TRAIN_ARGS ?= --batch_size 16 --lr 1e-3 --hidden_size 128 --num_layers 2 --num_heads 4 --dropout 0.1 \
-	--weight_decay 0.01 --gpu_id 0 --num_workers 0 --opt_lvl 0 --seed 0
+	--weight_decay 0.01 --gpu_id 0 --num_workers 0 --opt_lvl 0
 DEMO_ARGS_meanpool ?= --epochs 20
+DEMO_ARGS_attnpool ?= --epochs 20
 DEMO_ARGS_bilstm ?= --epochs 20
 DEMO_PREDICT_CLASSES ?= GrowingDisc ShrinkingDisc
 
-# Train one head, then test its best checkpoint (the blank line keeps heads' commands apart under $(foreach)).
+# A run is named after its head, plus _s<seed> when several seeds are asked for.
+demo_run_name = $(if $(word 2,$(DEMO_SEEDS)),$(1)_s$(2),$(1))
+
+# Train one head with one seed, then test its best checkpoint with the order probes (the blank line keeps the
+# commands apart under $(foreach)).
 define demo_head
-	$(PY) main.py --mode train --expt_dir $(DEMO_DIR)/expts --expt_name demo --run_name $(1) --model $(1) \
-		--data_dir $(DEMO_DIR)/embeddings --epochs $(DEMO_EPOCHS) $(DEMO_TRAIN_ARGS) $(DEMO_ARGS_$(1))
-	$(PY) main.py --mode test --expt_dir $(DEMO_DIR)/expts --expt_name demo --run_name $(1) --split test \
-		--model_ckpt $(DEMO_DIR)/expts/demo/$(1)/checkpoints/best.pth --data_dir $(DEMO_DIR)/embeddings \
-		--gpu_id 0 --num_workers 0 --opt_lvl 0
+	$(PY) main.py --mode train --expt_dir $(DEMO_DIR)/expts --expt_name demo --run_name $(call demo_run_name,$(1),$(2)) \
+		--model $(1) --data_dir $(DEMO_DIR)/embeddings --epochs $(DEMO_EPOCHS) $(DEMO_TRAIN_ARGS) --seed $(2) \
+		$(DEMO_ARGS_$(1))
+	$(PY) main.py --mode test --expt_dir $(DEMO_DIR)/expts --expt_name demo --run_name $(call demo_run_name,$(1),$(2)) \
+		--split test --model_ckpt $(DEMO_DIR)/expts/demo/$(call demo_run_name,$(1),$(2))/checkpoints/best.pth \
+		--data_dir $(DEMO_DIR)/embeddings --gpu_id 0 --num_workers 0 --opt_lvl 0 --seed $(2) --probes $(DEMO_PROBES)
 
 endef
 
@@ -69,8 +79,9 @@ demo: $(STAMP)
 			-o $(DEMO_DIR)/embeddings -m resnet18 --weights $(WEIGHTS) --image_size $(DEMO_IMAGE_SIZE) -g 0 -nw 0 \
 			|| exit 1; \
 	done
-	$(foreach head,$(DEMO_HEADS),$(call demo_head,$(head)))
-	$(PY) predict.py --model_ckpt $(DEMO_DIR)/expts/demo/$(lastword $(DEMO_HEADS))/checkpoints/best.pth \
+	$(foreach head,$(DEMO_HEADS),$(foreach seed,$(DEMO_SEEDS),$(call demo_head,$(head),$(seed))))
+	$(PY) predict.py --model_ckpt \
+		$(DEMO_DIR)/expts/demo/$(call demo_run_name,$(lastword $(DEMO_HEADS)),$(firstword $(DEMO_SEEDS)))/checkpoints/best.pth \
 		$(addprefix $(DEMO_DIR)/data/videos/,$(DEMO_PREDICT_CLASSES)) --topk 3 --json $(DEMO_DIR)/predictions.json
 	$(PY) compare_runs.py $(DEMO_DIR)/expts/demo --split test --class_groups $(DEMO_DIR)/data/demo_classes.json
 
