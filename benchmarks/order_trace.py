@@ -27,7 +27,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from main import param_groups, warmup_cosine  # noqa: E402
+from main import warmup_cosine  # noqa: E402
 from models import build_model  # noqa: E402
 from tests.synthetic import make_order_task  # noqa: E402
 
@@ -106,7 +106,7 @@ def main(args: argparse.Namespace) -> int:
     model = build(args, task["dim"], 2 * task["num_pairs"])
     frames = torch.from_numpy(np.concatenate(train_videos))
     model.set_feature_stats(frames.mean(0), frames.std(0))
-    groups = param_groups(model, 0.01)
+    groups = model.param_groups(weight_decay=0.01, lr=args.lr)
     table = model.encoder.embeddings.position_embeddings.weight
     if args.variant == "pos_lr10":
         for group in groups:

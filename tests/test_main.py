@@ -154,6 +154,7 @@ def probe_results(run_dir, split="test"):
     return json.loads((run_dir / f"probes_{split}.json").read_text())["probes"]
 
 
+@pytest.mark.slow
 def test_probes_show_which_head_uses_order(data_dir, tmp_path):
     """--probes: a head that learned the order pairs loses them when the frames are reversed; meanpool and bert
     --positions none (order-blind by construction) do not change at all under shuffle or reverse."""

@@ -353,6 +353,7 @@ def test_order_blind_heads_ignore_frame_order(name: str, kwargs: dict) -> None:
         assert (ordered(reversed_, lengths) - ordered(x, lengths)).abs().max() > 1e-4  # 10x the tolerance above
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("name", "kwargs"), [("attnpool", {"hidden_size": 32, "num_heads": 2}),
                                               ("bert", {**TINY, "positions": "none"})])
 def test_order_blind_ablations_stay_at_chance_on_order_pairs(name: str, kwargs: dict, one_thread: None) -> None:
