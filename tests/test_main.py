@@ -188,9 +188,16 @@ def test_probes_show_which_head_uses_order(data_dir, tmp_path):
         assert probes[name]["shuffle"]["top1_drop"] == 0 and probes[name]["reverse"]["top1_drop"] == 0
 
 
-def test_positions_flag_only_for_heads_with_positions(data_dir, tmp_path):
+def test_positions_and_probes_flags_are_refused_up_front_where_they_mean_nothing(data_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(main, "rank_group", lambda: pytest.fail("work started"))
     with pytest.raises(BadInputError, match="--positions applies to bert, roberta"):
         run_main(*train_args(data_dir, tmp_path, "r", "--epochs", 1, "--model", "bilstm", "--positions", "none"))
+    with pytest.raises(BadInputError, match="--positions applies to bert, roberta"):
+        run_main(*train_args(data_dir, tmp_path, "r", "--epochs", 1, "--model", "e2e_meanpool", "--positions", "none"))
+    with pytest.raises(BadInputError, match="--probes evaluates a trained checkpoint"):
+        run_main(*train_args(data_dir, tmp_path, "r", "--epochs", 1, "--probes", "shuffle"))
+    assert not (tmp_path / "t").exists()
+    main.check_args(main.get_args_parser().parse_args(["--model", "e2e_bert", "--positions", "none"]))
 
 
 def test_refuses_checkpoint_of_another_model_or_class_count(data_dir, tmp_path):
