@@ -7,7 +7,12 @@ Every run trains through main.py's own code (argument parsing, data loading from
 warm-up and cosine schedule, evaluation), so what it measures is what a user of main.py gets.
 
     python benchmarks/order_task.py --models bert roberta bilstm --epochs 4 --seeds 0 1 2
-    python benchmarks/order_task.py --models bert --epochs 15 -- --group_by_length   # extra main.py flags after --
+    python benchmarks/order_task.py --models bert --epochs 15 -- --no-group_by_length   # extra main.py flags after --
+    python benchmarks/order_task.py --models bert roberta --epochs 4 --frame_norm off   # the heads before the fix
+
+`--frame_norm off` builds bert/roberta as they were before their frame tokens were layer-normalised (the plain
+projection, `frame_norm=False`: what a checkpoint from before the fix rebuilds to), to reproduce the old curves with
+today's main.py; main.py itself has no such flag.
 
 Prints one line per run (val top-1 after each epoch) and a markdown table; `--out FILE` appends the table.
 Accuracy only: the numbers do not depend on the machine's load.
@@ -16,7 +21,9 @@ Accuracy only: the numbers do not depend on the machine's load.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
+import functools
 import json
 import logging
 import shlex
@@ -30,6 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import main as train_main  # noqa: E402
+from models import POSITION_MODELS  # noqa: E402
 from tests.synthetic import make_order_task, write_embedding_split  # noqa: E402
 
 log = logging.getLogger("actionbert.order_task")
@@ -52,6 +60,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--min_len", type=int, default=8)
     p.add_argument("--max_len", type=int, default=24)
     p.add_argument("--noise", type=float, default=0.3)
+    p.add_argument("--frame_norm", choices=("on", "off"), default="on", help="off: bert/roberta without the frame "
+                   "LayerNorm (the head before the fix, for the 'before' curves)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (tiny models run best on one)")
     p.add_argument("--work_dir", default=None, help="where data and runs go (default: a temporary folder)")
     p.add_argument("--out", default=None, help="append the table to this markdown file")
@@ -76,6 +86,26 @@ def run_argv(args: argparse.Namespace, data_dir: Path, expt_dir: Path, model: st
             "--num_layers", str(args.num_layers), "--hidden_size", str(args.hidden_size),
             "--num_heads", str(args.num_heads), "--seed", str(seed), "--gpu_id", "0", "--num_workers", "0",
             "--opt_lvl", "0", "--save_interval", "0", *args.extra]
+
+
+@contextlib.contextmanager
+def frame_norm_setting(enabled: bool):
+    """While active, main.py builds bert/roberta with `frame_norm=enabled` (recorded in their checkpoints' config)."""
+    if enabled:
+        yield
+        return
+    build = train_main.build_model
+
+    def build_without(name: str, *a, **config):
+        if name in POSITION_MODELS:
+            config["frame_norm"] = False
+        return build(name, *a, **config)
+
+    train_main.build_model = functools.wraps(build)(build_without)
+    try:
+        yield
+    finally:
+        train_main.build_model = build
 
 
 def val_curve(run_dir: Path) -> list[float]:
@@ -111,7 +141,8 @@ def main(args: argparse.Namespace) -> int:
             for seed in args.seeds:
                 argv = run_argv(args, data_dir, expt_dir, model, seed)
                 log.warning("main.py %s", shlex.join(argv))
-                status = train_main.main(train_main.get_args_parser().parse_args(argv))
+                with frame_norm_setting(args.frame_norm == "on"):
+                    status = train_main.main(train_main.get_args_parser().parse_args(argv))
                 if status != 0:
                     raise SystemExit(f"main.py {shlex.join(argv)} failed with status {status}")
                 curve = val_curve(expt_dir / "order" / f"{model}_s{seed}")
