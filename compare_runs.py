@@ -40,8 +40,19 @@ from typing import Any
 import numpy as np
 
 from checkpoint import load_checkpoint
+from probes import PROBE_NAMES
 from stats import BOOTSTRAP_SAMPLES, PairedResult, format_p, grouped_paired_difference, mean_std
-from utils import BadInputError, atomic_write_csv, atomic_write_text, read_json, run_cli, setup_logging
+from utils import (
+    BadInputError,
+    atomic_write_csv,
+    atomic_write_text,
+    check_writable_dir,
+    nonnegative_int,
+    positive_int,
+    read_json,
+    run_cli,
+    setup_logging,
+)
 
 log = logging.getLogger("actionbert")
 
@@ -71,12 +82,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", help="which test-mode results to report (val or test)")
     p.add_argument("--class_groups", default=None,
                    help="JSON {group: [class names]} or demo_classes.json: adds per-group accuracy columns")
-    p.add_argument("--group_probes", nargs="*", default=["shuffle"],
+    p.add_argument("--group_probes", nargs="*", default=["shuffle"], choices=PROBE_NAMES, metavar="PROBE",
                    help="probes whose drop is shown per class group (needs --class_groups)")
     p.add_argument("--pair", nargs=2, metavar=("A", "B"), default=None,
                    help="compare A with B on the same videos: run folders, or run or group names of EXPT_DIR")
-    p.add_argument("--bootstrap_samples", type=int, default=BOOTSTRAP_SAMPLES)
-    p.add_argument("--bootstrap_seed", type=int, default=0, help="seed of the bootstrap (reruns agree)")
+    p.add_argument("--bootstrap_samples", type=positive_int, default=BOOTSTRAP_SAMPLES)
+    p.add_argument("--bootstrap_seed", type=nonnegative_int, default=0, help="seed of the bootstrap (reruns agree)")
     p.add_argument("--out", default=None, help="where to write the comparison files (default: the experiment folder)")
     p.add_argument("--verbose", action="store_true")
     return p
@@ -500,6 +511,7 @@ def main(args: argparse.Namespace) -> int:
         return print_pair(args, [], {})
 
     expt_dir = Path(args.expt_dir)
+    check_writable_dir(args.out or expt_dir, "--out" if args.out else "the experiment folder")  # before any work
     groups = load_class_groups(args.class_groups) if args.class_groups else {}
     runs = find_runs(expt_dir, args.split, groups, args.group_probes)
     columns = run_columns(runs, groups, args.group_probes)

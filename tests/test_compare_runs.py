@@ -167,3 +167,17 @@ def test_group_labels() -> None:
     assert compare_runs.group_label(["bert4_split1", "bert4_split2"]) == "bert4"
     assert compare_runs.group_label(["heads0", "heads1"]) == "heads"
     assert compare_runs.group_label(["roberta"]) == "roberta"
+
+
+def test_flags_are_checked_before_any_work(tmp_path: Path, capsys) -> None:
+    """Issue 11's rule for the new flags: a bad value is argparse's one line, a bad --out is refused up front."""
+    parser = compare_runs.get_args_parser()
+    for argv in (["--bootstrap_samples", "0"], ["--bootstrap_seed", "-1"], ["--group_probes", "sideways"]):
+        with pytest.raises(SystemExit) as exc:
+            parser.parse_args([str(tmp_path), *argv])
+        assert exc.value.code == 2 and "error: argument" in capsys.readouterr().err
+    make_run(tmp_path, "meanpool", "meanpool", hits(6))
+    (tmp_path.parent / "file").write_text("x")
+    with pytest.raises(BadInputError, match="--out .* is a file"):
+        compare_runs.main(parser.parse_args([str(tmp_path), "--out", str(tmp_path.parent / "file")]))
+    assert not (tmp_path / "comparison.md").exists()
