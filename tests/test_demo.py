@@ -31,7 +31,9 @@ TRAIN_ARGS = ["--batch_size", "16", "--lr", "1e-3", "--hidden_size", "128", "--n
               "--dropout", "0.1", "--weight_decay", "0.01", "--gpu_id", "0", "--num_workers", "0", "--opt_lvl", "0",
               "--seed", "0"]
 EPOCHS = {"meanpool": 30, "attnpool": 20, "bilstm": 15, "bert": 10, "roberta": 10}
-SHUFFLE_DROP = 0.25  # provisional: measured over seeds below
+# A head that uses order falls from ~1.0 to ~0.5 on the order pairs when the frames are shuffled (the demo's mean
+# drops over seeds 0-3 are 0.47-0.50, std ~0.05: README); half that leaves room for seed noise.
+SHUFFLE_DROP = 0.25
 TIMEOUT = 300
 
 pytestmark = pytest.mark.slow  # runs the demo
