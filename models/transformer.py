@@ -234,7 +234,10 @@ class TransformerHead(VideoHead):
         frame_tokens = self.projection(x)
         if self.frame_norm is not None:
             frame_tokens = self.frame_norm(frame_tokens)
-        tokens = torch.cat([self.cls_token.to(frame_tokens.dtype).expand(batch, 1, -1), frame_tokens], dim=1)
+        # The sequence in the parameters' dtype: the encoder adds its float32 position table anyway, and [CLS]'s
+        # gradient, a sum over the batch, then adds up in float32 (under fp16 autocast its half-precision sum
+        # overflowed at GradScaler's initial scale, once the frame tokens were normalised to the word scale).
+        tokens = torch.cat([self.cls_token.expand(batch, 1, -1), frame_tokens.to(self.cls_token.dtype)], dim=1)
         attention_mask = length_mask(lengths + 1, frames + 1).long()  # [CLS] is always attended
         kwargs: dict[str, Any] = {
             "inputs_embeds": tokens,
