@@ -34,3 +34,16 @@ def test_gpu_check_runs_every_part_at_tiny_sizes_without_cuda(tmp_path):
     assert all(float(r[3].split(" ")[0]) > 0 for r in vit)
     assert any("gloo, DDP" in r[1] for r in rows)  # main.py under torchrun joined a process group
     assert (tmp_path / "work" / "attention.png").stat().st_size > 0
+
+
+def test_full_check_fits_in_eight_minutes():
+    """Issue 13: at most 8 minutes on one GPU. Each part stops at its own budget, so the budgets must add up to the
+    whole check's limit, and that limit must leave room for the interpreter's start-up and a configuration that
+    runs past its part's deadline."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import gpu_check
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    budgets = gpu_check.full_sizes(16).budgets
+    assert sum(budgets.values()) <= gpu_check.FULL_BUDGET_S <= 8 * 60 - 20
