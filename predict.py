@@ -41,9 +41,9 @@ from clip_dataset import eval_clip_from_frames
 from models.backbone import (
     BackboneRecord,
     build_backbone,
-    default_threads,
     embed_batch,
     record_of,
+    set_default_threads,
 )
 from models.base import VideoModel
 from models.e2e import is_e2e_name
@@ -636,7 +636,7 @@ def main(args: argparse.Namespace) -> int:
     for flag in ("attention_plot", "occlusion"):
         if getattr(args, flag):
             check_writable_file(getattr(args, flag), f"--{flag}")
-    torch.set_num_threads(default_threads())
+    set_default_threads()
     device = resolve_device(args.gpu_id)
     predictor = load_predictor(args.model_ckpt, args.backbone_weights, device, args.precision)
     want_attention = args.attention_plot is not None

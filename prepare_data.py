@@ -55,9 +55,9 @@ from models.backbone import (
     BackboneRecord,
     build_backbone,
     choose_channels_last,
-    default_threads,
     embed_batch,
     resolve_backbone,
+    set_default_threads,
 )
 from precision import INFERENCE_PRECISIONS, resolve_precision
 from sampling import subsample_indices
@@ -582,8 +582,7 @@ def main(args: argparse.Namespace) -> int:
 def embed_split(args: argparse.Namespace, info: DistInfo) -> int:
     """Plan the split's frames, refuse or resume what OUT holds, embed this rank's share and (rank 0) finalise."""
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", info.world_size))
-    if "OMP_NUM_THREADS" not in os.environ:  # an explicit setting wins; torchrun sets 1 per rank
-        torch.set_num_threads(default_threads(local_world))
+    set_default_threads(local_world)
     device = rank_device(info, args.gpu_id)
     precision = resolve_precision(args.precision, device)
     out_dir = Path(args.out_dir)

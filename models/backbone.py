@@ -802,6 +802,13 @@ def default_threads(local_world_size: int = 1) -> int:
     return max(1, cores // max(1, local_world_size))
 
 
+def set_default_threads(local_world_size: int = 1) -> None:
+    """Give torch `default_threads` unless the user set OMP_NUM_THREADS (an explicit setting wins: a shared
+    node's job script, or torchrun, which sets 1 per rank when it starts several)."""
+    if "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(default_threads(local_world_size))
+
+
 def prefers_channels_last(model: nn.Module) -> bool:
     """Whether `model` should run in channels_last: where convolutions hold most of the weights, whichever library
     built it. Chosen by measurement, the same on the CPU and on CUDA: on a 2-core CPU at 224 px (fp32 forward, one
