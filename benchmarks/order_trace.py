@@ -27,6 +27,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from dataset import pad_collate  # noqa: E402
 from main import warmup_cosine  # noqa: E402
 from models import build_model  # noqa: E402
 from tests.synthetic import make_order_task  # noqa: E402
@@ -49,11 +50,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
-def pad(videos: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
-    x = np.zeros((len(videos), max(len(v) for v in videos), videos[0].shape[1]), np.float32)
-    for i, v in enumerate(videos):
-        x[i, : len(v)] = v
-    return torch.from_numpy(x), torch.tensor([len(v) for v in videos])
+def padded(videos: list[np.ndarray], labels: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The whole split as one batch, padded as main.py's loader pads (dataset.pad_collate): feats, lengths, labels."""
+    batch = pad_collate([(v, int(label), i) for i, (v, label) in enumerate(zip(videos, labels, strict=True))])
+    return batch["feats"], batch["lengths"], batch["labels"]
 
 
 def build(args: argparse.Namespace, dim: int, num_classes: int) -> torch.nn.Module:
@@ -68,16 +68,13 @@ def build(args: argparse.Namespace, dim: int, num_classes: int) -> torch.nn.Modu
     return model
 
 
-def frame_tokens(model: torch.nn.Module, feats: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-    tokens = model.projection(model.standardize(feats, lengths))
-    return model.frame_norm(tokens) if model.frame_norm is not None else tokens
 
 
 @torch.no_grad()
 def trace_row(model: torch.nn.Module, x: torch.Tensor, lengths: torch.Tensor, y: torch.Tensor) -> list[float]:
     model.eval()
     short = int(lengths.min())
-    tokens = frame_tokens(model, x, lengths)[:, :short]
+    tokens = model.frame_tokens(model.standardize(x, lengths))[:, :short]
     table = model.encoder.embeddings.position_embeddings.weight
     positions = table[model.position_offset + 1 : model.position_offset + 1 + short]
     rms_tokens, rms_pos = float(tokens.pow(2).mean().sqrt()), float(positions.pow(2).mean().sqrt())
@@ -98,10 +95,8 @@ def main(args: argparse.Namespace) -> int:
     task = {"num_pairs": 4, "dim": 64, "min_len": 8, "max_len": 24, "noise": 0.3}
     train_videos, train_labels = make_order_task(960, seed=0, **task)
     val_videos, val_labels = make_order_task(240, seed=1, **task)
-    x, lengths = pad(train_videos)
-    y = torch.from_numpy(train_labels)
-    vx, vlengths = pad(val_videos)
-    vy = torch.from_numpy(val_labels)
+    x, lengths, y = padded(train_videos, train_labels)
+    vx, vlengths, vy = padded(val_videos, val_labels)
     torch.manual_seed(args.seed)
     model = build(args, task["dim"], 2 * task["num_pairs"])
     frames = torch.from_numpy(np.concatenate(train_videos))

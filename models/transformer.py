@@ -210,6 +210,12 @@ class TransformerHead(VideoHead):
         """Position ids of [CLS] and the frames, (1, num_tokens); RoBERTa's start after its padding index."""
         return torch.arange(self.position_offset, self.position_offset + num_tokens, device=device).unsqueeze(0)
 
+    def frame_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """Standardised frame features (B, T, D) -> the encoder's frame tokens (B, T, hidden): the projection,
+        layer-normalised to the word-embedding scale where `frame_norm` is on (see the module docstring)."""
+        tokens = self.projection(x)
+        return self.frame_norm(tokens) if self.frame_norm is not None else tokens
+
     def forward(
         self, feats: torch.Tensor, lengths: torch.Tensor, return_attentions: bool = False
     ) -> torch.Tensor | tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
@@ -231,9 +237,7 @@ class TransformerHead(VideoHead):
         self.last_frame_index = index
 
         batch, frames = x.shape[:2]
-        frame_tokens = self.projection(x)
-        if self.frame_norm is not None:
-            frame_tokens = self.frame_norm(frame_tokens)
+        frame_tokens = self.frame_tokens(x)
         # The sequence in the parameters' dtype: the encoder adds its float32 position table anyway, and [CLS]'s
         # gradient, a sum over the batch, then adds up in float32 (under fp16 autocast its half-precision sum
         # overflowed at GradScaler's initial scale, once the frame tokens were normalised to the word scale).
