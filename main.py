@@ -862,16 +862,17 @@ def train_one_epoch(
         with autocast(precision, device):
             logits = model(inputs, lengths)
         loss = opt.criterion(logits.float(), labels)
-        if not torch.isfinite(loss):
-            raise nonfinite_loss_error(loss.item(), state, batch["indices"], names)
+        loss_value = loss.item()  # one device sync per step; the check, the sums and the logs all read it
+        if not math.isfinite(loss_value):
+            raise nonfinite_loss_error(loss_value, state, batch["indices"], names)
         opt.step(loss, model.parameters())
         state.global_step += 1
         state.batch_in_epoch += 1
-        acc.update(logits, labels, loss.item() * len(labels))
+        acc.update(logits, labels, loss_value * len(labels))
         if writer is not None and args.log_interval > 0 and state.global_step % args.log_interval == 0:
-            writer.add_scalar("train/loss_step", loss.item(), state.global_step)
+            writer.add_scalar("train/loss_step", loss_value, state.global_step)
             writer.add_scalar("train/lr", opt.lr, state.global_step)
-            bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{opt.lr:.2e}")
+            bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{opt.lr:.2e}")
         stopped = state.global_step == args.stop_after_steps
         mid_epoch = state.batch_in_epoch < steps_per_epoch
         if mid_epoch and (stopped or (args.save_interval > 0 and state.global_step % args.save_interval == 0)):
