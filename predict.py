@@ -531,20 +531,21 @@ def predict_video(
     thumbs = [decoded.thumbs[i] for i in keep] if attention or occlusion else []
     feats = embed_frames(predictor, frames, batch_size).to(predictor.device)
     lengths = torch.tensor([len(frames)], device=predictor.device)
-    occ = None
-    if occlusion:
-        top = int(predictor.model(feats[None], lengths).float().argmax(-1)[0])
-        prob, drops = occlusion_drops(predictor.model, feats, top)
-        occ = Occlusion(top, prob, drops, list(times), list(thumbs))
     maps = None
     if attention:
         logits, atts = predictor.model(feats[None], lengths, return_attentions=True)
         used = predictor.model.last_frame_index[0].tolist()  # frames the head kept (it subsamples long videos)
         maps = cls_attention([a[0].cpu() for a in atts])[:, : len(used)]
-        times, thumbs = [times[i] for i in used], [thumbs[i] for i in used]
     else:
         logits = predictor.model(feats[None], lengths)
     probs = logits.float().softmax(-1)[0].cpu().numpy()
+    occ = None
+    if occlusion:  # of the predicted class, over every frame the head was given
+        top = int(np.argmax(probs))
+        prob, drops = occlusion_drops(predictor.model, feats, top)
+        occ = Occlusion(top, prob, drops, list(times), list(thumbs))
+    if attention:
+        times, thumbs = [times[i] for i in used], [thumbs[i] for i in used]
     return Prediction(str(path), probs, num_frames, times, maps, thumbs, occ)
 
 
