@@ -53,10 +53,14 @@ PROBES: dict[str, Callable[[int, str, int], np.ndarray]] = {
 PROBE_NAMES = tuple(PROBES)
 
 
-def probe_indices(probe: str, length: int, video: str, seed: int = 0) -> np.ndarray:
-    """Indices (int64, at least one) into a video's `length` frames for `probe`."""
+def check_probe(probe: str) -> None:
     if probe not in PROBES:
         raise ValueError(f"unknown probe {probe!r}; choose from {', '.join(PROBE_NAMES)}")
+
+
+def probe_indices(probe: str, length: int, video: str, seed: int = 0) -> np.ndarray:
+    """Indices (int64, at least one) into a video's `length` frames for `probe`."""
+    check_probe(probe)
     if length < 1:
         raise ValueError(f"a probe needs at least one frame, got length {length}")
     return np.asarray(PROBES[probe](int(length), video, seed), dtype=np.int64)
@@ -78,8 +82,7 @@ class ProbedDataset(Dataset):
     still reads one video at a time (from the memmap or the frame folder)."""
 
     def __init__(self, base: Dataset, probe: str, names: Sequence[str], seed: int = 0, time_axis: int = 0) -> None:
-        if probe not in PROBES:
-            raise ValueError(f"unknown probe {probe!r}; choose from {', '.join(PROBE_NAMES)}")
+        check_probe(probe)
         self.base, self.probe, self.names, self.seed, self.time_axis = base, probe, names, int(seed), time_axis
 
     def __len__(self) -> int:
