@@ -4,7 +4,6 @@ choice, clean CLI errors."""
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
 import errno
 import fcntl
@@ -17,7 +16,7 @@ import os
 import random
 import secrets
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -256,13 +255,6 @@ def check_writable_file(path: str | os.PathLike, flag: str) -> Path:
         raise BadInputError(f"{flag} {path} is a folder; give a file name")
     check_writable_dir(path.parent if str(path.parent) else Path("."), flag + " folder")
     return path
-
-
-@contextlib.contextmanager
-def output_lock(folder: str | os.PathLike, name: str = ".lock", what: str = "output folder") -> Iterator[OutputLock]:
-    """`with output_lock(OUT):` holds OUT's lock for the block (see OutputLock)."""
-    with OutputLock(folder, name, what) as lock:
-        yield lock
 
 
 def atomic_write_csv(path: str | os.PathLike, rows: Sequence[dict[str, Any]],
