@@ -312,6 +312,28 @@ def test_output_paths_are_refused_before_any_work(tiny_ckpt, tmp_path, monkeypat
         predict.main(_predict_args("--model_ckpt", tiny_ckpt, "--occlusion", tmp_path / "f" / "o.png", "x.mp4"))
 
 
+def test_an_explicit_omp_num_threads_is_kept(tiny_ckpt, monkeypatch):
+    """predict.py sized torch's thread pool by the cores even when the user set OMP_NUM_THREADS (prepare_data.py
+    already kept it); both now go through models.backbone.set_default_threads."""
+    import models.backbone
+
+    monkeypatch.setattr(models.backbone, "default_threads", lambda *a: 3)  # what the cores would give
+    monkeypatch.setattr(predict, "load_predictor", lambda *a, **k: pytest.fail("stop here"))
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")
+        with pytest.raises(pytest.fail.Exception):
+            predict.main(_predict_args("--model_ckpt", tiny_ckpt, "x.mp4"))
+        assert torch.get_num_threads() == 1
+        monkeypatch.delenv("OMP_NUM_THREADS")
+        with pytest.raises(pytest.fail.Exception):
+            predict.main(_predict_args("--model_ckpt", tiny_ckpt, "x.mp4"))
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_bad_backbone_weights_are_named_as_typed(tiny_ckpt, tmp_path):
     """Issue 11 item 11: a bad --backbone_weights was reported as `--weights ...`."""
     junk = tmp_path / "junk.pth"
