@@ -21,8 +21,9 @@ probes_per_class_<split>.csv). Writes into the experiment folder:
 - Paired tests (stats.py): each group against the `meanpool` group (`e2e_meanpool` for e2e heads) of the same
   data, or the two runs/groups of `--pair`: on the same test videos, joined by video name, the top-1 difference
   with a seeded bootstrap 95% CI and the exact McNemar p-value. Runs of two groups are matched by official split
-  and seed (in seed order where the seeds differ); see stats.grouped_paired_difference for how several matched
-  runs are combined.
+  and seed (in seed order where the seeds differ); for several matched run pairs p is the intersection-union p
+  (the largest per-pair McNemar p when every pair's difference has the same sign, else 1), and `p_mean` a t-test of
+  the mean per-pair difference; see stats.grouped_paired_difference.
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ AFTER_PROBES = ("test_top5", "test_mean_class_acc")
 TAIL_COLUMNS = ("params", "s_per_epoch")
 GROUP_COLUMNS = ("group", "head", "n", "seeds", "splits")
 PAIR_COLUMNS = ("a", "b", "split", "units", "videos", "a_top1", "b_top1", "diff", "ci_low", "ci_high", "a_only",
-                "b_only", "p")
+                "b_only", "p", "p_test", "p_mean")
 REFERENCE_HEAD = "meanpool"
 # main.py arguments that say where a run lives or how it was executed, not what it learned: runs that differ only
 # in these (and in --seed) are repeats of one experiment.
@@ -70,8 +71,11 @@ NOT_SETTINGS = frozenset({
     "split", "gpu_id", "num_workers", "log_interval", "save_interval", "stop_after_epochs", "stop_after_steps",
     "verbose", "strict", "seed", "probes",
 })
-# data_info keys that differ between the official splits of one dataset (the videos differ), not between settings.
-SPLIT_SPECIFIC = frozenset({"split_id", "plan_sha256", "max_len", "subsampled_videos", "skipped_frames"})
+# data_info keys that differ between the official splits of one dataset, not between settings: whatever says which
+# videos a split holds (its id, the hash of its names and labels, of its frame plan) or follows from them (the
+# longest video, how many were subsampled or lost frames).
+SPLIT_SPECIFIC = frozenset({"split_id", "videos_sha256", "plan_sha256", "max_len", "subsampled_videos",
+                            "skipped_frames"})
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -291,8 +295,8 @@ def summarise_group(label: str, members: list[Run], metrics: list[str]) -> dict[
         "group": label,
         "head": members[0].head,
         "n": len(members),
-        "seeds": " ".join(sorted({str(m.seed) for m in members if m.seed is not None})) or "-",
-        "splits": " ".join(sorted({str(m.split_id) for m in members if m.split_id is not None})) or "-",
+        "seeds": " ".join(map(str, sorted({m.seed for m in members if m.seed is not None}))) or "-",
+        "splits": " ".join(map(str, sorted({m.split_id for m in members if m.split_id is not None}))) or "-",
     }
     for col in metrics:
         values = [m.row.get(col) for m in members]
@@ -306,11 +310,23 @@ def summarise_group(label: str, members: list[Run], metrics: list[str]) -> dict[
 
 
 def correctness(path: Path) -> dict[str, bool]:
-    """video -> whether the run's top-1 prediction is right, from predictions_<split>.csv."""
+    """video -> whether the run's top-1 prediction is right, from predictions_<split>.csv. A video named twice is
+    refused: which row would count is a guess, and the paired test would silently lose the other."""
     rows = read_csv_rows(path)
     if rows and not {"video", "correct"} <= set(rows[0]):
         raise BadInputError(f"{path}: expected columns video and correct (main.py --mode test's predictions file)")
-    return {r["video"]: r["correct"].strip() == "1" for r in rows}
+    out: dict[str, bool] = {}
+    repeated: dict[str, int] = {}
+    for r in rows:
+        if r["video"] in out:
+            repeated[r["video"]] = repeated.get(r["video"], 1) + 1
+        out[r["video"]] = r["correct"].strip() == "1"
+    if repeated:
+        first = ", ".join(f"{v} ({n} rows)" for v, n in list(repeated.items())[:5])
+        raise BadInputError(f"{path}: {len(repeated)} video name(s) appear more than once ({first}"
+                            + (", ..." if len(repeated) > 5 else "") + f"); {len(rows)} rows for {len(out)} videos. "
+                            "Each video must have one row: rerun main.py --mode test for this run")
+    return out
 
 
 def match_units(a: list[Run], b: list[Run]) -> list[tuple[Run, Run]]:
@@ -394,7 +410,8 @@ def pairing_row(p: Pairing) -> dict[str, Any]:
     split_ids = sorted({s for s in p.splits if s is not None})
     return {"a": p.a, "b": p.b, "split": " ".join(map(str, split_ids)) or "-", "units": r.num_units,
             "videos": r.num_videos, "a_top1": p.a_top1, "b_top1": p.b_top1, "diff": r.diff, "ci_low": r.ci_low,
-            "ci_high": r.ci_high, "a_only": r.a_only, "b_only": r.b_only, "p": r.p}
+            "ci_high": r.ci_high, "a_only": r.a_only, "b_only": r.b_only, "p": r.p, "p_test": r.p_test,
+            "p_mean": r.p_mean}
 
 
 def describe_pairing(p: Pairing, split: str) -> str:
@@ -406,12 +423,21 @@ def describe_pairing(p: Pairing, split: str) -> str:
         f"  top-1 {p.a_top1:.4f} vs {p.b_top1:.4f}: difference {r.diff:+.4f} "
         f"(95% CI {r.ci_low:+.4f} to {r.ci_high:+.4f}, bootstrap over videos"
         + (" and run pairs" if r.num_units > 1 else "") + ")",
-        f"  videos only {p.a} gets right: {r.a_only}, only {p.b}: {r.b_only}; exact McNemar p = {format_p(r.p)}",
     ]
-    if r.num_units > 1:
-        per = ", ".join(f"{a} vs {b}: {d:+.4f} (p = {format_p(q)})"
-                        for (a, b), d, q in zip(p.units, r.unit_diff, r.unit_p, strict=True))
-        lines.append(f"  per run pair: {per}; p is the largest of them when all differences share a sign, else 1")
+    if r.num_units == 1:
+        lines.append(f"  videos only {p.a} gets right: {r.a_only}, only {p.b}: {r.b_only}; "
+                     f"exact McNemar p = {format_p(r.p)}")
+        return "\n".join(lines)
+    per = ", ".join(f"{a} vs {b}: {d:+.4f} (McNemar p = {format_p(q)})"
+                    for (a, b), d, q in zip(p.units, r.unit_diff, r.unit_p, strict=True))
+    lines += [
+        f"  per run pair: {per}",
+        f"  videos only {p.a} gets right, summed over the run pairs: {r.a_only}, only {p.b}: {r.b_only}",
+        f"  intersection-union p = {format_p(r.p)}: the largest per-pair McNemar p when every pair's difference has "
+        "the same sign, else 1 (is the gap there in every seed and split?)",
+        f"  t-test of the mean difference over the {r.num_units} run pairs: p = {format_p(r.p_mean)}"
+        + (" (every pair's difference is the same: no spread to test against)" if r.p_mean != r.p_mean else ""),
+    ]
     return "\n".join(lines)
 
 
@@ -470,14 +496,20 @@ def format_group_table(rows: list[dict[str, Any]], metrics: list[str]) -> str:
 
 
 def format_pair_table(pairings: list[Pairing]) -> str:
+    """One row per pairing. `p` is the exact McNemar p for a single run pair and the intersection-union p (IU)
+    over several; `p mean` the t-test of the mean per-pair difference (groups only)."""
+    grouped = any(p.result.num_units > 1 for p in pairings)
     columns = ["a", "b", "split", "runs", "videos", "top-1 a", "top-1 b", "difference (95% CI)", "only a", "only b",
-               "p (exact McNemar)"]
+               "p (McNemar; IU over runs)" if grouped else "p (exact McNemar)"]
+    if grouped:
+        columns.append("p mean (t over runs)")
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for p in pairings:
         r, row = p.result, pairing_row(p)
+        p_cell = format_p(r.p) + (f" (IU, {r.num_units})" if r.num_units > 1 else "")
         lines.append(f"| {p.a} | {p.b} | {row['split']} | {r.num_units} | {r.num_videos} | {p.a_top1:.3f} | "
                      f"{p.b_top1:.3f} | {r.diff:+.3f} ({r.ci_low:+.3f} to {r.ci_high:+.3f}) | {r.a_only} | "
-                     f"{r.b_only} | {format_p(r.p)} |")
+                     f"{r.b_only} | {p_cell} |" + (f" {format_p(r.p_mean)} |" if grouped else ""))
     return "\n".join(lines) + "\n"
 
 
@@ -539,7 +571,10 @@ def main(args: argparse.Namespace) -> int:
         md += f"\n## Groups (mean ± std over seeds and official splits)\n\n{group_table}"
     if pair_table:
         md += (f"\n## Paired tests against {REFERENCE_HEAD} (same videos; bootstrap 95% CI of the top-1 difference, "
-               f"{args.bootstrap_samples} resamples, seed {args.bootstrap_seed}; exact McNemar p)\n\n{pair_table}")
+               f"{args.bootstrap_samples} resamples, seed {args.bootstrap_seed}; p: exact McNemar for one run pair; "
+               "for several, IU = intersection-union p (the largest per-pair McNemar p when every pair's difference "
+               "has the same sign, else 1), and p mean = t-test of the mean per-pair difference; only a/only b are "
+               f"summed over the pairs)\n\n{pair_table}")
     atomic_write_text(out / "comparison.md", md)
     atomic_write_csv(out / "comparison.csv", [r.row for r in runs], [*columns, "group"])
     group_csv_columns = [*GROUP_COLUMNS] + [f"{m}{s}" for m in metrics for s in ("", "_std", "_n")]

@@ -12,7 +12,12 @@ carry information about which is better.
   the mean of the per-unit differences, a two-level bootstrap interval (units resampled, then each unit's videos),
   so seed-to-seed and split-to-split variation widen it, and p = the largest per-unit McNemar p-value when every
   unit's difference has the same sign, else 1 (an intersection-union test: the gap is called real only if it is
-  real in every seed and split; valid whatever the correlation between units, conservative by design).
+  real in every seed and split; valid whatever the correlation between units, conservative by design, and losing
+  power as units are added: the weakest unit decides). Beside it, `p_mean`: a one-sample t-test of the per-unit
+  differences against 0 (df = units - 1), which asks whether the mean difference over seeds/splits is non-zero
+  when the units are taken as independent replicates (it needs at least 2 units, and is weak with 2 or 3).
+  The summed discordant counts are reported, but no McNemar test is run on them: the units of a seed group share
+  their test videos, so pooling them would count each video once per seed.
 """
 
 from __future__ import annotations
@@ -52,13 +57,21 @@ class PairedResult:
     diff: float  # top-1 of A minus top-1 of B
     ci_low: float
     ci_high: float
-    p: float  # exact McNemar (groups: the intersection-union p over matched units)
+    p: float  # exact McNemar for one unit; for groups the intersection-union p over matched units (`p_test`)
     a_only: int  # videos A gets right and B wrong (summed over units for groups)
     b_only: int
     num_videos: int  # per unit (the first unit's count for groups)
     num_units: int = 1
     unit_p: tuple[float, ...] = ()
     unit_diff: tuple[float, ...] = ()
+    p_mean: float = math.nan  # groups: t-test of the mean per-unit difference (nan for one unit, or no spread)
+
+    @property
+    def p_test(self) -> str:
+        """What `p` is, in words fit for a table header or a CSV cell."""
+        if self.num_units == 1:
+            return "exact McNemar"
+        return f"intersection-union of {self.num_units} exact McNemar"
 
 
 def _bootstrap_means(delta: np.ndarray, samples: int, rng: np.random.Generator) -> np.ndarray:
@@ -125,11 +138,25 @@ def grouped_paired_difference(units: Sequence[tuple[np.ndarray, np.ndarray]], se
         num_units=len(deltas),
         unit_p=unit_p,
         unit_diff=unit_diff,
+        p_mean=mean_difference_p(unit_diff),
     )
 
 
+def mean_difference_p(unit_diff: Sequence[float]) -> float:
+    """Two-sided one-sample t-test p of the per-unit differences against 0; nan with fewer than 2 units or when
+    every unit has the same difference (the t statistic is undefined: report the units, not a p-value)."""
+    from scipy.stats import ttest_1samp
+
+    diffs = np.asarray(unit_diff, dtype=np.float64)
+    if len(diffs) < 2 or float(np.ptp(diffs)) == 0.0:
+        return math.nan
+    return float(ttest_1samp(diffs, 0.0).pvalue)
+
+
 def format_p(p: float) -> str:
-    """p to two significant digits; tiny values in scientific notation."""
+    """p to two significant digits; tiny values in scientific notation; nan (no test possible) as "-"."""
+    if p != p:
+        return "-"
     if p >= 0.001:
         return f"{p:.2g}" if p < 1 else "1"
     return f"{p:.1e}"

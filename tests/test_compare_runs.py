@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from scipy.stats import ttest_1samp
 
 import compare_runs
-from stats import mcnemar_exact_p
+from stats import format_p, mcnemar_exact_p
 from utils import BadInputError
 
 CLASSES = ["Growing", "Shrinking", "Square"]
@@ -125,7 +126,11 @@ def test_groups_are_paired_seed_by_seed_and_split_by_split(tmp_path: Path, capsy
     assert (pair["a"], pair["b"], pair["units"], pair["split"]) == ("bert", "meanpool", "4", "1 2")
     assert int(pair["a_only"]) == 2 * (6 + 5) and int(pair["b_only"]) == 0
     assert float(pair["p"]) == pytest.approx(mcnemar_exact_p(5, 0))  # the weakest matched pair decides
+    assert pair["p_test"] == "intersection-union of 4 exact McNemar"  # labelled for what it is, not as McNemar's
+    assert float(pair["p_mean"]) == pytest.approx(ttest_1samp([0.6, 0.5, 0.6, 0.5], 0.0).pvalue)
     assert float(pair["diff"]) == pytest.approx(0.55)
+    md = (tmp_path / "comparison.md").read_text()
+    assert "p (McNemar; IU over runs)" in md and "(IU, 4)" in md and "p mean (t over runs)" in md
     units = compare_runs.match_units(*[[r for r in compare_runs.find_runs(tmp_path, "test", {}, [])
                                         if r.head == h] for h in ("bert", "meanpool")])
     assert sorted((a.split_id, a.seed, b.split_id, b.seed) for a, b in units) == [
@@ -181,3 +186,80 @@ def test_flags_are_checked_before_any_work(tmp_path: Path, capsys) -> None:
     with pytest.raises(BadInputError, match="--out .* is a file"):
         compare_runs.main(parser.parse_args([str(tmp_path), "--out", str(tmp_path.parent / "file")]))
     assert not (tmp_path / "comparison.md").exists()
+
+
+def test_seeds_and_splits_sort_as_numbers(tmp_path: Path, capsys) -> None:
+    for seed in (10, 2, 0, 1):
+        make_run(tmp_path, f"bert_s{seed}", "bert", hits(7), seed=seed)
+    run_compare(capsys, tmp_path)
+    (group,) = read_rows(tmp_path / "comparison_groups.csv")
+    assert group["seeds"] == "0 1 2 10"
+
+
+def test_a_predictions_file_that_names_a_video_twice_is_refused(tmp_path: Path, capsys) -> None:
+    """210 rows of which 10 repeat a name with the opposite outcome: refused, not read as 200 videos."""
+    make_run(tmp_path, "meanpool", "meanpool", hits(100, 200))
+    run = make_run(tmp_path, "bert", "bert", hits(150, 200))
+    pred = run / "predictions_test.csv"
+    rows = read_rows(pred)
+    repeats = [{**r, "correct": str(1 - int(r["correct"]))} for r in rows[:10]]
+    with open(pred, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows + repeats)
+    with pytest.raises(BadInputError, match=r"predictions_test\.csv: 10 video name\(s\) appear more than once "
+                                            r"\(v00 \(2 rows\), v01 \(2 rows\).*210 rows for 200 videos"):
+        run_compare(capsys, tmp_path)
+    with pytest.raises(BadInputError, match="more than once"):
+        run_compare(capsys, tmp_path, "--pair", "bert", "meanpool")
+
+
+def test_group_pair_prints_what_each_p_tests(tmp_path: Path, capsys) -> None:
+    for split_id, (a_right, b_right) in ((1, (9, 3)), (2, (8, 4))):
+        make_run(tmp_path, f"bert_split{split_id}", "bert", hits(a_right, prefix=f"s{split_id}_"), split_id=split_id)
+        make_run(tmp_path, f"meanpool_split{split_id}", "meanpool", hits(b_right, prefix=f"s{split_id}_"),
+                 split_id=split_id)
+    out = run_compare(capsys, tmp_path, "--pair", "bert", "meanpool")
+    assert "2 matched run pairs" in out and "exact McNemar p =" not in out
+    assert f"intersection-union p = {format_p(max(mcnemar_exact_p(6, 0), mcnemar_exact_p(4, 0)))}" in out
+    assert "summed over the run pairs: 10, only meanpool: 0" in out
+    assert f"run pairs: p = {format_p(ttest_1samp([0.6, 0.4], 0.0).pvalue)}" in out
+
+
+@pytest.mark.needs_shared_data
+def test_runs_on_two_official_splits_made_by_stage_2_and_main_form_one_group(tmp_path: Path, capsys,
+                                                                             one_thread) -> None:
+    """The data_info that stage 2 and main.py really write (hashes of each split's videos included), not a
+    hand-made one: two official splits of the same frames, meanpool and attnpool on each, one group per head
+    with n = 2 and one paired test over both splits."""
+    import main
+    from tests.test_prepare_data import run_main as run_stage_2
+    from tests.test_prepare_data import stage_args, write_frames_fixture
+
+    frames, all_json = write_frames_fixture(tmp_path / "stage1", copies=2)
+    records = json.loads(all_json.read_text())
+    for split_id in (1, 2):  # split 1 trains on the first copy of each clip and tests on the second; split 2 swaps
+        train_copy = f"_c{split_id - 1:03d}"
+        for split in ("train", "val", "test"):
+            chosen = [{**r, "split_id": split_id} for r in records
+                      if r["video_name"].endswith(train_copy) == (split == "train")]
+            (all_json.parent / f"{split}_split{split_id}.json").write_text(json.dumps(chosen))
+            assert run_stage_2(*stage_args(frames, all_json.parent / f"{split}_split{split_id}.json",
+                                           tmp_path / f"emb_s{split_id}", "-s", split)) == 0
+        for head in ("meanpool", "attnpool"):
+            common = ["--expt_dir", tmp_path / "expts", "--expt_name", "x", "--run_name", f"{head}_split{split_id}",
+                      "--data_dir", tmp_path / f"emb_s{split_id}", "--num_workers", 0, "--batch_size", 4]
+            for argv in (["--mode", "train", "--model", head, "--epochs", 1, "--lr", 1e-3, *common],
+                         ["--mode", "test", "--split", "test", *common, "--model_ckpt",
+                          tmp_path / "expts" / "x" / f"{head}_split{split_id}" / "checkpoints" / "best.pth"]):
+                assert main.main(main.get_args_parser().parse_args([str(a) for a in argv])) == 0
+    infos = [torch.load(tmp_path / "expts" / "x" / f"meanpool_split{k}" / "checkpoints" / "best.pth",
+                        weights_only=False)["data_info"] for k in (1, 2)]
+    assert infos[0]["videos_sha256"] != infos[1]["videos_sha256"]  # what kept the splits apart
+    run_compare(capsys, tmp_path / "expts" / "x")
+    groups = {r["group"]: r for r in read_rows(tmp_path / "expts" / "x" / "comparison_groups.csv")}
+    assert {g: (r["n"], r["splits"]) for g, r in groups.items()} == {"meanpool": ("2", "1 2"),
+                                                                     "attnpool": ("2", "1 2")}
+    (pair,) = read_rows(tmp_path / "expts" / "x" / "comparison_pairs.csv")
+    assert (pair["a"], pair["b"], pair["units"], pair["split"], pair["videos"]) == ("attnpool", "meanpool", "2",
+                                                                                     "1 2", "4")

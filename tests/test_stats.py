@@ -75,3 +75,19 @@ def test_mean_std_and_format_p() -> None:
     assert (mean, n) == (0.4, 1) and math.isnan(std)
     assert mean_std([])[2] == 0
     assert format_p(1.0) == "1" and format_p(0.109375) == "0.11" and format_p(1.5e-13) == "1.5e-13"
+
+
+def test_mean_difference_p_is_a_t_test_over_units_and_undefined_without_spread() -> None:
+    from scipy.stats import ttest_1samp
+
+    from stats import mean_difference_p
+
+    assert mean_difference_p([0.3, 0.1, 0.2]) == pytest.approx(ttest_1samp([0.3, 0.1, 0.2], 0.0).pvalue)
+    assert math.isnan(mean_difference_p([0.2]))  # one unit: nothing to test the mean against
+    assert math.isnan(mean_difference_p([0.2, 0.2]))  # no spread: t is undefined, not "p = 0"
+    assert format_p(math.nan) == "-"
+    strong, weak = outcomes(50, 20, 2, 8), outcomes(50, 12, 4, 14)
+    grouped = grouped_paired_difference([strong, weak])
+    assert grouped.p_mean == pytest.approx(mean_difference_p([18 / 80, 8 / 80]))
+    assert grouped.p_test == "intersection-union of 2 exact McNemar"
+    assert paired_difference(*strong).p_test == "exact McNemar" and math.isnan(paired_difference(*strong).p_mean)
