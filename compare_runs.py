@@ -8,8 +8,10 @@ Reads each run folder written by main.py (checkpoints/last.pth or best.pth, metr
 predictions_<split>.csv and, after `main.py --mode test --probes ...`, probes_<split>.json and
 probes_per_class_<split>.csv). Writes into the experiment folder:
 
-- comparison.md: the tables below; comparison.csv: one row per run; comparison_groups.csv: one row per group;
-  comparison_pairs.csv: one row per paired test.
+- comparison.md: the tables below and the figures; comparison.csv: one row per run; comparison_groups.csv: one row
+  per group; comparison_pairs.csv: one row per paired test; comparison_*.png: the figures (test top-1 per head with
+  its spread, each probe's drop per head, the per-class difference of a pair of heads, every run's learning curve;
+  see comparison_report.py); comparison.html: all of it as one self-contained page (`--no_figures`: tables only).
 - Runs: top-1 with each order probe's top-1 drop beside it (`shuffle_drop`: how much accuracy the head loses when
   the frames are shuffled), top-5, mean class accuracy. `--class_groups` adds top-1 and mean class accuracy on
   named subsets of classes (from the predictions) and, for the probes in `--group_probes`, their drop on the
@@ -40,6 +42,7 @@ from typing import Any
 
 import numpy as np
 
+import comparison_report
 from checkpoint import load_checkpoint
 from probes import PROBE_NAMES
 from stats import BOOTSTRAP_SAMPLES, PairedResult, format_p, grouped_paired_difference, mean_std
@@ -93,6 +96,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--bootstrap_samples", type=positive_int, default=BOOTSTRAP_SAMPLES)
     p.add_argument("--bootstrap_seed", type=nonnegative_int, default=0, help="seed of the bootstrap (reruns agree)")
     p.add_argument("--out", default=None, help="where to write the comparison files (default: the experiment folder)")
+    p.add_argument("--figure_pair", nargs=2, metavar=("A", "B"), default=None,
+                   help="the two groups or runs of the per-class figure (default: the head that gains most over "
+                        "meanpool, against meanpool)")
+    p.add_argument("--no_figures", action="store_true", help="write the tables only (no PNG figures, no HTML page)")
     p.add_argument("--verbose", action="store_true")
     return p
 
@@ -179,6 +186,8 @@ class Run:
     data: str
     predictions: Path | None = None
     group: str = ""
+    history: list[dict[str, Any]] = field(default_factory=list)  # metrics.jsonl's per-epoch records
+    per_class_probes: Path | None = None  # probes_per_class_<split>.csv
 
     @property
     def name(self) -> str:
@@ -237,7 +246,8 @@ def summarise_run(run_dir: Path, split: str, groups: dict[str, list[str]],
                 row[f"{name}_{probe}_drop"] = group_probe_drop(per_class, classes, probe)
     return Run(run_dir, row, str(ckpt["model_name"]), None if seed is None else int(seed),
                None if split_id is None else int(split_id), settings_key(ckpt), data_key(ckpt),
-               pred_path if pred_path.is_file() else None)
+               pred_path if pred_path.is_file() else None, history=history,
+               per_class_probes=per_class_path if per_class_path.is_file() else None)
 
 
 def find_runs(expt_dir: Path, split: str, groups: dict[str, list[str]], group_probes: list[str]) -> list[Run]:
@@ -535,6 +545,48 @@ def print_pair(args: argparse.Namespace, runs: list[Run], groups: dict[str, list
     return 0
 
 
+def run_curves(run: Run) -> comparison_report.RunCurves:
+    """What the figures read of a run: its validation curve, its per-class test top-1 and shuffle drop."""
+    epochs = [h for h in run.history if "val_top1" in h and "epoch" in h]
+    curves = comparison_report.RunCurves(run.name, run.group, [int(h["epoch"]) for h in epochs],
+                                         [float(h["val_top1"]) for h in epochs])
+    if run.predictions is not None:
+        hits: dict[str, list[int]] = {}
+        correct = correctness(run.predictions)  # refuses a file that names a video twice
+        for row in read_csv_rows(run.predictions):
+            hits.setdefault(row["true_label"], []).append(int(correct[row["video"]]))
+        curves.class_acc = {c: sum(v) / len(v) for c, v in hits.items()}
+    if run.per_class_probes is not None:
+        rows = read_csv_rows(run.per_class_probes)
+        if rows and "shuffle_drop" in rows[0]:
+            curves.class_shuffle_drop = {r["class_name"]: float(r["shuffle_drop"]) for r in rows
+                                         if int(r["count"]) > 0}
+    return curves
+
+
+def write_figures(args: argparse.Namespace, out: Path, runs: list[Run], run_groups: dict[str, list[Run]],
+                  group_rows: list[dict[str, Any]], pairings: list[Pairing],
+                  class_groups: dict[str, list[str]]) -> list[comparison_report.Figure]:
+    """The four figures of comparison_report.py, those the runs have data for."""
+    curves = {r.name: run_curves(r) for r in runs}
+    figures = [comparison_report.plot_group_top1(group_rows, [r.row for r in runs], out / "comparison_top1.png"),
+               comparison_report.plot_probe_drops(group_rows, PROBE_NAMES, out / "comparison_probes.png")]
+    if args.figure_pair:
+        (a, a_runs), (b, b_runs) = (resolve_side(spec, runs, run_groups, args.split) for spec in args.figure_pair)
+    elif pairings:
+        best = max(pairings, key=lambda p: p.result.diff)
+        (a, a_runs), (b, b_runs) = (best.a, run_groups[best.a]), (best.b, run_groups[best.b])
+    else:
+        a = b = ""
+    if a:
+        side = [[curves[r.name] if r.name in curves else run_curves(r) for r in members]
+                for members in (a_runs, b_runs)]
+        figures.append(comparison_report.plot_per_class_difference(a, side[0], b, side[1], class_groups,
+                                                                   out / "comparison_per_class.png"))
+    figures.append(comparison_report.plot_learning_curves(list(curves.values()), out / "comparison_curves.png"))
+    return [f for f in figures if f is not None]
+
+
 def main(args: argparse.Namespace) -> int:
     setup_logging(args.verbose)
     if args.expt_dir is None:
@@ -566,22 +618,31 @@ def main(args: argparse.Namespace) -> int:
         print(f"\nPaired against {REFERENCE_HEAD} on the same {args.split} videos:\n{pair_table}", end="")
 
     out = Path(args.out) if args.out else expt_dir
+    figures = [] if args.no_figures else write_figures(args, out, runs, run_groups, group_rows, pairings, groups)
     md = f"# {expt_dir.name}: {args.split} split\n\n## Runs\n\n{run_table}"
     if group_table:
         md += f"\n## Groups (mean ± std over seeds and official splits)\n\n{group_table}"
     if pair_table:
-        md += (f"\n## Paired tests against {REFERENCE_HEAD} (same videos; bootstrap 95% CI of the top-1 difference, "
-               f"{args.bootstrap_samples} resamples, seed {args.bootstrap_seed}; p: exact McNemar for one run pair; "
-               "for several, IU = intersection-union p (the largest per-pair McNemar p when every pair's difference "
-               "has the same sign, else 1), and p mean = t-test of the mean per-pair difference; only a/only b are "
-               f"summed over the pairs)\n\n{pair_table}")
+        grouped = any(p.result.num_units > 1 for p in pairings)
+        md += (f"\n## Paired tests against {REFERENCE_HEAD}\n\nOn the same {args.split} videos: the top-1 difference "
+               f"with a bootstrap 95% CI ({args.bootstrap_samples} resamples, seed {args.bootstrap_seed}); p is the "
+               "exact McNemar test of one run pair"
+               + ("; over several matched run pairs (seeds, splits), IU is the intersection-union p (the largest "
+                  "per-pair McNemar p when every pair's difference has the same sign, else 1), p mean the t-test of "
+                  "the mean per-pair difference, and only a / only b are summed over the pairs" if grouped else "")
+               + f".\n\n{pair_table}")
+    md += comparison_report.figures_markdown(figures)
     atomic_write_text(out / "comparison.md", md)
+    if figures:
+        atomic_write_text(out / "comparison.html",
+                          comparison_report.html_page(f"{expt_dir.name}: {args.split} split", md, out))
     atomic_write_csv(out / "comparison.csv", [r.row for r in runs], [*columns, "group"])
     group_csv_columns = [*GROUP_COLUMNS] + [f"{m}{s}" for m in metrics for s in ("", "_std", "_n")]
     atomic_write_csv(out / "comparison_groups.csv", group_rows, group_csv_columns)
     atomic_write_csv(out / "comparison_pairs.csv", [pairing_row(p) for p in pairings], PAIR_COLUMNS)
-    log.info("wrote %s, %s, %s and %s", out / "comparison.md", out / "comparison.csv", out / "comparison_groups.csv",
-             out / "comparison_pairs.csv")
+    written = ["comparison.md", "comparison.csv", "comparison_groups.csv", "comparison_pairs.csv",
+               *([f.path.name for f in figures] + ["comparison.html"] if figures else [])]
+    log.info("wrote into %s: %s", out, ", ".join(written))
     return 0
 
 

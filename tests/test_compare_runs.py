@@ -263,3 +263,79 @@ def test_runs_on_two_official_splits_made_by_stage_2_and_main_form_one_group(tmp
     (pair,) = read_rows(tmp_path / "expts" / "x" / "comparison_pairs.csv")
     assert (pair["a"], pair["b"], pair["units"], pair["split"], pair["videos"]) == ("attnpool", "meanpool", "2",
                                                                                      "1 2", "4")
+
+
+def _with_curves(run: Path, val_top1: list[float]) -> None:
+    (run / "metrics.jsonl").write_text("".join(json.dumps({"epoch": e + 1, "val_top1": v, "epoch_time_s": 0.5}) + "\n"
+                                               for e, v in enumerate(val_top1)))
+
+
+def figure_expt(root: Path) -> Path:
+    for seed in (0, 1):
+        _with_curves(make_run(root, f"bert_s{seed}", "bert", hits(9 - seed), seed=seed,
+                              probes={"shuffle": {"top1": 0.5}, "reverse": {"top1": 0.4}}), [0.4, 0.7, 0.9])
+        _with_curves(make_run(root, f"meanpool_s{seed}", "meanpool", hits(5), seed=seed,
+                              probes={"shuffle": {"top1": 0.5}}), [0.3, 0.5])
+    return root
+
+
+FIGURES = ("comparison_top1.png", "comparison_probes.png", "comparison_per_class.png", "comparison_curves.png")
+
+
+def test_figures_and_a_self_contained_html_page_beside_the_tables(tmp_path: Path, capsys) -> None:
+    import base64
+
+    expt = figure_expt(tmp_path / "expt")
+    run_compare(capsys, expt)
+    for name in FIGURES:
+        assert (expt / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+    md = (expt / "comparison.md").read_text()
+    assert all(f"]({name})" in md for name in FIGURES)
+    assert "### Per class: bert vs meanpool" in md  # the head that gains most, against meanpool
+    page = (expt / "comparison.html").read_text()
+    for name in FIGURES:  # every figure inline, byte for byte: the page needs no other file
+        assert base64.b64encode((expt / name).read_bytes()).decode() in page, name
+    assert page.count("<table>") == 3 and "<th>test_top1</th>" in page and "src=\"comparison" not in page
+    # another pair on request; --no_figures writes the tables alone
+    run_compare(capsys, expt, "--figure_pair", "meanpool_s0", "bert_s1", "--out", tmp_path / "other")
+    assert "### Per class: meanpool_s0 vs bert_s1" in (tmp_path / "other" / "comparison.md").read_text()
+    run_compare(capsys, expt, "--no_figures", "--out", tmp_path / "plain")
+    assert not list((tmp_path / "plain").glob("*.png")) and not (tmp_path / "plain" / "comparison.html").exists()
+    assert "## Figures" not in (tmp_path / "plain" / "comparison.md").read_text()
+
+
+def test_html_tables_escape_what_they_show() -> None:
+    from comparison_report import markdown_to_html
+
+    out = markdown_to_html("# a <b>\n\n| run | x |\n|---|---|\n| <i>r</i> | 1 |\n", lambda name: name)
+    assert "<h1>a &lt;b&gt;</h1>" in out and "<td>&lt;i&gt;r&lt;/i&gt;</td>" in out
+
+
+def _chromium() -> str | None:
+    import shutil
+
+    return next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
+
+
+@pytest.mark.skipif(_chromium() is None, reason="needs Chromium (apt-get install chromium; .ci/run installs it) to "
+                                                "render comparison.html: not found on PATH")
+def test_the_html_page_renders_in_headless_chromium_with_every_figure(tmp_path: Path, capsys) -> None:
+    import re
+    import subprocess
+
+    expt = figure_expt(tmp_path / "expt")
+    run_compare(capsys, expt)
+    page = expt / "comparison.html"
+    # render from another folder: the page must not need the PNG files beside it
+    alone = tmp_path / "alone" / "comparison.html"
+    alone.parent.mkdir()
+    alone.write_bytes(page.read_bytes())
+    browser = [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=10000"]
+    dom = subprocess.run([*browser, "--dump-dom", alone.as_uri()], capture_output=True, text=True, timeout=120,
+                         check=True).stdout
+    body = re.search(r"<body[^>]*>", dom).group(0)
+    assert 'data-figures="4"' in body and 'data-figures-loaded="4"' in body, body  # all four decoded
+    shot = tmp_path / "page.png"
+    subprocess.run([*browser, "--window-size=1280,2000", f"--screenshot={shot}", alone.as_uri()], capture_output=True,
+                   timeout=120, check=True)
+    assert shot.read_bytes()[:4] == b"\x89PNG" and shot.stat().st_size > 20_000
