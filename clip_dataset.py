@@ -125,6 +125,7 @@ class ClipDataset(Dataset):
         hflip: bool = True,
         resize: str = "crop",
         strict: bool = False,
+        flip_label_map: dict[int, int] | None = None,
     ) -> None:
         size = image_size.size if isinstance(image_size, ResizeSpec) else image_size
         if clip_len < 1 or num_clips < 1 or size < 1:
@@ -145,6 +146,8 @@ class ClipDataset(Dataset):
         self.clip_len, self.train, self.image_size = int(clip_len), bool(train), self.spec.size
         self.num_clips = 1 if train else int(num_clips)
         self.seed, self.crop_scale, self.hflip = int(seed), tuple(crop_scale), bool(hflip)
+        # a flipped clip of a direction class is its mirrored class (direction.flip_policy)
+        self.flip_label_map = {int(k): int(v) for k, v in (flip_label_map or {}).items()}
         self.names: list[str] = []
         labels, counts = [], []
         self.failures: list[dict[str, Any]] = []
@@ -202,6 +205,7 @@ class ClipDataset(Dataset):
         index, epoch = key if isinstance(key, tuple) else (key, 0)
         index = int(index)
         n, spec = int(self.num_frames[index]), self.spec
+        label = int(self.labels[index])
         if self.train:
             rng = item_rng(self.seed, epoch, index)  # draws the frames, then the crop box and the flip
             ks = train_indices(n, self.clip_len, rng)[None]
@@ -209,6 +213,8 @@ class ClipDataset(Dataset):
             h, w = frames[int(ks[0, 0])].shape[:2]
             box = sample_crop(h, w, rng, self.crop_scale)
             flip = bool(self.hflip and rng.random() < 0.5)
+            if flip:
+                label = self.flip_label_map.get(label, label)
 
             def transform(img: np.ndarray) -> np.ndarray:
                 return crop_resize_flip(_same_size(img, h, w), box, spec, flip)
@@ -219,7 +225,7 @@ class ClipDataset(Dataset):
         tensor = clip_tensor(frames, ks, transform)  # (V, T, 3, S, S)
         if self.num_clips == 1:
             tensor = tensor[0]
-        return tensor, int(self.labels[index]), index
+        return tensor, label, index
 
 
 def clip_collate(batch: Sequence[tuple[torch.Tensor, int, int]]) -> dict[str, torch.Tensor]:

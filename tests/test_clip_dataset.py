@@ -221,3 +221,26 @@ def test_gaps_and_stray_files_give_both_routes_the_same_frames(tmp_path):
     assert ds.num_frames.tolist() == [5]
     clip, _, _ = ds[0]
     assert torch.equal(clip[2], clip[1]) and abs(clip[4].float().mean().item() - 230) < 3
+
+
+def test_a_flipped_training_clip_of_a_direction_class_takes_its_mirrored_label(tmp_path):
+    """A left-right asymmetric clip: flipped, its pixels mirror, and a class with a mirrored partner (the flip
+    map of direction.flip_policy) takes the partner's label; unflipped clips and unpaired classes keep theirs."""
+    from direction import flip_policy
+
+    img = np.zeros((32, 32, 3), np.uint8)
+    img[:, :8] = 255  # bright on the left
+    write_video_frames(tmp_path, "v", [img] * 4)
+    policy = flip_policy(["Turning Left", "Turning Right", "Waving"])
+    entries = [{"video_name": "v", "label_idx": 0}]
+    ds = ClipDataset(tmp_path, entries, CLIP_LEN, train=True, image_size=16, crop_scale=(1.0, 1.0),
+                     hflip=policy.enabled, flip_label_map=policy.swap)
+    seen = set()
+    for epoch in range(16):
+        clip, label, _ = ds[(0, epoch)]
+        left_bright = clip[0, :, :, :4].float().mean() > clip[0, :, :, -4:].float().mean()
+        seen.add((bool(left_bright), label))
+    assert seen == {(True, 0), (False, 1)}  # both happen, and the label follows the pixels
+    still = ClipDataset(tmp_path, [{"video_name": "v", "label_idx": 2}], CLIP_LEN, train=True, image_size=16,
+                        crop_scale=(1.0, 1.0), hflip=True, flip_label_map=policy.swap)
+    assert {still[(0, e)][1] for e in range(8)} == {2}
