@@ -1,8 +1,12 @@
-"""How fast does each head learn frame order? Val accuracy per epoch on a synthetic order task, through main.py.
+"""How fast does each head learn frame order, and at what cost? Val accuracy per epoch on a synthetic order task,
+through main.py, with each run's parameter count and training seconds per epoch.
 
-The task (tests/synthetic.py's make_order_task): classes come in pairs that hold the same frames in opposite
+`--task pairs` (tests/synthetic.py's make_order_task): classes come in pairs that hold the same frames in opposite
 order, so a head that ignores order is at 0.50 (chance within a pair, the pair itself is easy) and one that uses
 order reaches 1.00. Defaults: 960 training and 240 validation videos of 8-24 frames, 4 pairs (8 classes), D=64.
+`--task local_swap` (make_local_swap_task) is harder: the two classes of a pair differ only in the order of the
+two middle segments of six, each video at its own speed (every segment 1-6 frames long), with more noise; the
+multiset of frames is the same in both, so again 0.50 is the order-blind ceiling.
 Every run trains through main.py's own code (argument parsing, data loading from a .npy memmap, the optimiser,
 warm-up and cosine schedule, evaluation), so what it measures is what a user of main.py gets.
 
@@ -37,8 +41,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import main as train_main  # noqa: E402
+from checkpoint import load_checkpoint  # noqa: E402
 from models import POSITION_MODELS  # noqa: E402
-from tests.synthetic import make_order_task, write_embedding_split  # noqa: E402
+from tests.synthetic import make_local_swap_task, make_order_task, write_embedding_split  # noqa: E402
 
 log = logging.getLogger("actionbert.order_task")
 
@@ -46,6 +51,7 @@ log = logging.getLogger("actionbert.order_task")
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", nargs="+", default=["bert", "roberta", "bilstm"])
+    p.add_argument("--task", choices=("pairs", "local_swap"), default="pairs", help="see above")
     p.add_argument("--seeds", nargs="+", type=int, default=[0], help="main.py --seed of each run")
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--batch_size", type=int, default=32)
@@ -71,10 +77,14 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def write_task(folder: Path, args: argparse.Namespace) -> None:
     """train.npy/json and val.npy/json in stage 2's format; the classes (prototypes) are the same in both."""
-    common = {"num_pairs": args.num_pairs, "dim": args.dim, "min_len": args.min_len, "max_len": args.max_len,
-              "noise": args.noise}
+    if args.task == "pairs":
+        make = functools.partial(make_order_task, num_pairs=args.num_pairs, dim=args.dim, min_len=args.min_len,
+                                 max_len=args.max_len, noise=args.noise)
+    else:
+        make = functools.partial(make_local_swap_task, num_pairs=args.num_pairs, dim=args.dim,
+                                 noise=max(args.noise, 0.5))
     for split, n, seed in (("train", args.num_train, 0), ("val", args.num_val, 1)):
-        videos, labels = make_order_task(n, seed=seed, **common)
+        videos, labels = make(n, seed=seed)
         write_embedding_split(folder, split, videos, labels)
 
 
@@ -113,19 +123,27 @@ def val_curve(run_dir: Path) -> list[float]:
     return [float(json.loads(line)["val_top1"]) for line in lines if line.strip()]
 
 
+def run_cost(run_dir: Path) -> tuple[int, float]:
+    """(trainable parameters, mean training seconds per epoch) of a finished run."""
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    params = int(load_checkpoint(run_dir / "checkpoints" / "last.pth").get("num_params") or 0)
+    return params, sum(r["epoch_time_s"] for r in records) / max(len(records), 1)
+
+
 def first_epoch_at(curve: list[float], threshold: float = 0.9) -> int | None:
     return next((i + 1 for i, v in enumerate(curve) if v >= threshold), None)
 
 
-def format_table(results: list[tuple[str, int, list[float]]], command: str) -> str:
-    epochs = max(len(c) for _, _, c in results)
+def format_table(results: list[tuple[str, int, list[float], tuple[int, float]]], command: str) -> str:
+    epochs = max(len(c) for _, _, c, _ in results)
     lines = [f"Command: `{command}`", "",
-             "| head | seed | " + " | ".join(f"ep {e}" for e in range(1, epochs + 1)) + " | first epoch >= 0.9 |",
-             "|---|---|" + "---|" * (epochs + 1)]
-    for model, seed, curve in results:
+             "| head | seed | " + " | ".join(f"ep {e}" for e in range(1, epochs + 1))
+             + " | first epoch >= 0.9 | params | s/epoch |",
+             "|---|---|" + "---|" * (epochs + 3)]
+    for model, seed, curve, (params, seconds) in results:
         first = first_epoch_at(curve)
         lines.append(f"| {model} | {seed} | " + " | ".join(f"{v:.3f}" for v in curve)
-                     + f" | {first if first is not None else 'never'} |")
+                     + f" | {first if first is not None else 'never'} | {params:,} | {seconds:.2f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -146,14 +164,14 @@ def main(args: argparse.Namespace) -> int:
                 if status != 0:
                     raise SystemExit(f"main.py {shlex.join(argv)} failed with status {status}")
                 curve = val_curve(expt_dir / "order" / f"{model}_s{seed}")
-                results.append((model, seed, curve))
+                results.append((model, seed, curve, run_cost(expt_dir / "order" / f"{model}_s{seed}")))
                 print(f"{model} seed {seed}: val top-1 per epoch " + " ".join(f"{v:.3f}" for v in curve), flush=True)
     command = shlex.join(["python", "benchmarks/order_task.py", *sys.argv[1:]])
     table = format_table(results, command)
     print(table, end="")
     if args.out:
         with open(args.out, "a", encoding="utf-8") as fh:
-            fh.write(f"\n## Order task: val top-1 per epoch ({datetime.date.today()})\n\n{table}")
+            fh.write(f"\n## Order task ({args.task}): val top-1 per epoch ({datetime.date.today()})\n\n{table}")
     return 0
 
 

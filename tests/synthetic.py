@@ -90,3 +90,37 @@ def write_embedding_split(
     path = out_dir / f"{split}.json"
     atomic_write_json(path, meta)
     return path
+
+
+def make_local_swap_task(
+    num_samples: int,
+    num_pairs: int = 2,
+    dim: int = 16,
+    num_protos: int = 6,
+    min_repeat: int = 1,
+    max_repeat: int = 6,
+    noise: float = 0.5,
+    seed: int = 0,
+    proto_seed: int = 4321,
+) -> tuple[list[np.ndarray], np.ndarray]:
+    """A harder order task: class 2i plays prototypes P0..P(K-1) in order, class 2i+1 the same sequence with the
+    two middle prototypes swapped (a local change inside a long sequence), every video at its own speed (each
+    prototype held for r frames, r drawn from min_repeat..max_repeat: lengths vary up to max/min times).
+
+    Every position holds r frames, so both classes have exactly the same multiset of frames: only the order of
+    two neighbouring segments tells them apart, wherever the video's speed puts them."""
+    protos = np.random.default_rng(proto_seed).normal(size=(num_pairs, num_protos, dim)).astype(np.float32)
+    rng = np.random.default_rng(seed)
+    mid = num_protos // 2
+    videos, labels = [], []
+    for i in range(num_samples):
+        label = i % (2 * num_pairs)
+        order = np.arange(num_protos)
+        if label % 2:
+            order[[mid - 1, mid]] = order[[mid, mid - 1]]
+        repeat = int(rng.integers(min_repeat, max_repeat + 1))
+        clean = protos[label // 2][np.repeat(order, repeat)]
+        frames = clean + noise * rng.normal(size=clean.shape).astype(np.float32)
+        videos.append(frames.astype(np.float32))
+        labels.append(label)
+    return videos, np.asarray(labels, dtype=np.int64)

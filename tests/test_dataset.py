@@ -211,3 +211,15 @@ def test_streamed_feature_stats_match_numpy_over_real_rows(split_dir):
     assert count == len(real)
     np.testing.assert_allclose(mean, real.mean(0), atol=1e-5)
     np.testing.assert_allclose(std, real.std(0), atol=1e-5)
+
+
+def test_local_swap_task_holds_the_same_frames_in_both_classes_of_a_pair():
+    from tests.synthetic import make_local_swap_task
+
+    videos, labels = make_local_swap_task(40, num_pairs=2, dim=4, noise=0.0, seed=3)
+    lengths = {len(v) for v in videos}
+    assert len(lengths) > 2 and all(n % 6 == 0 for n in lengths)  # speeds differ, whole prototypes each
+    a = next(v for v, y in zip(videos, labels, strict=True) if y == 0 and len(v) == 12)
+    b = next(v for v, y in zip(videos, labels, strict=True) if y == 1 and len(v) == 12)
+    assert np.allclose(np.sort(a, axis=0), np.sort(b, axis=0))  # the same multiset of frames: a mean cannot tell
+    assert not np.allclose(a, b) and np.allclose(a[:4], b[:4]) and np.allclose(a[8:], b[8:])  # only the middle
