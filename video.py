@@ -17,7 +17,7 @@ import math
 import os
 import statistics
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -354,6 +354,10 @@ class _Decoder:
         self.skip_nonref(False)
         return self.decode(None)
 
+    def reset(self) -> None:
+        """Drop the frames and references the codec holds, before decoding resumes at a later keyframe."""
+        self.codec.flush_buffers()
+
     def every_frame(self, container: av.container.InputContainer, stream: av.VideoStream) -> Iterator[av.VideoFrame]:
         """Every frame of the stream, the decoder flushed at the end."""
         for packet in _packets(container, stream, self.path):
@@ -382,18 +386,35 @@ class _Plan:
     samples: list[tuple[int, list[float]]]  # (pts of a kept frame, its sample times), in presentation order
     intra_only: bool  # every packet a keyframe: unneeded packets need not be decoded at all
     sampler: TimestampSampler  # finished over all timestamps: frame count, duration, timing
+    # kept pts -> decode-order index of the packet its decoding may start from: the last clean keyframe before it
+    # (see _clean_starts); the packets between a kept frame and the next one's start are never read by the codec
+    starts: dict[int, int] = field(default_factory=dict)
 
 
 class _PlanMismatch(Exception):
     """The decoder's frames disagree with the packet timestamps; the caller decodes every frame instead."""
 
 
-def _can_skip(stream: av.VideoStream) -> bool:
-    """Whether planning can save decoding: intra-only codecs (MJPEG, ...) or codecs with non-reference frames
-    (those that reorder: H.264, HEVC, MPEG-2/4 with B-frames, ...). For the others (msmpeg4, cinepak, VP8, ...)
-    every frame is a reference, so the extra demux pass would cost without saving anything."""
-    codec = stream.codec_context.codec
-    return bool(codec.intra_only or codec.reorder)
+def _clean_starts(pts: list[int], keys: list[bool], wanted: list[int]) -> dict[int, int]:
+    """For each wanted pts, the decode-order index of the last keyframe at or before its packet that presents at or
+    before it and opens a closed group (no later packet of its group presents earlier: nothing after it refers to
+    the frames before it). Decoding from there gives the wanted frame exactly as decoding everything does. 0 (the
+    first packet) where there is none."""
+    clean, k = [], 0
+    while k < len(pts):
+        nxt = next((j for j in range(k + 1, len(pts)) if keys[j]), len(pts))
+        if keys[k] and all(p > pts[k] for p in pts[k + 1 : nxt]):
+            clean.append(k)
+        k = nxt
+    index = {p: i for i, p in enumerate(pts)}
+    starts, c = {}, 0
+    for p in sorted(wanted, key=index.__getitem__):
+        i = index[p]
+        while c + 1 < len(clean) and clean[c + 1] <= i:
+            c += 1
+        candidates = [k for k in clean[: c + 1] if pts[k] <= p]
+        starts[p] = candidates[-1] if candidates else 0
+    return starts
 
 
 def _make_plan(
@@ -402,14 +423,15 @@ def _make_plan(
     """A plan from one demux pass (no decoding), or None where packet timestamps cannot be trusted (missing,
     repeated, or a container error), in which case every frame is decoded and its own timestamp used."""
     try:
-        pts, keys = [], True
+        pts, key_flags = [], []
         for packet in container.demux(stream):
             if not _carries_frame(packet):
                 continue
             if packet.pts is None:
                 return None
             pts.append(packet.pts)
-            keys = keys and packet.is_keyframe
+            key_flags.append(bool(packet.is_keyframe))
+        keys = all(key_flags)
         time_base = stream.time_base
     except av.FFmpegError:
         return None
@@ -422,15 +444,18 @@ def _make_plan(
         by_frame.setdefault(order[index], []).append(t)
     if sampler.replaced:
         return None
-    return _Plan(set(pts), sorted(by_frame.items()), keys, sampler)
+    starts = _clean_starts(pts, key_flags, list(by_frame))
+    return _Plan(set(pts), sorted(by_frame.items()), keys, sampler, starts)
 
 
 def _iter_planned(
     path: Path, plan: _Plan, threads: int, decoder_errors: list[int]
 ) -> Iterator[tuple[float, av.VideoFrame]]:
-    """Decode only what the plan needs: reference frames (the codec's skip_frame=NONREF drops the others) and the
-    kept ones; with intra-only video, only the kept ones. Raises _PlanMismatch when a decoded frame's timestamp
-    is not one the plan knows or a kept frame does not come out."""
+    """Decode only what the plan needs: from the clean keyframe before each kept frame (plan.starts) to it, the
+    reference frames (the codec's skip_frame=NONREF drops the others) and the kept ones; with intra-only video,
+    only the kept ones. The packets between a kept frame and the next one's start are skipped, and the decoder
+    reset before that start (its buffered frames are none that is kept). Raises _PlanMismatch when a decoded
+    frame's timestamp is not one the plan knows or a kept frame does not come out."""
     needed = {p for p, _ in plan.samples}
     pending = iter(plan.samples)
     want = next(pending, None)
@@ -439,12 +464,18 @@ def _iter_planned(
     last = None
     try:
 
+        expect_key = None  # after a jump: the pts of the keyframe decoding resumed at, which must come out first
+
         def take(frames: list[av.VideoFrame]) -> Iterator[tuple[float, av.VideoFrame]]:
-            nonlocal want, last
+            nonlocal want, last, expect_key
             for frame in frames:
                 p = frame.pts
                 if p is None or p not in plan.pts or (last is not None and p <= last):
                     raise _PlanMismatch(f"decoded timestamp {p} after {last}")
+                if expect_key is not None:  # a container may flag a frame that is not one as a keyframe (AVI)
+                    if p != expect_key or not frame.key_frame:
+                        raise _PlanMismatch(f"decoding resumed at {expect_key}, which is not a keyframe")
+                    expect_key = None
                 last = p
                 if want is not None and p > want[0]:
                     raise _PlanMismatch(f"frame {want[0]} did not decode")
@@ -453,13 +484,22 @@ def _iter_planned(
                         yield t, frame
                     want = next(pending, None)
 
+        position, sent_up_to = -1, -1  # decode-order index of this packet, and of the last one sent
         for packet in _packets(container, stream, path):
+            position += 1
             if want is None:
                 break
+            start = plan.starts.get(want[0], 0)
+            if position < start:
+                continue  # before the group the next kept frame needs
             keep = packet.pts in needed
             if plan.intra_only and not keep:
                 continue
+            if sent_up_to >= 0 and position > sent_up_to + 1 and position == start:
+                decoder.reset()  # a jump: what the codec holds belongs to skipped groups
+                expect_key = packet.pts
             decoder.skip_nonref(not keep)
+            sent_up_to = position
             yield from take(decoder.decode(packet))
         if want is not None:
             yield from take(decoder.flush())
@@ -525,7 +565,11 @@ def iter_sampled_frames(
     try:
         nominal_fps = _nominal_fps(stream)
         declared = _declared_duration(container, stream)
-        plan = _make_plan(container, stream, fps, nominal_fps) if skip_unneeded and _can_skip(stream) else None
+        # Planning saves decoding for every codec: intra-only ones (MJPEG) decode only the kept frames, those with
+        # non-reference frames (H.264, HEVC, MPEG-2/4 with B-frames) skip the unkept ones, and any codec skips the
+        # groups of pictures between kept frames when keyframes are closer than the sampling interval. Its cost is
+        # one demux pass, which reads packets without decoding them.
+        plan = _make_plan(container, stream, fps, nominal_fps) if skip_unneeded else None
     finally:
         container.close()
     errors = [0]

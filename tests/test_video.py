@@ -536,3 +536,48 @@ def test_no_decodable_frame_has_its_own_reason(tmp_path, mpeg_ps):
     path.write_bytes(find_cut(mpeg_ps, opens_but_decodes_nothing, ".mpg", tmp_path, length=3000))
     with pytest.raises(VideoDecodeError, match="no decodable frames"):
         list(iter_frames_at_fps(path, 1))
+
+
+@pytest.mark.parametrize(("suffix", "codec", "options", "most_sent"), [
+    (".avi", "mpeg4", {"g": "6"}, 0.6),  # UCF-101's codec, keyframe every 6 frames, no B-frames: all references
+    (".mkv", "libx264", {"g": "10", "bf": "3"}, 0.6),  # closed groups (x264's default)
+    (".mkv", "libx264", {"g": "10", "bf": "3", "x264-params": "open-gop=1"}, 0.6),  # groups that refer back
+    (".avi", "msmpeg4", {"g": "5"}, 0.6),  # no B-frames, no reordering: skipping groups is the only saving
+    # AVI flags every P-frame of MPEG-4 with B-frames as a keyframe: no group counts as clean, so only the unkept
+    # B-frames are skipped (a jump to a falsely flagged frame would be caught and decoded in full instead)
+    (".avi", "mpeg4", {"g": "8", "bf": "2"}, 0.9),
+])
+def test_groups_between_kept_frames_are_skipped_exactly(tmp_path, monkeypatch, suffix, codec, options, most_sent):
+    """Where keyframes are closer than the kept frames (1 fps of 25 fps video), decoding starts at the clean
+    keyframe before each kept frame: the frames are those of decoding everything, for far fewer packets."""
+    rng = np.random.default_rng(1)
+    frames = [np.clip(rng.normal(8 * (i % 30), 25, (48, 64, 3)), 0, 255).astype(np.uint8) for i in range(125)]
+    path = _write(tmp_path / f"g{suffix}", frames, codec, "yuv420p", rate=25, options=options)
+    every = list(iter_frames_at_fps(path, 1.0, skip_unneeded=False))
+    sent = []
+    real = video._Decoder.decode
+    monkeypatch.setattr(video._Decoder, "decode", lambda self, packet: sent.append(packet) or real(self, packet))
+    planned = list(iter_frames_at_fps(path, 1.0))
+    assert [t for t, _ in planned] == [t for t, _ in every] == [0.0, 1.0, 2.0, 3.0, 4.0]
+    for (_, a), (_, b) in zip(planned, every, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert len(sent) < 125 * most_sent, len(sent)
+
+
+def test_a_false_keyframe_flag_is_caught_and_decoded_in_full(tmp_path, monkeypatch):
+    """A container that flags a frame as a keyframe when it is not: the jump to it is detected on the decoded
+    frame and the video decoded in full, with the right frames."""
+    rng = np.random.default_rng(2)
+    frames = [np.clip(rng.normal(8 * (i % 30), 25, (48, 64, 3)), 0, 255).astype(np.uint8) for i in range(125)]
+    path = _write(tmp_path / "f.mkv", frames, "libx264", "yuv420p", rate=25, options={"g": "250", "bf": "0"})
+    every = list(iter_frames_at_fps(path, 1.0, skip_unneeded=False))
+    real = video._clean_starts
+
+    def lying(pts, keys, wanted):  # every packet "a keyframe": the plan jumps to P-frames
+        return real(pts, [True] * len(keys), wanted)
+
+    monkeypatch.setattr(video, "_clean_starts", lying)
+    planned = list(iter_frames_at_fps(path, 1.0))
+    assert [t for t, _ in planned] == [t for t, _ in every]
+    for (_, a), (_, b) in zip(planned, every, strict=True):
+        np.testing.assert_array_equal(a, b)
