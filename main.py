@@ -58,9 +58,7 @@ from checkpoint import (
 from clip_dataset import ClipDataset, clip_collate, clip_provenance
 from dataset import (
     EmbeddingDataset,
-    EvalSampler,
     SplitInfo,
-    TrainSampler,
     feature_stats,
     load_split_info,
     pad_collate,
@@ -92,6 +90,7 @@ from models.e2e import E2E_MODEL_NAMES, E2E_PREFIX, build_e2e_model, is_e2e_name
 from precision import PRECISIONS, autocast, training_precision
 from probes import NONE, PROBE_NAMES, ProbedDataset, summarise_probes
 from reports import plot_confusion, plot_curves
+from samplers import EvalSampler, TrainSampler
 from sampling import TemporalAugment
 from transforms import RESIZE_MODES, ResizeSpec
 from utils import (

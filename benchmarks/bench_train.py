@@ -39,7 +39,8 @@ from torch.utils.data import DataLoader
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from dataset import EmbeddingDataset, TrainSampler, fixed_pad_collate, load_split_info, pad_collate  # noqa: E402
+from dataset import EmbeddingDataset, fixed_pad_collate, load_split_info, pad_collate  # noqa: E402
+from samplers import TrainSampler  # noqa: E402
 from main import Optimization  # noqa: E402
 from models import build_model  # noqa: E402
 from precision import autocast  # noqa: E402

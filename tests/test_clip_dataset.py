@@ -17,8 +17,8 @@ from torch.utils.data import DataLoader
 
 import prepare_data as pd
 from clip_dataset import ClipDataset, clip_collate, clip_provenance, eval_clip_from_frames
-from dataset import TrainSampler
 from layout import frame_path, read_class_names
+from samplers import TrainSampler
 from sampling import eval_indices, train_indices
 from tests.conftest import write_video_frames
 from transforms import FrameError, crop_resize_flip, preprocess_frame, read_frame, sample_crop
