@@ -223,11 +223,11 @@ class ClipDataset(Dataset):
 
 
 def clip_collate(batch: Sequence[tuple[torch.Tensor, int, int]]) -> dict[str, torch.Tensor]:
-    """Stack clips (all `clip_len` long) into {"clips", "lengths", "labels", "indices"}, like dataset.pad_collate."""
+    """Stack clips (all `clip_len` long) into {"inputs", "lengths", "labels", "indices"}, like dataset.pad_collate."""
     clips = torch.stack([c for c, _, _ in batch])
     clip_len = clips.shape[-4]
     return {
-        "clips": clips,
+        "inputs": clips,
         "lengths": torch.full((len(batch),), clip_len, dtype=torch.long),
         "labels": torch.tensor([lab for _, lab, _ in batch], dtype=torch.long),
         "indices": torch.tensor([i for _, _, i in batch], dtype=torch.long),

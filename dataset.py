@@ -191,7 +191,7 @@ def pad_collate(batch: Sequence[tuple[np.ndarray, int, int]]) -> dict[str, torch
     for i, (f, _, _) in enumerate(batch):
         feats[i, : len(f)] = torch.as_tensor(f, dtype=torch.float32)
     return {
-        "feats": feats,
+        "inputs": feats,
         "lengths": lengths,
         "labels": torch.tensor([lab for _, lab, _ in batch], dtype=torch.long),
         "indices": torch.tensor([i for _, _, i in batch], dtype=torch.long),
@@ -203,9 +203,9 @@ def fixed_pad_collate(max_len: int):
 
     def collate(batch: Sequence[tuple[np.ndarray, int, int]]) -> dict[str, torch.Tensor]:
         out = pad_collate(batch)
-        feats = torch.zeros(out["feats"].shape[0], max_len, out["feats"].shape[2])
-        feats[:, : out["feats"].shape[1]] = out["feats"]
-        out["feats"] = feats
+        feats = torch.zeros(out["inputs"].shape[0], max_len, out["inputs"].shape[2])
+        feats[:, : out["inputs"].shape[1]] = out["inputs"]
+        out["inputs"] = feats
         return out
 
     return collate

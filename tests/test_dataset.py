@@ -35,12 +35,12 @@ def test_batches_pad_to_their_own_longest_video(split_dir):
     loader = DataLoader(EmbeddingDataset(info), batch_size=4, collate_fn=pad_collate)
     batch = next(iter(loader))
     lengths = [len(v) for v in videos[:4]]
-    assert batch["feats"].shape == (4, max(lengths), 8)
+    assert batch["inputs"].shape == (4, max(lengths), 8)
     assert max(lengths) < info.shape[1]  # narrower than the split's global maximum
     assert batch["lengths"].tolist() == lengths
     for i, n in enumerate(lengths):
-        np.testing.assert_allclose(batch["feats"][i, :n].numpy(), videos[i], rtol=0, atol=0)
-        assert torch.all(batch["feats"][i, n:] == 0)  # collate's zeros, not the file's 1e3 padding
+        np.testing.assert_allclose(batch["inputs"][i, :n].numpy(), videos[i], rtol=0, atol=0)
+        assert torch.all(batch["inputs"][i, n:] == 0)  # collate's zeros, not the file's 1e3 padding
 
 
 def test_eval_sampler_keeps_every_sample_once_across_ranks(split_dir):
