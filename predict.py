@@ -12,7 +12,9 @@ same uniform subsampling to stage 2's `max_len_cap`, and the stored embedding dt
 probabilities here as through prepare_ucf101 -> prepare_data -> main.py --mode test, up to float noise.
 
 End-to-end checkpoints (`e2e_*`) are rebuilt whole from the checkpoint and sample the clip as their evaluation
-does (uniform segment centres, `num_clips` views averaged).
+does (uniform segment centres, `num_clips` views averaged). Both go through one prediction path (`predict_video`):
+the checkpoint's route (routes.py) turns the decoded frames into the head's frame features, and attention and
+occlusion are computed on those the same way; the figures are drawn by reports.py.
 
 `--occlusion` works for every head: each frame the head is given is removed in turn (the rest keep their order)
 and the predicted class's probability is scored again; e2e models run their backbone once and occlude the first
