@@ -216,3 +216,21 @@ def test_fd533bd_checkpoint_resumes_and_retrains_identically(tmp_path):
     assert resumed.training.epoch == 2 and resumed.training.global_step == 2
     assert [h["epoch"] for h in resumed.training.history] == [1, 2]
     assert resumed.training.history[0] == old["history"][0]  # the old run's first epoch, carried over
+
+
+def test_e2e_input_settings_recorded_only_in_args_are_read_from_there():
+    """An e2e checkpoint whose data_info lacks an input setting (clip_len, fps, ...) has it in the flags its run was
+    given: the data record takes it from there, data_info first. A head over embeddings never does (its --backbone
+    and --image_size flags mean nothing: stage 2's JSON says how its inputs were made)."""
+    def raw(name: str) -> dict:
+        return {"model_name": name, "model_config": {"name": name}, "model_state": {}, "class_names": ["a"],
+                "num_classes": 1, "feature_dim": 4, "data_info": {"fps": 2.0},
+                "args": {"fps": 9.0, "clip_len": 6, "image_size": 112, "backbone": "resnet18", "num_clips": None}}
+
+    e2e = checkpoint.records_of(raw("e2e_bilstm"), "e2e.pth").data
+    assert e2e.require("fps") == 2.0 and e2e.require("clip_len") == 6 and e2e.get("image_size") == 112
+    assert "num_clips" not in e2e  # a flag left unset is not a recorded setting
+    head = checkpoint.records_of(raw("bilstm"), "head.pth").data
+    assert "clip_len" not in head and "backbone" not in head
+    with pytest.raises(BadInputError, match="head.pth: the checkpoint's data_info lacks 'jpeg_quality'"):
+        head.require("jpeg_quality")
