@@ -1,5 +1,10 @@
 """One checkpoint file holds everything predict.py needs and everything an exact resume needs.
 
+`read_checkpoint` is the one loader: it turns the file (any format written so far) into typed records, a
+`ModelRecord` (name, config, weights), a `DataRecord` (how the inputs were made, with the backbone record), a
+`RunSettings` (main.py's arguments, old flag names mapped to today's) and a `TrainingState` (what an exact resume
+restores). Readers never merge `args`, `data_info` and `model_config` by hand.
+
 Only tensors and plain Python values go in, so `torch.load(weights_only=True)` reads it: no pickled
 classes, no code execution from a downloaded file. RNG states are converted to tensors and lists.
 """
@@ -11,15 +16,13 @@ import logging
 import os
 import random
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from models import build_model
-from models.e2e import head_of_e2e, is_e2e_name, load_e2e_model
 from utils import BadInputError, atomic_write_bytes, first_names
 
 log = logging.getLogger("actionbert")
@@ -176,17 +179,18 @@ class HeadCheckpoint:
 
 
 def read_head_checkpoint(path: str | os.PathLike) -> HeadCheckpoint:
-    """The head of a checkpoint, for --init_head_from (read once: its classes, hyper-parameters and weights)."""
+    """The head of a checkpoint, for --init_head_from (read once: its classes, hyper-parameters and weights); the
+    checkpoint's route takes it out of a whole model (an e2e model's `head.*`)."""
+    from routes import route_for
+
     ckpt = _torch_load(path, "--init_head_from: ")
     if not isinstance(ckpt, dict) or "model_state" not in ckpt or "model_config" not in ckpt:
         raise BadInputError(f"--init_head_from: {path} is not a model checkpoint (no model_state/model_config)")
-    config, state = dict(ckpt["model_config"]), dict(ckpt["model_state"])
-    check_finite_weights(state, path, "--init_head_from: ")
-    name = str(config.get("name", ckpt.get("model_name")))
-    backbone = ckpt.get("backbone") or (ckpt.get("data_info") or {}).get("backbone")
-    if is_e2e_name(name):
-        backbone = config.get("backbone", backbone)
-        name, config, state = head_of_e2e({**config, "name": name}, state)
+    check_finite_weights(ckpt["model_state"], path, "--init_head_from: ")
+    model = model_record(ckpt)
+    backbone = ckpt.get("backbone") or (ckpt.get("data_info") or {}).get("backbone")  # the oldest files: top level
+    name, config, state, own_backbone = route_for(model.name).head_of(model)
+    backbone = own_backbone or backbone
     class_names = ckpt.get("class_names")
     return HeadCheckpoint(
         path=os.fspath(path),
@@ -199,7 +203,7 @@ def read_head_checkpoint(path: str | os.PathLike) -> HeadCheckpoint:
 
 
 def check_compatible(
-    ckpt: dict[str, Any],
+    ckpt: Checkpoint,
     path: str | os.PathLike,
     model_name: str | None = None,
     num_classes: int | None = None,
@@ -209,40 +213,190 @@ def check_compatible(
     """Refuse a checkpoint of another model, class count, feature size or class list, saying which and why.
 
     Arguments left None are not checked (feature_dim is None for end-to-end models: their backbone makes it)."""
-    if model_name is not None and ckpt["model_name"] != model_name:
+    model = ckpt.model
+    if model_name is not None and model.name != model_name:
         raise BadInputError(
-            f"{path} is a checkpoint of model {ckpt['model_name']!r}, not {model_name!r}; "
-            f"pass --model {ckpt['model_name']} or another checkpoint"
+            f"{path} is a checkpoint of model {model.name!r}, not {model_name!r}; "
+            f"pass --model {model.name} or another checkpoint"
         )
-    if num_classes is not None and int(ckpt["num_classes"]) != int(num_classes):
+    if num_classes is not None and model.num_classes != int(num_classes):
         raise BadInputError(
-            f"{path} was trained for {ckpt['num_classes']} classes but the data has {num_classes}"
+            f"{path} was trained for {model.num_classes} classes but the data has {num_classes}"
         )
-    if feature_dim is not None and int(ckpt["feature_dim"]) != int(feature_dim):
+    if feature_dim is not None and model.feature_dim != int(feature_dim):
         raise BadInputError(
-            f"{path} expects {ckpt['feature_dim']}-dim frame embeddings but the data has {feature_dim}-dim ones "
+            f"{path} expects {model.feature_dim}-dim frame embeddings but the data has {feature_dim}-dim ones "
             "(another backbone?)"
         )
-    if class_names is not None and list(ckpt["class_names"]) != list(class_names):
+    if class_names is not None and list(ckpt.data.class_names) != list(class_names):
         raise BadInputError(f"{path} was trained on other class names than the data's (same count, another order?)")
 
 
-def model_from_checkpoint(ckpt: dict[str, Any], device: str | torch.device = "cpu") -> torch.nn.Module:
-    """Rebuild the head (or end-to-end model) from its config, load its weights (including feature statistics),
-    on `device`, in eval mode."""
+# ----------------------------------------------------------------------------------------------- typed records
+
+# main.py flags renamed since checkpoints first recorded them (old name -> today's). A rename adds one line here, and
+# every reader (predict.py, resume, compare_runs.py) keeps reading old checkpoints under the new name.
+RENAMED_SETTINGS: dict[str, str] = {}
+# main.py arguments that say where a run lives or how it was executed, not what it learned: runs that differ only in
+# these (and in --seed) are repeats of one experiment (compare_runs.py groups them).
+EXECUTION_SETTINGS = frozenset({
+    "mode", "expt_dir", "expt_name", "run_name", "data_dir", "split_json_dir", "frames_dir", "model_ckpt", "resume",
+    "split", "gpu_id", "num_workers", "log_interval", "save_interval", "stop_after_epochs", "stop_after_steps",
+    "verbose", "strict", "seed", "probes",
+})
+
+
+@dataclass(frozen=True)
+class ModelRecord:
+    """The model a checkpoint holds: its name, the config it rebuilds from, and its weights."""
+
+    name: str
+    config: dict[str, Any]
+    state: dict[str, torch.Tensor]
+    num_classes: int
+    feature_dim: int
+
+
+@dataclass(frozen=True)
+class DataRecord:
+    """How the training inputs were made (stage 2's JSON minus its records, or the clips' provenance) and the class
+    list: what predict.py needs to turn a raw video into the same inputs."""
+
+    path: str  # the checkpoint, for messages
+    class_names: list[str]
+    info: dict[str, Any]
+    model_config: dict[str, Any] = field(default_factory=dict)  # an e2e model's config holds its backbone record
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.info.get(key, default)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.info
+
+    def require(self, key: str) -> Any:
+        """`key`, or a BadInputError saying the checkpoint is too old to rebuild the inputs without it."""
+        if key not in self.info:
+            raise BadInputError(
+                f"{self.path}: the checkpoint's data_info lacks {key!r}, which predict.py needs to rebuild the inputs "
+                "training saw (a checkpoint from before it was recorded: retrain, or rerun prepare_data.py and "
+                "main.py with the current code)"
+            )
+        return self.info[key]
+
+    def backbone(self) -> Any:
+        """The backbone record (`models.backbone.BackboneRecord`): the model config's (e2e), else the data's; one
+        from before records existed is rebuilt from its torchvision name, image_size and resize."""
+        from models.backbone import record_of
+        from transforms import RESIZE_MODES
+
+        source = {**self.info, **self.model_config} if self.model_config.get("backbone_record") else self.info
+        if not source.get("backbone_record"):
+            self.require("backbone")
+            self.require("image_size")
+            resize = source.get("resize") or "crop"
+            if resize not in RESIZE_MODES:
+                raise BadInputError(f"{self.path}: data_info resize {resize!r} is not one of {', '.join(RESIZE_MODES)}")
+        return record_of(source, self.path)
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """main.py's arguments as the run recorded them, under today's flag names (`RENAMED_SETTINGS`)."""
+
+    values: dict[str, Any] = field(default_factory=dict)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.values.get(key, default)
+
+    def __getitem__(self, key: str) -> Any:
+        return self.values[key]
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.values
+
+    def learned_from(self) -> dict[str, Any]:
+        """The settings that change what a run learns (all but `EXECUTION_SETTINGS`)."""
+        return {k: v for k, v in self.values.items() if k not in EXECUTION_SETTINGS}
+
+
+@dataclass
+class TrainingState:
+    """What an exact resume restores besides the weights (absent from a weights-only export)."""
+
+    optimizer: dict[str, Any]
+    scheduler: dict[str, Any]
+    scaler: dict[str, Any]
+    epoch: int
+    global_step: int
+    best_metric: float
+    batch_in_epoch: int = 0
+    best_epoch: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    rng: list[dict[str, Any]] = field(default_factory=list)  # one per rank
+    train_partial: list[Any] = field(default_factory=list)  # one per rank, of an unfinished epoch
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A checkpoint file as typed records (`read_checkpoint`)."""
+
+    path: str
+    model: ModelRecord
+    data: DataRecord
+    settings: RunSettings
+    training: TrainingState | None
+    num_params: int | None = None
+    precision: str | None = None
+
+    @property
+    def model_name(self) -> str:
+        return self.model.name
+
+
+def model_record(ckpt: dict[str, Any]) -> ModelRecord:
     config = dict(ckpt["model_config"])
-    name = config.pop("name", ckpt["model_name"])
-    if is_e2e_name(str(name)):
-        model = load_e2e_model(ckpt["model_config"], ckpt["model_state"])  # BadInputError when it does not fit
-        return model.prepare_for_device(torch.device(device)).eval()
-    # a pretrained transformer's weights are in model_state: do not look for the original directory again
-    config.pop("pretrained", None)
-    try:
-        model = build_model(name, **config)
-        model.load_state_dict(ckpt["model_state"])
-    except (ValueError, RuntimeError, TypeError) as exc:
-        raise BadInputError(f"cannot rebuild model {name!r} from the checkpoint: {exc}") from exc
-    model.config["name"] = name
-    if "pretrained" in ckpt["model_config"]:
-        model.config["pretrained"] = ckpt["model_config"]["pretrained"]
-    return model.prepare_for_device(torch.device(device)).eval()
+    return ModelRecord(
+        name=str(config.get("name") or ckpt.get("model_name")),
+        config=config,
+        state=dict(ckpt["model_state"]),
+        num_classes=int(ckpt.get("num_classes", config.get("num_classes", 0))),
+        feature_dim=int(ckpt.get("feature_dim", config.get("input_dim", 0))),
+    )
+
+
+def records_of(ckpt: dict[str, Any], path: str | os.PathLike) -> Checkpoint:
+    """The typed records of a loaded checkpoint dict, whatever format version wrote it."""
+    path = os.fspath(path)
+    args = {RENAMED_SETTINGS.get(k, k): v for k, v in (ckpt.get("args") or {}).items()}
+    info = dict(ckpt.get("data_info") or {})
+    model = model_record(ckpt)
+    from routes import route_for
+
+    # data_info first, then the flags the run was given, for the input settings its route takes from flags
+    for key in route_for(model.name).input_flags:
+        if key not in info and args.get(key) is not None:
+            info[key] = args[key]
+    data = DataRecord(path, [str(c) for c in ckpt["class_names"]], info, model.config)
+    training = None
+    if "optimizer" in ckpt:
+        training = TrainingState(
+            optimizer=ckpt["optimizer"],
+            scheduler=ckpt["scheduler"],
+            scaler=ckpt.get("scaler") or {},
+            epoch=int(ckpt["epoch"]),
+            global_step=int(ckpt["global_step"]),
+            best_metric=float(ckpt["best_metric"]),
+            batch_in_epoch=int(ckpt.get("batch_in_epoch", 0)),
+            best_epoch=int(ckpt.get("best_epoch", 0)),
+            history=list(ckpt.get("history") or []),
+            rng=list(ckpt.get("rng") or []),
+            train_partial=list(ckpt.get("train_partial") or []),
+        )
+    params = ckpt.get("num_params")
+    return Checkpoint(path, model, data, RunSettings(args), training,
+                      None if params is None else int(params), ckpt.get("precision"))
+
+
+def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Checkpoint:
+    """The one loader: `load_checkpoint`'s checks, then the typed records."""
+    return records_of(load_checkpoint(path, map_location), path)

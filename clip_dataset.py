@@ -104,7 +104,7 @@ def _nearest_first(k: int, n: int) -> Iterator[int]:
 class ClipDataset(Dataset):
     """Clips of `clip_len` frames per video from `frames_dir`, labelled by a split JSON (or its entries).
 
-    A key is an index, or `(index, epoch)` as `dataset.TrainSampler` yields: training randomness is seeded
+    A key is an index, or `(index, epoch)` as `samplers.TrainSampler` yields: training randomness is seeded
     by (seed, epoch, index). Videos without frames are left out and listed in `.failures` ({"file",
     "video_name", "reason"}, for utils.write_failure_report); no usable video at all, or any with `strict`, is a
     BadInputError. A missing or corrupt frame follows stage 2's rule (transforms.read_frame): the nearest readable
@@ -229,11 +229,11 @@ class ClipDataset(Dataset):
 
 
 def clip_collate(batch: Sequence[tuple[torch.Tensor, int, int]]) -> dict[str, torch.Tensor]:
-    """Stack clips (all `clip_len` long) into {"clips", "lengths", "labels", "indices"}, like dataset.pad_collate."""
+    """Stack clips (all `clip_len` long) into {"inputs", "lengths", "labels", "indices"}, like dataset.pad_collate."""
     clips = torch.stack([c for c, _, _ in batch])
     clip_len = clips.shape[-4]
     return {
-        "clips": clips,
+        "inputs": clips,
         "lengths": torch.full((len(batch),), clip_len, dtype=torch.long),
         "labels": torch.tensor([lab for _, lab, _ in batch], dtype=torch.long),
         "indices": torch.tensor([i for _, _, i in batch], dtype=torch.long),

@@ -43,8 +43,9 @@ from typing import Any
 import numpy as np
 
 import comparison_report
-from checkpoint import load_checkpoint
+from checkpoint import Checkpoint, read_checkpoint
 from probes import PROBE_NAMES
+from routes import route_for
 from stats import BOOTSTRAP_SAMPLES, PairedResult, format_p, grouped_paired_difference, mean_std
 from utils import (
     BadInputError,
@@ -67,13 +68,6 @@ GROUP_COLUMNS = ("group", "head", "n", "seeds", "splits")
 PAIR_COLUMNS = ("a", "b", "split", "units", "videos", "a_top1", "b_top1", "diff", "ci_low", "ci_high", "a_only",
                 "b_only", "p", "p_test", "p_mean")
 REFERENCE_HEAD = "meanpool"
-# main.py arguments that say where a run lives or how it was executed, not what it learned: runs that differ only
-# in these (and in --seed) are repeats of one experiment.
-NOT_SETTINGS = frozenset({
-    "mode", "expt_dir", "expt_name", "run_name", "data_dir", "split_json_dir", "frames_dir", "model_ckpt", "resume",
-    "split", "gpu_id", "num_workers", "log_interval", "save_interval", "stop_after_epochs", "stop_after_steps",
-    "verbose", "strict", "seed", "probes",
-})
 # data_info keys that differ between the official splits of one dataset, not between settings: whatever says which
 # videos a split holds (its id, the hash of its names and labels, of its frame plan) or follows from them (the
 # longest video, how many were subsampled or lost frames).
@@ -159,17 +153,17 @@ def _layers(config: dict[str, Any]) -> Any:
     return enc.get("num_hidden_layers", config.get("num_layers", "-"))
 
 
-def settings_key(ckpt: dict[str, Any]) -> str:
+def settings_key(ckpt: Checkpoint) -> str:
     """What a run learned from, except its seed and its official split: model, its config, the training arguments
-    that change results, and how the data was made. Runs with equal keys are repeats of one experiment."""
-    args = {k: v for k, v in (ckpt.get("args") or {}).items() if k not in NOT_SETTINGS}
-    data = {k: v for k, v in (ckpt.get("data_info") or {}).items() if k not in SPLIT_SPECIFIC}
-    return json.dumps({"model": ckpt["model_name"], "config": ckpt["model_config"], "args": args, "data": data},
-                      sort_keys=True, default=str)
+    that change results (`RunSettings.learned_from`), and how the data was made. Runs with equal keys are repeats of
+    one experiment."""
+    data = {k: v for k, v in ckpt.data.info.items() if k not in SPLIT_SPECIFIC}
+    return json.dumps({"model": ckpt.model_name, "config": ckpt.model.config, "args": ckpt.settings.learned_from(),
+                       "data": data}, sort_keys=True, default=str)
 
 
-def data_key(ckpt: dict[str, Any]) -> str:
-    data = {k: v for k, v in (ckpt.get("data_info") or {}).items() if k not in SPLIT_SPECIFIC}
+def data_key(ckpt: Checkpoint) -> str:
+    data = {k: v for k, v in ckpt.data.info.items() if k not in SPLIT_SPECIFIC}
     return json.dumps(data, sort_keys=True, default=str)
 
 
@@ -201,9 +195,8 @@ def summarise_run(run_dir: Path, split: str, groups: dict[str, list[str]],
                       if p.is_file()), None)
     if ckpt_path is None:
         return None
-    ckpt = load_checkpoint(ckpt_path)
-    info = ckpt.get("data_info", {})
-    args = ckpt.get("args") or {}
+    ckpt = read_checkpoint(ckpt_path)
+    info, args = ckpt.data, ckpt.settings
     history = []
     if (run_dir / "metrics.jsonl").is_file():
         history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
@@ -212,14 +205,14 @@ def summarise_run(run_dir: Path, split: str, groups: dict[str, list[str]],
     seed, split_id = args.get("seed"), info.get("split_id")
     row: dict[str, Any] = {
         "run": run_dir.name,
-        "head": ckpt["model_name"],
-        "layers": _layers(ckpt["model_config"]),
+        "head": ckpt.model_name,
+        "layers": _layers(ckpt.model.config),
         "fps": info.get("fps"),
         "backbone": f"{info.get('backbone')}/{info.get('weights')}",
         "seed": seed,
         "split_id": split_id,
-        "best_val_top1": max(val_top1) if val_top1 else ckpt.get("best_metric"),
-        "params": ckpt.get("num_params"),
+        "best_val_top1": max(val_top1) if val_top1 else (ckpt.training.best_metric if ckpt.training else None),
+        "params": ckpt.num_params,
         "s_per_epoch": sum(times) / len(times) if times else None,
     }
     results_path = run_dir / f"results_{split}.json"
@@ -244,7 +237,7 @@ def summarise_run(run_dir: Path, split: str, groups: dict[str, list[str]],
             row[f"{name}_mean_class_acc"] = acc["mean_class_acc"]
             for probe in group_probes if per_class else ():
                 row[f"{name}_{probe}_drop"] = group_probe_drop(per_class, classes, probe)
-    return Run(run_dir, row, str(ckpt["model_name"]), None if seed is None else int(seed),
+    return Run(run_dir, row, ckpt.model_name, None if seed is None else int(seed),
                None if split_id is None else int(split_id), settings_key(ckpt), data_key(ckpt),
                pred_path if pred_path.is_file() else None, history=history,
                per_class_probes=per_class_path if per_class_path.is_file() else None)
@@ -403,7 +396,7 @@ def reference_pairings(groups: dict[str, list[Run]], seed: int, samples: int) ->
     out = []
     for label, members in groups.items():
         head = members[0].head
-        ref_head = "e2e_" + REFERENCE_HEAD if head.startswith("e2e_") else REFERENCE_HEAD
+        ref_head = route_for(head).model_name(REFERENCE_HEAD)  # of the same route (e2e_meanpool for e2e heads)
         if head == ref_head:
             continue
         candidates = [(lab, m) for lab, m in groups.items() if m[0].head == ref_head and m[0].data == members[0].data]

@@ -39,10 +39,11 @@ from torch.utils.data import DataLoader
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from dataset import EmbeddingDataset, TrainSampler, fixed_pad_collate, load_split_info, pad_collate  # noqa: E402
-from main import Optimization  # noqa: E402
+from dataset import EmbeddingDataset, fixed_pad_collate, load_split_info, pad_collate  # noqa: E402
+from engine import Optimization  # noqa: E402
 from models import build_model  # noqa: E402
 from precision import autocast  # noqa: E402
+from samplers import TrainSampler  # noqa: E402
 
 MODES = ("fixed", "dynamic", "grouped")
 
@@ -134,7 +135,7 @@ def time_batches(model, loader, device: torch.device, precision: str) -> tuple[l
         if device.type == "cuda":
             torch.cuda.synchronize()
         start, start_cpu = time.perf_counter(), time.process_time()
-        feats = batch["feats"].to(device, non_blocking=True)
+        feats = batch["inputs"].to(device, non_blocking=True)
         lengths, labels = batch["lengths"].to(device), batch["labels"].to(device)
         with autocast(precision, device):
             logits = model(feats, lengths)

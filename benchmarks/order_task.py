@@ -30,6 +30,7 @@ import datetime
 import functools
 import json
 import logging
+import runpy
 import shlex
 import sys
 import tempfile
@@ -40,7 +41,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import main as train_main  # noqa: E402
+import routes  # noqa: E402
 from checkpoint import load_checkpoint  # noqa: E402
 from models import POSITION_MODELS  # noqa: E402
 from tests.synthetic import make_local_swap_task, make_order_task, write_embedding_split  # noqa: E402
@@ -104,18 +105,32 @@ def frame_norm_setting(enabled: bool):
     if enabled:
         yield
         return
-    build = train_main.build_model
+    build = routes.build_model
 
     def build_without(name: str, *a, **config):
         if name in POSITION_MODELS:
             config["frame_norm"] = False
         return build(name, *a, **config)
 
-    train_main.build_model = functools.wraps(build)(build_without)
+    routes.build_model = functools.wraps(build)(build_without)
     try:
         yield
     finally:
-        train_main.build_model = build
+        routes.build_model = build
+
+
+def run_main_py(argv: list[str]) -> int:
+    """main.py as its command line runs it (`runpy`, in this process so `frame_norm_setting` applies): its exit
+    status."""
+    saved = sys.argv
+    sys.argv = [str(ROOT / "main.py"), *argv]
+    try:
+        runpy.run_path(str(ROOT / "main.py"), run_name="__main__")
+    except SystemExit as exc:
+        return int(exc.code or 0) if not isinstance(exc.code, str) else 1
+    finally:
+        sys.argv = saved
+    return 0
 
 
 def val_curve(run_dir: Path) -> list[float]:
@@ -160,7 +175,7 @@ def main(args: argparse.Namespace) -> int:
                 argv = run_argv(args, data_dir, expt_dir, model, seed)
                 log.warning("main.py %s", shlex.join(argv))
                 with frame_norm_setting(args.frame_norm == "on"):
-                    status = train_main.main(train_main.get_args_parser().parse_args(argv))
+                    status = run_main_py(argv)
                 if status != 0:
                     raise SystemExit(f"main.py {shlex.join(argv)} failed with status {status}")
                 curve = val_curve(expt_dir / "order" / f"{model}_s{seed}")

@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from dataset import pad_collate  # noqa: E402
-from main import warmup_cosine  # noqa: E402
+from engine import warmup_cosine  # noqa: E402
 from models import build_model  # noqa: E402
 from tests.synthetic import make_order_task  # noqa: E402
 
@@ -53,7 +53,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 def padded(videos: list[np.ndarray], labels: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The whole split as one batch, padded as main.py's loader pads (dataset.pad_collate): feats, lengths, labels."""
     batch = pad_collate([(v, int(label), i) for i, (v, label) in enumerate(zip(videos, labels, strict=True))])
-    return batch["feats"], batch["lengths"], batch["labels"]
+    return batch["inputs"], batch["lengths"], batch["labels"]
 
 
 def build(args: argparse.Namespace, dim: int, num_classes: int) -> torch.nn.Module:

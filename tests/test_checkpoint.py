@@ -3,24 +3,28 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+import checkpoint
 from checkpoint import (
     build_checkpoint,
     check_compatible,
     load_checkpoint,
-    model_from_checkpoint,
+    read_checkpoint,
     read_head_checkpoint,
     rng_state,
     save_checkpoint,
     set_rng_state,
 )
 from models import build_model
+from routes import model_from_checkpoint
 from utils import BadInputError
 
 
@@ -50,7 +54,7 @@ def test_round_trip_loads_with_weights_only_and_rebuilds_the_model(tmp_path):
     assert raw["model_name"] == "meanpool" and raw["class_names"] == ["a", "b", "c"]
     assert raw["data_info"]["backbone"] == "resnet18" and raw["feature_dim"] == 6 and raw["num_classes"] == 3
     assert raw["optimizer"]["state"] and raw["scaler"]["scale"] > 0 and raw["global_step"] == 10
-    rebuilt = model_from_checkpoint(load_checkpoint(path))
+    rebuilt = model_from_checkpoint(read_checkpoint(path))
     assert not rebuilt.training
     torch.testing.assert_close(rebuilt.feature_std, torch.full((6,), 2.0))
     model.eval()
@@ -72,7 +76,7 @@ def test_rng_state_restores_every_generator():
 
 def test_refuses_other_model_class_count_and_feature_dim(tmp_path):
     _, path = _trained_state(tmp_path)
-    ckpt = load_checkpoint(path)
+    ckpt = read_checkpoint(path)
     check_compatible(ckpt, path, "meanpool", 3, 6, ["a", "b", "c"])
     with pytest.raises(BadInputError, match="model 'meanpool', not 'bilstm'"):
         check_compatible(ckpt, path, model_name="bilstm")
@@ -127,3 +131,106 @@ def test_non_finite_weights_are_refused_on_load_and_never_saved(tmp_path):
     with pytest.raises(BadInputError, match=r"--init_head_from: .*nan.pth holds weights that are not finite"):
         read_head_checkpoint(tmp_path / "nan.pth")
     assert load_checkpoint(tmp_path / "good.pth")["model_name"] == "meanpool"
+
+
+# ----------------------------------------------------------------------------------------------- files of older code
+
+FIXTURE = Path(__file__).parent / "fixtures" / "fd533bd"  # made by make_fixture.sh with the code of fd533bd
+FIXTURE_TRAIN = ["--model", "bert", "--data_dir", FIXTURE / "embeddings", "--batch_size", 2, "--lr", 1e-3,
+                 "--hidden_size", 8, "--num_layers", 1, "--num_heads", 2, "--intermediate_size", 16, "--gpu_id", 0,
+                 "--num_workers", 0, "--opt_lvl", 0, "--seed", 0]
+
+
+def _run_main(*argv) -> None:
+    import main
+
+    assert main.main(main.get_args_parser().parse_args([str(a) for a in argv])) == 0
+
+
+def test_fd533bd_checkpoint_reads_as_records():
+    ckpt = read_checkpoint(FIXTURE / "bert.pth")
+    assert ckpt.model_name == "bert" and ckpt.model.num_classes == 2 and ckpt.model.feature_dim == 512
+    assert ckpt.data.class_names == ["GrowingDisc", "ShrinkingDisc"] and ckpt.data.require("fps") == 1.0
+    record = ckpt.data.backbone()
+    assert (record.backbone, record.weights, record.seed, record.image_size) == ("resnet18", "none", 0, 32)
+    assert ckpt.settings["hidden_size"] == 8 and ckpt.settings["group_by_length"] is True
+    assert "expt_dir" not in ckpt.settings.learned_from() and ckpt.settings.learned_from()["lr"] == 1e-3
+    assert ckpt.training is not None and (ckpt.training.epoch, ckpt.training.global_step) == (1, 1)
+    assert len(ckpt.training.rng) == 1 and ckpt.precision == "fp32" and ckpt.num_params > 0
+
+
+def test_a_renamed_flag_reads_under_its_new_name(tmp_path, monkeypatch):
+    """A flag renamed after a checkpoint was written: `RENAMED_SETTINGS` maps the old key, so every reader (predict,
+    resume, compare_runs) sees today's name."""
+    raw = load_checkpoint(FIXTURE / "bert.pth")
+    monkeypatch.setitem(checkpoint.RENAMED_SETTINGS, "lr", "peak_lr")
+    settings = checkpoint.records_of(raw, FIXTURE / "bert.pth").settings
+    assert settings["peak_lr"] == 1e-3 and "lr" not in settings
+
+
+def test_fd533bd_checkpoint_predicts_as_it_did(tmp_path):
+    """predict.py on the fixture's videos gives the probabilities fd533bd's predict.py wrote."""
+    import predict
+
+    out = tmp_path / "pred.json"
+    args = predict.get_args_parser().parse_args(["--model_ckpt", str(FIXTURE / "bert.pth"), str(FIXTURE / "videos"),
+                                                 "--topk", "2", "--json", str(out), "--occlusion",
+                                                 str(tmp_path / "occ.png")])
+    assert predict.main(args) == 0
+    got = {Path(r["video"]).name: r for r in json.loads(out.read_text())}
+    expected = json.loads((FIXTURE / "predictions.json").read_text())
+    assert len(got) == len(expected) == 2
+    for want in expected:
+        have = got[want["video"]]
+        assert have["num_frames"] == want["num_frames"]
+        assert [t["label"] for t in have["topk"]] == [t["label"] for t in want["topk"]]
+        np.testing.assert_allclose([t["prob"] for t in have["topk"]], [t["prob"] for t in want["topk"]], atol=1e-6)
+        assert len(have["occlusion"]["drops"]) == want["num_frames"]
+
+
+def test_fd533bd_checkpoint_tests_as_it_did(tmp_path):
+    """main.py --mode test on the fixture's embeddings gives the results fd533bd's main.py wrote."""
+    _run_main("--mode", "test", "--model_ckpt", FIXTURE / "bert.pth", "--data_dir", FIXTURE / "embeddings",
+              "--split", "test", "--expt_dir", tmp_path, "--expt_name", "fx", "--run_name", "test", "--gpu_id", 0,
+              "--num_workers", 0, "--opt_lvl", 0, "--probes", "shuffle")
+    got = json.loads((tmp_path / "fx" / "test" / "results_test.json").read_text())
+    want = json.loads((FIXTURE / "results_test.json").read_text())
+    for key in ("top1", "top5", "mean_class_acc", "count", "num_classes", "model", "epoch", "precision"):
+        assert got[key] == want[key], key
+    assert got["loss"] == pytest.approx(want["loss"], abs=1e-6)
+
+
+@pytest.mark.slow
+def test_fd533bd_checkpoint_resumes_and_retrains_identically(tmp_path):
+    """Today's main.py trains the fixture's run to the same weights fd533bd's did, and resumes its checkpoint."""
+    _run_main("--mode", "train", "--expt_dir", tmp_path, "--expt_name", "fx", "--run_name", "again", "--epochs", 1,
+              *FIXTURE_TRAIN)
+    again = load_checkpoint(tmp_path / "fx" / "again" / "checkpoints" / "last.pth")
+    old = load_checkpoint(FIXTURE / "bert.pth")
+    for key, value in old["model_state"].items():
+        torch.testing.assert_close(again["model_state"][key], value, rtol=0, atol=0)
+
+    _run_main("--mode", "train", "--expt_dir", tmp_path, "--expt_name", "fx", "--run_name", "resumed", "--epochs", 2,
+              "--model_ckpt", FIXTURE / "bert.pth", *FIXTURE_TRAIN)
+    resumed = read_checkpoint(tmp_path / "fx" / "resumed" / "checkpoints" / "last.pth")
+    assert resumed.training.epoch == 2 and resumed.training.global_step == 2
+    assert [h["epoch"] for h in resumed.training.history] == [1, 2]
+    assert resumed.training.history[0] == old["history"][0]  # the old run's first epoch, carried over
+
+
+def test_e2e_input_settings_recorded_only_in_args_are_read_from_there():
+    """An e2e checkpoint whose data_info lacks an input setting (clip_len, fps, ...) has it in the flags its run was
+    given: the data record takes it from there, data_info first. A head over embeddings never does (its --backbone
+    and --image_size flags mean nothing: stage 2's JSON says how its inputs were made)."""
+    def raw(name: str) -> dict:
+        return {"model_name": name, "model_config": {"name": name}, "model_state": {}, "class_names": ["a"],
+                "num_classes": 1, "feature_dim": 4, "data_info": {"fps": 2.0},
+                "args": {"fps": 9.0, "clip_len": 6, "image_size": 112, "backbone": "resnet18", "num_clips": None}}
+
+    e2e = checkpoint.records_of(raw("e2e_bilstm"), "e2e.pth").data
+    assert e2e.require("fps") == 2.0 and e2e.require("clip_len") == 6 and e2e.get("image_size") == 112
+    assert "num_clips" not in e2e  # a flag left unset is not a recorded setting
+    head = checkpoint.records_of(raw("bilstm"), "head.pth").data
+    assert "clip_len" not in head and "backbone" not in head
+    with pytest.raises(BadInputError, match="head.pth: the checkpoint's data_info lacks 'jpeg_quality'"):
+        head.require("jpeg_quality")

@@ -17,8 +17,8 @@ from torch.utils.data import DataLoader
 
 import prepare_data as pd
 from clip_dataset import ClipDataset, clip_collate, clip_provenance, eval_clip_from_frames
-from dataset import TrainSampler
 from layout import frame_path, read_class_names
+from samplers import TrainSampler
 from sampling import eval_indices, train_indices
 from tests.conftest import write_video_frames
 from transforms import FrameError, crop_resize_flip, preprocess_frame, read_frame, sample_crop
@@ -52,7 +52,7 @@ def test_sampling_deterministic_per_seed_epoch_index(clip_frames):
     runs = []
     for workers in (0, 2):
         loader = DataLoader(a, batch_size=2, sampler=sampler, num_workers=workers, collate_fn=clip_collate)
-        runs.append([batch["clips"] for batch in loader])
+        runs.append([batch["inputs"] for batch in loader])
     assert all(torch.equal(p, q) for p, q in zip(*runs, strict=True))
 
 
@@ -84,7 +84,7 @@ def test_items_shapes_dtypes_and_collate(clip_frames):
     views, _, _ = test[0]
     assert views.shape == (3, CLIP_LEN, 3, SIZE, SIZE)
     batch = clip_collate([test[0], test[1]])
-    assert batch["clips"].shape == (2, 3, CLIP_LEN, 3, SIZE, SIZE)
+    assert batch["inputs"].shape == (2, 3, CLIP_LEN, 3, SIZE, SIZE)
     assert batch["lengths"].tolist() == [CLIP_LEN, CLIP_LEN] and batch["labels"].tolist() == [0, 1]
     assert read_class_names(root, entries) == ["c0", "c1", "c2"]
 

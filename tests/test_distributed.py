@@ -42,7 +42,7 @@ def _rank_worker(rank: int, world: int, port: int, data_dir: str, out_dir: str) 
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
     torch.set_num_threads(1)
-    import main
+    import routes
     from dataset import load_split_info
     from metrics import MetricAccumulator
 
@@ -55,7 +55,7 @@ def _rank_worker(rank: int, world: int, port: int, data_dir: str, out_dir: str) 
         logits = torch.eye(3)[[rank, (rank + 1) % 3]] * 5.0
         acc.update(logits, torch.tensor([rank, rank]), loss_sum=1.0 + rank)
         result["metrics"] = acc.reduce(info).compute()
-        mean, std = main.feature_mean_std(load_split_info(data_dir, "train"), info)
+        mean, std = routes.feature_mean_std(load_split_info(data_dir, "train"), info)
         result["mean"], result["std"] = mean.tolist(), std.tolist()
         result["gathered"] = distributed.all_gather_objects({"rank": rank}, info)
         distributed.barrier(info)

@@ -184,7 +184,7 @@ def test_training_reduces_loss_on_tiny_set(clip_frames):
     fixed = clip_collate([evals[i] for i in range(len(evals))])
     model = _model("meanpool", dropout=0.0, freeze_backbone_stages=2)  # the stem and layer1 frozen: half the cost
     stats_loader = DataLoader(train, batch_size=4, collate_fn=clip_collate)
-    model.estimate_feature_stats(((b["clips"], b["lengths"]) for b in stats_loader), max_batches=1)
+    model.estimate_feature_stats(((b["inputs"], b["lengths"]) for b in stats_loader), max_batches=1)
     assert model.head.feature_std.min() > 0 and not torch.equal(model.head.feature_mean, torch.zeros(512))
 
     def eval_loss() -> float:
@@ -192,14 +192,14 @@ def test_training_reduces_loss_on_tiny_set(clip_frames):
         a few steps are far too few for eval mode's running averages to settle)."""
         model.train()
         with torch.no_grad(), bn_stats_frozen([model]):
-            return torch.nn.functional.cross_entropy(model(fixed["clips"], fixed["lengths"]), fixed["labels"]).item()
+            return torch.nn.functional.cross_entropy(model(fixed["inputs"], fixed["lengths"]), fixed["labels"]).item()
 
     start = eval_loss()
     opt = torch.optim.AdamW(model.param_groups(weight_decay=0.0, lr=1e-3, backbone_lr=1e-3))
     for epoch in range(4):
         model.train()
         batch = clip_collate([train[(i, epoch)] for i in range(len(train))])
-        loss = torch.nn.functional.cross_entropy(model(batch["clips"], batch["lengths"]), batch["labels"])
+        loss = torch.nn.functional.cross_entropy(model(batch["inputs"], batch["lengths"]), batch["labels"])
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -233,13 +233,6 @@ def test_num_cls_disagreeing_with_the_data_exits_with_one_line(data_dir, tmp_pat
     assert "error: --num_cls 7 disagrees with the data" in proc.stderr and "Traceback" not in proc.stderr
 
 
-def test_schedule():
-    """The weight-decay groups are models.base's (tests/test_models.py), the precision flags precision.py's."""
-    lrs = [main.warmup_cosine(s, 4, 20) for s in range(21)]
-    assert lrs[0] == pytest.approx(0.25) and lrs[3] == pytest.approx(1.0)
-    assert all(a >= b for a, b in zip(lrs[3:], lrs[4:], strict=False)) and lrs[20] == pytest.approx(0.0)
-
-
 def test_confusion_matrix_readable_with_101_classes(tmp_path):
     import matplotlib.image
 

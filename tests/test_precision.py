@@ -11,6 +11,7 @@ import logging
 import pytest
 import torch
 
+import engine
 import main
 from checkpoint import load_checkpoint
 from models import build_model
@@ -71,7 +72,7 @@ def step(model, precision: str, grad_clip: float, loss_scale: float = 1.0):
     """One main.py training step of `model` in `precision` on the CPU; returns (scaler, logits dtype)."""
     feats, lengths, labels = tiny_batch()
     sgd = torch.optim.SGD(model.parameters(), lr=0.1)  # the update is -lr x gradient: gradients compare directly
-    opt = main.Optimization(optimizer=sgd, scheduler=torch.optim.lr_scheduler.LambdaLR(sgd, lambda s: 1.0),
+    opt = engine.Optimization(optimizer=sgd, scheduler=torch.optim.lr_scheduler.LambdaLR(sgd, lambda s: 1.0),
                             scaler=torch.amp.GradScaler("cpu", enabled=precision == "fp16"),
                             criterion=torch.nn.CrossEntropyLoss(), grad_clip=grad_clip)
     with autocast(precision, CPU):

@@ -22,6 +22,7 @@ import make_demo_data
 import predict
 import prepare_data
 import prepare_ucf101
+import routes
 from tests.conftest import ROOT
 from transforms import load_frame
 from utils import BadInputError
@@ -90,10 +91,10 @@ def test_same_embeddings_as_stage2(pipeline):
     rows = np.load(pipeline["data"] / "test.npy", mmap_mode="r")
     predictor = predict.load_predictor(pipeline["bert"])
     # stage 2's layout, in its backbone record (resnet: channels_last)
-    assert predictor.channels_last is meta["backbone_record"]["channels_last"] is True
+    assert predictor.inference.channels_last is meta["backbone_record"]["channels_last"] is True
     rec = meta["data"][0]
     decoded = predict.decode_video(_source(pipeline, rec["video_name"]), predictor.settings)
-    feats = predict.embed_frames(predictor, decoded.frames, 64).numpy()
+    feats = routes.embed_frames(predictor, decoded.frames, 64).numpy()
     assert feats.shape[0] == rec["video_length"]
     np.testing.assert_allclose(feats, rows[rec["video_idx"], : rec["video_length"]], rtol=1e-4, atol=1e-5)
 
@@ -111,8 +112,8 @@ def test_max_len_cap_subsamples_like_stage2(pipeline, tmp_path):
     rec = max(meta["data"], key=lambda r: r["num_frames"])
     assert rec["num_frames"] > 3 and rec["video_length"] == 3
     decoded = predict.decode_video(_source(pipeline, rec["video_name"]), settings)
-    keep = predict.kept_frames(len(decoded.frames), settings)
-    feats = predict.embed_frames(predictor, [decoded.frames[i] for i in keep], 64).numpy()
+    keep = routes.kept_frames(len(decoded.frames), settings)
+    feats = routes.embed_frames(predictor, [decoded.frames[i] for i in keep], 64).numpy()
     np.testing.assert_allclose(feats, rows[rec["video_idx"], :3], rtol=1e-4, atol=1e-5)
 
 
@@ -421,7 +422,7 @@ def test_timm_and_hf_backbones_predict_as_the_embedding_route(pipeline, tmp_path
     rows = np.load(data / "test.npy", mmap_mode="r")
     row, length, video = int(info.rows[0]), int(info.lengths[0]), _source(pipeline, info.names[0])
     decoded = predict.decode_video(video, predictor.settings)
-    feats = predict.embed_frames(predictor, decoded.frames, 64).numpy()
+    feats = routes.embed_frames(predictor, decoded.frames, 64).numpy()
     np.testing.assert_allclose(feats, rows[row, :length], rtol=1e-4, atol=1e-5)
     with torch.no_grad():
         expected = head(torch.from_numpy(np.array(rows[row : row + 1, :length])), torch.tensor([length]))
