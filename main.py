@@ -43,7 +43,7 @@ from engine import (
     rank_seed,
     train_one_epoch,
 )
-from models import MODEL_NAMES, POSITION_MODELS
+from models import MODEL_NAMES, head_class, head_config, head_names
 from models.backbone import BACKBONE_HELP, FEATURE_HELP, FEATURES, WEIGHTS_HELP
 from models.base import VideoModel
 from precision import PRECISIONS, training_precision
@@ -58,10 +58,11 @@ from reports import (
 )
 from resume import restore_run_state, resume_checkpoint, save_training_checkpoint, schedule_changes
 from routes import (
-    ALL_MODEL_NAMES,
     EmbeddingRoute,
     TrainData,
+    all_model_names,
     check_num_cls,
+    head_kwargs,
     load_splits,
     make_eval_loader,
     model_from_checkpoint,
@@ -96,7 +97,7 @@ def _run_and_head_args(p: argparse.ArgumentParser) -> None:
                    "test mode: the checkpoint's own run folder)")
     g.add_argument("--data_dir", default=None, help="stage 2 output: <split>.npy + <split>.json (heads over "
                    "embeddings; e2e_* models read --split_json_dir instead)")
-    g.add_argument("--model", choices=ALL_MODEL_NAMES, default=None, help="head to train, or e2e_<head> for a CNN "
+    g.add_argument("--model", choices=all_model_names(), default=None, help="head to train, or e2e_<head> for a CNN "
                    "trained jointly with it (test mode: read from the checkpoint; if given it must match)")
     g.add_argument("--model_ckpt", default=None, help="train: resume from this checkpoint; test: the checkpoint "
                    "to evaluate")
@@ -242,39 +243,31 @@ def check_args(args: argparse.Namespace) -> None:
     construction), --group_by_length for an e2e model (its clips all have one length), --positions for a head without
     position embeddings, --probes outside test mode."""
     if args.mode == "train" and args.model is None:
-        raise BadInputError("--model is required in train mode (choose from " + ", ".join(ALL_MODEL_NAMES) + ")")
+        raise BadInputError("--model is required in train mode (choose from " + ", ".join(all_model_names()) + ")")
     if args.mode == "train" and args.probes:
         raise BadInputError("--probes evaluates a trained checkpoint: use it with --mode test --model_ckpt F")
     if args.group_by_length and args.model and route_for(args.model).fixed_length:
         raise BadInputError(f"--group_by_length groups videos by their number of embeddings; {args.model} trains on "
                             "clips that all have --clip_len frames (leave the flag out)")
-    head = route_for(args.model).head_name(args.model) if args.model else ""
-    if args.positions is not None and args.model and head not in POSITION_MODELS:
-        raise BadInputError(f"--positions applies to {', '.join(POSITION_MODELS)} (and e2e_ of them), not "
+    if not args.model:
+        return
+    head = route_for(args.model).head_name(args.model)
+    if args.positions is not None and not head_class(head).has_positions:
+        with_positions = [n for n in head_names() if head_class(n).has_positions]
+        raise BadInputError(f"--positions applies to {', '.join(with_positions)} (and e2e_ of them), not "
                             f"{args.model}: the other heads have no position embeddings to remove")
-    if head in POSITION_MODELS and not args.pretrained:
-        import inspect
-
-        from models.transformer import TransformerHead
-
-        defaults = inspect.signature(TransformerHead.__init__).parameters
-        hidden = args.hidden_size or defaults["hidden_size"].default
-        heads = args.num_heads or defaults["num_heads"].default
-        if hidden % heads:
-            raise BadInputError(f"--hidden_size {hidden} is not divisible by --num_heads {heads}: each attention "
-                                "head takes an equal share of the width")
-
-
-# Heads whose cost grows with the padded width of a batch: length grouping is on by default for them.
-SEQUENCE_HEADS = ("bilstm", "bert", "roberta")
+    try:  # the head's own rules (models.base.HeadConfig.validate), before any data is read
+        head_config(head, **head_kwargs(args))
+    except ValueError as exc:
+        raise BadInputError(f"--model {args.model}: {exc}") from None
 
 
 def resolve_group_by_length(args: argparse.Namespace) -> bool:
     """--group_by_length, defaulting to on for the sequence heads over embeddings; written back into `args` so
     the run's log and checkpoints record it (and a resume cannot silently change it). `check_args` has refused it
     for e2e models."""
-    if args.group_by_length is None:
-        args.group_by_length = args.model in SEQUENCE_HEADS
+    if args.group_by_length is None:  # heads whose cost grows with a batch's padded width (their class says so)
+        args.group_by_length = args.model in head_names() and head_class(args.model).groups_by_length
     return bool(args.group_by_length)
 
 

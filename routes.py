@@ -30,10 +30,18 @@ from clip_dataset import ClipDataset, clip_collate, clip_provenance, eval_clip_f
 from dataset import EmbeddingDataset, SplitInfo, feature_stats, load_split_info, pad_collate, stats_from_sums
 from distributed import DistInfo, all_reduce_sum
 from layout import read_class_names, read_split_json, split_id_of, split_json_path
-from models import MODEL_NAMES, build_model
+from models import MODEL_NAMES, build_model, head_names
 from models.backbone import BackboneRecord, build_backbone, embed_batch, resolve_backbone
 from models.base import VideoModel
-from models.e2e import E2E_MODEL_NAMES, E2E_PREFIX, build_e2e_model, head_of_e2e, is_e2e_name, load_e2e_model
+from models.e2e import (
+    E2E_MODEL_NAMES,
+    E2E_PREFIX,
+    build_e2e_model,
+    e2e_model_names,
+    head_of_e2e,
+    is_e2e_name,
+    load_e2e_model,
+)
 from reports import report_skipped
 from samplers import EvalSampler, TrainSampler
 from sampling import TemporalAugment, eval_indices, subsample_indices
@@ -42,7 +50,12 @@ from utils import BadInputError
 
 log = logging.getLogger("actionbert")
 
-ALL_MODEL_NAMES = (*MODEL_NAMES, *E2E_MODEL_NAMES)
+ALL_MODEL_NAMES = (*MODEL_NAMES, *E2E_MODEL_NAMES)  # of the built-in heads
+
+
+def all_model_names() -> tuple[str, ...]:
+    """Every --model choice: each registered head and its e2e_ model."""
+    return (*head_names(), *e2e_model_names())
 HEAD_KWARGS = ("num_layers", "hidden_size", "num_heads", "intermediate_size", "dropout", "pretrained", "positions")
 # End-to-end clip settings: train mode's defaults; test mode takes the checkpoint's unless a flag is given.
 CLIP_DEFAULTS = {"clip_len": 8, "num_clips": 1}  # and --image_size: the backbone's own

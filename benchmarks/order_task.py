@@ -43,7 +43,7 @@ sys.path.insert(0, str(ROOT))
 
 import routes  # noqa: E402
 from checkpoint import load_checkpoint  # noqa: E402
-from models import POSITION_MODELS  # noqa: E402
+from models import head_class  # noqa: E402
 from tests.synthetic import make_local_swap_task, make_order_task, write_embedding_split  # noqa: E402
 
 log = logging.getLogger("actionbert.order_task")
@@ -108,7 +108,7 @@ def frame_norm_setting(enabled: bool):
     build = routes.build_model
 
     def build_without(name: str, *a, **config):
-        if name in POSITION_MODELS:
+        if head_class(name).has_positions:
             config["frame_norm"] = False
         return build(name, *a, **config)
 

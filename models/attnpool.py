@@ -8,28 +8,36 @@ order (and depth) buys.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import ClassVar
+
 import torch
 from torch import nn
 
-from models.base import VideoHead, length_mask
+from models.base import HeadConfig, VideoHead, length_mask
+
+
+@dataclass
+class AttnPoolConfig(HeadConfig):
+    hidden_size: int = 256
+    num_heads: int = 4
+    dropout: float = 0.1
+
+    def validate(self) -> None:
+        super().validate()
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}: each "
+                             "attention head takes an equal share of the width")
 
 
 class AttnPoolHead(VideoHead):
-    def __init__(
-        self,
-        input_dim: int,
-        num_classes: int,
-        hidden_size: int | None = 256,
-        num_heads: int | None = 4,
-        dropout: float | None = 0.1,
-        **_: object,
-    ) -> None:
-        hidden_size = 256 if hidden_size is None else int(hidden_size)
-        num_heads = 4 if num_heads is None else int(num_heads)
-        dropout = 0.1 if dropout is None else float(dropout)
-        if hidden_size % num_heads:
-            raise ValueError(f"hidden_size {hidden_size} is not a multiple of num_heads {num_heads}")
-        super().__init__(input_dim, num_classes, hidden_size=hidden_size, num_heads=num_heads, dropout=dropout)
+    Config = AttnPoolConfig
+    order_aware: ClassVar[bool] = False  # no positions, and a weighted sum does not depend on the order of its terms
+
+    def __init__(self, input_dim: int, num_classes: int, **flags: object) -> None:
+        cfg = AttnPoolConfig.from_flags(**flags)
+        hidden_size, num_heads, dropout = int(cfg.hidden_size), int(cfg.num_heads), float(cfg.dropout)
+        super().__init__(input_dim, num_classes, **cfg.to_dict())
         self.projection = nn.Linear(input_dim, hidden_size)
         self.query = nn.Parameter(torch.randn(hidden_size) * 0.02)
         self.attention = nn.MultiheadAttention(hidden_size, num_heads, dropout=dropout, batch_first=True)

@@ -3,6 +3,7 @@ feature standardisation, padding mask and config to rebuild from."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, ClassVar
 
 import torch
@@ -36,6 +37,30 @@ def decay_param_groups(module: nn.Module, weight_decay: float) -> list[dict[str,
     return [{"params": decay, "weight_decay": weight_decay}, {"params": exempt, "weight_decay": 0.0}]
 
 
+@dataclasses.dataclass
+class HeadConfig:
+    """A head's hyper-parameters: one dataclass per head holds its only defaults, and `validate` its own rules.
+
+    `from_flags(**flags)` takes what main.py or a checkpoint's `model_config` passes: keys that are not fields of
+    this head (another head's flags, `input_dim`, `name`) are ignored, None means "the default"."""
+
+    dropout: float = 0.1
+
+    @classmethod
+    def from_flags(cls, **flags: Any) -> HeadConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        config = cls(**{k: v for k, v in flags.items() if k in names and v is not None})
+        config.validate()
+        return config
+
+    def validate(self) -> None:
+        if not 0.0 <= float(self.dropout) < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
 class VideoModel(nn.Module):
     """Base of every model main.py trains: `forward(inputs, lengths) -> logits (B, num_classes)`, a `config` that
     `build_model`/`build_e2e_model` rebuild it from, and what it offers, declared here rather than probed:
@@ -43,12 +68,21 @@ class VideoModel(nn.Module):
     - `supports_grad_checkpointing`: `set_grad_checkpointing(True)` trades compute for memory;
     - `exposes_attention`: `forward(..., return_attentions=True)` also returns per-layer attention maps whose
       token 0 is [CLS] (predict.py's --attention_plot);
+    - `order_aware`: whether the output can depend on the order of the frames (False: the probes' shuffle and
+      reverse leave it unchanged by construction);
+    - `has_positions`: it takes `positions=` (position encodings that `--positions` chooses or removes);
+    - `groups_by_length`: its cost grows with a batch's padded width, so `--group_by_length` is on by default;
+    - `min_frames`: the fewest frames it can classify (predict.py's sliding windows skip shorter ones);
     - `param_groups(weight_decay, lr, backbone_lr)`: its AdamW groups (by default the weight-decay rule above);
     - `prepare_for_device(device)`: `.to(device)` plus any layout it wants there.
     """
 
     supports_grad_checkpointing: ClassVar[bool] = False
     exposes_attention: ClassVar[bool] = False
+    order_aware: ClassVar[bool] = True
+    has_positions: ClassVar[bool] = False
+    groups_by_length: ClassVar[bool] = False
+    min_frames: ClassVar[int] = 1
 
     config: dict[str, Any]
     num_classes: int
@@ -68,10 +102,15 @@ class VideoModel(nn.Module):
 class VideoHead(VideoModel):
     """Base of every head over embeddings: `forward(feats (B,T,D), lengths (B,)) -> logits (B, num_classes)`.
 
+    A head declares its hyper-parameters as `Config` (a HeadConfig subclass) and its capabilities as the class
+    attributes above; `models.register_head` makes it a `--model` choice and `e2e_<name>` with it.
+
     Per-dimension mean and std of the training split are buffers, so they travel in the
     checkpoint and predict.py standardises exactly as training did. Features of randomly
     initialised or ImageNet CNNs share one dominant direction; standardising spreads them out.
     """
+
+    Config: ClassVar[type[HeadConfig]] = HeadConfig
 
     def __init__(self, input_dim: int, num_classes: int, **config: Any) -> None:
         super().__init__()

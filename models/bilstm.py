@@ -3,14 +3,29 @@
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from models.base import VideoHead, length_mask
+from models.base import HeadConfig, VideoHead, length_mask
 
 POOLINGS = ("last", "mean")
+
+
+@dataclass
+class BiLSTMConfig(HeadConfig):
+    hidden_size: int = 512
+    num_layers: int = 1
+    dropout: float = 0.1
+    pooling: str = "last"
+
+    def validate(self) -> None:
+        super().validate()
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"unknown pooling {self.pooling!r}; choose from {', '.join(POOLINGS)}")
 
 
 class BiLSTMHead(VideoHead):
@@ -23,24 +38,14 @@ class BiLSTMHead(VideoHead):
     steadier on very long videos where the final states forget the beginning.
     """
 
-    def __init__(
-        self,
-        input_dim: int,
-        num_classes: int,
-        hidden_size: int | None = 512,
-        num_layers: int | None = 1,
-        dropout: float | None = 0.1,
-        pooling: str = "last",
-        **_: object,
-    ) -> None:
-        hidden_size = 512 if hidden_size is None else int(hidden_size)
-        num_layers = 1 if num_layers is None else int(num_layers)
-        dropout = 0.1 if dropout is None else float(dropout)
-        if pooling not in POOLINGS:
-            raise ValueError(f"unknown pooling {pooling!r}; choose from {', '.join(POOLINGS)}")
-        super().__init__(
-            input_dim, num_classes, hidden_size=hidden_size, num_layers=num_layers, dropout=dropout, pooling=pooling
-        )
+    Config = BiLSTMConfig
+    groups_by_length: ClassVar[bool] = True
+
+    def __init__(self, input_dim: int, num_classes: int, **flags: object) -> None:
+        cfg = BiLSTMConfig.from_flags(**flags)
+        hidden_size, num_layers, dropout, pooling = (int(cfg.hidden_size), int(cfg.num_layers), float(cfg.dropout),
+                                                     cfg.pooling)
+        super().__init__(input_dim, num_classes, **cfg.to_dict())
         self.pooling = pooling
         # nn.LSTM applies its dropout between stacked layers only, and warns when there is a single layer.
         self.lstm = nn.LSTM(

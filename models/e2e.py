@@ -28,7 +28,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from models import MODEL_NAMES, build_model
+from models import MODEL_NAMES, build_model, head_names
 from models.backbone import BackboneRecord, FrameEncoder, build_backbone
 from models.base import VideoModel, decay_param_groups, length_mask
 from transforms import normalize_batch
@@ -37,7 +37,12 @@ from utils import BadInputError
 log = logging.getLogger("actionbert")
 
 E2E_PREFIX = "e2e_"
-E2E_MODEL_NAMES = tuple(E2E_PREFIX + name for name in MODEL_NAMES)
+E2E_MODEL_NAMES = tuple(E2E_PREFIX + name for name in MODEL_NAMES)  # of the built-in heads
+
+
+def e2e_model_names() -> tuple[str, ...]:
+    """`e2e_<head>` for every registered head (models.register_head adds to them)."""
+    return tuple(E2E_PREFIX + name for name in head_names())
 
 # Keys of an e2e model's config that belong to the model rather than to its head.
 _E2E_KEYS = ("name", "backbone", "weights", "freeze_backbone_stages", "grad_checkpointing", "channels_last", "feature",
@@ -50,8 +55,8 @@ def is_e2e_name(name: str) -> bool:
 
 def head_name_of(name: str) -> str:
     """`e2e_bert` -> `bert`, refusing names that are not an end-to-end model."""
-    if name not in E2E_MODEL_NAMES:
-        raise ValueError(f"unknown end-to-end model {name!r}; choose from {', '.join(E2E_MODEL_NAMES)}")
+    if name not in e2e_model_names():
+        raise ValueError(f"unknown end-to-end model {name!r}; choose from {', '.join(e2e_model_names())}")
     return name[len(E2E_PREFIX) :]
 
 

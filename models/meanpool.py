@@ -2,16 +2,28 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import ClassVar
+
 import torch
 from torch import nn
 
-from models.base import VideoHead, length_mask
+from models.base import HeadConfig, VideoHead, length_mask
+
+
+@dataclass
+class MeanPoolConfig(HeadConfig):
+    dropout: float = 0.1
 
 
 class MeanPoolHead(VideoHead):
-    def __init__(self, input_dim: int, num_classes: int, dropout: float = 0.1, **_: object) -> None:
-        super().__init__(input_dim, num_classes, dropout=dropout)
-        self.dropout = nn.Dropout(dropout)
+    Config = MeanPoolConfig
+    order_aware: ClassVar[bool] = False  # a mean does not depend on the order of its terms
+
+    def __init__(self, input_dim: int, num_classes: int, **flags: object) -> None:
+        cfg = MeanPoolConfig.from_flags(**flags)
+        super().__init__(input_dim, num_classes, **cfg.to_dict())
+        self.dropout = nn.Dropout(cfg.dropout)
         self.classifier = nn.Linear(input_dim, num_classes)
 
     def forward(self, feats: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:

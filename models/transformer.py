@@ -30,18 +30,46 @@ rows and frozen, so checkpoints do not carry a 30k-row vocabulary and DDP sees n
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 from transformers import BertConfig, BertModel, PreTrainedConfig, PreTrainedModel, RobertaConfig, RobertaModel
 
-from models.base import VideoHead, length_mask
+from models.base import HeadConfig, VideoHead, length_mask
 from utils import BadInputError
 
 logger = logging.getLogger(__name__)
 
 POSITIONS = ("learned", "none")
+
+
+@dataclass
+class TransformerConfig(HeadConfig):
+    """`pretrained` (a hub name or a local directory) and `encoder_config` (a rebuild) take the encoder's own
+    sizes; the size fields are for a new encoder. `max_positions` counts [CLS]; `intermediate_size` None is
+    4 * hidden_size; `frame_norm` None: on for a new model, off for a config from before it existed."""
+
+    hidden_size: int = 256
+    num_layers: int = 4
+    num_heads: int = 4
+    intermediate_size: int | None = None
+    dropout: float = 0.1
+    max_positions: int = 512
+    pretrained: str | None = None
+    attn_implementation: str = "sdpa"
+    encoder_config: dict[str, Any] | None = None
+    positions: str = "learned"
+    frame_norm: bool | None = None
+
+    def validate(self) -> None:
+        super().validate()
+        if self.positions not in POSITIONS:
+            raise ValueError(f"unknown positions {self.positions!r}; choose from {', '.join(POSITIONS)}")
+        if self.pretrained is None and self.encoder_config is None and self.hidden_size % self.num_heads:
+            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}: each "
+                             "attention head takes an equal share of the width")
 
 
 def uniform_frame_index(lengths: torch.Tensor, width: int, max_frames: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -66,40 +94,25 @@ class TransformerHead(VideoHead):
 
     config_class: type[PreTrainedConfig]
     model_class: type[PreTrainedModel]
+    Config = TransformerConfig
     exposes_attention: ClassVar[bool] = True
+    has_positions: ClassVar[bool] = True
+    groups_by_length: ClassVar[bool] = True
 
-    def __init__(
-        self,
-        input_dim: int,
-        num_classes: int,
-        hidden_size: int | None = 256,
-        num_layers: int | None = 4,
-        num_heads: int | None = 4,
-        intermediate_size: int | None = None,
-        dropout: float | None = 0.1,
-        max_positions: int | None = 512,
-        pretrained: str | None = None,
-        attn_implementation: str = "sdpa",
-        encoder_config: dict[str, Any] | None = None,
-        positions: str = "learned",
-        frame_norm: bool | None = None,
-        **_: object,
-    ) -> None:
+    def __init__(self, input_dim: int, num_classes: int, **flags: object) -> None:
         """Build the encoder from `encoder_config` (a rebuild from `.config`, no download and no file
         needed), else from `pretrained` (a hub name or a local directory, loaded with its weights), else
         from the size flags. `max_positions` counts the [CLS] token, so a video fits when its length is at
         most `max_positions - 1`; `intermediate_size` defaults to `4 * hidden_size`. `positions`: "learned"
         (the encoder's table) or "none" (a set model). `frame_norm` (see the module docstring) is on for
         every new model; None when rebuilding means a config from before it existed, so off."""
-        if positions not in POSITIONS:
-            raise ValueError(f"unknown positions {positions!r}; choose from {', '.join(POSITIONS)}")
-        frame_norm = encoder_config is None if frame_norm is None else bool(frame_norm)
-        hidden_size = 256 if hidden_size is None else int(hidden_size)
-        num_layers = 4 if num_layers is None else int(num_layers)
-        num_heads = 4 if num_heads is None else int(num_heads)
-        intermediate_size = 4 * hidden_size if intermediate_size is None else int(intermediate_size)
-        dropout = 0.1 if dropout is None else float(dropout)
-        max_positions = 512 if max_positions is None else int(max_positions)
+        cfg = TransformerConfig.from_flags(**flags)
+        encoder_config, pretrained, positions = cfg.encoder_config, cfg.pretrained, cfg.positions
+        attn_implementation = cfg.attn_implementation
+        frame_norm = encoder_config is None if cfg.frame_norm is None else bool(cfg.frame_norm)
+        hidden_size, num_layers, num_heads = int(cfg.hidden_size), int(cfg.num_layers), int(cfg.num_heads)
+        intermediate_size = 4 * hidden_size if cfg.intermediate_size is None else int(cfg.intermediate_size)
+        dropout, max_positions = float(cfg.dropout), int(cfg.max_positions)
 
         if encoder_config is not None:
             hf_config = self.config_class.from_dict(dict(encoder_config))

@@ -292,9 +292,9 @@ def test_bad_flag_values_are_argparse_errors(tmp_path, argv, named, capsys):
 
 def test_heads_that_do_not_divide_the_width_are_refused_up_front(data_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(main, "rank_group", lambda: pytest.fail("work started"))
-    with pytest.raises(BadInputError, match="--hidden_size 32 is not divisible by --num_heads 3"):
+    with pytest.raises(BadInputError, match="--model bert: hidden_size 32 is not divisible by num_heads 3"):
         run_main(*train_args(data_dir, tmp_path, "r", "--model", "bert", "--num_heads", 3, "--hidden_size", 32))
-    with pytest.raises(BadInputError, match="--hidden_size 256 is not divisible by --num_heads 5"):  # the default
+    with pytest.raises(BadInputError, match="hidden_size 256 is not divisible by num_heads 5"):  # the default
         run_main(*train_args(data_dir, tmp_path, "r", "--model", "e2e_roberta", "--num_heads", 5))
     assert not (tmp_path / "t").exists()
 
