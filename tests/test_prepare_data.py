@@ -181,7 +181,7 @@ def test_layout_flag_is_recorded_and_predict_runs_it(reference, fixture_frames, 
     info = load_split_info(out, "train")
     head = build_model("meanpool", input_dim=512, num_classes=len(info.class_names))
     save_checkpoint(build_checkpoint(head, info.class_names, info.provenance), tmp_path / "head.pth")
-    assert predict.load_predictor(tmp_path / "head.pth").channels_last is False
+    assert predict.load_predictor(tmp_path / "head.pth").inference.channels_last is False
 
 
 def test_embedding_does_not_depend_on_batch_mates(fixture_frames):
