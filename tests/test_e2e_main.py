@@ -1,6 +1,6 @@
 """main.py --model e2e_*: the CNN trained jointly with the head on stage 1's frames of the demo data.
 
-One module-scoped pipeline (make_demo_data -> prepare_ucf101 at 64 px, 1 fps) and one 3-epoch e2e_bilstm run that
+One module-scoped pipeline (make_demo_data -> prepare_ucf101 at 64 px, 1 fps) and one 6-epoch e2e_bilstm run that
 several tests read: it learns, its backbone moves, a stopped-and-resumed run replays it exactly, test mode writes
 its reports and predict.py on a raw video gives test mode's probabilities.
 """
