@@ -16,7 +16,8 @@ from pathlib import Path
 import cv2
 import pytest
 
-from prepare_ucf101 import assign_video_names, get_args_parser
+from prepare_ucf101 import get_args_parser
+from readers.base import assign_video_names
 from tests.conftest import ROOT, VIDEOS
 from tests.video_reference import decode_all_timestamps, select_frames
 
@@ -306,7 +307,7 @@ def test_resume_after_sigkill_is_byte_identical(tmp_path):
 def test_assign_video_names_is_deterministic_and_unique():
     found = [("B", "x.avi"), ("A", "x.mp4"), ("A", "y.avi"), ("A", "X.avi"), ("C", "Y.mkv"), ("A", "z.avi")]
     items = assign_video_names(found)
-    names = {i.rel_path: i.video_name for i in items}
+    names = {f"{c}/{f}": name for (c, f), name in items.items()}
     assert names["A/z.avi"] == "z"
     assert names["B/x.avi"] == "B__x" and names["C/Y.mkv"] == "C__Y" and names["A/y.avi"] == "A__y"
     assert len({n.casefold() for n in names.values()}) == len(found)

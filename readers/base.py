@@ -1,0 +1,211 @@
+"""What every dataset reader returns, and the small helpers several readers share.
+
+A reader turns one dataset format's files (annotation files, a media folder) into `Record`s; stage 1
+(prepare_ucf101.py) turns records into work (frames extracted at exact times, split JSONs). A reader never decodes
+media: it says which file or frame folder is which labelled video, and which entries could not be used.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import os
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from splits import name_key
+from utils import NAME_MAX, BadInputError, first_names, fit_name
+from video import VIDEO_EXTENSIONS
+
+log = logging.getLogger("actionbert.readers")
+
+# The project's splits, in the order stage 1 writes them. A dataset's own "validation" is "val".
+SPLITS = ("train", "val", "test")
+# A video_name names its frames folder and its record <name>.json: at most NAME_MAX bytes with the suffix.
+VIDEO_NAME_MAX = NAME_MAX - len(".json")
+RESERVED_NAMES = frozenset({"manifest.json"})  # frames/ entries that no video may take (layout.MANIFEST)
+
+
+@dataclass(frozen=True)
+class Record:
+    """One labelled (or unlabelled) video as a dataset names it.
+
+    path: the video file or frame folder, relative to the media folder (-v), '/'-separated.
+    label: class name; None for an unlabelled video (an official test split without labels).
+    segment: (start, end) seconds of the video to sample, None for all of it.
+    split: the dataset's own split ("train", "val", "test"), None where the dataset has none.
+    group: videos cut from one source share a group, kept on one side of any split stage 1 makes.
+    name: the video_name (frames folder, split JSON key): unique, fits a file name.
+    """
+
+    path: str
+    label: str | None
+    name: str
+    group: str
+    segment: tuple[float, float] | None = None
+    split: str | None = None
+
+
+@dataclass
+class Dataset:
+    """A reader's answer. `class_names` gives the label order (None: sorted class names of the usable videos);
+    `failures` are entries left out with their reason ({"file", "reason"}), written to failed_videos.json;
+    `source_fps` the frame rate of frame folders where the format states one (Jester: 12)."""
+
+    format: str
+    records: list[Record]
+    class_names: list[str] | None = None
+    failures: list[dict[str, str]] = field(default_factory=list)
+    split_id: int | None = None
+    source_fps: float | None = None
+
+
+@dataclass(frozen=True)
+class ReadOptions:
+    """What a reader may use from stage 1's command line."""
+
+    media_dir: Path  # -v: videos or frame folders
+    annotations: Path | None  # --split_dir: a folder of the dataset's files, or one file
+    split_id: int = 1
+    allow_missing: bool = False  # entries naming absent media are skipped instead of refused
+    frames: bool = False  # --source_fps given: media are frame folders, not video files
+
+
+@dataclass(frozen=True)
+class Reader:
+    """A registry entry: `detect(options)` says whether the files are this format (unambiguously), `read` reads
+    them. `needs_annotations`: the format lives in annotation files (--split_dir), not in the folder layout."""
+
+    name: str
+    description: str
+    detect: Callable[[ReadOptions], bool]
+    read: Callable[[ReadOptions], Dataset]
+    needs_annotations: bool = True
+
+
+# ----- naming ---------------------------------------------------------------------------------------------------
+
+
+def assign_video_names(found: Sequence[tuple[str, str]], folders: bool = False) -> dict[tuple[str, str], str]:
+    """Name each (folder, file) by its file stem (a frame folder, `folders`, by its whole name); stems shared by several files (compared by splits.name_key:
+    case-insensitively and after Unicode NFC, so frame folders stay distinct on any file system) become
+    `<folder>__<stem>`, then `<folder>__<file name>` ('/' in a folder path becomes '__').
+
+    A name longer than VIDEO_NAME_MAX bytes (a long folder in front of a long stem) is cut to fit with a hash of
+    the whole (utils.fit_name), so its frames folder and record can be created, and the same videos get the same
+    names on every rerun. `manifest.json` is taken: a video of that stem gets the longer forms."""
+
+    def unique(candidates: dict[tuple[str, str], str]) -> tuple[dict[tuple[str, str], str], set[tuple[str, str]]]:
+        candidates = {k: fit_name(v, VIDEO_NAME_MAX) for k, v in candidates.items()}
+        seen: dict[str, int] = defaultdict(int, {name_key(r): 1 for r in RESERVED_NAMES})
+        for name in candidates.values():
+            seen[name_key(name)] += 1
+        ok = {k: v for k, v in candidates.items() if seen[name_key(v)] == 1}
+        return ok, set(candidates) - set(ok)
+
+    def prefix(folder: str) -> str:
+        return folder.replace("/", "__") + "__" if folder else ""
+
+    def stem(file_name: str) -> str:
+        return file_name if folders else Path(file_name).stem
+
+    names, clash = unique({(c, f): stem(f) for c, f in found})
+    if clash:
+        log.info(
+            "%d videos share a file name with a video in another folder; naming them <Class>__<stem>: %s",
+            len(clash),
+            first_names(sorted(f"{c}/{f}" for c, f in clash)),
+        )
+        more, clash = unique({(c, f): f"{prefix(c)}{stem(f)}" for c, f in clash})
+        names.update(more)
+        if clash:
+            more, clash = unique({(c, f): f"{prefix(c)}{f.replace('.', '_')}" for c, f in clash})
+            names.update(more)
+        for n, key in enumerate(sorted(clash), 1):  # only file names equal up to case in one folder remain
+            names[key] = fit_name(f"{prefix(key[0])}{key[1].replace('.', '_')}", VIDEO_NAME_MAX - len(f"__{n}")) + f"__{n}"
+    return names
+
+
+def sorted_entries(folder: Path) -> list[os.DirEntry]:
+    """A folder's entries by name (os.scandir: names may hold glob characters such as `[`)."""
+    with os.scandir(folder) as it:
+        return sorted(it, key=lambda e: e.name)
+
+
+def split_rel(path: str) -> tuple[str, str]:
+    """'a/b/c.mp4' -> ('a/b', 'c.mp4'); a flat 'c.mp4' -> ('', 'c.mp4')."""
+    folder, _, name = path.rpartition("/")
+    return folder, name
+
+
+# ----- checks shared by the annotation readers ------------------------------------------------------------------
+
+
+def media_exists(options: ReadOptions, rel: str) -> bool:
+    """The entry's video file (or, with --source_fps, frame folder) is on disk."""
+    path = options.media_dir / rel
+    return path.is_dir() if options.frames else path.is_file()
+
+
+def find_media(options: ReadOptions, stem: str, subdirs: Iterable[str] = ("",)) -> str | None:
+    """The relative path of `stem`'s video (any video extension) or frame folder under one of `subdirs`, the first
+    found, else None. Frame folders are named by the stem alone."""
+    for sub in subdirs:
+        base = f"{sub}/{stem}" if sub else stem
+        if options.frames:
+            if (options.media_dir / base).is_dir():
+                return base
+            continue
+        for ext in sorted(VIDEO_EXTENSIONS):
+            if (options.media_dir / (base + ext)).is_file():
+                return base + ext
+    return None
+
+
+def missing_entries(missing: list[dict[str, str]], options: ReadOptions, fatal_by_default: bool = True) -> None:
+    """Refuse entries naming absent media (unless --allow_missing, or for datasets where absence is normal,
+    `fatal_by_default=False`), else log them: they go to failed_videos.json either way."""
+    if not missing:
+        return
+    msg = (f"{len(missing)} video(s) named in the annotation files are not in {options.media_dir}: "
+           f"{first_names([m['file'] for m in missing])}")
+    if fatal_by_default and not options.allow_missing:
+        raise BadInputError(msg + " (--allow_missing skips them)")
+    log.warning("%s; skipping them%s", msg, " (--allow_missing)" if fatal_by_default else " (--strict makes it fatal)")
+
+
+def seconds(value: Any, where: str) -> float:
+    """A finite time in seconds >= 0 from an annotation field, or a BadInputError naming `where`."""
+    try:
+        t = float(value)
+    except (TypeError, ValueError):
+        raise BadInputError(f"{where}: {value!r} is not a time in seconds") from None
+    if not math.isfinite(t) or t < 0:
+        raise BadInputError(f"{where}: time {value!r} must be a finite number >= 0")
+    return t
+
+
+def check_segment(start: float, end: float, where: str) -> tuple[float, float]:
+    if not end > start:
+        raise BadInputError(f"{where}: segment end {end} must come after its start {start}")
+    return start, end
+
+
+def read_csv_rows(path: Path, delimiter: str = ",") -> list[list[str]]:
+    """Non-blank rows of a CSV file (UTF-8, a BOM allowed), whitespace around fields stripped."""
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as fh:
+            rows = list(csv.reader(fh, delimiter=delimiter))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise BadInputError(f"{path}: cannot be read as CSV ({exc})") from None
+    return [[cell.strip() for cell in row] for row in rows if any(cell.strip() for cell in row)]
+
+
+def expect(condition: bool, path: os.PathLike | str, what: str) -> None:
+    """The one-line refusal of a file that is not the layout its format promises."""
+    if not condition:
+        raise BadInputError(f"{path}: {what}")
