@@ -488,6 +488,9 @@ def plan_run(args: argparse.Namespace, video_dir: Path) -> Plan:
         if official and r.split is None:
             raise BadInputError(f"{dataset.format}: {r.path} has no split while others have one")
         side = r.split if official else "all" if r.label is not None else "test"
+        if r.label is None and side != "test":
+            raise BadInputError(f"{dataset.format}: {r.path} has no label but is in the {side} split "
+                                "(only a test split may be unlabelled)")
         if side not in sides:
             raise BadInputError(f"{dataset.format}: {r.path} has split {side!r}, expected one of {', '.join(SPLITS)}")
         sides[side].append(item)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from readers import folder, hmdb51, ucf101
+from readers import diving48, folder, generic, hmdb51, jester, kinetics, ssv2, ucf101
 from readers.base import SPLITS, Dataset, Reader, ReadOptions, Record
 from splits import OfficialSplit, checked_split
 from utils import BadInputError
@@ -23,6 +23,11 @@ READERS: dict[str, Reader] = {
         folder.READER,
         ucf101.READER,
         hmdb51.READER,
+        ssv2.READER,
+        jester.READER,
+        diving48.READER,
+        kinetics.READER,
+        generic.READER,
     )
 }
 

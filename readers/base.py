@@ -12,14 +12,14 @@ import logging
 import math
 import os
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from splits import name_key
 from utils import NAME_MAX, BadInputError, first_names, fit_name
-from video import VIDEO_EXTENSIONS
+from video import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
 
 log = logging.getLogger("actionbert.readers")
 
@@ -142,40 +142,134 @@ def split_rel(path: str) -> tuple[str, str]:
     return folder, name
 
 
-# ----- checks shared by the annotation readers ------------------------------------------------------------------
+# ----- what the annotation readers share ------------------------------------------------------------------------
 
 
-def media_exists(options: ReadOptions, rel: str) -> bool:
-    """The entry's video file (or, with --source_fps, frame folder) is on disk."""
-    path = options.media_dir / rel
-    return path.is_dir() if options.frames else path.is_file()
+@dataclass(frozen=True)
+class Entry:
+    """One video as an annotation file names it, before its media are found; `source` is "file:line" (messages)."""
+
+    path: str
+    label: str | None
+    source: str
+    segment: tuple[float, float] | None = None
+    split: str | None = None
+    group: str | None = None
 
 
-def find_media(options: ReadOptions, stem: str, subdirs: Iterable[str] = ("",)) -> str | None:
-    """The relative path of `stem`'s video (any video extension) or frame folder under one of `subdirs`, the first
-    found, else None. Frame folders are named by the stem alone."""
-    for sub in subdirs:
-        base = f"{sub}/{stem}" if sub else stem
-        if options.frames:
-            if (options.media_dir / base).is_dir():
-                return base
-            continue
-        for ext in sorted(VIDEO_EXTENSIONS):
-            if (options.media_dir / (base + ext)).is_file():
-                return base + ext
-    return None
+class MediaIndex:
+    """The media folder's videos (with `frames`, frame folders) down to `depth` folders, by stem: one listing instead of a
+    stat per entry and extension (Kinetics lists 650k clips), so lookups cost nothing per missing clip."""
+
+    def __init__(self, options: ReadOptions, depth: int = 2) -> None:
+        media = options.media_dir
+        if not media.is_dir():
+            raise BadInputError(f"video folder not found: {media}")
+        self.by_stem: dict[str, list[str]] = defaultdict(list)
+        self._walk(media, "", depth, options.frames)
+
+    def _walk(self, folder: Path, prefix: str, depth: int, frames: bool) -> None:
+        try:
+            entries = sorted_entries(folder)
+        except OSError:
+            return  # an unreadable sub-folder: its videos are reported missing, by name
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            self._add(entry, prefix, frames)
+            if depth > 1 and entry.is_dir() and not (frames and _holds_images(entry.path)):
+                self._walk(Path(entry.path), prefix + entry.name + "/", depth - 1, frames)
+
+    def _add(self, entry: os.DirEntry, prefix: str, frames: bool) -> None:
+        try:
+            is_dir = entry.is_dir()
+        except OSError:
+            is_dir = False
+        if frames and is_dir:
+            self.by_stem[name_key(entry.name)].append(prefix + entry.name)
+        elif not frames and not is_dir and Path(entry.name).suffix.lower() in VIDEO_EXTENSIONS:
+            self.by_stem[name_key(Path(entry.name).stem)].append(prefix + entry.name)
+
+    def find(self, stem: str, folder: str | None = None) -> str | None:
+        """The video of this stem: in `folder` (a per-class folder) or flat, else the only one anywhere."""
+        found = self.by_stem.get(name_key(stem), [])
+        for rel in found:
+            if split_rel(rel)[0] in ("", folder):
+                return rel
+        return found[0] if len(found) == 1 else None
 
 
-def missing_entries(missing: list[dict[str, str]], options: ReadOptions, fatal_by_default: bool = True) -> None:
-    """Refuse entries naming absent media (unless --allow_missing, or for datasets where absence is normal,
-    `fatal_by_default=False`), else log them: they go to failed_videos.json either way."""
-    if not missing:
-        return
-    msg = (f"{len(missing)} video(s) named in the annotation files are not in {options.media_dir}: "
-           f"{first_names([m['file'] for m in missing])}")
-    if fatal_by_default and not options.allow_missing:
-        raise BadInputError(msg + " (--allow_missing skips them)")
-    log.warning("%s; skipping them%s", msg, " (--allow_missing)" if fatal_by_default else " (--strict makes it fatal)")
+def _holds_images(folder: str) -> bool:
+    try:
+        with os.scandir(folder) as it:
+            return any(Path(e.name).suffix.lower() in IMAGE_EXTENSIONS for e in it)
+    except OSError:
+        return False
+
+
+def read_json_list(path: Path, keys: Sequence[str], what: str) -> list[dict[str, Any]]:
+    """A JSON file holding a list of objects that each have `keys`; refused in one line naming the file, the
+    first bad item and what was expected."""
+    from utils import read_json
+
+    data = read_json(path, what)
+    if not isinstance(data, list):
+        raise BadInputError(f"{path}: expected a list of {{{', '.join(keys)}}} objects ({what}), "
+                            f"not {type(data).__name__}")
+    for n, item in enumerate(data):
+        if not isinstance(item, dict) or any(k not in item for k in keys):
+            raise BadInputError(f"{path}: item {n} is not an object with {', '.join(keys)} ({what}): {item!r:.120}")
+    return data
+
+
+def require_files(folder: Path, names: Sequence[str], fmt: str) -> None:
+    missing = [n for n in names if not (folder / n).is_file()]
+    if missing:
+        raise BadInputError(f"{folder}: {fmt} needs {', '.join(names)}; missing {', '.join(missing)}")
+
+
+def build_records(entries: Sequence[Entry], options: ReadOptions, missing_fatal: bool = True) -> tuple[list[Record], list[dict[str, str]]]:
+    """Records of the entries whose media exist, named uniquely (assign_video_names; one video cut into several
+    segments gets one name per segment), grouped by `group`, else by the UCF/HMDB name pattern, else by video
+    (the segments of one video stay on one side of a split).
+
+    Entries naming absent media are refused unless --allow_missing (or `missing_fatal=False`: datasets where
+    absence is normal, Kinetics); either way they are returned as failures for failed_videos.json. An entry listed
+    twice (same path and segment) is refused, naming both places."""
+    from splits import video_group
+
+    seen: dict[tuple[str, tuple[float, float] | None], str] = {}
+    for e in entries:
+        key = (e.path, e.segment)
+        if key in seen:
+            raise BadInputError(f"{e.path} is listed twice ({seen[key]} and {e.source})")
+        seen[key] = e.source
+    present, missing = [], []
+    for e in entries:
+        path = options.media_dir / e.path
+        (present if (path.is_dir() if options.frames else path.is_file()) else missing).append(e)
+    failures = [{"file": e.path, "reason": f"named in {e.source} but not found"} for e in missing]
+    if missing:
+        msg = (f"{len(missing)} video(s) named in the annotation files are not in {options.media_dir}: "
+               f"{first_names([e.path for e in missing])}")
+        if missing_fatal and not options.allow_missing:
+            raise BadInputError(msg + " (--allow_missing skips them)")
+        log.warning("%s; skipping them%s", msg, " (--allow_missing)" if missing_fatal else " (--strict makes it fatal)")
+
+    def key(e: Entry) -> tuple[str, str]:
+        folder, file = split_rel(e.path)
+        if e.segment is None:
+            return folder, file
+        stem, ext = (file, "") if options.frames else (Path(file).stem, Path(file).suffix)
+        return folder, f"{stem}_{e.segment[0]:g}-{e.segment[1]:g}s{ext}"
+
+    names = assign_video_names([key(e) for e in present], folders=options.frames)
+    records = []
+    for e in present:
+        name = names[key(e)]
+        group = e.group or video_group(Path(e.path).stem) or e.path.casefold()  # a video's segments: one group
+        records.append(Record(e.path, e.label, name, group, e.segment, e.split))
+    return records, failures
 
 
 def seconds(value: Any, where: str) -> float:
