@@ -753,6 +753,23 @@ def frame_folder_files(folder: str | os.PathLike) -> list[Path]:
     return [folder / numbered[n][0] for n in range(first, last + 1)]
 
 
+_IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n")
+
+
+def check_frame_headers(files: list[Path]) -> None:
+    """Every frame file starts as a JPEG or PNG does: a cheap read of each (8 bytes), so an empty or foreign file
+    among the frames that resampling skips is still reported; the frames kept are decoded in full."""
+    for path in files:
+        try:
+            with open(path, "rb") as fh:
+                head = fh.read(8)
+        except OSError as exc:
+            raise VideoDecodeError(path.parent, f"frame {path.name} unreadable ({exc.strerror or exc})") from None
+        if not head.startswith(_IMAGE_MAGIC):
+            raise VideoDecodeError(path.parent, f"frame {path.name} is not a JPEG/PNG file"
+                                   + (" (empty)" if not head else ""))
+
+
 def read_image(path: Path) -> np.ndarray:
     """A frame file as 8-bit BGR (grey and 16-bit images converted), or VideoDecodeError naming the folder."""
     try:
@@ -777,8 +794,10 @@ def iter_folder_jpegs_at_fps(
 ) -> Iterator[tuple[float, bytes]]:
     """(time, JPEG bytes) of a frame folder resampled to `fps` by the rule videos follow: frame i is on screen
     from i / source_fps, and the sample at time t is the latest frame shown by then (TimestampSampler). Only
-    kept frames are read; each is re-encoded as stage 1 encodes video frames, so both inputs give alike files."""
+    kept frames are decoded (every file's header is checked); each is re-encoded as stage 1 encodes video frames,
+    so both inputs give alike files."""
     files = frame_folder_files(folder)
+    check_frame_headers(files)
     sampler = TimestampSampler(fps, nominal_fps=source_fps, segment=segment)
     last_index, last_jpeg = -1, b""
     for _, t, index in _cover(sampler, [i / source_fps for i in range(len(files))]):

@@ -342,3 +342,63 @@ def test_every_reader_has_a_name_description_and_detector():
     assert list(READERS)[0] == "folder"
     assert isinstance(prepare_ucf101.get_args_parser().parse_args(["-v", "x", "-o", "y", "--dataset", "kinetics"]),
                       argparse.Namespace)
+
+
+# ----- through stage 1 (and stage 2 for an unlabelled split) ---------------------------------------------------
+
+
+def stage1(*argv: str | Path) -> int:
+    return prepare_ucf101.main(prepare_ucf101.get_args_parser().parse_args([*map(str, argv), "--workers", "1"]))
+
+
+@pytest.mark.needs_shared_data
+def test_ssv2_through_stage1_keeps_the_official_val_and_an_unlabelled_test(tmp_path):
+    ann, media = write_ssv2(tmp_path, videos=False)
+    media.mkdir()
+    clips = {"78687": "carphone_pristine.mp4", "42326": "bikes.mp4", "3": "carphone_pristine.mp4",
+             "74225": "carphone_pristine.mp4", "1420": "carphone_pristine.mp4"}  # 99 and 5555 are not on disk
+    for vid, clip in clips.items():
+        (media / f"{vid}.webm").symlink_to(VIDEOS / clip)
+    out = tmp_path / "out"
+    assert stage1("-v", media, "-o", out, "--split_dir", ann, "-fps", "1", "--frame_size", "24", "--allow_missing") == 0
+    assert (out / "classInd.txt").read_text().splitlines() == [
+        "1 Putting something on a surface", "2 Holding something next to something",
+        "3 Pushing something from left to right"]
+    train, val, test = (read_json(out / f"{s}_ucf101.json") for s in ("train", "val", "test"))
+    assert [(r["video_name"], r["label_idx"]) for r in train] == [("42326", 0), ("78687", 1), ("3", 2)]
+    assert [r["video_name"] for r in val] == ["74225"]  # the official validation list, not a carve of train
+    assert [(r["video_name"], r["label_idx"], "class_name" in r) for r in test] == [("1420", -1, False)]
+    failed = sorted(f["file"] for f in read_json(out / "failed_videos.json"))
+    assert failed == ["5555.webm", "99.webm"]
+
+
+@pytest.mark.slow  # stage 1 and stage 2 (a backbone) in process
+def test_jester_frames_through_stage1_and_an_unlabelled_test_split_through_stage2(tmp_path):
+    import cv2
+    import numpy as np
+
+    import prepare_data
+
+    ann, media = write_jester(tmp_path)
+    for folder in media.iterdir():  # real frames: 18 at 12 fps (1.5 s), a moving bar
+        for f in folder.iterdir():
+            f.unlink()
+        for i in range(18):
+            img = np.zeros((36, 48, 3), np.uint8)
+            img[:, 2 * i : 2 * i + 6] = 255
+            cv2.imwrite(str(folder / f"{i + 1:05d}.jpg"), img)
+    out = tmp_path / "out"
+    assert stage1("-v", media, "-o", out, "--split_dir", ann, "-fps", "4") == 0  # 12 fps from the format
+    manifest = read_json(out / "frames" / "manifest.json")
+    assert manifest["source_fps"] == 12.0 and manifest["videos"]["12"]["num_frames"] == 6
+    test = read_json(out / "test_ucf101.json")
+    assert {r["label_idx"] for r in test} == {-1}
+    emb = tmp_path / "emb"
+    args = prepare_data.get_args_parser().parse_args(
+        ["-s", "test", "-f", str(out / "frames"), "-j", str(out / "test_ucf101.json"), "-o", str(emb),
+         "-m", "resnet18", "--weights", "none", "--image_size", "32", "-bs", "4", "-nw", "0", "-g", "0"])
+    assert prepare_data.main(args) in (0, None)
+    info = read_json(emb / "test.json")
+    assert [(r["video_name"], r["label_idx"], r["video_length"]) for r in info["data"]] == [("12", -1, 6),
+                                                                                           ("13", -1, 6)]
+    assert np.load(emb / "test.npy", mmap_mode="r").shape[:2] == (2, 6)

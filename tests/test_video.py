@@ -599,9 +599,12 @@ def test_frame_folder_gap_or_bad_frame_names_the_folder_and_frame(tmp_path):
         list(video.iter_folder_jpegs_at_fps(tmp_path / "gap", 4.0, 1.0, None, 95))
     assert err.value.path == str(tmp_path / "gap")
     _write_frame_folder(tmp_path / "bad", 6)
-    (tmp_path / "bad" / "00002.jpg").write_bytes(b"not a jpeg")
+    (tmp_path / "bad" / "00002.jpg").write_bytes(b"\xff\xd8\xff not a whole jpeg")
     with pytest.raises(VideoDecodeError, match="frame 00002.jpg is not a readable JPEG/PNG image"):
         list(video.iter_folder_jpegs_at_fps(tmp_path / "bad", 4.0, 0.0, None, 95))
+    (tmp_path / "bad" / "00002.jpg").write_bytes(b"GIF89a")
+    with pytest.raises(VideoDecodeError, match="frame 00002.jpg is not a JPEG/PNG file"):
+        list(video.iter_folder_jpegs_at_fps(tmp_path / "bad", 4.0, 1.0, None, 95))  # frame 2 is not kept
     (tmp_path / "empty").mkdir()
     with pytest.raises(VideoDecodeError, match="no numbered JPEG/PNG frames"):
         list(video.iter_folder_jpegs_at_fps(tmp_path / "empty", 4.0, 1.0, None, 95))
