@@ -402,3 +402,20 @@ def test_jester_frames_through_stage1_and_an_unlabelled_test_split_through_stage
     assert [(r["video_name"], r["label_idx"], r["video_length"]) for r in info["data"]] == [("12", -1, 6),
                                                                                            ("13", -1, 6)]
     assert np.load(emb / "test.npy", mmap_mode="r").shape[:2] == (2, 6)
+
+
+@pytest.mark.needs_shared_data
+def test_kinetics_through_stage1_lists_gone_clips_and_fails_only_with_strict(tmp_path):
+    ann, media = write_kinetics(tmp_path)
+    for clip in media.rglob("*.mp4"):
+        clip.unlink()
+        clip.symlink_to(VIDEOS / "carphone_pristine.mp4")
+    out = tmp_path / "out"
+    common = ["-v", media, "-o", out, "--split_dir", ann, "-fps", "1", "--frame_size", "24"]
+    assert stage1(*common) == 0
+    assert sorted(f["file"] for f in read_json(out / "failed_videos.json")) == [
+        "gone_video1_000000_000010.mp4", "gone_video2_000003_000013.mp4"]
+    assert (out / "classInd.txt").read_text() == "1 abseiling\n2 air drumming\n3 zumba\n"
+    train = read_json(out / "train_ucf101.json") + read_json(out / "val_ucf101.json")
+    assert len(train) == 4 and [r["label_idx"] for r in read_json(out / "test_ucf101.json")] == [-1]
+    assert stage1(*common, "--strict") == 1  # the same run, with the gone clips made fatal
