@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from splits import name_key
-from utils import NAME_MAX, BadInputError, first_names, fit_name
+from splits import name_key, video_group
+from utils import NAME_MAX, BadInputError, first_names, fit_name, read_json
 from video import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
 
 log = logging.getLogger("actionbert.readers")
@@ -210,8 +210,6 @@ def _holds_images(folder: str) -> bool:
 def read_json_list(path: Path, keys: Sequence[str], what: str) -> list[dict[str, Any]]:
     """A JSON file holding a list of objects that each have `keys`; refused in one line naming the file, the
     first bad item and what was expected."""
-    from utils import read_json
-
     data = read_json(path, what)
     if not isinstance(data, list):
         raise BadInputError(f"{path}: expected a list of {{{', '.join(keys)}}} objects ({what}), "
@@ -236,8 +234,6 @@ def build_records(entries: Sequence[Entry], options: ReadOptions, missing_fatal:
     Entries naming absent media are refused unless --allow_missing (or `missing_fatal=False`: datasets where
     absence is normal, Kinetics); either way they are returned as failures for failed_videos.json. An entry listed
     twice (same path and segment) is refused, naming both places."""
-    from splits import video_group
-
     seen: dict[tuple[str, tuple[float, float] | None], str] = {}
     for e in entries:
         key = (e.path, e.segment)
@@ -297,9 +293,3 @@ def read_csv_rows(path: Path, delimiter: str = ",") -> list[list[str]]:
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise BadInputError(f"{path}: cannot be read as CSV ({exc})") from None
     return [[cell.strip() for cell in row] for row in rows if any(cell.strip() for cell in row)]
-
-
-def expect(condition: bool, path: os.PathLike | str, what: str) -> None:
-    """The one-line refusal of a file that is not the layout its format promises."""
-    if not condition:
-        raise BadInputError(f"{path}: {what}")

@@ -419,3 +419,24 @@ def test_kinetics_through_stage1_lists_gone_clips_and_fails_only_with_strict(tmp
     train = read_json(out / "train_ucf101.json") + read_json(out / "val_ucf101.json")
     assert len(train) == 4 and [r["label_idx"] for r in read_json(out / "test_ucf101.json")] == [-1]
     assert stage1(*common, "--strict") == 1  # the same run, with the gone clips made fatal
+
+
+@pytest.mark.needs_shared_data
+def test_diving48_through_stage1_carves_val_from_train_by_youtube_video(tmp_path):
+    ann, media = write_diving48(tmp_path)
+    train = [{"vid_name": f"yt{g}_{c:05d}", "label": g % 2, "start_frame": 0, "end_frame": 120}
+             for g in range(6) for c in range(2)]
+    (ann / "Diving48_V2_train.json").write_text(json.dumps(train))
+    for item in train:
+        (media / f"{item['vid_name']}.mp4").symlink_to(VIDEOS / "carphone_pristine.mp4")
+    for clip in ("-mmq0PT-u8k_00155", "-mmq0PT-u8k_00156", "abc_00001", "zzz_00003"):
+        (media / f"{clip}.mp4").unlink()
+    (media / "zzz_00003.mp4").symlink_to(VIDEOS / "carphone_pristine.mp4")
+    out = tmp_path / "out"
+    assert stage1("-v", media, "-o", out, "--split_dir", ann, "-fps", "1", "--frame_size", "24",
+                  "--val_ratio", "0.34") == 0
+    train_out, val = read_json(out / "train_ucf101.json"), read_json(out / "val_ucf101.json")
+    assert len(train_out) + len(val) == 12 and val
+    groups = {r["group"] for r in train_out}
+    assert not groups & {r["group"] for r in val}  # both clips of a YouTube video on one side
+    assert [r["video_name"] for r in read_json(out / "test_ucf101.json")] == ["zzz_00003"]
