@@ -440,3 +440,34 @@ def test_diving48_through_stage1_carves_val_from_train_by_youtube_video(tmp_path
     groups = {r["group"] for r in train_out}
     assert not groups & {r["group"] for r in val}  # both clips of a YouTube video on one side
     assert [r["video_name"] for r in read_json(out / "test_ucf101.json")] == ["zzz_00003"]
+
+
+@pytest.mark.slow  # stages 1-3 and predict.py in process
+@pytest.mark.needs_shared_data
+def test_ssv2_layout_runs_stage1_to_a_head_and_predict(tmp_path):
+    import main as main_script
+    import predict
+    import prepare_data
+
+    ann, media = write_ssv2(tmp_path, videos=False)
+    media.mkdir()
+    for vid in ("78687", "42326", "3", "99", "74225", "1420", "5555"):
+        (media / f"{vid}.webm").symlink_to(VIDEOS / "carphone_pristine.mp4")
+    out, data, expts = tmp_path / "out", tmp_path / "data", tmp_path / "expts"
+    assert stage1("-v", media, "-o", out, "--split_dir", ann, "-fps", "1", "--frame_size", "32") == 0
+    for split in ("train", "val", "test"):
+        args = prepare_data.get_args_parser().parse_args(
+            ["-s", split, "-f", str(out / "frames"), "-j", str(out / f"{split}_ucf101.json"), "-o", str(data),
+             "--weights", "none", "--image_size", "32", "-nw", "0", "-bs", "8", "-g", "0"])
+        assert prepare_data.main(args) in (0, None)
+    args = main_script.get_args_parser().parse_args(
+        ["--mode", "train", "--model", "meanpool", "--epochs", "1", "--data_dir", str(data), "--expt_dir",
+         str(expts), "--expt_name", "e", "--num_workers", "0", "--gpu_id", "0", "--batch_size", "4"])
+    assert main_script.main(args) in (0, None)
+    ckpt = expts / "e" / "meanpool" / "checkpoints" / "best.pth"
+    args = predict.get_args_parser().parse_args(["--model_ckpt", str(ckpt), str(media / "1420.webm"), "--topk", "2",
+                                                 "--json", str(tmp_path / "pred.json")])
+    assert predict.main(args) in (0, None)
+    (pred,) = read_json(tmp_path / "pred.json")  # the unlabelled test video, classified from the raw .webm
+    assert pred["video"].endswith("1420.webm") and pred["num_frames"] == 5
+    assert all(t["label"] in SSV2_CLASSES for t in pred["topk"]) and len(pred["topk"]) == 2
