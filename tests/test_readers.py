@@ -198,19 +198,28 @@ def test_ssv2_classes_come_from_templates_and_string_indices(tmp_path):
                             "'Juggling [something]' is none of the 3 classes of something-something-v2-labels.json"}]
 
 
-def test_ssv2_missing_videos_are_refused_unless_allowed(tmp_path):
-    ann, media = write_ssv2(tmp_path)
-    (media / "42326.webm").unlink()
-    with pytest.raises(BadInputError, match=r"1 video\(s\) named .* 42326.webm .*--allow_missing"):
-        read_dataset(opts(ann, media))
-    ds = read_dataset(opts(ann, media, allow_missing=True))
-    assert {"file": "42326.webm", "reason": "named in something-something-v2-train.json[1] but not found"} in ds.failures
+@pytest.mark.parametrize("name, gone", [("ssv2", "42326.webm"), ("jester", "56557"), ("diving48", "abc_00001.mp4")])
+def test_a_partial_copy_of_a_published_dataset_lists_what_is_missing(tmp_path, name, gone):
+    ann, media = WRITERS[name](tmp_path)
+    path = media / gone
+    path.rename(path.with_name("elsewhere" + path.suffix))
+    ds = read_dataset(opts(ann, media))
+    assert gone in [f["file"] for f in ds.failures] and gone not in [r.path for r in ds.records]
+
+
+def test_your_own_file_naming_a_missing_video_is_refused_unless_allowed(tmp_path):
+    touch(tmp_path / "v" / "a.mp4")
+    (tmp_path / "mine.csv").write_text("path,label\na.mp4,A\nb.mp4,B\n")
+    with pytest.raises(BadInputError, match=r"1 video\(s\) named .* b.mp4 .*--allow_missing"):
+        read_dataset(opts(tmp_path / "mine.csv", tmp_path / "v"))
+    ds = read_dataset(opts(tmp_path / "mine.csv", tmp_path / "v", allow_missing=True))
+    assert ds.failures == [{"file": "b.mp4", "reason": "named in mine.csv:3 but not found"}]
 
 
 def test_jester_reads_semicolon_lines_over_frame_folders_at_12_fps(tmp_path):
     ann, media = write_jester(tmp_path)
     (media / "56557").rename(media / "moved")  # a frame folder that is gone
-    ds = read_dataset(opts(ann, media, allow_missing=True))
+    ds = read_dataset(opts(ann, media))
     assert ds.source_fps == 12.0 and ds.class_names == JESTER_CLASSES
     sides = by_split(ds)
     assert {r.path: r.label for r in sides["train"]} == {"34870": "Drumming Fingers", "1": "Doing other things"}
@@ -360,7 +369,7 @@ def test_ssv2_through_stage1_keeps_the_official_val_and_an_unlabelled_test(tmp_p
     for vid, clip in clips.items():
         (media / f"{vid}.webm").symlink_to(VIDEOS / clip)
     out = tmp_path / "out"
-    assert stage1("-v", media, "-o", out, "--split_dir", ann, "-fps", "1", "--frame_size", "24", "--allow_missing") == 0
+    assert stage1("-v", media, "-o", out, "--split_dir", ann, "-fps", "1", "--frame_size", "24") == 0
     assert (out / "classInd.txt").read_text().splitlines() == [
         "1 Putting something on a surface", "2 Holding something next to something",
         "3 Pushing something from left to right"]
