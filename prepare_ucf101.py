@@ -106,7 +106,8 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--val_ratio",
         type=float_in(0.0, 1.0, high_open=True),
         default=0.1,
-        help="with --split_dir: share of train (whole groups, per class) held out as val; test is never touched",
+        help="with official splits that have no val: share of train (whole groups, per class) held out as "
+             "val; test is never touched",
     )
     p.add_argument("--allow_missing", action="store_true", help="skip videos named in split files but not found")
     p.add_argument("--frame_size", type=positive_int, default=None,

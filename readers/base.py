@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from layout import MANIFEST
 from splits import name_key, video_group
 from utils import NAME_MAX, BadInputError, first_names, fit_name, read_json
 from video import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
@@ -27,7 +28,7 @@ log = logging.getLogger("actionbert.readers")
 SPLITS = ("train", "val", "test")
 # A video_name names its frames folder and its record <name>.json: at most NAME_MAX bytes with the suffix.
 VIDEO_NAME_MAX = NAME_MAX - len(".json")
-RESERVED_NAMES = frozenset({"manifest.json"})  # frames/ entries that no video may take (layout.MANIFEST)
+RESERVED_NAMES = frozenset({MANIFEST})  # frames/ entries that no video may take
 
 
 @dataclass(frozen=True)
