@@ -30,6 +30,9 @@ from utils import BadInputError, atomic_write_text, read_json, read_lines
 log = logging.getLogger("actionbert")
 
 CLASS_INDEX = "classInd.txt"
+# label_idx of a video without a label (an official test split that publishes none: SSv2's, Jester's). Only a
+# split JSON read with `unlabelled=True` (stage 2, which embeds them) accepts it.
+UNLABELLED = -1
 MANIFEST = "manifest.json"
 # Stage 1's settings that decide the pixels of every frame: predict.py must repeat them on a raw video.
 FRAME_SETTINGS = ("fps", "frame_size", "jpeg_quality")
@@ -55,9 +58,10 @@ def split_json_path(split_json_dir: str | os.PathLike, split: str) -> Path:
     raise BadInputError(f"no {split} split in {base}: expected {split_json_name(split)} (stage 1's output)")
 
 
-def check_split_entries(records: Any, source: str = "split") -> list[dict[str, Any]]:
+def check_split_entries(records: Any, source: str = "split", unlabelled: bool = False) -> list[dict[str, Any]]:
     """A split's records, refused with a message naming `source` unless each has a str video_name and an int
-    label_idx >= 0 (not a bool), no video_name appears twice, and there is at least one."""
+    label_idx >= 0 (not a bool; UNLABELLED too with `unlabelled`), no video_name appears twice, and there is at
+    least one."""
     if not isinstance(records, list):
         raise BadInputError(f"{source} must hold a list of {{video_name, label_idx}} records, not "
                             f"{type(records).__name__}")
@@ -66,8 +70,10 @@ def check_split_entries(records: Any, source: str = "split") -> list[dict[str, A
         if not isinstance(rec, dict) or not isinstance(rec.get("video_name"), str) or "label_idx" not in rec:
             raise BadInputError(f"{source}: record {k} lacks video_name/label_idx: {rec!r:.120}")
         label = rec["label_idx"]
-        if isinstance(label, bool) or not isinstance(label, int) or label < 0:
-            raise BadInputError(f"{source}: record {k} has label_idx {label!r}, not an int >= 0")
+        if isinstance(label, bool) or not isinstance(label, int) or (label < 0 and not (unlabelled and label == UNLABELLED)):
+            raise BadInputError(f"{source}: record {k} has label_idx {label!r}, not an int >= 0"
+                                + ("" if unlabelled else f" (an unlabelled video, {UNLABELLED}, is for stage 2 only)"
+                                   if label == UNLABELLED else ""))
         name = rec["video_name"]
         if name in seen:
             raise BadInputError(f"{source}: video_name {name!r} appears twice")
@@ -77,9 +83,9 @@ def check_split_entries(records: Any, source: str = "split") -> list[dict[str, A
     return records
 
 
-def read_split_json(path: str | os.PathLike) -> list[dict[str, Any]]:
+def read_split_json(path: str | os.PathLike, unlabelled: bool = False) -> list[dict[str, Any]]:
     """A split JSON's records ({"video_name", "label_idx", ...}), checked by `check_split_entries`."""
-    return check_split_entries(read_json(path, "split JSON"), f"split JSON {path}")
+    return check_split_entries(read_json(path, "split JSON"), f"split JSON {path}", unlabelled)
 
 
 def split_id_of(records: Sequence[Any], source: str | os.PathLike = "split JSON") -> int | None:

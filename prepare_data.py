@@ -587,7 +587,7 @@ def embed_split(args: argparse.Namespace, info: DistInfo) -> int:
     precision = resolve_precision(args.precision, device)
     out_dir = Path(args.out_dir)
 
-    records = read_split_json(args.json_file)
+    records = read_split_json(args.json_file, unlabelled=True)  # an unlabelled test split is embedded too
     split_id = split_id_of(records, args.json_file)  # the official split, for the checkpoints' data_info
     entries = [(r["video_name"], r["label_idx"]) for r in records]
     class_names = read_class_names(Path(args.json_file).parent, records)

@@ -1,8 +1,10 @@
 """Stage 1: split a folder of labelled videos and extract frames at exact times k / fps.
 
-    python prepare_ucf101.py -v VIDEO_DIR -o OUT [-s 0.8] [-fps 1] [--split_dir DIR --split_id 1]
+    python prepare_ucf101.py -v VIDEO_DIR -o OUT [-s 0.8] [-fps 1] [--split_dir DIR --split_id 1] [--dataset NAME]
 
-VIDEO_DIR/<Class>/<video>.<ext> in; OUT/train_ucf101.json, val_ucf101.json (test_ucf101.json with official
+VIDEO_DIR/<Class>/<video>.<ext> in, or the layout of a dataset whose annotation files --split_dir names (one
+reader per format in readers/, detected from the files; --source_fps reads folders of frames instead of videos);
+OUT/train_ucf101.json, val_ucf101.json (test_ucf101.json with official
 splits), classInd.txt, failed_videos.json and frames/<video_name>/frame_000001.jpg ... plus frames/manifest.json
 out. Each video is written to frames/.tmp/<name> and renamed when complete, with its metadata (and its source's
 size and modification time) in frames/.meta/<name>.json, so a killed run rerun with the same command skips
@@ -24,7 +26,6 @@ import os
 import shutil
 import signal
 import time
-from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,16 +33,16 @@ from typing import Any
 import cv2
 from tqdm import tqdm
 
-from layout import CLASS_INDEX, MANIFEST, frame_name, split_json_name, write_class_index
-from splits import OfficialSplit, group_split, match_entries, name_key, read_official_split, video_group
+from layout import CLASS_INDEX, MANIFEST, UNLABELLED, frame_name, split_json_name, write_class_index
+from readers import READERS, SPLITS, Dataset, ReadOptions, read_dataset
+from readers.base import sorted_entries
+from splits import group_split
 from utils import (
-    NAME_MAX,
     BadInputError,
     OutputLock,
     atomic_write_json,
     check_writable_dir,
     first_names,
-    fit_name,
     float_in,
     int_at_least,
     log_failure_summary,
@@ -51,16 +52,13 @@ from utils import (
     setup_logging,
     write_failure_report,
 )
-from video import VideoDecodeError, is_video_file, iter_jpeg_frames_at_fps, truncation_reason
+from video import VideoDecodeError, iter_folder_jpegs_at_fps, iter_jpeg_frames_at_fps, truncation_reason
 from workpool import Outcome, run_isolated
 
 log = logging.getLogger("actionbert.prepare")
 
 TMP_DIR = ".tmp"
 META_DIR = ".meta"
-# A video_name names its frames folder and its record <name>.json: at most NAME_MAX bytes with the suffix.
-VIDEO_NAME_MAX = NAME_MAX - len(".json")
-RESERVED_NAMES = frozenset({MANIFEST})  # frames/ entries that no video may take
 VIDEO_TIMEOUT_S = 3600.0  # default of --video_timeout: far above any real video (UCF-101 takes ~0.1 s each)
 # Errors writing frames that no other video could escape either: the stage stops instead of listing them all.
 FATAL_WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
@@ -71,23 +69,14 @@ FAULT_ENV = "ACTIONBERT_TEST_FAULT"
 
 @dataclass(frozen=True)
 class VideoItem:
-    """A video found under VIDEO_DIR; `video_name` is unique and names its frames folder."""
+    """One video of this run: a reader's record, with its label as the split's class name (None: unlabelled).
+    `video_name` is unique and names its frames folder."""
 
-    class_name: str  # folder name
-    rel_path: str  # "Class/file.ext", relative to VIDEO_DIR
+    class_name: str | None
+    rel_path: str  # relative to VIDEO_DIR: a video file, or with --source_fps a frame folder
     video_name: str
     group: str
-
-    @property
-    def stem(self) -> str:
-        return Path(self.rel_path).stem
-
-
-@dataclass
-class ScanResult:
-    videos: list[VideoItem]
-    failures: list[dict[str, str]]
-    ignored: list[str]
+    segment: tuple[float, float] | None = None
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -95,20 +84,30 @@ def get_args_parser() -> argparse.ArgumentParser:
         description="Split labelled videos into train/val(/test) and extract frames at exact times k/fps.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("-v", "--video_dir", required=True, help="folder of <Class>/<video>.<ext>")
+    p.add_argument("-v", "--video_dir", required=True,
+                   help="folder of <Class>/<video>.<ext>, or of the videos (frame folders) --split_dir's files name")
     p.add_argument("-o", "--out_dir", required=True, help="output folder (split JSONs, classInd.txt, frames/)")
     p.add_argument("-s", "--split_ratio", type=float_in(0.0, 1.0, low_open=True), default=0.8,
                    help="train share of the random split")
     p.add_argument("-fps", "--frame_rate", type=nonnegative_float, default=1.0,
                    help="frames per second to keep; 0 keeps all")
     p.add_argument("--seed", type=int, default=0, help="seed of the random split and of the val carve")
-    p.add_argument("--split_dir", default=None, help="official UCF-101 or HMDB51 split files (detected)")
+    p.add_argument("--split_dir", "--annotations", dest="split_dir", default=None,
+                   help="the dataset's split / annotation files: a folder, or one CSV/JSON file (format detected; "
+                        "see --dataset)")
+    p.add_argument("--dataset", default=None, choices=tuple(READERS),
+                   help="the format of the files, where detection is not wanted: "
+                        + "; ".join(f"{r.name} = {r.description}" for r in READERS.values()))
+    p.add_argument("--source_fps", type=_positive_float, default=None,
+                   help="the videos are folders of JPEG/PNG frames at this rate (numbered files, e.g. 00001.jpg), "
+                        "resampled to -fps at exact times without decoding video")
     p.add_argument("--split_id", type=int, default=1, choices=(1, 2, 3), help="official split number")
     p.add_argument(
         "--val_ratio",
         type=float_in(0.0, 1.0, high_open=True),
         default=0.1,
-        help="with --split_dir: share of train (whole groups, per class) held out as val; test is never touched",
+        help="with official splits that have no val: share of train (whole groups, per class) held out as "
+             "val; test is never touched",
     )
     p.add_argument("--allow_missing", action="store_true", help="skip videos named in split files but not found")
     p.add_argument("--frame_size", type=positive_int, default=None,
@@ -129,128 +128,18 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _positive_float(text: str) -> float:
+    value = nonnegative_float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    return value
+
+
 def _jpeg_quality(text: str) -> int:
     value = int_at_least(1)(text)
     if value > 100:
         raise argparse.ArgumentTypeError(f"must be in 1..100, got {value}")
     return value
-
-
-# ----- finding videos ------------------------------------------------------------------------------------------
-
-
-def _sorted_entries(folder: Path) -> list[os.DirEntry]:
-    with os.scandir(folder) as it:
-        return sorted(it, key=lambda e: e.name)
-
-
-def _unreadable(exc: OSError) -> str:
-    if exc.errno == errno.ELOOP:
-        return "unreadable: a symbolic-link loop (too many levels of symbolic links)"
-    return f"unreadable ({exc.strerror or exc})"
-
-
-def scan_video_dir(video_dir: Path) -> ScanResult:
-    """Find VIDEO_DIR/<Class>/<video> files with os.scandir (names may hold glob characters such as `[`).
-
-    Hidden entries are skipped; files without a video extension are ignored (returned in `ignored`, logged);
-    video files outside a class folder, class folders with no video file, and entries that cannot be read
-    (symbolic-link loops, folders that cannot be listed) are failures: one bad entry never stops the scan.
-    Broken links with a video extension are found, and fail later as unreadable.
-    """
-    if not video_dir.is_dir():
-        raise BadInputError(f"video folder not found: {video_dir}")
-    try:
-        top = _sorted_entries(video_dir)
-    except OSError as exc:
-        raise BadInputError(f"video folder {video_dir} cannot be listed: {exc.strerror or exc}") from None
-    found: list[tuple[str, str]] = []  # (class, file name)
-    failures: list[dict[str, str]] = []
-    ignored: list[str] = []
-    for entry in top:
-        if entry.name.startswith("."):
-            continue
-        try:
-            is_dir = entry.is_dir()
-        except OSError as exc:
-            failures.append({"file": entry.name, "reason": _unreadable(exc)})
-            continue
-        if not is_dir:
-            if is_video_file(entry.name):
-                failures.append({"file": entry.name, "reason": "video outside any class folder (VIDEO_DIR/<Class>/)"})
-            else:
-                ignored.append(entry.name)
-            continue
-        try:
-            subs = _sorted_entries(Path(entry.path))
-        except OSError as exc:
-            failures.append({"file": entry.name + "/", "reason": f"class folder cannot be listed ({exc.strerror or exc})"})
-            continue
-        count = 0
-        for sub in subs:
-            rel = f"{entry.name}/{sub.name}"
-            if sub.name.startswith("."):
-                continue
-            try:
-                sub_is_dir = sub.is_dir()
-            except OSError as exc:
-                failures.append({"file": rel, "reason": _unreadable(exc)})
-                count += 1
-                continue
-            if sub_is_dir:
-                ignored.append(rel + "/")
-            elif is_video_file(sub.name):
-                found.append((entry.name, sub.name))
-                count += 1
-            else:
-                ignored.append(rel)
-        if count == 0:
-            failures.append({"file": entry.name + "/", "reason": "empty class folder: no video files"})
-    if ignored:
-        log.info("ignoring %d non-video entr%s: %s", len(ignored), "y" if len(ignored) == 1 else "ies", first_names(ignored))
-    return ScanResult(assign_video_names(found), failures, ignored)
-
-
-def assign_video_names(found: list[tuple[str, str]]) -> list[VideoItem]:
-    """Name each video by its file stem; stems shared by several files (compared by splits.name_key:
-    case-insensitively and after Unicode NFC, so frame folders stay distinct on any file system) become
-    `<Class>__<stem>`, then `<Class>__<file name>`.
-
-    A name longer than VIDEO_NAME_MAX bytes (a long class folder in front of a long stem) is cut to fit with a
-    hash of the whole (utils.fit_name), so its frames folder and record can be created, and the same videos get
-    the same names on every rerun. `manifest.json` is taken: a video of that stem gets the longer forms."""
-
-    def unique(candidates: dict[tuple[str, str], str]) -> tuple[dict[tuple[str, str], str], set[tuple[str, str]]]:
-        candidates = {k: fit_name(v, VIDEO_NAME_MAX) for k, v in candidates.items()}
-        seen: dict[str, int] = defaultdict(int, {name_key(r): 1 for r in RESERVED_NAMES})
-        for name in candidates.values():
-            seen[name_key(name)] += 1
-        ok = {k: v for k, v in candidates.items() if seen[name_key(v)] == 1}
-        return ok, set(candidates) - set(ok)
-
-    names, clash = unique({(c, f): Path(f).stem for c, f in found})
-    if clash:
-        log.info(
-            "%d videos share a file name with a video in another folder; naming them <Class>__<stem>: %s",
-            len(clash),
-            first_names(sorted(f"{c}/{f}" for c, f in clash)),
-        )
-        more, clash = unique({(c, f): f"{c}__{Path(f).stem}" for c, f in clash})
-        names.update(more)
-        if clash:
-            more, clash = unique({(c, f): f"{c}__{f.replace('.', '_')}" for c, f in clash})
-            names.update(more)
-        for n, key in enumerate(sorted(clash), 1):  # only file names equal up to case in one folder remain
-            names[key] = fit_name(f"{key[0]}__{key[1].replace('.', '_')}", VIDEO_NAME_MAX - len(f"__{n}")) + f"__{n}"
-    return [
-        VideoItem(
-            class_name=c,
-            rel_path=f"{c}/{f}",
-            video_name=names[(c, f)],
-            group=video_group(Path(f).stem) or names[(c, f)].casefold(),  # no group in the name: its own
-        )
-        for c, f in sorted(found)
-    ]
 
 
 # ----- frame extraction ----------------------------------------------------------------------------------------
@@ -266,20 +155,33 @@ class ExtractTask:
     frame_size: int | None
     jpeg_quality: int
     keep_truncated: bool
+    segment: tuple[float, float] | None = None  # seconds of the video to sample
+    source_fps: float | None = None  # set: `path` is a folder of frames at this rate
 
 
-def _settings(fps: float, frame_size: int | None, jpeg_quality: int) -> dict[str, Any]:
-    return {"fps": float(fps), "frame_size": frame_size, "jpeg_quality": jpeg_quality}
+def _settings(fps: float, frame_size: int | None, jpeg_quality: int, source_fps: float | None = None) -> dict[str, Any]:
+    """The settings every frame of one frames folder shares (source_fps only where frame folders are read)."""
+    settings = {"fps": float(fps), "frame_size": frame_size, "jpeg_quality": jpeg_quality}
+    return settings if source_fps is None else {**settings, "source_fps": float(source_fps)}
 
 
 def source_stamp(path: str | os.PathLike) -> dict[str, int] | None:
     """Size and modification time (ns) of a source, through symbolic links: what a rerun compares to know that
-    the video it extracted before is still the same file. None when it cannot be read."""
+    the video it extracted before is still the same file. A frame folder's are its files' total size and latest
+    modification time (a directory's own time misses a frame rewritten in place). None when it cannot be read."""
     try:
         st = os.stat(path)
+        if not os.path.isdir(path):
+            return {"source_size": st.st_size, "source_mtime_ns": st.st_mtime_ns}
+        size, mtime = 0, st.st_mtime_ns
+        with os.scandir(path) as it:
+            for entry in it:
+                if entry.is_file():
+                    est = entry.stat()
+                    size, mtime = size + est.st_size, max(mtime, est.st_mtime_ns)
+        return {"source_size": size, "source_mtime_ns": mtime}
     except OSError:
         return None
-    return {"source_size": st.st_size, "source_mtime_ns": st.st_mtime_ns}
 
 
 def _test_fault(video_name: str) -> None:
@@ -318,7 +220,12 @@ def extract_video(task: ExtractTask) -> dict[str, Any]:
         if tmp.exists():
             shutil.rmtree(tmp)
         tmp.mkdir(parents=True)
-        frames = iter_jpeg_frames_at_fps(task.path, task.fps, task.frame_size, task.jpeg_quality, info=info)
+        if task.source_fps is not None:
+            frames = iter_folder_jpegs_at_fps(task.path, task.source_fps, task.fps, task.frame_size,
+                                              task.jpeg_quality, segment=task.segment, info=info)
+        else:
+            frames = iter_jpeg_frames_at_fps(task.path, task.fps, task.frame_size, task.jpeg_quality, info=info,
+                                             segment=task.segment)
         for k, (t, buf) in enumerate(frames):
             with open(tmp / frame_name(k), "wb") as fh:
                 fh.write(buf)
@@ -326,13 +233,17 @@ def extract_video(task: ExtractTask) -> dict[str, Any]:
             if k == 0:
                 _test_fault(task.video_name)
         reason = None if task.keep_truncated else truncation_reason(info)
+        if not times and task.segment is not None:
+            reason = (f"segment {task.segment[0]:g}-{task.segment[1]:g} s holds no frame (the video lasts "
+                      f"{info.get('duration', 0.0):.2f} s)")
         if reason:
             raise VideoDecodeError(task.path, reason + " (--keep_truncated keeps such videos)")
         if stamp is None:
             raise VideoDecodeError(task.path, "unreadable (it vanished while being read)")
         meta = {
-            **_settings(task.fps, task.frame_size, task.jpeg_quality),
+            **_settings(task.fps, task.frame_size, task.jpeg_quality, task.source_fps),
             "source": task.source,
+            **({} if task.segment is None else {"segment": list(task.segment)}),
             **stamp,
             "num_frames": len(times),
             "timestamps": times,
@@ -377,6 +288,8 @@ def finished_meta(frames_dir: Path, item: VideoItem, settings: dict[str, Any], s
     meta = _read_meta(frames_dir / META_DIR / f"{item.video_name}.json")
     if meta is None or not isinstance(meta, dict) or not folder.is_dir() or meta.get("source") != item.rel_path:
         return None
+    if meta.get("segment") != (None if item.segment is None else list(item.segment)):
+        return None
     if any(meta.get(k) != v for k, v in settings.items()):
         return None
     stamp = source_stamp(source)
@@ -396,14 +309,15 @@ def check_frames_settings(frames_dir: Path, settings: dict[str, Any]) -> None:
         sources.append((frames_dir / MANIFEST, manifest))
     meta_dir = frames_dir / META_DIR
     if meta_dir.is_dir():
-        for entry in _sorted_entries(meta_dir):
+        for entry in sorted_entries(meta_dir):
             if entry.name.endswith(".json") and (frames_dir / entry.name[: -len(".json")]).is_dir():
                 meta = _read_meta(Path(entry.path))
                 if isinstance(meta, dict):
                     sources.append((Path(entry.path), meta))
+    keys = (*settings, *(k for k in ("source_fps",) if k not in settings))  # video files vs frame folders too
     for path, meta in sources:
-        old = {k: meta.get(k) for k in settings}
-        if old != settings:
+        old = {k: meta.get(k) for k in keys}
+        if old != {k: settings.get(k) for k in keys}:
             raise BadInputError(
                 f"{frames_dir} already holds frames made with {_fmt(old)} (see {path}); this run asks for "
                 f"{_fmt(settings)}. Mixing them in one frames folder is refused: use another --out_dir, "
@@ -416,16 +330,17 @@ def _fmt(settings: dict[str, Any]) -> str:
 
 
 def extract_all(
-    items: list[VideoItem], video_dir: Path, frames_dir: Path, args: argparse.Namespace
+    items: list[VideoItem], video_dir: Path, frames_dir: Path, args: argparse.Namespace,
+    source_fps: float | None = None,
 ) -> tuple[dict[str, dict[str, Any]], list[dict[str, str]]]:
     """Extract every video not already done; returns ({video_name: meta}, failures). Completion order does not
     matter: every output is keyed by video name."""
-    settings = _settings(args.frame_rate, args.frame_size, args.jpeg_quality)
+    settings = _settings(args.frame_rate, args.frame_size, args.jpeg_quality, source_fps)
     frames_dir.mkdir(parents=True, exist_ok=True)
     check_frames_settings(frames_dir, settings)
     tmp = frames_dir / TMP_DIR
     if tmp.is_dir():
-        leftovers = [e.name for e in _sorted_entries(tmp)]
+        leftovers = [e.name for e in sorted_entries(tmp)]
         if leftovers:
             log.info("redoing %d video(s) left unfinished by an interrupted run: %s", len(leftovers), first_names(leftovers))
         shutil.rmtree(tmp)
@@ -441,7 +356,7 @@ def extract_all(
         if (frames_dir / item.video_name).is_dir():
             changed.append(item.rel_path)
         tasks.append(ExtractTask(item.video_name, item.rel_path, str(source), str(frames_dir), args.frame_rate,
-                                 args.frame_size, args.jpeg_quality, args.keep_truncated))
+                                 args.frame_size, args.jpeg_quality, args.keep_truncated, item.segment, source_fps))
     if metas:
         log.info("%d video(s) already extracted, skipping them", len(metas))
     if changed:
@@ -479,7 +394,7 @@ def _result_of(outcome: Outcome, task: ExtractTask, frames_dir: Path, settings: 
         return outcome.result
     shutil.rmtree(frames_dir / TMP_DIR / task.video_name, ignore_errors=True)
     if outcome.kind != "error":  # died or killed after renaming its folder into place: nothing is lost
-        item = VideoItem(Path(task.source).parent.name, task.source, task.video_name, "")
+        item = VideoItem(None, task.source, task.video_name, "", task.segment)
         meta = finished_meta(frames_dir, item, settings, Path(task.path))
         if meta is not None:
             return {"video_name": task.video_name, "meta": meta}
@@ -513,6 +428,8 @@ def build_manifest(metas: dict[str, dict[str, Any]], settings: dict[str, Any]) -
         entry = {"num_frames": m["num_frames"], "timestamps": m["timestamps"], "source": m["source"],
                  "source_size": m["source_size"], "source_mtime_ns": m["source_mtime_ns"]}
         entry["timing"] = m.get("timing", "decoded")
+        if m.get("segment") is not None:
+            entry["segment"] = m["segment"]
         for key in ("replaced_timestamps", "decoder_errors"):  # present only when non-zero
             if m.get(key):
                 entry[key] = m[key]
@@ -526,15 +443,17 @@ def build_manifest(metas: dict[str, dict[str, Any]], settings: dict[str, Any]) -
 def split_records(items: list[VideoItem], class_names: list[str], metas: dict[str, dict[str, Any]],
                   split_id: int | None = None) -> list[dict]:
     """Split JSON records, sorted by label then name so reruns write identical files. `split_id`: the official
-    split they come from (recorded in each record, so that every later stage can tell the splits' runs apart)."""
+    split they come from (recorded in each record, so that every later stage can tell the splits' runs apart).
+    An unlabelled video (an official test split without labels) has label_idx UNLABELLED and no class_name."""
     label_of = {c: i for i, c in enumerate(class_names)}
     records = [
         {
             "video_name": it.video_name,
-            "label_idx": label_of[it.class_name],
-            "class_name": it.class_name,
+            "label_idx": UNLABELLED if it.class_name is None else label_of[it.class_name],
+            **({} if it.class_name is None else {"class_name": it.class_name}),
             "video_path": it.rel_path,
             "group": it.group,
+            **({} if it.segment is None else {"segment": list(it.segment)}),
             "num_frames": metas[it.video_name]["num_frames"],
             **({} if split_id is None else {"split_id": split_id}),
         }
@@ -543,65 +462,51 @@ def split_records(items: list[VideoItem], class_names: list[str], metas: dict[st
     return sorted(records, key=lambda r: (r["label_idx"], r["video_name"]))
 
 
-def plan_official(
-    official: OfficialSplit, videos: list[VideoItem], allow_missing: bool
-) -> tuple[dict[str, list[VideoItem]], list[dict[str, str]]]:
-    """Map official train/test entries to found videos (relabelled with the split's class name)."""
-    planned: dict[str, list[VideoItem]] = {}
-    missing_failures: list[dict[str, str]] = []
-    all_missing = []
-    used = set()
-    sides: dict[str, list[str]] = defaultdict(list)  # video -> the list entries naming it
-    for side, entries in (("train", official.train), ("test", official.test)):
-        pairs, missing = match_entries(entries, videos)
-        planned[side] = [VideoItem(e.class_name, it.rel_path, it.video_name, it.group) for e, it in pairs]
-        used.update(it.video_name for _, it in pairs)
-        all_missing.extend(missing)
-        for e, it in pairs:
-            sides[it.rel_path].append(f"{e.class_name}/{e.file_name} ({e.source})")
-    # Entries that differ in the lists can still land on one file (matching falls back to a unique stem).
-    twice = sorted(f"{rel} <- {' and '.join(names)}" for rel, names in sides.items() if len(names) > 1)
-    if twice:
-        raise BadInputError(f"{len(twice)} video(s) are named by more than one split-file entry (a duplicate, or "
-                            f"a train/test leak): {first_names(twice)}")
-    if all_missing:
-        names = [f"{e.class_name}/{e.file_name}" for e in all_missing]
-        msg = f"{len(all_missing)} video(s) named in the split files are not in the video folder: {first_names(names)}"
-        if not allow_missing:
-            raise BadInputError(msg + " (--allow_missing skips them)")
-        log.warning("%s; skipping them (--allow_missing)", msg)
-        missing_failures = [
-            {"file": f"{e.class_name}/{e.file_name}", "reason": f"named in {e.source} but not found"}
-            for e in all_missing
-        ]
-    unused = [it.rel_path for it in videos if it.video_name not in used]
-    if unused:
-        log.info("%d video(s) are in neither list of this split and are not extracted: %s", len(unused), first_names(unused))
-    return planned, missing_failures
-
-
 @dataclass
 class Plan:
-    """What this run extracts, worked out (read-only) before OUT is created or locked."""
+    """What this run extracts, worked out (read-only) before OUT is created or locked. `sides`: the dataset's
+    own train/val/test, or with no official split "all" (split by --split_ratio) and "test" (unlabelled)."""
 
-    scan: ScanResult
-    official: OfficialSplit | None
-    planned: dict[str, list[VideoItem]]  # official split: train/test items (relabelled); else empty
+    dataset: Dataset
+    official: bool
+    sides: dict[str, list[VideoItem]]
     to_extract: list[VideoItem]
     failures: list[dict[str, str]]
+    source_fps: float | None  # frame folders' rate; None: the media are video files
+
+
+def read_options(args: argparse.Namespace, video_dir: Path) -> ReadOptions:
+    annotations = Path(args.split_dir) if args.split_dir else None
+    return ReadOptions(video_dir, annotations, args.split_id, args.allow_missing, frames=args.source_fps is not None)
 
 
 def plan_run(args: argparse.Namespace, video_dir: Path) -> Plan:
-    scan = scan_video_dir(video_dir)
-    log.info("found %d video file(s) in %d class folder(s)", len(scan.videos), len({v.class_name for v in scan.videos}))
-    failures = list(scan.failures)
-    official = read_official_split(args.split_dir, args.split_id) if args.split_dir else None
-    if official is None:
-        return Plan(scan, None, {}, scan.videos, failures)
-    planned, missing = plan_official(official, scan.videos, args.allow_missing)
-    to_extract = sorted({it.video_name: it for side in planned.values() for it in side}.values(),
+    dataset = read_dataset(read_options(args, video_dir), args.dataset)
+    official = any(r.split is not None for r in dataset.records)
+    sides: dict[str, list[VideoItem]] = {side: [] for side in (SPLITS if official else ("all", "test"))}
+    for r in dataset.records:
+        item = VideoItem(r.label, r.path, r.name, r.group, r.segment)
+        if official and r.split is None:
+            raise BadInputError(f"{dataset.format}: {r.path} has no split while others have one")
+        side = r.split if official else "all" if r.label is not None else "test"
+        if r.label is None and side != "test":
+            raise BadInputError(f"{dataset.format}: {r.path} has no label but is in the {side} split "
+                                "(only a test split may be unlabelled)")
+        if side not in sides:
+            raise BadInputError(f"{dataset.format}: {r.path} has split {side!r}, expected one of {', '.join(SPLITS)}")
+        sides[side].append(item)
+    if dataset.class_names is not None:
+        known = set(dataset.class_names)
+        unknown = sorted({r.label for r in dataset.records if r.label is not None and r.label not in known})
+        if unknown:
+            raise BadInputError(f"{dataset.format}: label(s) {first_names(unknown)} are not among its "
+                                f"{len(known)} classes")
+    to_extract = sorted({it.video_name: it for side in sides.values() for it in side}.values(),
                         key=lambda it: it.video_name)
-    return Plan(scan, official, planned, to_extract, failures + missing)
+    source_fps = args.source_fps if args.source_fps is not None else dataset.source_fps
+    if source_fps is not None and args.source_fps is None:
+        log.info("%s is distributed as frame folders at %g fps (--source_fps overrides it)", dataset.format, source_fps)
+    return Plan(dataset, official, sides, to_extract, list(dataset.failures), source_fps)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -613,32 +518,45 @@ def main(args: argparse.Namespace) -> int:
         return _main(args, video_dir, out_dir, plan)
 
 
-def _main(args: argparse.Namespace, video_dir: Path, out_dir: Path, plan: Plan) -> int:
-    frames_dir = out_dir / "frames"
-    scan, official, planned, failures = plan.scan, plan.official, plan.planned, list(plan.failures)
-    metas, extract_failures = extract_all(plan.to_extract, video_dir, frames_dir, args)
-    failures += extract_failures
-    settings = _settings(args.frame_rate, args.frame_size, args.jpeg_quality)
-    atomic_write_json(frames_dir / MANIFEST, build_manifest(metas, settings))
-
-    outputs: dict[str, list[VideoItem]]
-    if official is not None:
-        class_names = official.class_names
-        usable = {side: [it for it in items if it.video_name in metas] for side, items in planned.items()}
-        train, val = group_split(usable["train"], 1.0 - args.val_ratio, args.seed)
-        outputs = {"train": train, "val": val, "test": usable["test"]}
-    else:
-        usable_items = [it for it in scan.videos if it.video_name in metas]
-        class_names = sorted({it.class_name for it in usable_items})
-        dropped = sorted({it.class_name for it in scan.videos} - set(class_names))
+def split_outputs(plan: Plan, metas: dict[str, dict[str, Any]], args: argparse.Namespace
+                  ) -> tuple[dict[str, list[VideoItem]], list[str]]:
+    """({split: items}, class names) of the videos that were extracted. Official splits keep their sides, with
+    val carved from train (whole groups, per class, seeded) where the dataset has none; otherwise the labelled
+    videos are split train/val by --split_ratio. Unlabelled videos only ever go to test."""
+    usable = {side: [it for it in items if it.video_name in metas] for side, items in plan.sides.items()}
+    labelled = [it for items in usable.values() for it in items if it.class_name is not None]
+    class_names = plan.dataset.class_names
+    if class_names is None:
+        class_names = sorted({it.class_name for it in labelled if it.class_name is not None})
+        dropped = sorted({it.class_name for items in plan.sides.values() for it in items
+                          if it.class_name is not None} - set(class_names))
         if dropped:
             log.warning("class folder(s) with no usable video, left out of classInd.txt: %s", first_names(dropped))
-        train, val = group_split(usable_items, args.split_ratio, args.seed)
+    if plan.official:
+        train, val = usable["train"], usable["val"]
+        if not plan.sides["val"]:
+            train, val = group_split(train, 1.0 - args.val_ratio, args.seed)
         outputs = {"train": train, "val": val}
+    else:
+        train, val = group_split(usable["all"], args.split_ratio, args.seed)
+        outputs = {"train": train, "val": val}
+    if plan.sides["test"]:
+        outputs["test"] = usable["test"]
+    return outputs, class_names
 
+
+def _main(args: argparse.Namespace, video_dir: Path, out_dir: Path, plan: Plan) -> int:
+    frames_dir = out_dir / "frames"
+    failures = list(plan.failures)
+    metas, extract_failures = extract_all(plan.to_extract, video_dir, frames_dir, args, plan.source_fps)
+    failures += extract_failures
+    settings = _settings(args.frame_rate, args.frame_size, args.jpeg_quality, plan.source_fps)
+    atomic_write_json(frames_dir / MANIFEST, build_manifest(metas, settings))
+
+    outputs, class_names = split_outputs(plan, metas, args)
     write_class_index(out_dir / CLASS_INDEX, class_names)
+    split_id = plan.dataset.split_id if plan.official else None
     for side, items in outputs.items():
-        split_id = args.split_id if official is not None else None
         atomic_write_json(out_dir / split_json_name(side), split_records(items, class_names, metas, split_id))
     report = out_dir / "failed_videos.json"
     write_failure_report(report, failures)

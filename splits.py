@@ -1,4 +1,5 @@
-"""Train/val/test splits: official UCF-101 and HMDB51 split files, and seeded group-aware random splits.
+"""Train/val/test splits: the official split record the UCF-101 and HMDB51 readers fill (readers/), and seeded
+group-aware random splits.
 
 Clips cut from one long source video look alike, so a split that puts some on each side leaks. UCF-101 names its
 clips `v_<Class>_g<NN>_c<MM>` (group NN) and HMDB51 `<source>_<tags>_<N>` (clip N of a source); every split here
@@ -18,8 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from layout import CLASS_INDEX, read_class_index
-from utils import BadInputError, first_names, read_lines
+from utils import BadInputError, first_names
 
 log = logging.getLogger("actionbert.splits")
 
@@ -28,7 +28,6 @@ _UCF_GROUP = re.compile(r"^v_(?P<cls>.+)_g(?P<group>\d+)_c\d+$", re.IGNORECASE)
 _HMDB_GROUP = re.compile(
     r"^(?P<source>.+_(?:f|h|u|l)_(?:cm|nm)_np\d+_(?:fr|ba|le|ri)_(?:bad|med|goo))_\d+$", re.IGNORECASE
 )
-_HMDB_SPLIT_FILE = re.compile(r"^(?P<cls>.+)_test_split(?P<id>\d+)\.txt$")
 
 
 def name_key(name: str) -> str:
@@ -115,103 +114,11 @@ class OfficialSplit:
     test: list[SplitEntry]
 
 
-def detect_split_format(split_dir: str | Path) -> str:
-    """'ucf101' (classInd.txt + trainlist0N.txt) or 'hmdb51' (<class>_test_splitN.txt), from the files present."""
-    split_dir = Path(split_dir)
-    if not split_dir.is_dir():
-        raise BadInputError(f"split folder not found: {split_dir}")
-    names = {p.name for p in split_dir.iterdir()}
-    if CLASS_INDEX in names and any(n.startswith("trainlist") for n in names):
-        return "ucf101"
-    if any(_HMDB_SPLIT_FILE.match(n) for n in names):
-        return "hmdb51"
-    raise BadInputError(
-        f"{split_dir} holds neither UCF-101 split files (classInd.txt, trainlist0N.txt, testlist0N.txt) "
-        "nor HMDB51 ones (<class>_test_splitN.txt)"
-    )
-
-
-def _read_ucf101(split_dir: Path, split_id: int) -> OfficialSplit:
-    class_names = read_class_index(split_dir / CLASS_INDEX)
-    label_of = {name_key(c): i for i, c in enumerate(class_names)}
-
-    def entries(name: str, with_label: bool) -> list[SplitEntry]:
-        path = split_dir / name
-        if not path.is_file():
-            raise BadInputError(f"UCF-101 split file missing: {path}")
-        out = []
-        for n, line in enumerate(read_lines(path, "split file"), 1):
-            parts = line.rsplit(None, 1) if with_label else [line]  # file names may hold spaces
-            rel = parts[0].replace("\\", "/")
-            if "/" not in rel:
-                raise BadInputError(f"{path}: line {n} is not `<Class>/<video>`: {line!r}")
-            cls, file_name = rel.rsplit("/", 1)
-            if name_key(cls) not in label_of:
-                raise BadInputError(f"{path}: line {n} names class {cls!r}, absent from classInd.txt")
-            if with_label and (len(parts) != 2 or not parts[1].isdigit()):
-                raise BadInputError(f"{path}: line {n} is not `<Class>/<video> <label>`: {line!r}")
-            if with_label and int(parts[1]) != label_of[name_key(cls)] + 1:
-                raise BadInputError(f"{path}: line {n} gives label {parts[1]} for {cls}, classInd.txt says otherwise")
-            out.append(SplitEntry(class_names[label_of[name_key(cls)]], file_name, name))
-        return out
-
-    return OfficialSplit(
-        "ucf101",
-        class_names,
-        entries(f"trainlist{split_id:02d}.txt", True),
-        entries(f"testlist{split_id:02d}.txt", False),
-    )
-
-
-def _read_hmdb51(split_dir: Path, split_id: int) -> OfficialSplit:
-    files = {}
-    for p in split_dir.iterdir():
-        m = _HMDB_SPLIT_FILE.match(p.name)
-        if m and int(m["id"]) == split_id:
-            files[m["cls"]] = p
-    if not files:
-        raise BadInputError(f"{split_dir}: no HMDB51 files for split {split_id} (<class>_test_split{split_id}.txt)")
-    class_names = sorted(files)
-    class_list = split_dir / "class_list.txt"
-    if class_list.is_file():
-        listed = read_lines(class_list, "split file")
-        if sorted(listed) == class_names:
-            class_names = listed
-        else:
-            log.warning("%s does not match the split files' classes; using sorted class names", class_list)
-    train, test = [], []
-    for cls in class_names:
-        path = files[cls]
-        for n, line in enumerate(read_lines(path, "split file"), 1):
-            parts = line.rsplit(None, 1)  # file names may hold spaces
-            if len(parts) != 2 or parts[1] not in {"0", "1", "2"}:
-                raise BadInputError(f"{path}: line {n} is not `<video> <0|1|2>`: {line!r}")
-            if parts[1] == "1":
-                train.append(SplitEntry(cls, parts[0], path.name))
-            elif parts[1] == "2":
-                test.append(SplitEntry(cls, parts[0], path.name))
-    return OfficialSplit("hmdb51", class_names, train, test)
-
-
-def read_official_split(split_dir: str | Path, split_id: int) -> OfficialSplit:
-    """Read UCF-101 or HMDB51 split `split_id`, detecting which from the files.
-
-    Labels follow classInd.txt for UCF-101; for HMDB51 they follow class_list.txt when it lists exactly the
-    split files' classes, else sorted class names (prepare_ucf101.py writes the order used to classInd.txt).
-    """
-    split_dir = Path(split_dir)
-    fmt = detect_split_format(split_dir)
-    split = _read_ucf101(split_dir, split_id) if fmt == "ucf101" else _read_hmdb51(split_dir, split_id)
+def checked_split(split: OfficialSplit, split_id: int, split_dir: Path) -> OfficialSplit:
+    """A split read from `split_dir`, checked (check_official_split) and logged."""
     check_official_split(split)
-    log.info(
-        "%s split %d from %s: %d classes, %d train and %d test videos",
-        fmt,
-        split_id,
-        split_dir,
-        len(split.class_names),
-        len(split.train),
-        len(split.test),
-    )
+    log.info("%s split %d from %s: %d classes, %d train and %d test videos", split.format, split_id, split_dir,
+             len(split.class_names), len(split.train), len(split.test))
     return split
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 import statistics
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -111,6 +112,10 @@ class TimestampSampler:
     Broken timestamps (missing, non-increasing or before the first one, e.g. all zero) are replaced by the previous
     time plus the typical gap (the header's frame rate until gaps are known); `replaced` counts them and `timing`
     says "decoded", "repaired" or "nominal" so callers can record and warn about it.
+
+    A `segment` (start, end) in seconds from the first frame cuts sampling to that interval: samples at
+    start + k / fps while before `end` (and inside the video), or with fps = 0 the frames shown from start to end.
+    Without one, a non-empty video gives at least one sample; a segment past the video's end gives none.
     """
 
     def __init__(
@@ -118,9 +123,14 @@ class TimestampSampler:
         fps: float,
         nominal_fps: float | None = None,
         tolerance: float = TIME_TOLERANCE,
+        segment: tuple[float, float] | None = None,
     ) -> None:
         if not math.isfinite(fps) or fps < 0:
             raise ValueError(f"fps must be a finite number >= 0, got {fps}")
+        self.start, self.end = (0.0, math.inf) if segment is None else (float(segment[0]), float(segment[1]))
+        if not (0 <= self.start < self.end):
+            raise ValueError(f"segment must have 0 <= start < end, got {segment}")
+        self.segment = segment
         self.fps = float(fps)
         self.tolerance = tolerance
         self.nominal_gap = _plausible_gap(nominal_fps)
@@ -132,7 +142,11 @@ class TimestampSampler:
         self._gaps: list[float] = []
 
     def sample_time(self, k: int) -> float:
-        return k / self.fps
+        return k / self.fps if self.segment is None else self.start + k / self.fps
+
+    def _in_segment(self, t: float) -> bool:
+        """With fps = 0: whether the frame shown from time t is inside the segment (always, without one)."""
+        return self.segment is None or self.start - self.tolerance <= t < self.end - self.tolerance
 
     def typical_gap(self) -> float:
         if self._gaps:
@@ -163,9 +177,9 @@ class TimestampSampler:
     def _covered_before(self, next_time: float) -> list[tuple[int, float]]:
         if self.fps == 0:
             self.next_k += 1
-            return [(self.num_frames - 1, self.last_time)]
+            return [(self.num_frames - 1, self.last_time)] if self._in_segment(self.last_time) else []
         out = []
-        while self.sample_time(self.next_k) + self.tolerance < next_time:
+        while self.sample_time(self.next_k) + self.tolerance < next_time and self.sample_time(self.next_k) < self.end - self.tolerance:
             out.append((self.next_k, self.sample_time(self.next_k)))
             self.next_k += 1
         return out
@@ -181,10 +195,10 @@ class TimestampSampler:
             return []
         if self.fps == 0:
             self.next_k += 1
-            return [(self.num_frames - 1, self.last_time)]
-        end = self.duration
+            return [(self.num_frames - 1, self.last_time)] if self._in_segment(self.last_time) else []
+        end = min(self.duration, self.end)
         out = []
-        while self.sample_time(self.next_k) < end - self.tolerance or self.next_k == 0:
+        while self.sample_time(self.next_k) < end - self.tolerance or (self.next_k == 0 and self.segment is None):
             out.append((self.next_k, self.sample_time(self.next_k)))
             self.next_k += 1
         return out
@@ -418,7 +432,8 @@ def _clean_starts(pts: list[int], keys: list[bool], wanted: list[int]) -> dict[i
 
 
 def _make_plan(
-    container: av.container.InputContainer, stream: av.VideoStream, fps: float, nominal_fps: float | None
+    container: av.container.InputContainer, stream: av.VideoStream, fps: float, nominal_fps: float | None,
+    segment: tuple[float, float] | None = None,
 ) -> _Plan | None:
     """A plan from one demux pass (no decoding), or None where packet timestamps cannot be trusted (missing,
     repeated, or a container error), in which case every frame is decoded and its own timestamp used."""
@@ -438,7 +453,7 @@ def _make_plan(
     if not pts or len(set(pts)) != len(pts) or time_base is None:
         return None
     order = sorted(pts)
-    sampler = TimestampSampler(fps, nominal_fps=nominal_fps)
+    sampler = TimestampSampler(fps, nominal_fps=nominal_fps, segment=segment)
     by_frame: dict[int, list[float]] = {}
     for _, t, index in _cover(sampler, [_seconds(p, time_base) for p in order]):
         by_frame.setdefault(order[index], []).append(t)
@@ -511,10 +526,11 @@ def _iter_planned(
 
 
 def _iter_every_frame(
-    path: Path, fps: float, nominal_fps: float | None, threads: int, decoder_errors: list[int]
+    path: Path, fps: float, nominal_fps: float | None, threads: int, decoder_errors: list[int],
+    segment: tuple[float, float] | None = None,
 ) -> tuple[TimestampSampler, Iterator[tuple[float, av.VideoFrame]]]:
     """Decode every frame and sample from the decoded timestamps, repairing broken ones (TimestampSampler)."""
-    sampler = TimestampSampler(fps, nominal_fps=nominal_fps)
+    sampler = TimestampSampler(fps, nominal_fps=nominal_fps, segment=segment)
 
     def frames() -> Iterator[tuple[float, av.VideoFrame]]:
         container, stream = open_video(path, threads)
@@ -543,8 +559,10 @@ def iter_sampled_frames(
     info: dict[str, Any] | None = None,
     threads: int = 1,
     skip_unneeded: bool = True,
+    segment: tuple[float, float] | None = None,
 ) -> Iterator[tuple[float, av.VideoFrame]]:
     """Yield (time in seconds, decoded frame) at times k / fps from the first frame; fps=0 yields every frame.
+    A `segment` (start, end) seconds samples only that interval (TimestampSampler), and may yield nothing.
 
     With `skip_unneeded` (the default), for codecs where it can save work (intra-only ones and those with
     non-reference frames), a demux pass first reads every packet's timestamp, so the frames to keep are known
@@ -569,7 +587,7 @@ def iter_sampled_frames(
         # non-reference frames (H.264, HEVC, MPEG-2/4 with B-frames) skip the unkept ones, and any codec skips the
         # groups of pictures between kept frames when keyframes are closer than the sampling interval. Its cost is
         # one demux pass, which reads packets without decoding them.
-        plan = _make_plan(container, stream, fps, nominal_fps) if skip_unneeded else None
+        plan = _make_plan(container, stream, fps, nominal_fps, segment) if skip_unneeded else None
     finally:
         container.close()
     errors = [0]
@@ -585,7 +603,7 @@ def iter_sampled_frames(
             log.debug("%s: packet timestamps do not match the decoded frames (%s); decoding every frame", path, exc)
             errors = [0]
     if sampler is None:
-        sampler, frames = _iter_every_frame(path, fps, nominal_fps, threads, errors)
+        sampler, frames = _iter_every_frame(path, fps, nominal_fps, threads, errors, segment)
         for n, item in enumerate(frames):
             if n >= emitted:
                 yield item
@@ -715,10 +733,11 @@ def iter_jpeg_frames_at_fps(
     *,
     info: dict[str, Any] | None = None,
     threads: int = 1,
+    segment: tuple[float, float] | None = None,
 ) -> Iterator[tuple[float, bytes]]:
     """(time, JPEG bytes) exactly as stage 1 writes them; a frame kept for several samples is encoded once."""
     last_frame, last_jpeg = None, b""
-    for t, frame in iter_sampled_frames(path, fps, info=info, threads=threads):
+    for t, frame in iter_sampled_frames(path, fps, info=info, threads=threads, segment=segment):
         if frame is not last_frame:
             last_frame, last_jpeg = frame, _convert(path, t, frame_to_jpeg, frame, frame_size, quality)
         yield t, last_jpeg
@@ -740,3 +759,95 @@ def iter_stored_frames_at_fps(
 
     for t, data in iter_jpeg_frames_at_fps(path, fps, frame_size, quality, info=info, threads=threads):
         yield t, decode_jpeg(data, rgb)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Frame folders: a video already cut into numbered images (Jester's 00001.jpg ..., img_00001.png, ...).
+
+IMAGE_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".png"})
+_FRAME_NUMBER = re.compile(r"(\d+)(?!.*\d)")  # the last run of digits in a file's stem
+
+
+def frame_folder_files(folder: str | os.PathLike) -> list[Path]:
+    """A frame folder's images in frame order: JPEG/PNG files numbered by the last run of digits in their stem,
+    from the lowest number on. Other files are not frames. Raises VideoDecodeError naming the folder for no
+    frames, two files of one number, or numbers missing below the highest (frames lost from the folder)."""
+    folder = Path(folder)
+    try:
+        with os.scandir(folder) as it:
+            names = [e.name for e in it if not e.name.startswith(".") and Path(e.name).suffix.lower() in IMAGE_EXTENSIONS]
+    except OSError as exc:
+        raise VideoDecodeError(folder, f"frame folder cannot be listed ({exc.strerror or exc})") from None
+    numbered: dict[int, list[str]] = {}
+    for name in names:
+        m = _FRAME_NUMBER.search(Path(name).stem)
+        if m:
+            numbered.setdefault(int(m[1]), []).append(name)
+    if not numbered:
+        raise VideoDecodeError(folder, "frame folder holds no numbered JPEG/PNG frames (e.g. 00001.jpg)")
+    twice = [sorted(v) for v in numbered.values() if len(v) > 1]
+    if twice:
+        raise VideoDecodeError(folder, f"two files share a frame number: {' and '.join(twice[0])}")
+    first, last = min(numbered), max(numbered)
+    missing = [n for n in range(first, last + 1) if n not in numbered]
+    if missing:
+        shown = ", ".join(map(str, missing[:5])) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        raise VideoDecodeError(folder, f"{len(missing)} frame(s) missing from the numbering {first}..{last}: {shown}")
+    return [folder / numbered[n][0] for n in range(first, last + 1)]
+
+
+_IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n")
+
+
+def check_frame_headers(files: list[Path]) -> None:
+    """Every frame file starts as a JPEG or PNG does: a cheap read of each (8 bytes), so an empty or foreign file
+    among the frames that resampling skips is still reported; the frames kept are decoded in full."""
+    for path in files:
+        try:
+            with open(path, "rb") as fh:
+                head = fh.read(8)
+        except OSError as exc:
+            raise VideoDecodeError(path.parent, f"frame {path.name} unreadable ({exc.strerror or exc})") from None
+        if not head.startswith(_IMAGE_MAGIC):
+            raise VideoDecodeError(path.parent, f"frame {path.name} is not a JPEG/PNG file"
+                                   + (" (empty)" if not head else ""))
+
+
+def read_image(path: Path) -> np.ndarray:
+    """A frame file as 8-bit BGR (grey and 16-bit images converted), or VideoDecodeError naming the folder."""
+    try:
+        data = np.fromfile(path, dtype=np.uint8)
+    except OSError as exc:
+        raise VideoDecodeError(path.parent, f"frame {path.name} unreadable ({exc.strerror or exc})") from None
+    img = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    if img is None:
+        raise VideoDecodeError(path.parent, f"frame {path.name} is not a readable JPEG/PNG image")
+    return img
+
+
+def iter_folder_jpegs_at_fps(
+    folder: str | os.PathLike,
+    source_fps: float,
+    fps: float,
+    frame_size: int | None,
+    quality: int,
+    *,
+    segment: tuple[float, float] | None = None,
+    info: dict[str, Any] | None = None,
+) -> Iterator[tuple[float, bytes]]:
+    """(time, JPEG bytes) of a frame folder resampled to `fps` by the rule videos follow: frame i is on screen
+    from i / source_fps, and the sample at time t is the latest frame shown by then (TimestampSampler). Only
+    kept frames are decoded (every file's header is checked); each is re-encoded as stage 1 encodes video frames,
+    so both inputs give alike files."""
+    files = frame_folder_files(folder)
+    check_frame_headers(files)
+    sampler = TimestampSampler(fps, nominal_fps=source_fps, segment=segment)
+    last_index, last_jpeg = -1, b""
+    for _, t, index in _cover(sampler, [i / source_fps for i in range(len(files))]):
+        if index != last_index:
+            img = resize_shorter_side(read_image(files[index]), frame_size)
+            last_index, last_jpeg = index, _convert(folder, t, encode_jpeg, img, quality)
+        yield t, last_jpeg
+    if info is not None:
+        info.update(num_decoded=len(files), duration=sampler.duration, declared_duration=None, timing="nominal",
+                    replaced_timestamps=0, decoder_errors=0)

@@ -23,7 +23,6 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 from benchmarks.bench_embed import cpu_model  # noqa: E402
 from models.backbone import build_backbone, embed_batch  # noqa: E402

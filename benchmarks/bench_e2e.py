@@ -33,7 +33,6 @@ from typing import Any
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 from models.e2e import build_e2e_model  # noqa: E402
 

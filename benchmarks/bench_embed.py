@@ -38,7 +38,6 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 import prepare_data  # noqa: E402
 from layout import read_split_json  # noqa: E402

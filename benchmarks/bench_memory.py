@@ -22,7 +22,6 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 from benchmarks.bench_embed import cpu_model  # noqa: E402
 from tests.test_prepare_data import write_frames_fixture  # noqa: E402

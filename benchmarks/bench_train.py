@@ -37,7 +37,6 @@ import torch
 from torch.utils.data import DataLoader
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 from dataset import EmbeddingDataset, fixed_pad_collate, load_split_info, pad_collate  # noqa: E402
 from engine import Optimization  # noqa: E402

@@ -24,7 +24,6 @@ import cv2
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 from models.backbone import resolve_backbone  # noqa: E402
 from transforms import resize_frame  # noqa: E402

@@ -51,7 +51,6 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 import make_demo_data  # noqa: E402
 import prepare_data  # noqa: E402

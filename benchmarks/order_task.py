@@ -39,7 +39,6 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 import routes  # noqa: E402
 from checkpoint import load_checkpoint  # noqa: E402

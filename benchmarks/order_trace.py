@@ -25,7 +25,6 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 from dataset import pad_collate  # noqa: E402
 from engine import warmup_cosine  # noqa: E402

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from layout import (
+    UNLABELLED,
     check_split_entries,
     count_frames,
     format_class_index,
@@ -36,6 +37,19 @@ def test_bad_split_json_names_the_file(tmp_path):
         bad.write_text(content)
         with pytest.raises(BadInputError, match="bad.json"):
             read_split_json(bad)
+
+
+def test_unlabelled_records_only_where_asked_for(tmp_path):
+    """label_idx -1 (layout.UNLABELLED: an official test split without labels) passes only for stage 2, which
+    embeds such splits; training and evaluation readers keep refusing it."""
+    path = tmp_path / "test.json"
+    path.write_text(json.dumps([{"video_name": "a", "label_idx": UNLABELLED}, {"video_name": "b", "label_idx": 0}]))
+    assert [r["label_idx"] for r in read_split_json(path, unlabelled=True)] == [-1, 0]
+    with pytest.raises(BadInputError, match="label_idx -1, not an int >= 0 \\(an unlabelled video"):
+        read_split_json(path)
+    path.write_text(json.dumps([{"video_name": "a", "label_idx": -2}]))
+    with pytest.raises(BadInputError, match="label_idx -2"):
+        read_split_json(path, unlabelled=True)
 
 
 @pytest.mark.parametrize(

@@ -14,9 +14,11 @@ import unicodedata
 from pathlib import Path
 
 import cv2
+import numpy as np
 import pytest
 
-from prepare_ucf101 import assign_video_names, get_args_parser
+from prepare_ucf101 import get_args_parser
+from readers.base import assign_video_names
 from tests.conftest import ROOT, VIDEOS
 from tests.video_reference import decode_all_timestamps, select_frames
 
@@ -306,7 +308,7 @@ def test_resume_after_sigkill_is_byte_identical(tmp_path):
 def test_assign_video_names_is_deterministic_and_unique():
     found = [("B", "x.avi"), ("A", "x.mp4"), ("A", "y.avi"), ("A", "X.avi"), ("C", "Y.mkv"), ("A", "z.avi")]
     items = assign_video_names(found)
-    names = {i.rel_path: i.video_name for i in items}
+    names = {f"{c}/{f}": name for (c, f), name in items.items()}
     assert names["A/z.avi"] == "z"
     assert names["B/x.avi"] == "B__x" and names["C/Y.mkv"] == "C__Y" and names["A/y.avi"] == "A__y"
     assert len({n.casefold() for n in names.values()}) == len(found)
@@ -676,3 +678,45 @@ def test_full_disk_stops_the_stage_instead_of_failing_every_video(tmp_path, monk
     res = p1.extract_video(task)
     assert res["fatal"].startswith(f"cannot write frames under {tmp_path / 'frames'}: No space left on device")
     assert not (tmp_path / "frames" / ".tmp" / "v").exists()
+
+
+def _frame_folder(folder: Path, n: int) -> None:
+    """n numbered JPEG frames whose grey level is 20 * index (Jester's naming: 00001.jpg ...)."""
+    folder.mkdir(parents=True)
+    for i in range(n):
+        cv2.imwrite(str(folder / f"{i + 1:05d}.jpg"), np.full((30, 40, 3), 20 * i, np.uint8))
+
+
+def test_frame_folders_are_resampled_and_bad_ones_listed(tmp_path):
+    """--source_fps: <Class>/<video>/ frame folders at 4 fps become 1 fps frames by the exact-time rule, without a
+    video decoder; a folder with a gap or an unreadable frame is listed like a bad video, the rest finish."""
+    vids = tmp_path / "frames_in"
+    _frame_folder(vids / "A" / "a1", 10)  # 2.5 s -> samples at 0, 1, 2 s: frames 0, 4, 8
+    _frame_folder(vids / "A" / "a2", 4)
+    _frame_folder(vids / "B" / "b1", 6)
+    _frame_folder(vids / "B" / "gap", 6)
+    (vids / "B" / "gap" / "00004.jpg").unlink()
+    _frame_folder(vids / "B" / "bad", 6)
+    (vids / "B" / "bad" / "00005.jpg").write_bytes(b"\xff\xd8\xff cut off")  # a kept frame: decoded, fails
+    _frame_folder(vids / "B" / "empty", 6)
+    (vids / "B" / "empty" / "00002.jpg").write_bytes(b"")  # a frame resampling skips: its header is checked
+    out = tmp_path / "out"
+    run("-v", vids, "-o", out, "--source_fps", "4", "-fps", "1", "--workers", "2", "-s", "0.5")
+    manifest = json.loads((out / "frames" / "manifest.json").read_text())
+    assert manifest["source_fps"] == 4.0 and manifest["fps"] == 1.0
+    assert manifest["videos"]["a1"]["num_frames"] == 3 and manifest["videos"]["a1"]["timestamps"] == [0.0, 1.0, 2.0]
+    levels = [int(round(cv2.imread(str(out / "frames" / "a1" / f"frame_{k:06d}.jpg")).mean() / 20)) for k in (1, 2, 3)]
+    assert levels == [0, 4, 8]
+    failed = {f["file"]: f["reason"] for f in json.loads((out / "failed_videos.json").read_text())}
+    assert failed == {"B/gap": "1 frame(s) missing from the numbering 1..6: 4",
+                      "B/bad": "frame 00005.jpg is not a readable JPEG/PNG image",
+                      "B/empty": "frame 00002.jpg is not a JPEG/PNG file (empty)"}
+    before = snapshot(out)
+    proc = run("-v", vids, "-o", out, "--source_fps", "4", "-fps", "1", "--workers", "2", "-s", "0.5")
+    assert "3 video(s) already extracted" in proc.stderr and snapshot(out) == before
+    # the same folders read as videos: the class folders hold no video, and the message says why
+    proc = run("-v", vids, "-o", tmp_path / "out2", "-fps", "1", check=1)
+    assert "frame folders need --source_fps" in proc.stderr
+    # and one frames folder cannot mix frames of video files with frames of frame folders
+    proc = run("-v", vids, "-o", out, "-fps", "1", "--source_fps", "5", check=2)
+    assert "source_fps=4.0" in proc.stderr and "source_fps=5.0" in proc.stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tomllib
 from importlib.metadata import version
 
 from packaging.requirements import Requirement
@@ -27,3 +28,19 @@ def test_transformers_range_starts_where_pretrainedconfig_is_exported():
     assert hasattr(transformers, "PreTrainedConfig")  # what models/transformer.py imports
     # 4.x (up to 4.57.x) exports only PretrainedConfig: no 4.x version may satisfy the range
     assert not req.specifier.contains("4.57.6") and req.specifier.contains("5.0.0")
+
+
+def test_pyproject_installs_every_top_level_module_and_package():
+    """`pip install -e .` maps only what pyproject.toml lists: a module left out imports in the checkout (pytest's
+    pythonpath) but not from benchmarks/ on a fresh machine."""
+    setup = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    modules = {p.stem for p in ROOT.glob("*.py")}
+    packages = {p.parent.name for p in ROOT.glob("*/__init__.py")} | {"benchmarks"}
+    assert set(setup["py-modules"]) == modules
+    assert set(setup["packages"]) == packages
+
+
+def test_pyproject_dependencies_are_requirements_txt():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert project["project"]["dynamic"] == ["dependencies"]
+    assert project["tool"]["setuptools"]["dynamic"]["dependencies"] == {"file": ["requirements.txt"]}

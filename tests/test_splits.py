@@ -11,15 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from splits import (
-    SplitEntry,
-    detect_split_format,
-    group_split,
-    match_entries,
-    name_key,
-    read_official_split,
-    video_group,
-)
+from readers import detect_split_format, read_official_split
+from splits import SplitEntry, group_split, match_entries, name_key, video_group
 from tests.conftest import SHARED_DATA
 from utils import BadInputError
 

@@ -581,3 +581,73 @@ def test_a_false_keyframe_flag_is_caught_and_decoded_in_full(tmp_path, monkeypat
     assert [t for t, _ in planned] == [t for t, _ in every]
     for (_, a), (_, b) in zip(planned, every, strict=True):
         np.testing.assert_array_equal(a, b)
+# ----- segments and frame folders (issue 19) ----------------------------------------------------------------------
+
+
+def test_sampler_segment_samples_start_plus_k_over_fps_inside_the_interval():
+    s = TimestampSampler(2.0, segment=(1.25, 2.5))
+    out = list(video._cover(s, [i / 10 for i in range(40)]))  # 10 fps for 4 s
+    assert [t for _, t, _ in out] == [1.25, 1.75, 2.25]
+    assert [i for _, _, i in out] == [12, 17, 22]  # the frame on screen at each time
+
+
+def test_sampler_segment_past_the_end_gives_nothing_and_fps0_keeps_frames_inside():
+    assert list(video._cover(TimestampSampler(1.0, segment=(10.0, 12.0)), [0.0, 0.5, 1.0])) == []
+    inside = list(video._cover(TimestampSampler(0.0, segment=(0.5, 1.5)), [i / 4 for i in range(8)]))
+    assert [i for _, _, i in inside] == [2, 3, 4, 5]
+
+
+@pytest.mark.parametrize("skip", [True, False])
+def test_segment_frames_are_the_full_runs_frames_at_the_same_times(skip):
+    path = VIDEOS / "bikes.mp4"
+    full = dict(video.iter_jpeg_frames_at_fps(path, 2.0, SIZE, 90))
+    part = list(video.iter_sampled_frames(path, 2.0, segment=(2.5, 5.0), skip_unneeded=skip))
+    assert [t for t, _ in part] == [2.5, 3.0, 3.5, 4.0, 4.5]
+    cut = list(video.iter_jpeg_frames_at_fps(path, 2.0, SIZE, 90, segment=(2.5, 5.0)))
+    assert [buf for _, buf in cut] == [full[t] for t, _ in cut]
+
+
+def _write_frame_folder(folder: Path, n: int, start: int = 1, ext: str = ".jpg", pattern: str = "{:05d}") -> None:
+    """n frames whose grey level encodes their index (20 * i), numbered from `start`."""
+    folder.mkdir(parents=True)
+    for i in range(n):
+        img = np.full((24, 32, 3), 20 * i, np.uint8)
+        cv2.imwrite(str(folder / (pattern.format(i + start) + ext)), img)
+
+
+@pytest.mark.parametrize("ext", [".jpg", ".png"])
+def test_frame_folder_resamples_by_the_exact_time_rule(tmp_path, ext):
+    _write_frame_folder(tmp_path / "v", 10, ext=ext, pattern="img_{:05d}")
+    (tmp_path / "v" / "notes.txt").write_text("not a frame")
+    info: dict = {}
+    out = list(video.iter_folder_jpegs_at_fps(tmp_path / "v", 4.0, 1.5, None, 95, info=info))
+    times = [t for t, _ in out]
+    assert times == pytest.approx([0.0, 2 / 3, 4 / 3, 2.0])  # 10 frames at 4 fps last 2.5 s
+    # frame i is shown from i / 4 s: at k / 1.5 s that is frame floor(4k / 1.5) = 0, 2, 5, 8
+    levels = [int(round(decode_jpeg(buf, True).mean() / 20)) for _, buf in out]
+    assert levels == [0, 2, 5, 8]
+    assert info["num_decoded"] == 10 and info["duration"] == pytest.approx(2.5)
+
+
+def test_frame_folder_segment_and_numbering_from_zero(tmp_path):
+    _write_frame_folder(tmp_path / "v", 12, start=0)
+    out = list(video.iter_folder_jpegs_at_fps(tmp_path / "v", 12.0, 4.0, None, 95, segment=(0.5, 0.75)))
+    assert [int(round(decode_jpeg(b, True).mean() / 20)) for _, b in out] == [6]
+
+
+def test_frame_folder_gap_or_bad_frame_names_the_folder_and_frame(tmp_path):
+    _write_frame_folder(tmp_path / "gap", 6)
+    (tmp_path / "gap" / "00003.jpg").unlink()
+    with pytest.raises(VideoDecodeError, match=r"1 frame\(s\) missing from the numbering 1..6: 3") as err:
+        list(video.iter_folder_jpegs_at_fps(tmp_path / "gap", 4.0, 1.0, None, 95))
+    assert err.value.path == str(tmp_path / "gap")
+    _write_frame_folder(tmp_path / "bad", 6)
+    (tmp_path / "bad" / "00002.jpg").write_bytes(b"\xff\xd8\xff not a whole jpeg")
+    with pytest.raises(VideoDecodeError, match="frame 00002.jpg is not a readable JPEG/PNG image"):
+        list(video.iter_folder_jpegs_at_fps(tmp_path / "bad", 4.0, 0.0, None, 95))
+    (tmp_path / "bad" / "00002.jpg").write_bytes(b"GIF89a")
+    with pytest.raises(VideoDecodeError, match="frame 00002.jpg is not a JPEG/PNG file"):
+        list(video.iter_folder_jpegs_at_fps(tmp_path / "bad", 4.0, 1.0, None, 95))  # frame 2 is not kept
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(VideoDecodeError, match="no numbered JPEG/PNG frames"):
+        list(video.iter_folder_jpegs_at_fps(tmp_path / "empty", 4.0, 1.0, None, 95))
