@@ -33,6 +33,7 @@ from typing import Any
 import torch
 
 from checkpoint import Checkpoint, check_compatible, read_checkpoint
+from direction import FLIP_MODES
 from distributed import DistInfo, all_gather_objects, barrier, main_rank_lock, rank_device, rank_group
 from engine import (
     Optimization,
@@ -137,6 +138,9 @@ def _e2e_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--backbone", default="resnet18", help=BACKBONE_HELP)
     g.add_argument("--weights", default=None, help=WEIGHTS_HELP)
     g.add_argument("--feature", choices=FEATURES, default="pooled", help=FEATURE_HELP)
+    g.add_argument("--hflip", choices=FLIP_MODES, default="auto", help="horizontal flips of training clips: auto flips "
+                   "and swaps the labels of mirrored classes (left/right, clockwise/anticlockwise in the class names), "
+                   "and does not flip when a direction class has no mirrored partner; on: flip anyway; off: never")
     g.add_argument("--clip_len", type=positive_int, default=None, help="frames per clip: one random frame per segment in "
                    "training, segment centres in evaluation (default 8; test mode: the checkpoint's)")
     g.add_argument("--num_clips", type=positive_int, default=None, help="evaluation views per video, logits averaged "

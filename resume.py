@@ -35,7 +35,7 @@ log = logging.getLogger("actionbert")
 # Settings that make another run: resuming a run folder with other values would silently ignore the new ones.
 RUN_DEFINING = (*HEAD_KWARGS, "seed", "batch_size", "balanced", "group_by_length", "temporal_crop", "temporal_stride",
                 "frame_dropout", "backbone", "weights", "feature", "clip_len", "num_clips", "image_size", "resize",
-                "freeze_backbone_stages", "backbone_lr", "init_head_from")
+                "freeze_backbone_stages", "backbone_lr", "init_head_from", "hflip")
 # ... of which a route uses only its own among every route's `own_settings` (a head over embeddings takes its
 # backbone from the data)
 ROUTE_ONLY = tuple(dict.fromkeys(k for route in ROUTES for k in route.own_settings))

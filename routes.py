@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader, Dataset
 from checkpoint import Checkpoint, ModelRecord, read_head_checkpoint
 from clip_dataset import ClipDataset, clip_collate, clip_provenance, eval_clip_from_frames
 from dataset import EmbeddingDataset, SplitInfo, feature_stats, load_split_info, pad_collate, stats_from_sums
+from direction import flip_policy
 from distributed import DistInfo, all_reduce_sum
 from layout import read_class_names, read_split_json, split_id_of, split_json_path
 from models import MODEL_NAMES, build_model, head_names
@@ -405,7 +406,8 @@ class ClipRoute(EmbeddingRoute):
 
     prefix: ClassVar[str] = E2E_PREFIX
     own_settings: ClassVar[tuple[str, ...]] = ("backbone", "weights", "feature", "clip_len", "num_clips", "image_size",
-                                               "resize", "freeze_backbone_stages", "backbone_lr", "init_head_from")
+                                               "resize", "freeze_backbone_stages", "backbone_lr", "init_head_from",
+                                               "hflip")
     fixed_length: ClassVar[bool] = True
     input_flags: ClassVar[tuple[str, ...]] = ("fps", "frame_size", "jpeg_quality", "backbone", "weights", "feature",
                                               "image_size", "resize", "clip_len", "num_clips")
@@ -428,8 +430,12 @@ class ClipRoute(EmbeddingRoute):
         path = split_json_path(clips.split_json_dir, split)
         entries = read_split_json(path)
         class_names = read_class_names(clips.split_json_dir, entries)
+        flip = flip_policy(class_names, getattr(self.args, "hflip", None) or "auto")
+        if train:
+            log.info("horizontal flips of training clips: %s", flip.reason)
         ds = ClipDataset(clips.frames_dir, entries, clips.clip_len, train=train, image_size=clips.spec,
-                         num_clips=clips.num_clips, seed=self.args.seed, strict=self.args.strict)
+                         num_clips=clips.num_clips, seed=self.args.seed, strict=self.args.strict,
+                         hflip=flip.enabled, flip_label_map=flip.swap)
         provenance = clip_provenance(clips.frames_dir, backbone=clips.record.backbone, weights=clips.record.weights,
                                      feature=clips.record.feature, image_size=clips.image_size,
                                      resize=clips.spec.mode, clip_len=clips.clip_len, num_clips=clips.num_clips,

@@ -28,3 +28,31 @@ def test_both_collates_emit_one_batch_layout():
     assert all(set(b) == {"inputs", "lengths", "labels", "indices"} for b in batches)
     assert batches[0]["inputs"].shape == (2, 5, 4) and batches[1]["inputs"].shape == (2, 7, 4)
     assert batches[2]["lengths"].tolist() == [2, 2] and batches[2]["inputs"].shape == (2, 3, 2, 3, 8, 8)
+
+
+def test_the_clip_route_flips_by_the_class_names(tmp_path, caplog):
+    """e2e training clips of mirrored classes swap labels when flipped; an unpaired direction class turns the flip
+    off (--hflip auto), as the log says; --hflip off never flips."""
+    import json
+    import logging
+
+    import main
+    from tests.conftest import write_video_frames
+
+    write_video_frames(tmp_path / "frames", "v0", [np.zeros((16, 16, 3), np.uint8)] * 3)
+    (tmp_path / "train_ucf101.json").write_text(json.dumps([{"video_name": "v0", "label_idx": 0}]))
+
+    def train_split(classes, *flags):
+        (tmp_path / "classInd.txt").write_text("".join(f"{i + 1} {c}\n" for i, c in enumerate(classes)))
+        args = main.get_args_parser().parse_args(["--mode", "train", "--model", "e2e_meanpool", "--split_json_dir",
+                                                  str(tmp_path), "--weights", "none", *flags])
+        return ClipRoute(args).load_split("train", train=True).dataset
+
+    caplog.set_level(logging.INFO, logger="actionbert")
+    paired = train_split(["SwipeLeft", "SwipeRight", "Wave"])
+    assert paired.hflip and paired.flip_label_map == {0: 1, 1: 0}
+    assert "swapping SwipeLeft <-> SwipeRight" in caplog.text
+    unpaired = train_split(["SwipeLeft", "Wave", "Clap"])
+    assert not unpaired.hflip and "without a mirrored partner (SwipeLeft)" in caplog.text
+    assert not train_split(["Wave", "Clap", "Jump"], "--hflip", "off").hflip
+    assert train_split(["Wave", "Clap", "Jump"]).hflip  # nothing to mirror: flips as before
