@@ -242,7 +242,7 @@ RENAMED_SETTINGS: dict[str, str] = {}
 EXECUTION_SETTINGS = frozenset({
     "mode", "expt_dir", "expt_name", "run_name", "data_dir", "split_json_dir", "frames_dir", "model_ckpt", "resume",
     "split", "gpu_id", "num_workers", "log_interval", "save_interval", "stop_after_epochs", "stop_after_steps",
-    "verbose", "strict", "seed", "probes",
+    "verbose", "strict", "seed", "probes", "logger", "mlflow_uri", "wandb_project", "wandb_mode",
 })
 
 

@@ -70,6 +70,7 @@ from routes import (
     route_for,
     training_data,
 )
+from trackers import add_logger_args, check_loggers, open_trackers
 from transforms import RESIZE_MODES
 from utils import (
     BadInputError,
@@ -213,6 +214,7 @@ def _hardware_and_logging_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--stop_after_steps", type=positive_int, default=None, help="end this invocation at this global step, "
                    "saving last.pth first (also mid-epoch)")
     g.add_argument("--verbose", action="store_true")
+    add_logger_args(g)
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -248,6 +250,7 @@ def check_args(args: argparse.Namespace) -> None:
     position embeddings, --probes outside test mode."""
     if args.mode == "train" and args.model is None:
         raise BadInputError("--model is required in train mode (choose from " + ", ".join(all_model_names()) + ")")
+    check_loggers(args.logger)  # a missing optional library, before any work
     if args.mode == "train" and args.probes:
         raise BadInputError("--probes evaluates a trained checkpoint: use it with --mode test --model_ckpt F")
     if args.group_by_length and args.model and route_for(args.model).fixed_length:
@@ -374,10 +377,12 @@ def train(args: argparse.Namespace, dist_info: DistInfo) -> int:
     save = functools.partial(save_training_checkpoint, ckpt_dir, model, data.train, opt, state, dist_info,
                              num_params=num_params, precision=precision, args=vars(args))
     writer, curves = None, CurvePlotter(run_dir / "curves.png")
-    if dist_info.is_main:
-        from torch.utils.tensorboard import SummaryWriter
-
-        writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=state.global_step or None)
+    if dist_info.is_main:  # TensorBoard, and MLflow / W&B with --logger: SummaryWriter's add_scalar for the loops
+        writer = open_trackers(args.logger, run_dir, experiment=args.expt_name, run_name=run_dir.name,
+                               purge_step=state.global_step, mlflow_uri=args.mlflow_uri,
+                               wandb_project=args.wandb_project, wandb_mode=args.wandb_mode)
+        writer.log_params({"model": args.model, **{k: v for k, v in vars(args).items() if k != "model"},
+                           "num_params": num_params})
         ckpt_dir.mkdir(parents=True, exist_ok=True)
     ctx = {"dist_info": dist_info, "device": device, "precision": precision, "save": save, "writer": writer,
            "curves": curves, "run_dir": run_dir}
@@ -391,10 +396,10 @@ def train(args: argparse.Namespace, dist_info: DistInfo) -> int:
         if run_epoch(epoch, model, train_model, data, opt, state, args, ctx):
             log.info("stopped at step %d (--stop_after_steps); rerun the same command to resume", state.global_step)
             break
-    if writer is not None:
-        writer.close()
     if dist_info.is_main:
         curves.update(state.history, final=True)
+        writer.log_figure(run_dir / "curves.png", state.epoch)
+        writer.close()
         log.info("best val top-1 %.4f at epoch %d; checkpoints in %s", max(state.best_metric, 0.0), state.best_epoch,
                  ckpt_dir)
         logging.getLogger().removeHandler(handler)
@@ -436,11 +441,31 @@ def test(args: argparse.Namespace, dist_info: DistInfo) -> int:
         log.info("%s: top1 %.4f top5 %.4f mean class acc %.4f loss %.4f over %d videos; reports in %s",
                  args.split, results["top1"], results["top5"], results["mean_class_acc"], results["loss"],
                  results["count"], run_dir)
+        probes = {}
         if probe_accs:
-            write_probe_outputs(run_dir, args.split, info.class_names, {NONE: acc, **probe_accs},
-                                {**extra, "probe_seed": args.seed})
+            probes = write_probe_outputs(run_dir, args.split, info.class_names, {NONE: acc, **probe_accs},
+                                         {**extra, "probe_seed": args.seed})
+        log_test_to_trackers(args, run_dir, results, probes, int(epoch or 0))
     barrier(dist_info)
     return 0
+
+
+def log_test_to_trackers(args: argparse.Namespace, run_dir: Path, results: dict[str, Any],
+                         probes: dict[str, dict[str, Any]], epoch: int) -> None:
+    """Test results, each probe's metrics and the confusion matrix into the run's MLflow / W&B runs (--logger; the
+    ids in the run folder's trackers.json continue training's runs). TensorBoard keeps the curves only."""
+    others = [n for n in args.logger if n != "tensorboard"]
+    if not others:
+        return
+    trackers = open_trackers(others, run_dir, experiment=run_dir.parent.name, run_name=run_dir.name,
+                             tensorboard=False, mlflow_uri=args.mlflow_uri, wandb_project=args.wandb_project,
+                             wandb_mode=args.wandb_mode)
+    trackers.log_results(args.split, results, epoch)
+    for probe, result in probes.items():
+        if probe != NONE:
+            trackers.log_results(f"{args.split}_probe_{probe}", result, epoch)
+    trackers.log_figure(run_dir / f"confusion_{args.split}.png", epoch)
+    trackers.close()
 
 
 def main(args: argparse.Namespace) -> int:

@@ -218,13 +218,14 @@ class Trackers:
 
 def open_trackers(names: Sequence[str], run_dir: Path, *, experiment: str, run_name: str,
                   purge_step: int | None = None, mlflow_uri: str | None = None, wandb_project: str | None = None,
-                  wandb_mode: str = "offline") -> Trackers:
-    """The run's trackers, reopening the MLflow/W&B runs recorded in `<run_dir>/trackers.json` (written here)."""
+                  wandb_mode: str = "offline", tensorboard: bool = True) -> Trackers:
+    """The run's trackers, reopening the MLflow/W&B runs recorded in `<run_dir>/trackers.json` (written here).
+    TensorBoard is always among them unless `tensorboard=False` (test mode: the curves are training's)."""
     check_loggers(names)
     ids_path = run_dir / IDS_FILE
     ids = json.loads(ids_path.read_text()) if ids_path.is_file() else {}
     backends: dict[str, Any] = {}
-    for name in dict.fromkeys(["tensorboard", *names]):
+    for name in dict.fromkeys(["tensorboard", *names] if tensorboard else [n for n in names if n != "tensorboard"]):
         if name == "tensorboard":
             backends[name] = _TensorBoard(run_dir, purge_step)
         elif name == "mlflow":

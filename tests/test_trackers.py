@@ -83,3 +83,34 @@ def test_a_missing_tracker_library_is_refused_with_what_to_install(monkeypatch) 
     with pytest.raises(BadInputError, match=r"--logger mlflow needs the mlflow package.*pip install mlflow-skinny"):
         trackers.check_loggers(["tensorboard", "mlflow"])
     trackers.check_loggers(["tensorboard"])
+
+
+@pytest.mark.skipif(importlib.util.find_spec("mlflow") is None, reason="needs mlflow (requirements-dev.txt)")
+def test_main_py_logs_training_and_test_into_one_mlflow_run(tmp_path: Path, one_thread) -> None:
+    from mlflow.tracking import MlflowClient
+
+    import main
+    from tests.synthetic import make_order_task, write_embedding_split
+
+    for split, n, seed in (("train", 32, 0), ("val", 16, 1), ("test", 16, 2)):
+        videos, labels = make_order_task(n, num_pairs=1, dim=8, seed=seed)
+        write_embedding_split(tmp_path / "data", split, videos, labels)
+    common = ["--data_dir", str(tmp_path / "data"), "--expt_dir", str(tmp_path), "--expt_name", "x",
+              "--num_workers", "0", "--batch_size", "8", "--logger", "mlflow"]
+    assert main.main(main.get_args_parser().parse_args(
+        ["--mode", "train", "--model", "meanpool", "--run_name", "m", "--epochs", "2", *common])) == 0
+    run_dir = tmp_path / "x" / "m"
+    assert main.main(main.get_args_parser().parse_args(
+        ["--mode", "test", "--model_ckpt", str(run_dir / "checkpoints" / "best.pth"), "--split", "test",
+         "--probes", "shuffle", *common])) == 0
+    ids = json.loads((run_dir / "trackers.json").read_text())["mlflow"]
+    client = MlflowClient(ids["uri"])
+    run = client.get_run(ids["run_id"])
+    assert run.data.params["model"] == "meanpool" and run.data.params["epochs"] == "2"
+    assert [m.step for m in client.get_metric_history(ids["run_id"], "val/top1")] == [1, 2]
+    results = json.loads((run_dir / "results_test.json").read_text())
+    assert run.data.metrics["test/top1"] == pytest.approx(results["top1"])
+    assert run.data.metrics["test_probe_shuffle/top1_drop"] == pytest.approx(0.0)  # meanpool: order-blind
+    assert {a.path for a in client.list_artifacts(ids["run_id"], "figures")} == {"figures/curves.png",
+                                                                                 "figures/confusion_test.png"}
+    assert len(list((run_dir / "tensorboard").glob("events.out.tfevents.*"))) == 1  # test mode adds no TB file
