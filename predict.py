@@ -28,7 +28,7 @@ import logging
 import math
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +36,7 @@ from typing import Any
 import cv2
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from checkpoint import read_checkpoint
 from models.backbone import set_default_threads
@@ -56,12 +57,14 @@ from utils import (
     atomic_write_json,
     check_writable_file,
     fit_name,
+    float_in,
     positive_int,
     resolve_device,
     run_cli,
     setup_logging,
 )
 from video import VideoDecodeError, is_video_file, iter_stored_frames_at_fps, truncation_reason
+from windows import Timeline, check_window, encode_stream, sliding_windows
 
 log = logging.getLogger("actionbert.predict")
 
@@ -302,6 +305,69 @@ def predict_video(
     return Prediction(str(path), probs, len(decoded.frames), times, maps, thumbs, occ)
 
 
+def _thumbnail(rgb: np.ndarray) -> np.ndarray:
+    h, w = rgb.shape[:2]
+    return cv2.resize(rgb, (max(1, round(w * THUMB_HEIGHT / h)), THUMB_HEIGHT), interpolation=cv2.INTER_AREA)
+
+
+@torch.no_grad()
+def predict_windows(predictor: Predictor, path: str | os.PathLike, window: float, stride: float,
+                    batch_size: int = 64) -> Timeline:
+    """One prediction per window of `window` seconds every `stride` seconds (windows.py): the frames stream from
+    the video, each is turned into the route's unit once (an embedding for a head, the frame for e2e), and only
+    the open windows' units are kept, so memory does not grow with the video's length. A window with fewer frames
+    than the head needs (its `min_frames`) is listed as skipped."""
+    s = predictor.settings
+    check_window(window, stride, s.fps)
+    timeline = Timeline(Path(path).name, predictor.class_names, window, stride, s.fps)
+    route, min_frames = predictor.route, predictor.route.head(predictor.model).min_frames
+    info: dict[str, Any] = {}
+
+    def frames() -> Iterator[tuple[float, torch.Tensor]]:
+        for t, rgb in iter_stored_frames_at_fps(path, s.fps, s.frame_size, s.jpeg_quality, info=info):
+            timeline.strip.offer(t, lambda rgb=rgb: _thumbnail(rgb))
+            timeline.num_frames += 1
+            yield t, preprocess_frame(rgb, s.spec)
+
+    units = encode_stream(frames(), lambda batch: route.window_units(predictor, batch, batch_size), batch_size)
+    for win, times, kept in sliding_windows(units, window, stride, s.fps):
+        if len(kept) < min_frames:
+            timeline.add(win, times, None, f"{len(kept)} frame(s); the head needs {min_frames}")
+            continue
+        logits = route.classify_window(predictor, kept, batch_size)
+        probs = logits.float().softmax(-1)[0].cpu().numpy()
+        if not np.isfinite(probs).all():
+            raise BadInputError(f"the model's output is not finite (NaN/inf) in the window at {win.start:g} s")
+        timeline.add(win, times, probs)
+    if not timeline.results:
+        raise VideoDecodeError(path, "no frames at the sampling times")
+    reason = truncation_reason(info)
+    if reason:
+        log.warning("%s: %s; the timeline covers the part that decodes", path, reason)
+    return timeline
+
+
+def timeline_summary(timeline: Timeline) -> str:
+    """The windows as runs of one top-1 label: `start-end s  label  (mean prob, windows)`, partial ones marked."""
+    lines = [f"{timeline.video}  ({len(timeline.results)} windows of {timeline.window:g} s every "
+             f"{timeline.stride:g} s)"]
+    runs: list[list[Any]] = []
+    for r, label in zip(timeline.results, timeline.labels(), strict=True):
+        prob = r.top(1)[0][1] if r.probs is not None else math.nan
+        if runs and runs[-1][0] == label:
+            runs[-1][2] = r.window.end
+            runs[-1][3].append(prob)
+        else:
+            runs.append([label, r.window.start, r.window.end, [prob]])
+    for label, start, end, probs in runs:
+        text = "(skipped: too few frames)" if label is None else f"{label}  (mean prob {np.mean(probs):.3f})"
+        lines.append(f"  {start:8.1f}-{end:<8.1f}s  {text}  [{len(probs)} window(s)]")
+    if any(r.window.partial for r in timeline.results):
+        last = timeline.results[-1].window
+        lines.append(f"  the last window ({last.start:g}-{last.end:g} s) is partial: the video ends inside it")
+    return "\n".join(lines)
+
+
 def failure_reason(exc: Exception) -> str:
     """One line for an exception from one video's work; its traceback goes to the debug log (-v)."""
     log.debug("traceback:", exc_info=exc)
@@ -343,6 +409,13 @@ def get_args_parser() -> argparse.ArgumentParser:
                    "in the predicted class's probability when that frame is removed, drawn under the frames (which "
                    "moments the prediction rests on); --json then includes the curve. One video: OUT.png; several: "
                    "OUT_<video stem>.png beside it")
+    p.add_argument("--window", type=float_in(0.0, low_open=True), default=None, metavar="SECONDS", help="classify each window of "
+                   "this many seconds instead of the whole video (any length: memory does not grow with it)")
+    p.add_argument("--stride", type=float_in(0.0, low_open=True), default=None, metavar="SECONDS",
+                   help="seconds between window starts (default: --window, windows side by side)")
+    p.add_argument("--timeline", default=None, metavar="OUT.png", help="with --window: the top classes' "
+                   "probability over time above a strip of frames, and OUT.csv beside it (one row per window: start, "
+                   "end, frames, partial, top-k). One video: OUT.png; several: OUT_<video stem>.png")
     p.add_argument("--gpu_id", type=int, default=0, help="CUDA device; the CPU is used when there is none")
     p.add_argument("--batch_size", type=positive_int, default=64, help="frames per backbone forward pass")
     p.add_argument("--precision", choices=INFERENCE_PRECISIONS, default="auto", help="backbone precision; auto: fp16 "
@@ -357,9 +430,13 @@ def main(args: argparse.Namespace) -> int:
         raise BadInputError(f"--topk and --batch_size must be >= 1 (got {args.topk}, {args.batch_size})")
     if args.json:  # refused now, not after every video was classified
         check_writable_file(args.json, "--json")
-    for flag in ("attention_plot", "occlusion"):
+    for flag in ("attention_plot", "occlusion", "timeline"):
         if getattr(args, flag):
             check_writable_file(getattr(args, flag), f"--{flag}")
+    if args.window is None and (args.stride is not None or args.timeline):
+        raise BadInputError("--stride and --timeline go with --window SECONDS")
+    if args.window is not None and (args.attention_plot or args.occlusion):
+        raise BadInputError("--attention_plot and --occlusion explain one prediction per video; leave out --window")
     set_default_threads()
     device = resolve_device(args.gpu_id)
     predictor = load_predictor(args.model_ckpt, args.backbone_weights, device, args.precision)
@@ -375,6 +452,8 @@ def main(args: argparse.Namespace) -> int:
     attention_paths = plot_paths(args.attention_plot, videos) if want_attention else []
     want_occlusion = args.occlusion is not None
     occlusion_paths = plot_paths(args.occlusion, videos) if want_occlusion else []
+    if args.window is not None:
+        return predict_timelines(args, predictor, videos, failures)
     results = []
     for n, path in enumerate(videos):
         try:
@@ -413,6 +492,41 @@ def main(args: argparse.Namespace) -> int:
     total = len(results) + len(failures)
     if failures:
         log.warning("%d of %d input(s) could not be classified", len(failures), total)
+    if not results:
+        raise BadInputError(f"no video could be classified ({len(failures)} input(s) failed)")
+    return 0
+
+
+def predict_timelines(args: argparse.Namespace, predictor: Predictor, videos: list[Path],
+                      failures: list[dict[str, str]]) -> int:
+    """--window: a timeline per video (summary printed; --json, --timeline PNG and CSV), each video isolated."""
+    stride = args.stride or args.window
+    timeline_paths = plot_paths(args.timeline, videos) if args.timeline else []
+    results = []
+    for n, path in enumerate(tqdm(videos, desc="videos", unit="video", disable=len(videos) < 2)):
+        try:
+            timeline = predict_windows(predictor, path, args.window, stride, args.batch_size)
+        except Exception as exc:  # one video's failure is that video's line
+            reason = exc.reason if isinstance(exc, VideoDecodeError) else failure_reason(exc)
+            print(f"skipped {path}: {reason}")
+            failures.append({"file": str(path), "reason": reason})
+            continue
+        print(timeline_summary(timeline))
+        results.append({"video": str(path), "timeline": timeline.to_json(args.topk),
+                        "num_frames": timeline.num_frames})
+        if timeline_paths:
+            png = timeline_paths[n]
+            timeline.write_csv(png.with_suffix(".csv"), args.topk)
+            try:
+                timeline.plot(png)
+                print(f"  timeline: {png} and {png.with_suffix('.csv')}")
+            except Exception as exc:
+                print(f"  no timeline plot for {path}: {failure_reason(exc)} (the CSV is {png.with_suffix('.csv')})")
+    if args.json:
+        atomic_write_json(args.json, results)
+        print(f"predictions: {args.json}")
+    if failures:
+        log.warning("%d of %d input(s) could not be classified", len(failures), len(results) + len(failures))
     if not results:
         raise BadInputError(f"no video could be classified ({len(failures)} input(s) failed)")
     return 0

@@ -19,6 +19,7 @@ import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, ClassVar
 
 import numpy as np
@@ -355,6 +356,20 @@ class EmbeddingRoute:
         feats = embed_frames(predictor, [decoded.frames[i] for i in keep], batch_size).to(predictor.device)
         return Encoded(feats, [int(i) for i in keep])
 
+    @staticmethod
+    def window_units(predictor: Any, frames: list[torch.Tensor], batch_size: int) -> list[torch.Tensor]:
+        """predict.py --window: what each sampled frame is kept as while its windows are open, computed once per
+        frame: its embedding (D floats, not the image)."""
+        return list(embed_frames(predictor, frames, batch_size))
+
+    @staticmethod
+    def classify_window(predictor: Any, units: list[torch.Tensor], batch_size: int) -> torch.Tensor:
+        """(1, num_classes) logits of one window's units (stage 2's --max_len cap applied within the window)."""
+        keep = kept_frames(len(units), predictor.settings)
+        feats = torch.stack([units[i] for i in keep]).to(predictor.device)
+        lengths = torch.tensor([len(keep)], device=predictor.device)
+        return predictor.model(feats[None], lengths)
+
 
 def rebuild_backbone(ckpt: Checkpoint, override: str | None) -> tuple[torch.nn.Module, BackboneRecord]:
     """The checkpoint's frame backbone from its record: library, name, feature, input and weights (or
@@ -519,6 +534,17 @@ class ClipRoute(EmbeddingRoute):
         feats = predictor.model.frame_features(clip[:1], lengths)[0] if need_feats else None
         ks = eval_indices(len(decoded.frames), s.clip_len, s.num_clips)[0]
         return Encoded(feats, [int(k) for k in ks], logits)
+
+    @staticmethod
+    def window_units(predictor: Any, frames: list[torch.Tensor], batch_size: int) -> list[torch.Tensor]:
+        """predict.py --window: the preprocessed frames themselves (the clip is cut per window)."""
+        return list(frames)
+
+    @staticmethod
+    def classify_window(predictor: Any, units: list[torch.Tensor], batch_size: int) -> torch.Tensor:
+        """(1, num_classes) logits of the evaluation clip cut from one window's frames."""
+        decoded = SimpleNamespace(frames=units)
+        return ClipRoute.encode(predictor, decoded, batch_size, need_feats=False).logits
 
 
 def clip_settings(args: argparse.Namespace, ckpt: Checkpoint | None = None) -> ClipSettings:

@@ -136,6 +136,7 @@ class Timeline:
     fps: float
     results: list[WindowResult] = field(default_factory=list)
     strip: ThumbStrip = field(default_factory=ThumbStrip)
+    num_frames: int = 0  # frames sampled from the video
 
     def add(self, window: Window, times: Sequence[float], probs: np.ndarray | None, skipped: str = "") -> None:
         self.results.append(WindowResult(window, len(times), probs, skipped))
