@@ -126,6 +126,10 @@ def _run_and_head_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--positions", choices=("learned", "none"), default=None, help="bert/roberta: the encoder's "
                    "position embeddings (learned, the default) or none at all, which makes it an order-blind set "
                    "model (the ablation that isolates attention from order)")
+    g.add_argument("--kernel_size", type=int_at_least(3), default=None, help="tcn: odd temporal kernel (default 3; "
+                   "block i is dilated 2**i, --num_layers blocks)")
+    g.add_argument("--num_frames", type=positive_int, default=None, help="concat_linear: frames each video is "
+                   "resampled to before they are concatenated (default 8)")
 
 
 

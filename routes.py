@@ -58,7 +58,8 @@ ALL_MODEL_NAMES = (*MODEL_NAMES, *E2E_MODEL_NAMES)  # of the built-in heads
 def all_model_names() -> tuple[str, ...]:
     """Every --model choice: each registered head and its e2e_ model."""
     return (*head_names(), *e2e_model_names())
-HEAD_KWARGS = ("num_layers", "hidden_size", "num_heads", "intermediate_size", "dropout", "pretrained", "positions")
+HEAD_KWARGS = ("num_layers", "hidden_size", "num_heads", "intermediate_size", "dropout", "pretrained", "positions",
+               "kernel_size", "num_frames")
 # End-to-end clip settings: train mode's defaults; test mode takes the checkpoint's unless a flag is given.
 CLIP_DEFAULTS = {"clip_len": 8, "num_clips": 1}  # and --image_size: the backbone's own
 

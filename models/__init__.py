@@ -22,6 +22,9 @@ _REGISTRY: dict[str, str] = {
     "bilstm": "models.bilstm:BiLSTMHead",
     "bert": "models.transformer:BertHead",
     "roberta": "models.transformer:RobertaHead",
+    "gru": "models.gru:GRUHead",
+    "tcn": "models.tcn:TCNHead",
+    "concat_linear": "models.concat_linear:ConcatLinearHead",
 }
 
 MODEL_NAMES = tuple(_REGISTRY)  # the built-in heads; `head_names()` includes registered ones

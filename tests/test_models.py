@@ -27,6 +27,9 @@ HEADS = {  # name -> (build kwargs, learning rate, steps) for the order task
     "bilstm": ({"hidden_size": 32}, 3e-3, 200),  # at 1.0 by step 150
     "bert": (TINY, 2e-3, 300),  # at 1.0 by step 200 for seeds 0-2, with dropout 0 or 0.1
     "roberta": (TINY, 2e-3, 300),
+    "gru": ({"hidden_size": 32}, 3e-3, 200),
+    "tcn": ({"hidden_size": 32, "num_layers": 3}, 3e-3, 200),
+    "concat_linear": ({"num_frames": 6}, 3e-3, 200),
 }
 
 
@@ -104,7 +107,23 @@ def small_head(name: str, **kwargs) -> torch.nn.Module:
 
 
 ALL_HEADS = [("meanpool", {}), ("attnpool", {}), ("bilstm", {}), ("bilstm", {"pooling": "mean"}), ("bert", {}),
-             ("roberta", {}), ("bert", {"positions": "none"}), ("roberta", {"positions": "none"})]
+             ("roberta", {}), ("bert", {"positions": "none"}), ("roberta", {"positions": "none"}), ("gru", {}),
+             ("tcn", {}), ("tcn", {"kernel_size": 5}), ("concat_linear", {}), ("concat_linear", {"num_frames": 3})]
+ORDER_AWARE = [(n, k) for n, k in ALL_HEADS if n not in ("meanpool", "attnpool") and k.get("positions") != "none"]
+
+
+@pytest.mark.parametrize(("name", "kwargs"), ORDER_AWARE)
+def test_order_aware_heads_see_reversed_frames(name: str, kwargs: dict) -> None:
+    """The converse of the order-blind test below: reversing each video's real frames changes the logits of every
+    head that is order-aware by construction, and its class says so."""
+    model = small_head(name, **kwargs)
+    assert type(model).order_aware
+    rng = np.random.default_rng(4)
+    videos = [rng.normal(size=(n, DIM)).astype(np.float32) for n in (6, 9, 4)]
+    x, lengths = pad_batch(videos)
+    reversed_ = pad_batch([v[::-1].copy() for v in videos])[0]
+    with torch.no_grad():
+        assert (model(reversed_, lengths) - model(x, lengths)).abs().max() > 1e-4
 
 
 @pytest.mark.parametrize(("name", "kwargs"), ALL_HEADS)
@@ -322,6 +341,7 @@ def test_models_declare_what_they_offer():
 
     assert all(issubclass(type(build_model(n, DIM, 5, **TINY)), VideoModel) for n in MODEL_NAMES)
     assert [n for n in MODEL_NAMES if build_model(n, DIM, 5, **TINY).exposes_attention] == ["bert", "roberta"]
+    assert [n for n in MODEL_NAMES if not build_model(n, DIM, 5, **TINY).order_aware] == ["meanpool", "attnpool"]
     assert not any(build_model(n, DIM, 5, **TINY).supports_grad_checkpointing for n in MODEL_NAMES)
     assert EndToEndModel.supports_grad_checkpointing
     with pytest.raises(ValueError, match="gradient checkpointing"):

@@ -102,4 +102,5 @@ def test_capabilities_are_declared_on_the_classes():
             for n in models.MODEL_NAMES}
     assert caps == {"meanpool": (False, False, False, False), "attnpool": (False, False, False, False),
                     "bilstm": (True, False, True, False), "bert": (True, True, True, True),
-                    "roberta": (True, True, True, True)}
+                    "roberta": (True, True, True, True), "gru": (True, False, True, False),
+                    "tcn": (True, False, True, False), "concat_linear": (True, False, False, False)}
