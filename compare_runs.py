@@ -63,7 +63,7 @@ log = logging.getLogger("actionbert")
 
 RUN_COLUMNS = ("run", "head", "layers", "fps", "backbone", "seed", "split_id", "best_val_top1", "test_top1")
 AFTER_PROBES = ("test_top5", "test_mean_class_acc")
-TAIL_COLUMNS = ("params", "s_per_epoch")
+TAIL_COLUMNS = ("params", "s_per_epoch", "infer_fps")
 GROUP_COLUMNS = ("group", "head", "n", "seeds", "splits")
 PAIR_COLUMNS = ("a", "b", "split", "units", "videos", "a_top1", "b_top1", "diff", "ci_low", "ci_high", "a_only",
                 "b_only", "p", "p_test", "p_mean")
@@ -219,7 +219,7 @@ def summarise_run(run_dir: Path, split: str, groups: dict[str, list[str]],
     if results_path.is_file():
         results = read_json(results_path, "results file")
         row.update(test_top1=results.get("top1"), test_top5=results.get("top5"),
-                   test_mean_class_acc=results.get("mean_class_acc"))
+                   test_mean_class_acc=results.get("mean_class_acc"), infer_fps=results.get("infer_frames_per_s"))
     probes_path = run_dir / f"probes_{split}.json"
     if probes_path.is_file():
         probes = read_json(probes_path, "probe results").get("probes", {})

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -208,10 +209,14 @@ def evaluate(
     collect: bool = False,
     show: bool = True,
     names: Sequence[str] | None = None,
+    timing: dict[str, float] | None = None,
 ) -> tuple[MetricAccumulator, list[tuple[int, list[int], list[float]]]]:
     """This rank's sums (reduce them) and, with `collect`, (index, top-5 classes, top-5 probs) per sample.
-    NaN/inf outputs (non-finite inputs) are an error naming their videos (`names`, by dataset index)."""
+    NaN/inf outputs (non-finite inputs) are an error naming their videos (`names`, by dataset index). A `timing`
+    dict gets this rank's "seconds" (data loading included), "frames" (the model's input frames, every view
+    counted) and "videos"."""
     model.eval()
+    start, frames, videos = time.perf_counter(), 0, 0
     acc = MetricAccumulator(num_classes)
     outputs: list[tuple[int, list[int], list[float]]] = []
     for batch in tqdm(loader, desc="eval", leave=False, disable=not show, dynamic_ncols=True):
@@ -227,12 +232,16 @@ def evaluate(
             raise BadInputError(f"non-finite (NaN/inf) model outputs for {len(videos)} video(s): "
                                 f"{first_names(videos, 10)}; their inputs hold NaN/inf values")
         loss = F.cross_entropy(logits, labels, reduction="sum")
-        acc.update(logits, labels, loss.item())
+        acc.update(logits, labels, loss.item())  # .item() waits for the device: the time below is the work's
+        views = inputs.shape[1] if inputs.dim() == 6 else 1  # e2e test-time views (B, V, T, 3, H, W)
+        frames, videos = frames + int(lengths.sum()) * views, videos + len(lengths)
         if collect:
             probs = logits.softmax(1).cpu()
             top = probs.topk(min(5, num_classes), 1)
             for i, idx in enumerate(batch["indices"].tolist()):
                 outputs.append((idx, top.indices[i].tolist(), top.values[i].tolist()))
+    if timing is not None:
+        timing.update(seconds=time.perf_counter() - start, frames=frames, videos=videos)
     return acc, outputs
 
 

@@ -431,15 +431,19 @@ def test(args: argparse.Namespace, dist_info: DistInfo) -> int:
     model = model_from_checkpoint(ckpt, device)
     loader = make_eval_loader(info, max(1, args.batch_size // dist_info.world_size), args.num_workers, dist_info,
                               device.type == "cuda")
+    timing: dict[str, float] = {}
     acc, outputs = evaluate(model, loader, device, precision, info.num_classes, collect=True, names=info.names,
-                            show=dist_info.is_main)
+                            show=dist_info.is_main, timing=timing)
     acc.reduce(dist_info)
     outputs = [o for part in all_gather_objects(outputs, dist_info) for o in part]
     probe_accs = evaluate_probes(model, info, args, device, precision, dist_info)
     if dist_info.is_main:
         epoch = ckpt.training.epoch if ckpt.training is not None else None
         extra = {"checkpoint": str(args.model_ckpt), "model": ckpt.model_name, "epoch": epoch,
-                 "precision": precision, "skipped": len(info.skipped), **route.report_extra()}
+                 "precision": precision, "skipped": len(info.skipped), **route.report_extra(),
+                 # the budget beside the accuracy: rank 0's inference rate on this machine, data loading included
+                 "infer_frames_per_s": round(timing["frames"] / max(timing["seconds"], 1e-9), 1),
+                 "infer_videos_per_s": round(timing["videos"] / max(timing["seconds"], 1e-9), 1)}
         report_skipped(info, run_dir)
         results = write_test_outputs(run_dir, args.split, info, acc, outputs, extra)
         log.info("%s: top1 %.4f top5 %.4f mean class acc %.4f loss %.4f over %d videos; reports in %s",

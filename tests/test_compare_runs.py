@@ -263,6 +263,9 @@ def test_runs_on_two_official_splits_made_by_stage_2_and_main_form_one_group(tmp
     (pair,) = read_rows(tmp_path / "expts" / "x" / "comparison_pairs.csv")
     assert (pair["a"], pair["b"], pair["units"], pair["split"], pair["videos"]) == ("attnpool", "meanpool", "2",
                                                                                      "1 2", "4")
+    # the budget beside the accuracy: parameters, training seconds per epoch, inference frames per second
+    assert all(float(r["params"]) > 0 and float(r["s_per_epoch"]) > 0 and float(r["infer_fps"]) > 0
+               for r in read_rows(tmp_path / "expts" / "x" / "comparison.csv"))
 
 
 def _with_curves(run: Path, val_top1: list[float]) -> None:

@@ -75,6 +75,7 @@ def test_train_then_test_writes_every_output_and_evaluates_every_sample(data_dir
                  "--split", split, "--batch_size", 5, "--num_workers", 0)
         results = json.loads((run / f"results_{split}.json").read_text())
         assert results["count"] == count
+        assert results["infer_frames_per_s"] > results["infer_videos_per_s"] > 0  # the budget: videos of >1 frame
         with open(run / f"predictions_{split}.csv") as fh:
             preds = list(csv.DictReader(fh))
         assert len(preds) == count and len({p["video"] for p in preds}) == count
