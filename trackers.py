@@ -214,6 +214,11 @@ class Trackers:
                 backend.close()
             except Exception as exc:  # a tracker that fails to close must not hide the run's own result
                 log.warning("trackers: closing %s failed: %s", name, exc)
+        where = [f"MLflow run {b.run_id} in {b.uri}" if n == "mlflow" else
+                 f"W&B run {b.run_id} in {self.run_dir / 'wandb'}" for n, b in self.backends.items()
+                 if n in ("mlflow", "wandb")]
+        if where:
+            log.info("trackers: %s", "; ".join(where))
 
 
 def open_trackers(names: Sequence[str], run_dir: Path, *, experiment: str, run_name: str,
