@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
 import comparison_report
 from checkpoint import Checkpoint, read_checkpoint
@@ -246,7 +247,8 @@ def summarise_run(run_dir: Path, split: str, groups: dict[str, list[str]],
 def find_runs(expt_dir: Path, split: str, groups: dict[str, list[str]], group_probes: list[str]) -> list[Run]:
     if not expt_dir.is_dir():
         raise BadInputError(f"experiment folder not found: {expt_dir}")
-    runs = [r for d in sorted(p for p in expt_dir.iterdir() if p.is_dir())
+    folders = sorted(p for p in expt_dir.iterdir() if p.is_dir())
+    runs = [r for d in tqdm(folders, desc="reading runs", unit="run", leave=False, disable=len(folders) < 10)
             if (r := summarise_run(d, split, groups, group_probes)) is not None]
     if not runs:
         raise BadInputError(f"no runs with checkpoints under {expt_dir} (expected <run>/checkpoints/last.pth)")

@@ -330,15 +330,17 @@ def predict_windows(predictor: Predictor, path: str | os.PathLike, window: float
             yield t, preprocess_frame(rgb, s.spec)
 
     units = encode_stream(frames(), lambda batch: route.window_units(predictor, batch, batch_size), batch_size)
-    for win, times, kept in sliding_windows(units, window, stride, s.fps):
-        if len(kept) < min_frames:
-            timeline.add(win, times, None, f"{len(kept)} frame(s); the head needs {min_frames}")
-            continue
-        logits = route.classify_window(predictor, kept, batch_size)
-        probs = logits.float().softmax(-1)[0].cpu().numpy()
-        if not np.isfinite(probs).all():
-            raise BadInputError(f"the model's output is not finite (NaN/inf) in the window at {win.start:g} s")
-        timeline.add(win, times, probs)
+    with tqdm(desc=f"{Path(path).name}: windows", unit="window", leave=False, dynamic_ncols=True) as progress:
+        for win, times, kept in sliding_windows(units, window, stride, s.fps):
+            progress.update(1)
+            if len(kept) < min_frames:
+                timeline.add(win, times, None, f"{len(kept)} frame(s); the head needs {min_frames}")
+                continue
+            logits = route.classify_window(predictor, kept, batch_size)
+            probs = logits.float().softmax(-1)[0].cpu().numpy()
+            if not np.isfinite(probs).all():
+                raise BadInputError(f"the model's output is not finite (NaN/inf) in the window at {win.start:g} s")
+            timeline.add(win, times, probs)
     if not timeline.results:
         raise VideoDecodeError(path, "no frames at the sampling times")
     reason = truncation_reason(info)
