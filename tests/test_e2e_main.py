@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -267,6 +268,16 @@ def test_timm_vit_trains_freezes_k_blocks_resumes_and_predicts(demo, tmp_path):
     for r in range(1, 5):
         label, prob = row[f"top{r}"], float(row[f"prob{r}"])
         assert probs[predictor.class_names.index(label)] == pytest.approx(prob, abs=1e-4), label
+    # one window longer than the video: the e2e route cuts the same clip from the same frames
+    (whole,) = predict.predict_windows(predictor, video, window=1000.0, stride=1000.0).results
+    assert whole.window.partial and whole.num_frames == predictor_frames(predictor, video)
+    np.testing.assert_allclose(whole.probs, probs, atol=1e-5)
+
+
+def predictor_frames(predictor, video) -> int:
+    import predict
+
+    return len(predict.decode_video(video, predictor.settings).frames)
 
 
 def test_ddp_on_gloo_trains_e2e(demo, tmp_path):

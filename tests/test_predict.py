@@ -83,6 +83,14 @@ def test_same_probabilities_as_embedding_route(pipeline):
             assert got[label] == pytest.approx(prob, abs=1e-4), (name, label, got, expected[name])
         assert pred.num_frames == json.loads((pipeline["stage1"] / "frames" / "manifest.json").read_text())[
             "videos"][name]["num_frames"]
+        # --window: one window longer than the video is the whole video; windows of 2 s every 1 s each give the
+        # head's probabilities of those frames alone
+        (whole,) = predict.predict_windows(predictor, _source(pipeline, name), 1000.0, 1000.0).results
+        assert whole.window.partial and whole.num_frames == pred.num_frames
+        np.testing.assert_allclose(whole.probs, pred.probs, atol=1e-5)
+        timeline = predict.predict_windows(predictor, _source(pipeline, name), 2.0, 1.0)
+        assert [r.window.start for r in timeline.results] == [float(k) for k in range(pred.num_frames)]
+        assert [r.num_frames for r in timeline.results][:-1] == [2] * (pred.num_frames - 1)
 
 
 def test_same_embeddings_as_stage2(pipeline):
