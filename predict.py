@@ -39,7 +39,6 @@ import torch
 from tqdm import tqdm
 
 from checkpoint import read_checkpoint
-from models.backbone import set_default_threads
 from models.base import VideoModel
 from precision import INFERENCE_PRECISIONS, resolve_precision
 from reports import plot_attention, plot_occlusion
@@ -50,6 +49,7 @@ from routes import (
     model_from_checkpoint,
     route_for,
 )
+from threads import set_default_threads
 from transforms import preprocess_frame
 from utils import (
     NAME_MAX,

@@ -57,10 +57,10 @@ from models.backbone import (
     choose_channels_last,
     embed_batch,
     resolve_backbone,
-    set_default_threads,
 )
 from precision import INFERENCE_PRECISIONS, resolve_precision
 from sampling import subsample_indices
+from threads import set_default_threads
 from transforms import RESIZE_MODES, FrameError, ResizeSpec, as_resize_spec, load_frame, normalize_batch
 from utils import (
     BadInputError,

@@ -24,7 +24,6 @@ from __future__ import annotations
 import importlib
 import inspect
 import logging
-import os
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
@@ -794,19 +793,6 @@ def embed_batch(model: nn.Module, x: torch.Tensor, precision: str = "fp32") -> t
     with torch.inference_mode(), autocast(precision, x.device):
         out = model(x)
     return out.float().flatten(1)
-
-
-def default_threads(local_world_size: int = 1) -> int:
-    """torch threads per process so that K ranks on one machine do not oversubscribe its cores."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, cores // max(1, local_world_size))
-
-
-def set_default_threads(local_world_size: int = 1) -> None:
-    """Give torch `default_threads` unless the user set OMP_NUM_THREADS (an explicit setting wins: a shared
-    node's job script, or torchrun, which sets 1 per rank when it starts several)."""
-    if "OMP_NUM_THREADS" not in os.environ:
-        torch.set_num_threads(default_threads(local_world_size))
 
 
 def prefers_channels_last(model: nn.Module) -> bool:

@@ -362,21 +362,3 @@ def test_record_preprocessing_matches_the_librarys_own(tmp_path, shared_data):
         legacy = np.mean([np.abs(resize_frame(f, replace(spec, convention="actionbert")).astype(np.float64)
                                  - own(f)).mean() for f in frames])
         assert diff < 1.2 and legacy > 2 * diff, (spec, diff, legacy)
-
-
-def test_an_explicit_omp_num_threads_wins_over_the_default(monkeypatch):
-    """predict.py and prepare_data.py size torch's thread pool by the cores and ranks, but a job script's
-    OMP_NUM_THREADS (a shared node, or torchrun's 1 per rank) is what the user asked for."""
-    from models.backbone import default_threads, set_default_threads
-
-    before = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
-        monkeypatch.setenv("OMP_NUM_THREADS", "1")
-        set_default_threads()
-        assert torch.get_num_threads() == 1
-        monkeypatch.delenv("OMP_NUM_THREADS")
-        set_default_threads()
-        assert torch.get_num_threads() == default_threads()
-    finally:
-        torch.set_num_threads(before)

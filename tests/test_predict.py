@@ -323,10 +323,10 @@ def test_output_paths_are_refused_before_any_work(tiny_ckpt, tmp_path, monkeypat
 
 def test_an_explicit_omp_num_threads_is_kept(tiny_ckpt, monkeypatch):
     """predict.py sized torch's thread pool by the cores even when the user set OMP_NUM_THREADS (prepare_data.py
-    already kept it); both now go through models.backbone.set_default_threads."""
-    import models.backbone
+    already kept it); both now go through threads.set_default_threads."""
+    import threads
 
-    monkeypatch.setattr(models.backbone, "default_threads", lambda *a: 3)  # what the cores would give
+    monkeypatch.setattr(threads, "default_threads", lambda *a: 3)  # what the cores would give
     monkeypatch.setattr(predict, "load_predictor", lambda *a, **k: pytest.fail("stop here"))
     before = torch.get_num_threads()
     try:
