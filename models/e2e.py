@@ -29,7 +29,8 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from models import MODEL_NAMES, build_model, head_names
-from models.backbone import BackboneRecord, FrameEncoder, build_backbone
+from models.backbone import BackboneRecord, FrameEncoder, build_backbone, family
+from models.backbones.stages import Stage
 from models.base import VideoModel, decay_param_groups, length_mask
 from transforms import normalize_batch
 from utils import BadInputError
@@ -62,87 +63,6 @@ def head_name_of(name: str) -> str:
 
 # ---------------------------------------------------------------------------------------------------------------
 # Stages: what --freeze_backbone_stages counts and what --grad_checkpointing wraps.
-
-
-def _find_resnet(module: nn.Module) -> nn.Module | None:
-    """The first submodule shaped like a torchvision ResNet (the backbone may be wrapped)."""
-    names = ("conv1", "bn1", "layer1", "layer2", "layer3", "layer4")
-    for sub in module.modules():
-        if all(isinstance(getattr(sub, n, None), nn.Module) for n in names):
-            return sub
-    return None
-
-
-Stage = list[nn.Module | nn.Parameter]  # what freezing one stage sets requires_grad=False on
-
-
-def backbone_stages(backbone: nn.Module) -> list[Stage]:
-    """Stages in input order, each a list of modules (and loose parameters such as a ViT's class token).
-
-    ResNets (torchvision's and timm's): stage 0 = conv1 + bn1 (the stem), stages 1-4 = layer1..layer4. timm and
-    Hugging Face models: `block_stages` (the input embedding with the first block, one block each, then what follows
-    the blocks). Other torchvision models: the children of a `features` Sequential when there is one (VGG,
-    MobileNet, EfficientNet, DenseNet), else the top-level children that hold parameters. Freezing K stages freezes
-    the first K of this list.
-    """
-    net = _find_resnet(backbone)
-    if net is not None:
-        return [[net.conv1, net.bn1], [net.layer1], [net.layer2], [net.layer3], [net.layer4]]
-    if isinstance(backbone, FrameEncoder):
-        return block_stages(backbone.model)
-    features = getattr(backbone, "features", None)
-    parent = features if isinstance(features, nn.Sequential) else backbone
-    return [[child] for child in parent.children() if any(True for _ in child.parameters())]
-
-
-def main_blocks(model: nn.Module) -> tuple[str, nn.Module] | None:
-    """The model's sequence of blocks: the Sequential or ModuleList of two or more parameterised children holding the
-    most parameters (timm's `blocks` or ConvNeXt `stages`, Hugging Face's `encoder.layer(s)`)."""
-    best, best_count = None, 0
-    for name, module in model.named_modules():
-        if isinstance(module, (nn.Sequential, nn.ModuleList)):
-            children = list(module.children())
-            if len(children) >= 2 and all(any(True for _ in c.parameters()) for c in children):
-                count = sum(p.numel() for p in module.parameters())
-                if count > best_count:
-                    best, best_count = (name, module), count
-    return best
-
-
-def _cover(model: nn.Module, names: set[str]) -> Stage:
-    """The outermost submodules whose parameters are all in `names`, plus the parameters of `names` left over."""
-    out: Stage = []
-    taken: list[str] = []
-    for mname, module in model.named_modules():
-        if not mname or any(mname.startswith(t + ".") for t in taken):
-            continue
-        params = [f"{mname}.{n}" for n, _ in module.named_parameters()]
-        if params and all(p in names for p in params):
-            out.append(module)
-            taken.append(mname)
-    covered = {f"{t}.{n}" for t in taken for n, _ in model.get_submodule(t).named_parameters()}
-    out += [p for n, p in model.named_parameters() if n in names and n not in covered]
-    return out
-
-
-def block_stages(model: nn.Module) -> list[Stage]:
-    """Stages of a timm or Hugging Face model: stage 1 is the input embedding (patch embedding, class and register
-    tokens, position table, pre-norm; a CNN's stem) with the first block, then one stage per block (ViT block,
-    ConvNeXt stage), then everything after the blocks (final norm, pooling head, projection). So freezing K <= the
-    number of blocks freezes the embedding and the first K blocks; one more freezes the whole backbone."""
-    found = main_blocks(model)
-    if found is None:
-        return [[child] for child in model.children() if any(True for _ in child.parameters())]
-    path, blocks = found
-    names = [n for n, _ in model.named_parameters()]
-    in_block = {n: i for i in range(len(blocks)) for n in names if n.startswith(f"{path}.{i}.")}
-    first = min(names.index(n) for n in in_block)
-    before = {n for n in names[:first] if n not in in_block}
-    after = {n for n in names[first:] if n not in in_block}
-    stages: list[Stage] = [[*_cover(model, before), blocks[0]], *[[blocks[i]] for i in range(1, len(blocks))]]
-    if after:
-        stages.append(_cover(model, after))
-    return stages
 
 
 def _batch_norms(modules: Iterable[nn.Module]) -> Iterator[nn.modules.batchnorm._BatchNorm]:
@@ -286,7 +206,7 @@ class EndToEndModel(VideoModel):
         if channels_last is not None:
             self.backbone_record = replace(self.backbone_record, channels_last=bool(channels_last))
         self.channels_last = bool(self.backbone_record.channels_last)
-        self._stages = backbone_stages(self.backbone)
+        self._stages = family(self.backbone_record.source).stages(self.backbone)
         self.freeze_backbone_stages = 0
         self.grad_checkpointing = False
         self.set_frozen_stages(freeze_backbone_stages)

@@ -18,10 +18,10 @@ from models.backbone import (
     build_backbone,
     choose_channels_last,
     embed_batch,
-    find_classifier,
     record_of,
     resolve_backbone,
 )
+from models.backbones.torchvision import find_classifier
 from utils import BadInputError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
