@@ -31,11 +31,13 @@ def test_transformers_range_starts_where_pretrainedconfig_is_exported():
 
 
 def test_pyproject_installs_every_top_level_module_and_package():
-    """`pip install -e .` maps only what pyproject.toml lists: a module left out imports in the checkout (pytest's
+    """`pip install -e .` maps only what pyproject.toml lists (subpackages too): a module left out imports in the checkout (pytest's
     pythonpath) but not from benchmarks/ on a fresh machine."""
     setup = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
     modules = {p.stem for p in ROOT.glob("*.py")}
-    packages = {p.parent.name for p in ROOT.glob("*/__init__.py")} | {"benchmarks"}
+    tops = [d for d in ROOT.iterdir() if d.is_dir() and (d / "__init__.py").is_file()]  # not .venv, build, ...
+    packages = {".".join(p.parent.relative_to(ROOT).parts) for d in tops for p in d.rglob("__init__.py")}
+    packages |= {"benchmarks"}
     assert set(setup["py-modules"]) == modules
     assert set(setup["packages"]) == packages
 
