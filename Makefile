@@ -41,7 +41,8 @@ test-quick: lint $(STAMP)
 # The transformers, gru, tcn and concat_linear get DEMO_EPOCHS (each passes val 0.9 by epoch 3 on seed 0; the
 # transformers learn the order pairs within a few epochs since their frame tokens enter at
 # the position embeddings' scale); meanpool, attnpool and bilstm reach their best val accuracy within a few epochs,
-# so their DEMO_ARGS_<head> (appended last: the last value of a flag wins) set their own. Each test run also
+# so their DEMO_ARGS_<head> (appended last: the last value of a flag wins) set their own. attnpool keeps one layer (the
+# single query pooler; --num_layers 2 of DEMO_TRAIN_ARGS would add a self-attention block before it). Each test run also
 # evaluates the order probes (DEMO_PROBES), and compare_runs prints each probe's drop and the paired tests.
 DEMO_DIR ?= demo
 WEIGHTS ?= none
@@ -54,7 +55,7 @@ DEMO_PROBES ?= shuffle reverse static half
 DEMO_TRAIN_ARGS ?= --batch_size 16 --lr 1e-3 --hidden_size 128 --num_layers 2 --num_heads 4 --dropout 0.1 \
 	--weight_decay 0.01 --gpu_id 0 --num_workers 0 --opt_lvl 0
 DEMO_ARGS_meanpool ?= --epochs 20
-DEMO_ARGS_attnpool ?= --epochs 20
+DEMO_ARGS_attnpool ?= --epochs 20 --num_layers 1
 DEMO_ARGS_bilstm ?= --epochs 20
 DEMO_PREDICT_CLASSES ?= GrowingDisc ShrinkingDisc
 

@@ -88,7 +88,8 @@ def demo_run(tmp_path_factory) -> dict:
     for head, epochs in EPOCHS.items():
         common = ["--expt_dir", expts, "--expt_name", "demo", "--run_name", head, "--data_dir", emb]
         heads[head] = [
-            _cli("main.py", "--mode", "train", "--model", head, *common, "--epochs", epochs, *TRAIN_ARGS),
+            _cli("main.py", "--mode", "train", "--model", head, *common, "--epochs", epochs, *TRAIN_ARGS,
+                 *(["--num_layers", 1] if head == "attnpool" else [])),  # the single query pooler, as the demo
             _cli("main.py", "--mode", "test", "--split", "test", *common, "--probes", "shuffle",
                  "--model_ckpt", expts / "demo" / head / "checkpoints" / "best.pth", "--gpu_id", 0, "--num_workers", 0),
         ]

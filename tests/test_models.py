@@ -108,8 +108,10 @@ def small_head(name: str, **kwargs) -> torch.nn.Module:
 
 ALL_HEADS = [("meanpool", {}), ("attnpool", {}), ("bilstm", {}), ("bilstm", {"pooling": "mean"}), ("bert", {}),
              ("roberta", {}), ("bert", {"positions": "none"}), ("roberta", {"positions": "none"}), ("gru", {}),
-             ("tcn", {}), ("tcn", {"kernel_size": 5}), ("concat_linear", {}), ("concat_linear", {"num_frames": 3})]
+             ("tcn", {}), ("tcn", {"kernel_size": 5}), ("concat_linear", {}), ("concat_linear", {"num_frames": 3}),
+             ("attnpool", {"num_layers": 3})]
 ORDER_AWARE = [(n, k) for n, k in ALL_HEADS if n not in ("meanpool", "attnpool") and k.get("positions") != "none"]
+# attnpool at any depth is order-blind (V-JEPA 2's deep attentive probe: self-attention blocks without positions)
 
 
 @pytest.mark.parametrize(("name", "kwargs"), ORDER_AWARE)
@@ -352,7 +354,8 @@ def test_models_declare_what_they_offer():
 # ----------------------------------------------------------------------------- order-blind ablations, fast order
 
 
-ORDER_BLIND = [("meanpool", {}), ("attnpool", {}), ("bert", {"positions": "none"}), ("roberta", {"positions": "none"})]
+ORDER_BLIND = [("meanpool", {}), ("attnpool", {}), ("attnpool", {"num_layers": 3}), ("bert", {"positions": "none"}),
+               ("roberta", {"positions": "none"})]
 
 
 @pytest.mark.parametrize(("name", "kwargs"), ORDER_BLIND)
