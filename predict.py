@@ -108,6 +108,12 @@ class DecodedVideo:
     thumbs: list[np.ndarray] = field(default_factory=list)  # small RGB frames, for --attention_plot
 
 
+def _thumbnail(rgb: np.ndarray) -> np.ndarray:
+    """A small copy of a frame, THUMB_HEIGHT pixels high, for the figures' strips."""
+    h, w = rgb.shape[:2]
+    return cv2.resize(rgb, (max(1, round(w * THUMB_HEIGHT / h)), THUMB_HEIGHT), interpolation=cv2.INTER_AREA)
+
+
 def decode_video(path: str | os.PathLike, settings: FrameSettings, keep_thumbs: bool = False) -> DecodedVideo:
     """Sample, resize, JPEG-encode and decode, and preprocess one video's frames in memory.
 
@@ -120,9 +126,7 @@ def decode_video(path: str | os.PathLike, settings: FrameSettings, keep_thumbs: 
         out.times.append(t)
         out.frames.append(preprocess_frame(rgb, settings.spec))
         if keep_thumbs:
-            h, w = rgb.shape[:2]
-            size = (max(1, round(w * THUMB_HEIGHT / h)), THUMB_HEIGHT)
-            out.thumbs.append(cv2.resize(rgb, size, interpolation=cv2.INTER_AREA))
+            out.thumbs.append(_thumbnail(rgb))
     if not out.frames:
         raise VideoDecodeError(path, "no frames at the sampling times")
     reason = truncation_reason(info)
@@ -303,11 +307,6 @@ def predict_video(
     if attention:
         times, thumbs = [times[i] for i in used], [thumbs[i] for i in used]
     return Prediction(str(path), probs, len(decoded.frames), times, maps, thumbs, occ)
-
-
-def _thumbnail(rgb: np.ndarray) -> np.ndarray:
-    h, w = rgb.shape[:2]
-    return cv2.resize(rgb, (max(1, round(w * THUMB_HEIGHT / h)), THUMB_HEIGHT), interpolation=cv2.INTER_AREA)
 
 
 @torch.no_grad()
