@@ -115,13 +115,18 @@ def load_class_groups(path: str | Path) -> dict[str, list[str]]:
     return {str(k): [str(c) for c in v] for k, v in raw.items()}
 
 
-def group_accuracy(predictions: list[dict[str, str]], classes: list[str]) -> dict[str, float | int]:
-    """Top-1 and mean class accuracy over the videos whose true class is in `classes`."""
-    wanted = set(classes)
+def class_hits(predictions: list[dict[str, str]], classes: set[str] | None = None) -> dict[str, list[int]]:
+    """true class -> 1/0 per video (top-1 right or not), over the classes in `classes` (all when None)."""
     per_class: dict[str, list[int]] = {}
     for row in predictions:
-        if row["true_label"] in wanted:
+        if classes is None or row["true_label"] in classes:
             per_class.setdefault(row["true_label"], []).append(int(row["true_label"] == row["predicted"]))
+    return per_class
+
+
+def group_accuracy(predictions: list[dict[str, str]], classes: list[str]) -> dict[str, float | int]:
+    """Top-1 and mean class accuracy over the videos whose true class is in `classes`."""
+    per_class = class_hits(predictions, set(classes))
     hits = [h for v in per_class.values() for h in v]
     if not hits:
         return {"top1": float("nan"), "mean_class_acc": float("nan"), "count": 0}
@@ -314,24 +319,29 @@ def summarise_group(label: str, members: list[Run], metrics: list[str]) -> dict[
 # ----------------------------------------------------------------------------------------------- pairing
 
 
-def correctness(path: Path) -> dict[str, bool]:
-    """video -> whether the run's top-1 prediction is right, from predictions_<split>.csv. A video named twice is
+def prediction_rows(path: Path) -> list[dict[str, str]]:
+    """The rows of predictions_<split>.csv, checked: its columns, and one row per video. A video named twice is
     refused: which row would count is a guess, and the paired test would silently lose the other."""
     rows = read_csv_rows(path)
     if rows and not {"video", "correct"} <= set(rows[0]):
         raise BadInputError(f"{path}: expected columns video and correct (main.py --mode test's predictions file)")
-    out: dict[str, bool] = {}
+    seen: set[str] = set()
     repeated: dict[str, int] = {}
     for r in rows:
-        if r["video"] in out:
+        if r["video"] in seen:
             repeated[r["video"]] = repeated.get(r["video"], 1) + 1
-        out[r["video"]] = r["correct"].strip() == "1"
+        seen.add(r["video"])
     if repeated:
         first = ", ".join(f"{v} ({n} rows)" for v, n in list(repeated.items())[:5])
         raise BadInputError(f"{path}: {len(repeated)} video name(s) appear more than once ({first}"
-                            + (", ..." if len(repeated) > 5 else "") + f"); {len(rows)} rows for {len(out)} videos. "
+                            + (", ..." if len(repeated) > 5 else "") + f"); {len(rows)} rows for {len(seen)} videos. "
                             "Each video must have one row: rerun main.py --mode test for this run")
-    return out
+    return rows
+
+
+def correctness(path: Path) -> dict[str, bool]:
+    """video -> whether the run's top-1 prediction is right (prediction_rows' checks)."""
+    return {r["video"]: r["correct"].strip() == "1" for r in prediction_rows(path)}
 
 
 def match_units(a: list[Run], b: list[Run]) -> list[tuple[Run, Run]]:
@@ -546,10 +556,7 @@ def run_curves(run: Run) -> comparison_report.RunCurves:
     curves = comparison_report.RunCurves(run.name, run.group, [int(h["epoch"]) for h in epochs],
                                          [float(h["val_top1"]) for h in epochs])
     if run.predictions is not None:
-        hits: dict[str, list[int]] = {}
-        correct = correctness(run.predictions)  # refuses a file that names a video twice
-        for row in read_csv_rows(run.predictions):
-            hits.setdefault(row["true_label"], []).append(int(correct[row["video"]]))
+        hits = class_hits(prediction_rows(run.predictions))  # refuses a file that names a video twice
         curves.class_acc = {c: sum(v) / len(v) for c, v in hits.items()}
     if run.per_class_probes is not None:
         rows = read_csv_rows(run.per_class_probes)
