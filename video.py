@@ -421,13 +421,15 @@ def _clean_starts(pts: list[int], keys: list[bool], wanted: list[int]) -> dict[i
             clean.append(k)
         k = nxt
     index = {p: i for i, p in enumerate(pts)}
-    starts, c = {}, 0
+    starts, c = {}, -1  # clean[c]: the last clean keyframe at or before the current packet, in decode order
     for p in sorted(wanted, key=index.__getitem__):
         i = index[p]
         while c + 1 < len(clean) and clean[c + 1] <= i:
             c += 1
-        candidates = [k for k in clean[: c + 1] if pts[k] <= p]
-        starts[p] = candidates[-1] if candidates else 0
+        j = c
+        while j >= 0 and pts[clean[j]] > p:  # one presented after the wanted frame cannot start it
+            j -= 1
+        starts[p] = clean[j] if j >= 0 else 0
     return starts
 
 

@@ -651,3 +651,15 @@ def test_frame_folder_gap_or_bad_frame_names_the_folder_and_frame(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(VideoDecodeError, match="no numbered JPEG/PNG frames"):
         list(video.iter_folder_jpegs_at_fps(tmp_path / "empty", 4.0, 1.0, None, 95))
+
+
+def test_clean_starts_never_choose_a_keyframe_after_the_wanted_packet():
+    """Decode order 0..5 with keyframes at 0 and 3: a wanted frame whose packet comes before the second keyframe
+    starts at the first one, even where the second presents earlier (its start must precede its packet)."""
+    pts, keys = [10, 14, 12, 11, 13, 15], [True, False, False, True, False, False]
+    # packet 3 (pts 11) opens a group whose later packets all present after it: clean
+    assert video._clean_starts(pts, keys, [12, 13, 15]) == {12: 0, 13: 3, 15: 3}
+    assert video._clean_starts(pts, keys, [14]) == {14: 0}  # packet 1 lies before keyframe 3
+    # a file whose first packet is no keyframe (cut mid-group): its frame starts at packet 0, not at the keyframe
+    # that follows it, although that keyframe presents earlier
+    assert video._clean_starts([20, 10, 11], [False, True, False], [20, 11]) == {20: 0, 11: 1}
