@@ -22,13 +22,15 @@ _MIRROR = {
     "left": "right", "right": "left",
     "leftward": "rightward", "rightward": "leftward",
     "leftwards": "rightwards", "rightwards": "leftwards",
-    "clockwise": "anticlockwise", "anticlockwise": "clockwise", "counterclockwise": "clockwise",
+    "clockwise": "anticlockwise", "anticlockwise": "clockwise",
 }
+_SPELLINGS = {"counterclockwise": "anticlockwise"}  # one word for either spelling, so either finds its partner
 _TOKEN = re.compile(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])|\d+")
 
 
 def _tokens(name: str) -> list[str]:
-    return [t.lower() for t in _TOKEN.findall(name)]
+    """The lower-case words of a name, CamelCase split, each direction word in one spelling."""
+    return [_SPELLINGS.get(t.lower(), t.lower()) for t in _TOKEN.findall(name)]
 
 
 def mirrored_key(name: str) -> tuple[str, ...] | None:
@@ -63,16 +65,12 @@ def flip_policy(class_names: Sequence[str], mode: str = "auto") -> FlipPolicy:
     by_words: dict[tuple[str, ...], int] = {}
     for i, name in enumerate(class_names):
         by_words.setdefault(tuple(_tokens(name)), i)
-        if "counterclockwise" in _tokens(name):  # either spelling finds its partner
-            by_words.setdefault(tuple("anticlockwise" if w == "counterclockwise" else w for w in _tokens(name)), i)
     swap, unpaired = {}, []
     for i, name in enumerate(class_names):
         key = mirrored_key(name)
         if key is None:
             continue
         partner = by_words.get(key)
-        if partner is None and "anticlockwise" in key:
-            partner = by_words.get(tuple("counterclockwise" if w == "anticlockwise" else w for w in key))
         if partner is None or partner == i:
             unpaired.append(name)
         else:
