@@ -385,8 +385,7 @@ def train(args: argparse.Namespace, dist_info: DistInfo) -> int:
         writer = open_trackers(args.logger, run_dir, experiment=args.expt_name, run_name=run_dir.name,
                                purge_step=state.global_step, mlflow_uri=args.mlflow_uri,
                                wandb_project=args.wandb_project, wandb_mode=args.wandb_mode)
-        writer.log_params({"model": args.model, **{k: v for k, v in vars(args).items() if k != "model"},
-                           "num_params": num_params})
+        writer.log_params({**vars(args), "num_params": num_params})
         ckpt_dir.mkdir(parents=True, exist_ok=True)
     ctx = {"dist_info": dist_info, "device": device, "precision": precision, "save": save, "writer": writer,
            "curves": curves, "run_dir": run_dir}

@@ -87,7 +87,6 @@ class _MLflow:
     """One MLflow run per run folder, reopened by id on resume and in test mode."""
 
     def __init__(self, uri: str, experiment: str, run_name: str, run_id: str | None) -> None:
-        import mlflow
         from mlflow.tracking import MlflowClient
 
         if uri.startswith("file:") or "://" not in uri:
@@ -101,7 +100,6 @@ class _MLflow:
         else:
             self.client.update_run(run_id, status="RUNNING")
         self.run_id, self.uri = run_id, uri
-        self._mlflow = mlflow
 
     def add_scalar(self, tag: str, value: float, step: int) -> None:
         self.client.log_metric(self.run_id, tag, float(value), step=int(step))

@@ -190,9 +190,8 @@ class Timeline:
         fig = plt.figure(figsize=(12, 5.2))
         ax_img = fig.add_axes((0.06, 0.70, 0.72, 0.2))
         ax = fig.add_axes((0.06, 0.12, 0.72, 0.55), sharex=ax_img)
+        span = end / max(len(self.strip.items), 1) * 0.95  # each thumbnail's width on the time axis
         for t, thumb in self.strip.items:
-            h, w = thumb.shape[:2]
-            span = end / max(len(self.strip.items), 1) * 0.95
             ax_img.imshow(thumb, extent=(t, t + span, 0, 1), aspect="auto")
         ax_img.set(ylim=(0, 1), yticks=[])
         ax_img.tick_params(labelbottom=False)
