@@ -502,6 +502,10 @@ def predict_timelines(args: argparse.Namespace, predictor: Predictor, videos: li
                       failures: list[dict[str, str]]) -> int:
     """--window: a timeline per video (summary printed; --json, --timeline PNG and CSV), each video isolated."""
     stride = args.stride or args.window
+    try:  # a window the checkpoint's sampling cannot fill is the command's error, not every video's
+        check_window(args.window, stride, predictor.settings.fps)
+    except ValueError as exc:
+        raise BadInputError(str(exc)) from None
     timeline_paths = plot_paths(args.timeline, videos) if args.timeline else []
     results = []
     for n, path in enumerate(tqdm(videos, desc="videos", unit="video", disable=len(videos) < 2)):

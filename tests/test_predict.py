@@ -203,6 +203,9 @@ def test_attention_plot_refused_for_meanpool_and_errors(pipeline, tmp_path):
     (tmp_path / "bad.avi").write_bytes(b"\0" * 100)
     with pytest.raises(BadInputError, match="no video could be classified"):
         predict.main(parse(["--model_ckpt", str(pipeline["meanpool"]), str(tmp_path / "bad.avi")]))
+    # a window the checkpoint's 1 fps cannot fill is refused once, before any video is decoded
+    with pytest.raises(BadInputError, match="--window 0.5 s holds no frame at the checkpoint's 1 fps"):
+        predict.main(parse(["--model_ckpt", str(pipeline["meanpool"]), video, "--window", "0.5"]))
 
 
 def test_backbone_weights_override_and_missing_provenance(pipeline, tmp_path):
