@@ -409,13 +409,19 @@ def test_rotated_video_is_upright(tmp_path):
         assert got[-4:, :4].min() > 200  # the corner is now bottom left
 
 
+def packets_sent(monkeypatch) -> list:
+    """The packets video.py sends to the decoder from now on (the test's own list, filled as it decodes)."""
+    sent = []
+    real = video._Decoder.decode
+    monkeypatch.setattr(video._Decoder, "decode", lambda self, packet: sent.append(packet) or real(self, packet))
+    return sent
+
+
 def test_intra_only_video_decodes_only_kept_frames(tmp_path, monkeypatch):
     """MJPEG (every frame a keyframe, the demo's codec): unkept packets are never sent to the decoder."""
     frames = [np.full((16, 16, 3), 10 * i, np.uint8) for i in range(20)]
     path = _write(tmp_path / "m.avi", frames, "mjpeg", "yuvj420p", rate=10, options={"q": "2"})
-    sent = []
-    real = video._Decoder.decode
-    monkeypatch.setattr(video._Decoder, "decode", lambda self, packet: sent.append(packet) or real(self, packet))
+    sent = packets_sent(monkeypatch)
     got = list(iter_frames_at_fps(path, 1.0))
     assert len(got) == 2 and len(sent) <= 3  # 2 kept frames, plus the flush
     assert abs(int(got[1][1].mean()) - 100) <= 3  # frame 10 at t = 1 s
@@ -554,9 +560,7 @@ def test_groups_between_kept_frames_are_skipped_exactly(tmp_path, monkeypatch, s
     frames = [np.clip(rng.normal(8 * (i % 30), 25, (48, 64, 3)), 0, 255).astype(np.uint8) for i in range(125)]
     path = _write(tmp_path / f"g{suffix}", frames, codec, "yuv420p", rate=25, options=options)
     every = list(iter_frames_at_fps(path, 1.0, skip_unneeded=False))
-    sent = []
-    real = video._Decoder.decode
-    monkeypatch.setattr(video._Decoder, "decode", lambda self, packet: sent.append(packet) or real(self, packet))
+    sent = packets_sent(monkeypatch)
     planned = list(iter_frames_at_fps(path, 1.0))
     assert [t for t, _ in planned] == [t for t, _ in every] == [0.0, 1.0, 2.0, 3.0, 4.0]
     for (_, a), (_, b) in zip(planned, every, strict=True):
