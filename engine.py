@@ -2,8 +2,8 @@
 (`RunState`), and the loops `train_one_epoch` and `evaluate`, as torchvision's references/video_classification
 keeps them beside its `main`. main.py wires them; the benchmarks import them from here.
 
-A batch is {"inputs", "lengths", "labels", "indices"} whichever route collated it (routes.py), so nothing here
-knows which model or data it runs.
+A batch is {"inputs", "lengths", "labels", "indices", "views"} whichever route collated it (routes.py), so nothing
+here knows which model or data it runs; evaluation averages each video's view rows (sampling.average_views).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from models.base import VideoModel
 from precision import autocast
 from probes import ProbedDataset
 from routes import make_eval_loader
+from sampling import average_views
 from utils import BadInputError, first_names
 
 # Rank r seeds its generators with seed + RANK_SEED_STRIDE * r: distinct dropout masks per rank, the same for a given
@@ -224,7 +225,7 @@ def evaluate(
         lengths, labels = batch["lengths"].to(device), batch["labels"].to(device)
         with autocast(precision, device):
             logits = model(inputs, lengths)
-        logits = logits.float()
+        logits = average_views(logits.float(), batch.get("views", 1))  # each video's V view rows -> one row
         finite = torch.isfinite(logits).all(1)
         if not bool(finite.all()):
             idx = batch["indices"][~finite.cpu()].tolist()
@@ -233,8 +234,7 @@ def evaluate(
                                 f"{first_names(videos, 10)}; their inputs hold NaN/inf values")
         loss = F.cross_entropy(logits, labels, reduction="sum")
         acc.update(logits, labels, loss.item())  # .item() waits for the device: the time below is the work's
-        views = inputs.shape[1] if inputs.dim() == 6 else 1  # e2e test-time views (B, V, T, 3, H, W)
-        frames, videos = frames + int(lengths.sum()) * views, videos + len(lengths)
+        frames, videos = frames + int(lengths.sum()), videos + len(labels)  # lengths: one per view row
         if collect:
             probs = logits.softmax(1).cpu()
             top = probs.topk(min(5, num_classes), 1)

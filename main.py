@@ -146,10 +146,6 @@ def _e2e_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--hflip", choices=FLIP_MODES, default="auto", help="horizontal flips of training clips: auto flips "
                    "and swaps the labels of mirrored classes (left/right, clockwise/anticlockwise in the class names), "
                    "and does not flip when a direction class has no mirrored partner; on: flip anyway; off: never")
-    g.add_argument("--clip_len", type=positive_int, default=None, help="frames per clip: one random frame per segment in "
-                   "training, segment centres in evaluation (default 8; test mode: the checkpoint's)")
-    g.add_argument("--num_clips", type=positive_int, default=None, help="evaluation views per video, logits averaged "
-                   "(default 1; test mode: the checkpoint's)")
     g.add_argument("--image_size", type=int_at_least(16), default=None, help="frame size fed to the backbone "
                    "(default: the backbone's own, 224 for torchvision; test mode: the checkpoint's)")
     g.add_argument("--resize", choices=RESIZE_MODES, default=None, help="evaluation resize (default: the "
@@ -165,6 +161,19 @@ def _e2e_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--init_head_from", default=None, help="start the head from this checkpoint (a head trained "
                    "by main.py on embeddings of the same classes: the two-step recipe); its hyper-parameters win")
 
+
+
+def _sampling_args(p: argparse.ArgumentParser) -> None:
+    """Which frames of a video the model sees: one rule (sampling.py) for both routes."""
+    g = p.add_argument_group("frame sampling (both routes; test mode and predict.py: the checkpoint's unless given)")
+    g.add_argument("--clip_len", "--num_segments", dest="clip_len", type=positive_int, default=None, metavar="T",
+                   help="uniform segment sampling (TSN): T equal segments per video, one random frame from each in "
+                   "training, the segment centres in evaluation; a video shorter than T repeats frames in order. "
+                   "e2e_*: the clip length (default 8). Heads over embeddings: T of the stored frames (default: every "
+                   "stored frame, no segments)")
+    g.add_argument("--num_clips", type=positive_int, default=None, metavar="K", help="evaluation views per video: view "
+                   "k takes position (k + 0.5) / K inside every segment and the K views' logits are averaged, in "
+                   "validation, test mode and --probes (default 1; heads over embeddings need --clip_len)")
 
 
 def _optimisation_args(p: argparse.ArgumentParser) -> None:
@@ -227,7 +236,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         "a CNN trained jointly with it on frames (e2e_<head>).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    for add in (_run_and_head_args, _e2e_args, _optimisation_args, _hardware_and_logging_args):
+    for add in (_run_and_head_args, _sampling_args, _e2e_args, _optimisation_args, _hardware_and_logging_args):
         add(p)
     return p
 
@@ -257,7 +266,7 @@ def check_args(args: argparse.Namespace) -> None:
     check_loggers(args.logger)  # a missing optional library, before any work
     if args.mode == "train" and args.probes:
         raise BadInputError("--probes evaluates a trained checkpoint: use it with --mode test --model_ckpt F")
-    if args.group_by_length and args.model and route_for(args.model).fixed_length:
+    if args.group_by_length and args.model and (route_for(args.model).fixed_length or args.clip_len is not None):
         raise BadInputError(f"--group_by_length groups videos by their number of embeddings; {args.model} trains on "
                             "clips that all have --clip_len frames (leave the flag out)")
     if not args.model:
@@ -278,7 +287,8 @@ def resolve_group_by_length(args: argparse.Namespace) -> bool:
     the run's log and checkpoints record it (and a resume cannot silently change it). `check_args` has refused it
     for e2e models."""
     if args.group_by_length is None:  # heads whose cost grows with a batch's padded width (their class says so)
-        args.group_by_length = args.model in head_names() and head_class(args.model).groups_by_length
+        args.group_by_length = (args.model in head_names() and head_class(args.model).groups_by_length
+                                and args.clip_len is None)  # segments: every input has --clip_len frames
     return bool(args.group_by_length)
 
 

@@ -83,9 +83,10 @@ def test_items_shapes_dtypes_and_collate(clip_frames):
     test = ClipDataset(root, entries, CLIP_LEN, train=False, image_size=SIZE, num_clips=3)
     views, _, _ = test[0]
     assert views.shape == (3, CLIP_LEN, 3, SIZE, SIZE)
-    batch = clip_collate([test[0], test[1]])
-    assert batch["inputs"].shape == (2, 3, CLIP_LEN, 3, SIZE, SIZE)
-    assert batch["lengths"].tolist() == [CLIP_LEN, CLIP_LEN] and batch["labels"].tolist() == [0, 1]
+    batch = clip_collate([test[0], test[1]])  # the views as rows: video 0's three, then video 1's
+    assert batch["inputs"].shape == (6, CLIP_LEN, 3, SIZE, SIZE) and batch["views"] == 3
+    assert torch.equal(batch["inputs"][:3], views)
+    assert batch["lengths"].tolist() == [CLIP_LEN] * 6 and batch["labels"].tolist() == [0, 1]
     assert read_class_names(root, entries) == ["c0", "c1", "c2"]
 
 

@@ -426,3 +426,49 @@ def test_confusion_matrix_with_names_no_installed_font_draws(tmp_path, monkeypat
     monkeypatch.setattr(reports, "label_font", lambda texts: "DejaVu Sans")  # as if a covering font were found
     plot_confusion(np.eye(3), ["Biking", "Café", "Walk"], tmp_path / "cm2.png")
     assert drawn["ticks"] == ["Biking", "Café", "Walk"] and drawn["texts"] == []
+
+
+def test_segments_and_views_over_embeddings_train_test_and_probes(data_dir, tmp_path):
+    """--clip_len T (alias --num_segments) on the embedding route: recorded in the checkpoint, used by test mode by
+    default; --num_clips K views are averaged in one place (each video's probabilities are the softmax of its
+    views' mean logits), and an order-blind head gives the same accuracy under shuffle and reverse with views."""
+    from routes import model_from_checkpoint
+    from sampling import eval_indices
+
+    run_main(*train_args(data_dir, tmp_path, "seg", "--epochs", 2, "--num_segments", 4))
+    run = tmp_path / "t" / "seg"
+    ckpt_path = run / "checkpoints" / "best.pth"
+    best = load_checkpoint(ckpt_path)
+    assert (best["data_info"]["clip_len"], best["data_info"]["num_clips"]) == (4, 1)
+    assert "4 segments" in (run / "train_log.txt").read_text()
+    run_main("--mode", "test", "--model_ckpt", ckpt_path, "--data_dir", data_dir, "--split", "test",
+             "--num_workers", 0, "--batch_size", 5)
+    results = json.loads((run / "results_test.json").read_text())
+    assert (results["clip_len"], results["num_clips"], results["count"]) == (4, 1, 23)  # the checkpoint's
+    run_main("--mode", "test", "--model_ckpt", ckpt_path, "--data_dir", data_dir, "--split", "test",
+             "--num_workers", 0, "--batch_size", 5, "--num_clips", 3, "--probes", "shuffle", "reverse")
+    results = json.loads((run / "results_test.json").read_text())
+    assert (results["clip_len"], results["num_clips"], results["count"]) == (4, 3, 23)
+    # the frames: 3 views of 4 per video, every view counted in the rate
+    assert results["infer_frames_per_s"] == pytest.approx(12 * results["infer_videos_per_s"], rel=0.02)
+    probes = probe_results(run)
+    assert probes["shuffle"]["top1_drop"] == 0 and probes["reverse"]["top1_drop"] == 0  # meanpool is order-blind
+
+    model = model_from_checkpoint(__import__("checkpoint").read_checkpoint(ckpt_path))
+    meta = json.loads((data_dir / "test.json").read_text())
+    rows = np.load(data_dir / "test.npy", mmap_mode="r")
+    rec = meta["data"][0]
+    views = torch.from_numpy(np.asarray(rows[rec["video_idx"]][eval_indices(rec["video_length"], 4, 3)]))
+    with torch.no_grad():
+        probs = model(views, torch.full((3,), 4)).mean(0).softmax(-1)
+    with open(run / "predictions_test.csv") as fh:
+        row = next(r for r in csv.DictReader(fh) if r["video"] == rec["video_name"])
+    assert float(row["prob1"]) == pytest.approx(float(probs.max()), abs=1e-5)
+
+
+def test_views_without_segments_and_grouping_with_segments_are_refused(data_dir, tmp_path):
+    with pytest.raises(BadInputError, match="--num_clips 2 takes views of --clip_len segments"):
+        run_main(*train_args(data_dir, tmp_path, "v", "--epochs", 1, "--num_clips", 2))
+    with pytest.raises(BadInputError, match="--clip_len frames"):
+        run_main(*train_args(data_dir, tmp_path, "g", "--epochs", 1, "--clip_len", 4, "--model", "bilstm",
+                             "--group_by_length"))

@@ -93,6 +93,30 @@ def test_same_probabilities_as_embedding_route(pipeline):
         assert [r.num_frames for r in timeline.results][:-1] == [2] * (pred.num_frames - 1)
 
 
+def test_segments_and_views_of_an_embedding_checkpoint_as_test_mode(pipeline, tmp_path):
+    """A head trained with --clip_len and tested with --num_clips: predict.py samples the checkpoint's segments and
+    views of stage 2's frames and averages the views' logits, so it gives test mode's probabilities; a window as
+    long as the video gives the same."""
+    common = ["--data_dir", str(pipeline["data"]), "--expt_dir", str(tmp_path), "--expt_name", "e", "--num_workers",
+              "0", "--gpu_id", "0", "--batch_size", "8"]
+    _run(main_script, ["--mode", "train", "--model", "bilstm", "--hidden_size", "16", "--epochs", "1",
+                       "--clip_len", "3", "--num_clips", "2", *common])
+    ckpt = tmp_path / "e" / "bilstm" / "checkpoints" / "best.pth"
+    _run(main_script, ["--mode", "test", "--model_ckpt", str(ckpt), "--split", "test", *common])
+    with open(tmp_path / "e" / "bilstm" / "predictions_test.csv", newline="") as fh:
+        rows = {r["video"]: r for r in csv.DictReader(fh)}
+    predictor = predict.load_predictor(ckpt)
+    assert (predictor.settings.clip_len, predictor.settings.num_clips) == (3, 2)
+    for name in sorted(rows)[:2]:
+        pred = predict.predict_video(predictor, _source(pipeline, name), occlusion=True)
+        top = int(np.argmax(pred.probs))
+        assert predictor.class_names[top] == rows[name]["top1"]
+        assert float(pred.probs[top]) == pytest.approx(float(rows[name]["prob1"]), abs=1e-4)
+        assert len(pred.times) == 3 and len(pred.occlusion.drops) == 3  # the first view's frames
+        (whole,) = predict.predict_windows(predictor, _source(pipeline, name), 1000.0, 1000.0).results
+        np.testing.assert_allclose(whole.probs, pred.probs, atol=1e-5)
+
+
 def test_same_embeddings_as_stage2(pipeline):
     """Tighter than the probabilities: the frame embeddings equal stage 2's rows (batch-shape float noise only)."""
     meta = json.loads((pipeline["data"] / "test.json").read_text())
