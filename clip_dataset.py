@@ -126,6 +126,7 @@ class ClipDataset(Dataset):
         resize: str = "crop",
         strict: bool = False,
         flip_label_map: dict[int, int] | None = None,
+        unlabelled: bool = False,
     ) -> None:
         size = image_size.size if isinstance(image_size, ResizeSpec) else image_size
         if clip_len < 1 or num_clips < 1 or size < 1:
@@ -140,9 +141,9 @@ class ClipDataset(Dataset):
         if not self.frames_dir.is_dir():
             raise BadInputError(f"frames folder not found: {self.frames_dir}")
         if isinstance(entries, (str, os.PathLike)):
-            source = read_split_json(entries)
-        else:
-            source = check_split_entries(list(entries))
+            source = read_split_json(entries, unlabelled)
+        else:  # unlabelled videos (label_idx -1) only where asked: test mode's predictions
+            source = check_split_entries(list(entries), unlabelled=unlabelled)
         self.clip_len, self.train, self.image_size = int(clip_len), bool(train), self.spec.size
         self.num_clips = 1 if train else int(num_clips)
         self.seed, self.crop_scale, self.hflip = int(seed), tuple(crop_scale), bool(hflip)

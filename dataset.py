@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from layout import UNLABELLED
 from sampling import Segments, TemporalAugment, item_rng
 from utils import BadInputError, first_names, read_json
 
@@ -56,6 +57,11 @@ class SplitInfo:
     def __len__(self) -> int:
         return len(self.rows)
 
+    @property
+    def labelled(self) -> bool:
+        """Whether every usable video has a label (an unlabelled one has label_idx -1: layout.UNLABELLED)."""
+        return bool((self.labels >= 0).all())
+
 
 def _npy_shape(path: Path) -> tuple[int, ...]:
     try:
@@ -64,12 +70,13 @@ def _npy_shape(path: Path) -> tuple[int, ...]:
         raise BadInputError(f"cannot read embeddings {path}: {exc}") from exc
 
 
-def load_split_info(data_dir: str | Path, split: str, strict: bool = False) -> SplitInfo:
+def load_split_info(data_dir: str | Path, split: str, strict: bool = False, unlabelled: bool = False) -> SplitInfo:
     """Read `<split>.json`, check it against `<split>.npy`'s header, and keep the usable records.
 
     A shape disagreement between the two files is always an error naming both. Single bad records
     (length out of range, label out of range, row out of range) are left out with a warning, or
-    refused with `strict`.
+    refused with `strict`. An unlabelled video (label_idx -1, an official test split without labels) is kept with
+    `unlabelled` (test mode, which then writes predictions only), and is a bad record otherwise (training needs labels).
     """
     data_dir = Path(data_dir)
     json_path, npy_path = data_dir / f"{split}.json", data_dir / f"{split}.npy"
@@ -117,7 +124,9 @@ def load_split_info(data_dir: str | Path, split: str, strict: bool = False) -> S
             reason = f"video_idx {row} outside the {num_rows} rows of {npy_path.name}"
         elif not 1 <= length <= max_len:
             reason = f"video_length {length} outside 1..{max_len}"
-        elif not 0 <= label < len(class_names):
+        elif label == UNLABELLED and not unlabelled:
+            reason = f"unlabelled (label_idx {UNLABELLED}): only test mode takes such videos, to predict them"
+        elif not 0 <= label < len(class_names) and not (unlabelled and label == UNLABELLED):
             reason = f"label_idx {label} outside 0..{len(class_names) - 1}"
         if reason:
             skipped.append({"file": name, "reason": reason})

@@ -211,11 +211,13 @@ def evaluate(
     show: bool = True,
     names: Sequence[str] | None = None,
     timing: dict[str, float] | None = None,
+    labelled: bool = True,
 ) -> tuple[MetricAccumulator, list[tuple[int, list[int], list[float]]]]:
     """This rank's sums (reduce them) and, with `collect`, (index, top-5 classes, top-5 probs) per sample.
     NaN/inf outputs (non-finite inputs) are an error naming their videos (`names`, by dataset index). A `timing`
     dict gets this rank's "seconds" (data loading included), "frames" (the model's input frames, every view
-    counted) and "videos"."""
+    counted) and "videos". An unlabelled split (`labelled` False: label_idx -1, routes.check_labelling) is only
+    predicted: the sums stay empty."""
     model.eval()
     start, frames, videos = time.perf_counter(), 0, 0
     acc = MetricAccumulator(num_classes)
@@ -232,8 +234,11 @@ def evaluate(
             videos = [names[i] if names is not None else str(i) for i in idx]
             raise BadInputError(f"non-finite (NaN/inf) model outputs for {len(videos)} video(s): "
                                 f"{first_names(videos, 10)}; their inputs hold NaN/inf values")
-        loss = F.cross_entropy(logits, labels, reduction="sum")
-        acc.update(logits, labels, loss.item())  # .item() waits for the device: the time below is the work's
+        if labelled:
+            loss = F.cross_entropy(logits, labels, reduction="sum")
+            acc.update(logits, labels, loss.item())  # .item() waits for the device: the time below is the work's
+        else:
+            logits = logits.cpu()  # the same wait for the device, for the timing
         frames, videos = frames + int(lengths.sum()), videos + len(labels)  # lengths: one per view row
         if collect:
             probs = logits.softmax(1).cpu()

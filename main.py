@@ -18,6 +18,8 @@ writes; `test(args)` evaluates a checkpoint and reports.py writes what both mode
 Every run lives in <expt_dir>/<expt_name>/<run_name>/: checkpoints/{best,last}.pth, train_log.txt,
 metrics.jsonl, tensorboard/, curves.png, and test mode's results_<split>.json, per_class_<split>.csv,
 predictions_<split>.csv and confusion_<split>.png (with --probes: probes_<split>.json, probes_per_class_<split>.csv).
+A split without labels (an official test split, label_idx -1) gets predictions_<split>.csv (true_label and correct
+empty) and a results_<split>.json saying labelled: false, without accuracy.
 """
 
 from __future__ import annotations
@@ -56,12 +58,14 @@ from reports import (
     write_epoch_outputs,
     write_probe_outputs,
     write_test_outputs,
+    write_unlabelled_outputs,
 )
 from resume import restore_run_state, resume_checkpoint, save_training_checkpoint, schedule_changes
 from routes import (
     EmbeddingRoute,
     TrainData,
     all_model_names,
+    check_labelling,
     check_num_cls,
     head_kwargs,
     load_splits,
@@ -105,7 +109,8 @@ def _run_and_head_args(p: argparse.ArgumentParser) -> None:
                    "to evaluate")
     g.add_argument("--resume", default="auto", help="train: 'auto' resumes from the run folder's "
                    "checkpoints/last.pth when it exists, 'none' starts afresh, or a checkpoint path")
-    g.add_argument("--split", default="val", help="test mode: the split to evaluate (val or test)")
+    g.add_argument("--split", default="val", help="test mode: the split to evaluate (val or test; a "
+                   "split without labels, label_idx -1, gets predictions only)")
     g.add_argument("--probes", nargs="*", choices=PROBE_NAMES, default=[], metavar="PROBE",
                    help="test mode: also evaluate with each video's frames changed, one run per probe: "
                    f"{', '.join(PROBE_NAMES)} (shuffle is seeded by --seed and the video name). Writes "
@@ -431,7 +436,11 @@ def test(args: argparse.Namespace, dist_info: DistInfo) -> int:
     check_compatible(ckpt, args.model_ckpt, args.model)  # the model first: it decides which data route to read
     run_dir = check_writable_dir(test_run_dir(args), "the report folder (--expt_dir/--expt_name/--run_name)")
     route = route_for(ckpt.model_name)(args, ckpt)
-    info = route.load_split(args.split)
+    info = route.load_split(args.split, unlabelled=True)
+    labelled = check_labelling(info)  # an official test split without labels is predicted, not scored
+    if not labelled and args.probes:
+        raise BadInputError(f"--probes measures the accuracy lost without the order; {info.source} is unlabelled "
+                            "(label_idx -1): probe a labelled split (--split val)")
     check_num_cls(args.num_cls, info)
     check_compatible(ckpt, args.model_ckpt, None, info.num_classes, info.feature_dim, info.class_names)
     device = rank_device(dist_info, args.gpu_id)
@@ -442,7 +451,7 @@ def test(args: argparse.Namespace, dist_info: DistInfo) -> int:
                               device.type == "cuda")
     timing: dict[str, float] = {}
     acc, outputs = evaluate(model, loader, device, precision, info.num_classes, collect=True, names=info.names,
-                            show=dist_info.is_main, timing=timing)
+                            show=dist_info.is_main, timing=timing, labelled=labelled)
     acc.reduce(dist_info)
     outputs = [o for part in all_gather_objects(outputs, dist_info) for o in part]
     probe_accs = evaluate_probes(model, info, args, device, precision, dist_info)
@@ -454,11 +463,16 @@ def test(args: argparse.Namespace, dist_info: DistInfo) -> int:
                  "infer_frames_per_s": round(timing["frames"] / max(timing["seconds"], 1e-9), 1),
                  "infer_videos_per_s": round(timing["videos"] / max(timing["seconds"], 1e-9), 1)}
         report_skipped(info, run_dir)
-        results = write_test_outputs(run_dir, args.split, info, acc, outputs, extra)
-        log.info("%s: top1 %.4f top5 %.4f mean class acc %.4f loss %.4f over %d videos; reports in %s",
-                 args.split, results["top1"], results["top5"], results["mean_class_acc"], results["loss"],
-                 results["count"], run_dir)
         probes = {}
+        if not labelled:
+            results = write_unlabelled_outputs(run_dir, args.split, info, outputs, extra)
+            log.info("%s is unlabelled (label_idx -1 for all %d videos): no accuracy computed; predictions in %s",
+                     args.split, results["count"], run_dir / f"predictions_{args.split}.csv")
+        else:
+            results = write_test_outputs(run_dir, args.split, info, acc, outputs, extra)
+            log.info("%s: top1 %.4f top5 %.4f mean class acc %.4f loss %.4f over %d videos; reports in %s",
+                     args.split, results["top1"], results["top5"], results["mean_class_acc"], results["loss"],
+                     results["count"], run_dir)
         if probe_accs:
             probes = write_probe_outputs(run_dir, args.split, info.class_names, {NONE: acc, **probe_accs},
                                          {**extra, "probe_seed": args.seed})

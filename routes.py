@@ -107,6 +107,23 @@ class SplitData:
     def __len__(self) -> int:
         return len(self.labels)
 
+    @property
+    def labelled(self) -> bool:
+        """Whether every video has a label; an unlabelled split (SSv2's or Jester's test, label_idx -1) is only
+        predicted. A split read with `unlabelled` may mix both; `check_labelling` refuses that."""
+        return bool((self.labels >= 0).all())
+
+
+def check_labelling(data: SplitData) -> bool:
+    """True for a labelled split, False for an all-unlabelled one; a split of both kinds is refused: its accuracy
+    would be over a part of it that nobody chose, and its unlabelled rows could not be told from wrong ones."""
+    unlabelled = int((data.labels < 0).sum())
+    if 0 < unlabelled < len(data.labels):
+        raise BadInputError(f"{data.source}: {unlabelled} of {len(data.labels)} videos are unlabelled (label_idx -1) "
+                            "and the rest labelled; test mode takes a split that is all labelled (accuracy) or all "
+                            "unlabelled (predictions only): give the two kinds their own splits")
+    return unlabelled == 0
+
 
 @dataclass(frozen=True)
 class ClipSettings:
@@ -281,13 +298,14 @@ class EmbeddingRoute:
         """What test mode's reports record about this route's inputs (clip_len None: every stored frame)."""
         return {"clip_len": self.segments.clip_len, "num_clips": self.segments.num_clips}
 
-    def load_split(self, split: str, train: bool = False) -> SplitData:
-        """Stage 2's `<split>.npy/.json`; the training split gets the temporal augmentation."""
+    def load_split(self, split: str, train: bool = False, unlabelled: bool = False) -> SplitData:
+        """Stage 2's `<split>.npy/.json`; the training split gets the temporal augmentation. With `unlabelled` (test
+        mode) videos without a label (label_idx -1) are kept, else they are left out as bad records."""
         args = self.args
         if not args.data_dir:
             raise BadInputError(f"--data_dir is required for --model {args.model or 'of the checkpoint'} (stage 2's "
                                 "output); e2e_* models read --split_json_dir instead")
-        info = load_split_info(args.data_dir, split, args.strict)
+        info = load_split_info(args.data_dir, split, args.strict, unlabelled=unlabelled)
         augment = TemporalAugment(args.temporal_crop, args.temporal_stride, args.frame_dropout) if train else None
         seg = self.segments
         # the sampling travels in the checkpoint's data_info, beside how the embeddings were made
@@ -479,18 +497,19 @@ class ClipRoute(EmbeddingRoute):
         c = self.clips
         return {"clip_len": c.clip_len, "num_clips": c.num_clips, "image_size": c.image_size}
 
-    def load_split(self, split: str, train: bool = False) -> SplitData:
-        """Stage 1's `<split>_ucf101.json` over `frames/`; training clips are TSN-sampled and augmented."""
+    def load_split(self, split: str, train: bool = False, unlabelled: bool = False) -> SplitData:
+        """Stage 1's `<split>_ucf101.json` over `frames/`; training clips are TSN-sampled and augmented. With
+        `unlabelled` (test mode) videos without a label (label_idx -1) are accepted, else refused."""
         clips = self.clips
         path = split_json_path(clips.split_json_dir, split)
-        entries = read_split_json(path)
+        entries = read_split_json(path, unlabelled=unlabelled)
         class_names = read_class_names(clips.split_json_dir, entries)
         flip = flip_policy(class_names, getattr(self.args, "hflip", None) or "auto")
         if train:
             log.info("horizontal flips of training clips: %s", flip.reason)
         ds = ClipDataset(clips.frames_dir, entries, clips.clip_len, train=train, image_size=clips.spec,
                          num_clips=clips.num_clips, seed=self.args.seed, strict=self.args.strict,
-                         hflip=flip.enabled, flip_label_map=flip.swap)
+                         hflip=flip.enabled, flip_label_map=flip.swap, unlabelled=unlabelled)
         provenance = clip_provenance(clips.frames_dir, backbone=clips.record.backbone, weights=clips.record.weights,
                                      feature=clips.record.feature, image_size=clips.image_size,
                                      resize=clips.spec.mode, clip_len=clips.clip_len, num_clips=clips.num_clips,

@@ -245,3 +245,13 @@ def test_a_flipped_training_clip_of_a_direction_class_takes_its_mirrored_label(t
     still = ClipDataset(tmp_path, [{"video_name": "v", "label_idx": 2}], CLIP_LEN, train=True, image_size=16,
                         crop_scale=(1.0, 1.0), hflip=True, flip_label_map=policy.swap)
     assert {still[(0, e)][1] for e in range(8)} == {2}
+
+
+def test_unlabelled_entries_only_where_asked(clip_frames):
+    """An unlabelled test split (label_idx -1) is read by test mode (`unlabelled`) and refused elsewhere."""
+    root, entries = clip_frames
+    blind = [{**e, "label_idx": -1} for e in entries]
+    with pytest.raises(BadInputError, match="unlabelled"):
+        ClipDataset(root, blind, CLIP_LEN, image_size=SIZE)
+    ds = ClipDataset(root, blind, CLIP_LEN, image_size=SIZE, unlabelled=True)
+    assert ds.labels.tolist() == [-1] * len(entries) and ds[0][1] == -1

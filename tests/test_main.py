@@ -472,3 +472,44 @@ def test_views_without_segments_and_grouping_with_segments_are_refused(data_dir,
     with pytest.raises(BadInputError, match="--clip_len frames"):
         run_main(*train_args(data_dir, tmp_path, "g", "--epochs", 1, "--clip_len", 4, "--model", "bilstm",
                              "--group_by_length"))
+
+
+def test_unlabelled_split_gets_predictions_without_accuracy_and_a_mixed_one_is_refused(data_dir, tmp_path, capfd):
+    """An official test split without labels (label_idx -1, as stage 2 embeds SSv2's and Jester's): test mode writes
+    predictions_<split>.csv in the labelled format with true_label and correct empty, results saying labelled:
+    false, and one log line instead of an accuracy; a split of both kinds, and --probes on it, are refused;
+    compare_runs leaves it out of the comparison."""
+    import compare_runs
+
+    run_main(*train_args(data_dir, tmp_path, "r", "--epochs", 1))
+    ckpt = tmp_path / "t" / "r" / "checkpoints" / "best.pth"
+    data = tmp_path / "data"
+    videos, labels = make_order_task(9, num_pairs=2, dim=DIM, seed=7)
+    names = [f"class_{c}" for c in range(4)]
+    write_embedding_split(data, "test", videos, np.full(9, -1), class_names=names)
+    test = ["--mode", "test", "--model_ckpt", ckpt, "--data_dir", data, "--split", "test", "--num_workers", 0]
+    capfd.readouterr()
+    run_main(*test)
+    assert "test is unlabelled (label_idx -1 for all 9 videos): no accuracy computed" in capfd.readouterr().err
+    run = tmp_path / "t" / "r"
+    results = json.loads((run / "results_test.json").read_text())
+    assert results["labelled"] is False and results["count"] == 9 and "top1" not in results
+    with open(run / "predictions_test.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 9 and all(r["true_label"] == "" and r["correct"] == "" for r in rows)
+    assert all(r["predicted"] == r["top1"] in names and float(r["prob1"]) > 0 for r in rows)
+    assert not (run / "per_class_test.csv").exists() and not (run / "confusion_test.png").exists()
+    with pytest.raises(BadInputError, match="no label"):
+        compare_runs.correctness(run / "predictions_test.csv")
+    summary = compare_runs.summarise_run(run, "test", {"g": names[:2]})
+    assert summary.predictions is None and summary.row["test_top1"] is None and "g_top1" not in summary.row
+    with pytest.raises(BadInputError, match="unlabelled"):
+        run_main(*test, "--probes", "shuffle")
+    write_embedding_split(data, "test", videos, np.array([-1, 0, 1, 2, 3, 0, 1, 2, 3]), class_names=names)
+    with pytest.raises(BadInputError, match="1 of 9 videos are unlabelled"):
+        run_main(*test)
+    # training never takes an unlabelled video: it is a bad record, left out and named
+    write_embedding_split(data, "train", videos, np.array([-1, 0, 1, 2, 3, 0, 1, 2, 3]), class_names=names)
+    from dataset import load_split_info
+    info = load_split_info(data, "train")
+    assert len(info) == 8 and "unlabelled (label_idx -1)" in info.skipped[0]["reason"]
