@@ -17,6 +17,7 @@ from readers import READERS, ReadOptions, read_dataset, select_reader
 from readers.base import Dataset, Reader, Record
 from tests.conftest import SHARED_DATA, VIDEOS
 from utils import BadInputError, read_json
+from video import FrameSpan
 
 
 def touch(path: Path) -> None:
@@ -232,9 +233,55 @@ def test_diving48_labels_index_the_vocabulary_and_clips_of_one_video_share_a_gro
     ds = read_dataset(opts(ann, media))
     assert ds.class_names == ["Back_15som_05Twis_FREE", "Forward_25som_NoTwis_PIKE"]
     rec = {r.name: r for r in ds.records}
-    assert rec["-mmq0PT-u8k_00155"].label == "Back_15som_05Twis_FREE" and rec["abc_00001"].segment is None
+    assert rec["-mmq0PT-u8k_00155"].label == "Back_15som_05Twis_FREE"
+    assert rec["abc_00001"].segment == FrameSpan(12, 70)  # frame numbers, cut exactly by stage 1's decoder
+    assert rec["-mmq0PT-u8k_00155"].segment == FrameSpan(0, 184)
     assert rec["-mmq0PT-u8k_00155"].group == rec["-mmq0PT-u8k_00156"].group != rec["abc_00001"].group
     assert rec["zzz_00003"].split == "test" and {r.split for r in ds.records} == {"train", "test"}  # no val
+
+
+def test_diving48_frame_range_that_is_not_two_frame_numbers_is_that_entrys_failure(tmp_path):
+    ann, media = write_diving48(tmp_path)
+    items = json.loads((ann / "Diving48_V2_test.json").read_text())
+    items.append({"vid_name": "bad_00001", "label": 1, "start_frame": 40, "end_frame": 10})
+    (ann / "Diving48_V2_test.json").write_text(json.dumps(items))
+    touch(media / "bad_00001.mp4")
+    ds = read_dataset(opts(ann, media))
+    assert "bad_00001" not in {r.name for r in ds.records}
+    assert ds.failures == [{"file": "bad_00001.mp4", "reason": "Diving48_V2_test.json[1]: start_frame 40 and end_frame "
+                            "10 are not frame numbers 0 <= start <= end"}]
+
+
+def test_diving48_start_and_end_frame_cut_stage1_to_exactly_those_frames(tmp_path):
+    """Real decoding: numbered 10 fps clips; start_frame 8 / end_frame 21 at -fps 5 keeps frames 8, 10, .., 20 at
+    0.8 .. 2.0 s (the interval frames 8..21 are shown), recorded as a frame span in the manifest and split JSON."""
+    import cv2
+
+    from tests.synthetic import frame_number, write_numbered_video
+
+    ann, media = write_diving48(tmp_path)
+    train = [{"vid_name": "yt0_00001", "label": 0, "start_frame": 8, "end_frame": 21},
+             {"vid_name": "yt1_00001", "label": 1, "start_frame": 0, "end_frame": 500}]  # past the end: whole clip
+    (ann / "Diving48_V2_train.json").write_text(json.dumps(train))
+    (ann / "Diving48_V2_test.json").write_text(json.dumps([{"vid_name": "yt2_00001", "label": 0, "start_frame": 3,
+                                                            "end_frame": 5}]))
+    for f in media.iterdir():
+        f.unlink()
+    for item in (*train, {"vid_name": "yt2_00001"}):
+        write_numbered_video(media / f"{item['vid_name']}.mp4", 30, fps=10)
+    out = tmp_path / "out"
+    assert stage1("-v", media, "-o", out, "--split_dir", ann, "-fps", "5", "--val_ratio", "0") == 0
+    manifest = read_json(out / "frames" / "manifest.json")["videos"]
+    cut = manifest["yt0_00001"]
+    assert cut["segment"] == {"frames": [8, 21]}
+    assert cut["timestamps"] == pytest.approx([0.8, 1.0, 1.2, 1.4, 1.6, 1.8, 2.0])
+    numbers = [frame_number(cv2.imread(str(p))) for p in sorted((out / "frames" / "yt0_00001").glob("*.jpg"))]
+    assert numbers == [8, 10, 12, 14, 16, 18, 20]
+    assert manifest["yt1_00001"]["num_frames"] == 15  # 3 s at 5 fps
+    assert manifest["yt2_00001"]["timestamps"] == pytest.approx([0.3, 0.5])
+    records = {r["video_name"]: r for r in read_json(out / "train_ucf101.json")}
+    assert records["yt0_00001"]["segment"] == {"frames": [8, 21]}
+    assert stage1("-v", media, "-o", out, "--split_dir", ann, "-fps", "5", "--val_ratio", "0") == 0  # resumes
 
 
 def test_kinetics_missing_clips_are_listed_never_fatal(tmp_path):
