@@ -8,7 +8,7 @@ and scale it with torchrun.
     torchrun --nproc_per_node=2 main.py --mode train ...
 
 Two data routes feed one training loop (routes.py): stage 2's embeddings or stage 1's frames (e2e_*); the route
-builds the splits and the model, and every batch is {"inputs", "lengths", "labels", "indices"}.
+builds the splits and the model, and every batch is {"inputs", "lengths", "labels", "indices", "views"}.
 
 Read top to bottom, as torchvision's references/video_classification/train.py: `train(args)` wires the route's
 data and model, engine.py's `Optimization` (AdamW, schedule, scaler, loss), loops (`train_one_epoch`, `evaluate`)

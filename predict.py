@@ -8,7 +8,8 @@ and its frames go through the same pixels as training saw them: stage 1's shorte
 its JPEG encoding at `jpeg_quality` (video.iter_stored_frames_at_fps: the same bytes stage 1 writes, decoded as
 stage 2 reads them), then stage 2's preprocessing and the checkpoint's backbone, both rebuilt from the backbone record
 stage 2 stored (library, name, weights, seed, feature; input size, resize and crop, mean/std), the
-same uniform subsampling to stage 2's `max_len_cap`, and the stored embedding dtype. So a video gets the same
+same uniform subsampling to stage 2's `max_len_cap`, the stored embedding dtype, and the run's TSN segments and
+views of those frames when it was trained with --clip_len (logits of the views averaged). So a video gets the same
 probabilities here as through prepare_ucf101 -> prepare_data -> main.py --mode test, up to float noise.
 
 End-to-end checkpoints (`e2e_*`) are rebuilt whole from the checkpoint and sample the clip as their evaluation

@@ -84,7 +84,8 @@ class SplitData:
     """One split as the loops and the reports see it, whichever route made it.
 
     `dataset` yields (input, label, index) for a key `index` or `(index, epoch)` (samplers.TrainSampler's), and
-    `collate` batches them into {"inputs", "lengths", "labels", "indices"}.
+    `collate` batches them into {"inputs", "lengths", "labels", "indices", "views"} (a video's evaluation views as
+    consecutive rows).
     """
 
     split: str
