@@ -807,12 +807,18 @@ def iter_stored_frames_at_fps(
     rgb: bool = True,
     info: dict[str, Any] | None = None,
     threads: int = 1,
+    source_fps: float | None = None,
 ) -> Iterator[tuple[float, np.ndarray]]:
     """The pixels stage 1 stores for a video, without writing files: its JPEGs decoded as stage 2 reads them.
-    predict.py and end-to-end evaluation on raw videos use it so they see exactly what training saw."""
+    predict.py and end-to-end evaluation on raw videos use it so they see exactly what training saw. With
+    `source_fps`, `path` is a frame folder at that rate (stage 1's --source_fps: Jester's 12 fps frames)."""
     from transforms import decode_jpeg  # here, not at the top: transforms imports torch, which stage 1 never needs
 
-    for t, data in iter_jpeg_frames_at_fps(path, fps, frame_size, quality, info=info, threads=threads):
+    if source_fps is not None:
+        jpegs = iter_folder_jpegs_at_fps(path, source_fps, fps, frame_size, quality, info=info)
+    else:
+        jpegs = iter_jpeg_frames_at_fps(path, fps, frame_size, quality, info=info, threads=threads)
+    for t, data in jpegs:
         yield t, decode_jpeg(data, rgb)
 
 

@@ -283,6 +283,19 @@ def test_find_videos_recursive_sorted(tmp_path):
     assert predict.plot_paths("o.png", [Path("v.avi")]) == [Path("o.png")]
 
 
+def test_find_videos_reads_frame_folders_with_source_fps(tmp_path):
+    """--source_fps: a folder of numbered frames is one video, a folder of such folders one video each."""
+    for rel in ("media/20/00001.jpg", "media/3/00001.png", "media/3/00002.png", "media/notes/readme.txt",
+                "one/00001.jpg"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"x")
+    (tmp_path / "empty").mkdir()
+    videos, failures = predict.find_videos([tmp_path / "media", tmp_path / "one", tmp_path / "empty"],
+                                           frame_folders=True)
+    assert [p.relative_to(tmp_path).as_posix() for p in videos] == ["media/20", "media/3", "one"]
+    assert [f["file"] for f in failures] == [str(tmp_path / "empty")] and "frame folders" in failures[0]["reason"]
+
+
 def test_end_to_end_checkpoint_matches_clip_dataset_eval(pipeline, tmp_path):
     """An e2e checkpoint: predict.py's clip from the raw video equals ClipDataset's evaluation clip from stage 1's
     frames (segment centres, num_clips views averaged), so the probabilities agree; attention works for e2e_bert."""

@@ -554,9 +554,7 @@ def _jester_media(root: Path) -> tuple[Path, Path, Path]:
             img = np.zeros((36, 48, 3), np.uint8)
             img[:, 2 * i : 2 * i + 6] = 255
             cv2.imwrite(str(folder / f"{i + 1:05d}.jpg"), img)
-    video = root / "gesture.mp4"
-    _numbered(video)
-    return ann, media, video
+    return ann, media, media / "12"  # predict.py reads the frame folder (--source_fps 12)
 
 
 def _diving48_media(root: Path) -> tuple[Path, Path, Path]:
@@ -599,7 +597,8 @@ FORMAT_MEDIA = {"jester": (_jester_media, ["-fps", "4"]), "diving48": (_diving48
 def test_every_format_runs_stage1_to_a_head_test_mode_and_predict(tmp_path, fmt):
     """Each format's fixture, with real frames or decoded video: stage 1, stage 2 (--image_size 64), a meanpool
     head with 4 segments for 1 epoch, test mode with 2 views on the test split (predictions only where the format
-    publishes it without labels), and predict.py on a raw video."""
+    publishes it without labels), and predict.py on a raw test video (Jester: its frame folder, --source_fps 12)
+    giving test mode's probabilities under the checkpoint's own sampling."""
     import main as main_script
     import predict
     import prepare_data
@@ -630,8 +629,16 @@ def test_every_format_runs_stage1_to_a_head_test_mode_and_predict(tmp_path, fmt)
     with open(run / "predictions_test.csv") as fh:
         rows = list(csv.DictReader(fh))
     assert rows and all((r["correct"] != "") is labelled for r in rows)
+    args = main_script.get_args_parser().parse_args(["--mode", "test", "--model_ckpt", str(ckpt), "--split", "test",
+                                                     *common])  # the checkpoint's sampling: 4 segments, 1 view
+    assert main_script.main(args) in (0, None)
+    with open(run / "predictions_test.csv") as fh:
+        tested = {r["video"]: r for r in csv.DictReader(fh)}[video.stem]
+    extra = ["--source_fps", "12"] if fmt == "jester" else []
     args = predict.get_args_parser().parse_args(["--model_ckpt", str(ckpt), str(video), "--topk", "2", "--json",
-                                                 str(tmp_path / "pred.json")])
+                                                 str(tmp_path / "pred.json"), *extra])
     assert predict.main(args) in (0, None)
     (pred,) = read_json(tmp_path / "pred.json")
     assert len(pred["topk"]) == 2 and pred["num_frames"] >= 1
+    assert pred["topk"][0]["label"] == tested["top1"]
+    assert pred["topk"][0]["prob"] == pytest.approx(float(tested["prob1"]), abs=1e-4)
