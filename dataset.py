@@ -1,6 +1,5 @@
 """Stage 2's embeddings as a torch Dataset: memmap reads, temporal augmentation and TSN segments (sampling.py's),
-dynamic padding
-(the samplers that order the batches are in samplers.py).
+dynamic padding (the samplers that order the batches are in samplers.py).
 
 Nothing here holds a whole split in RAM: rows are read from the `.npy` memmap one video at a time,
 and the feature statistics are streamed in chunks. Data order and augmentation depend only on
@@ -56,11 +55,6 @@ class SplitInfo:
 
     def __len__(self) -> int:
         return len(self.rows)
-
-    @property
-    def labelled(self) -> bool:
-        """Whether every usable video has a label (an unlabelled one has label_idx -1: layout.UNLABELLED)."""
-        return bool((self.labels >= 0).all())
 
 
 def _npy_shape(path: Path) -> tuple[int, ...]:

@@ -108,12 +108,6 @@ class SplitData:
     def __len__(self) -> int:
         return len(self.labels)
 
-    @property
-    def labelled(self) -> bool:
-        """Whether every video has a label; an unlabelled split (SSv2's or Jester's test, label_idx -1) is only
-        predicted. A split read with `unlabelled` may mix both; `check_labelling` refuses that."""
-        return bool((self.labels >= 0).all())
-
 
 def check_labelling(data: SplitData) -> bool:
     """True for a labelled split, False for an all-unlabelled one; a split of both kinds is refused: its accuracy
