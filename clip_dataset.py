@@ -14,7 +14,7 @@ Which files are a video's frames is layout.py's rule, the one stage 2 follows. A
 with one warning per bad file; a video with none left is an error, and so is any bad frame with `strict`.
 
 Items are uint8 tensors (T, 3, S, S), or (V, T, 3, S, S) for V > 1 evaluation views; `models.e2e.EndToEndModel`
-normalises them on the device. `clip_collate` batches them like `dataset.pad_collate` does embeddings.
+normalises them on the device. `clip_collate` batches them like `dataset.pad_collate` does embeddings (views as rows).
 """
 
 from __future__ import annotations
@@ -126,6 +126,7 @@ class ClipDataset(Dataset):
         resize: str = "crop",
         strict: bool = False,
         flip_label_map: dict[int, int] | None = None,
+        unlabelled: bool = False,
     ) -> None:
         size = image_size.size if isinstance(image_size, ResizeSpec) else image_size
         if clip_len < 1 or num_clips < 1 or size < 1:
@@ -140,9 +141,9 @@ class ClipDataset(Dataset):
         if not self.frames_dir.is_dir():
             raise BadInputError(f"frames folder not found: {self.frames_dir}")
         if isinstance(entries, (str, os.PathLike)):
-            source = read_split_json(entries)
-        else:
-            source = check_split_entries(list(entries))
+            source = read_split_json(entries, unlabelled)
+        else:  # unlabelled videos (label_idx -1) only where asked: test mode's predictions
+            source = check_split_entries(list(entries), unlabelled=unlabelled)
         self.clip_len, self.train, self.image_size = int(clip_len), bool(train), self.spec.size
         self.num_clips = 1 if train else int(num_clips)
         self.seed, self.crop_scale, self.hflip = int(seed), tuple(crop_scale), bool(hflip)
@@ -228,13 +229,19 @@ class ClipDataset(Dataset):
         return tensor, label, index
 
 
-def clip_collate(batch: Sequence[tuple[torch.Tensor, int, int]]) -> dict[str, torch.Tensor]:
-    """Stack clips (all `clip_len` long) into {"inputs", "lengths", "labels", "indices"}, like dataset.pad_collate."""
-    clips = torch.stack([c for c, _, _ in batch])
+def clip_collate(batch: Sequence[tuple[torch.Tensor, int, int]]) -> dict[str, torch.Tensor | int]:
+    """Stack clips (all `clip_len` long) into {"inputs", "lengths", "labels", "indices", "views"}, like
+    dataset.pad_collate: an item of V views (V, T, 3, S, S) gives V consecutive rows, averaged back into one
+    video's logits by sampling.average_views."""
+    views = {1 if c.dim() == 4 else c.shape[0] for c, _, _ in batch}
+    if len(views) != 1:
+        raise ValueError(f"a batch mixes clips of {sorted(views)} views")
+    clips = torch.cat([c if c.dim() == 5 else c[None] for c, _, _ in batch])
     clip_len = clips.shape[-4]
     return {
         "inputs": clips,
-        "lengths": torch.full((len(batch),), clip_len, dtype=torch.long),
+        "lengths": torch.full((clips.shape[0],), clip_len, dtype=torch.long),
         "labels": torch.tensor([lab for _, lab, _ in batch], dtype=torch.long),
         "indices": torch.tensor([i for _, _, i in batch], dtype=torch.long),
+        "views": views.pop(),
     }

@@ -222,8 +222,11 @@ def summarise_run(run_dir: Path, split: str, groups: dict[str, list[str]],
         "s_per_epoch": sum(times) / len(times) if times else None,
     }
     results_path = run_dir / f"results_{split}.json"
+    labelled = True
     if results_path.is_file():
         results = read_json(results_path, "results file")
+        # an unlabelled split (an official test split without labels) has predictions but nothing to score or pair
+        labelled = results.get("labelled", True) is not False
         row.update(test_top1=results.get("top1"), test_top5=results.get("top5"),
                    test_mean_class_acc=results.get("mean_class_acc"), infer_fps=results.get("infer_frames_per_s"))
     probes_path = run_dir / f"probes_{split}.json"
@@ -232,10 +235,14 @@ def summarise_run(run_dir: Path, split: str, groups: dict[str, list[str]],
         for probe, result in probes.items():
             if probe != "none" and isinstance(result, dict) and "top1_drop" in result:
                 row[f"{probe}_drop"] = result["top1_drop"]
-    pred_path = run_dir / f"predictions_{split}.csv"
+    pred_path: Path | None = run_dir / f"predictions_{split}.csv"
+    if not labelled or not pred_path.is_file():
+        if not labelled:
+            log.info("%s: split %s is unlabelled; its predictions are left out of the comparison", run_dir, split)
+        pred_path = None  # neither grouped nor paired
     per_class_path = run_dir / f"probes_per_class_{split}.csv"
     per_class = read_csv_rows(per_class_path) if groups and per_class_path.is_file() else []
-    if groups and pred_path.is_file():
+    if groups and pred_path is not None:
         predictions = read_csv_rows(pred_path)
         for name, classes in groups.items():
             acc = group_accuracy(predictions, classes)
@@ -245,7 +252,7 @@ def summarise_run(run_dir: Path, split: str, groups: dict[str, list[str]],
                 row[f"{name}_{probe}_drop"] = group_probe_drop(per_class, classes, probe)
     return Run(run_dir, row, ckpt.model_name, None if seed is None else int(seed),
                None if split_id is None else int(split_id), settings_key(ckpt), data_key(ckpt),
-               pred_path if pred_path.is_file() else None, history=history,
+               pred_path, history=history,
                per_class_probes=per_class_path if per_class_path.is_file() else None)
 
 
@@ -325,6 +332,10 @@ def prediction_rows(path: Path) -> list[dict[str, str]]:
     rows = read_csv_rows(path)
     if rows and not {"video", "correct"} <= set(rows[0]):
         raise BadInputError(f"{path}: expected columns video and correct (main.py --mode test's predictions file)")
+    unscored = sum(1 for r in rows if not (r["correct"] or "").strip())
+    if unscored:
+        raise BadInputError(f"{path}: {unscored} of {len(rows)} videos have no label (an unlabelled split's "
+                            "predictions): there is no accuracy to compare; compare runs on a labelled split")
     seen: set[str] = set()
     repeated: dict[str, int] = {}
     for r in rows:

@@ -1,5 +1,5 @@
-"""Stage 2's embeddings as a torch Dataset: memmap reads, temporal augmentation (sampling.py's), dynamic padding
-(the samplers that order the batches are in samplers.py).
+"""Stage 2's embeddings as a torch Dataset: memmap reads, temporal augmentation and TSN segments (sampling.py's),
+dynamic padding (the samplers that order the batches are in samplers.py).
 
 Nothing here holds a whole split in RAM: rows are read from the `.npy` memmap one video at a time,
 and the feature statistics are streamed in chunks. Data order and augmentation depend only on
@@ -18,7 +18,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from sampling import TemporalAugment, item_rng
+from layout import UNLABELLED
+from sampling import Segments, TemporalAugment, item_rng
 from utils import BadInputError, first_names, read_json
 
 log = logging.getLogger("actionbert")
@@ -63,12 +64,13 @@ def _npy_shape(path: Path) -> tuple[int, ...]:
         raise BadInputError(f"cannot read embeddings {path}: {exc}") from exc
 
 
-def load_split_info(data_dir: str | Path, split: str, strict: bool = False) -> SplitInfo:
+def load_split_info(data_dir: str | Path, split: str, strict: bool = False, unlabelled: bool = False) -> SplitInfo:
     """Read `<split>.json`, check it against `<split>.npy`'s header, and keep the usable records.
 
     A shape disagreement between the two files is always an error naming both. Single bad records
     (length out of range, label out of range, row out of range) are left out with a warning, or
-    refused with `strict`.
+    refused with `strict`. An unlabelled video (label_idx -1, an official test split without labels) is kept with
+    `unlabelled` (test mode, which then writes predictions only), and is a bad record otherwise (training needs labels).
     """
     data_dir = Path(data_dir)
     json_path, npy_path = data_dir / f"{split}.json", data_dir / f"{split}.npy"
@@ -116,7 +118,9 @@ def load_split_info(data_dir: str | Path, split: str, strict: bool = False) -> S
             reason = f"video_idx {row} outside the {num_rows} rows of {npy_path.name}"
         elif not 1 <= length <= max_len:
             reason = f"video_length {length} outside 1..{max_len}"
-        elif not 0 <= label < len(class_names):
+        elif label == UNLABELLED and not unlabelled:
+            reason = f"unlabelled (label_idx {UNLABELLED}): only test mode takes such videos, to predict them"
+        elif not 0 <= label < len(class_names) and not (unlabelled and label == UNLABELLED):
             reason = f"label_idx {label} outside 0..{len(class_names) - 1}"
         if reason:
             skipped.append({"file": name, "reason": reason})
@@ -147,15 +151,19 @@ def load_split_info(data_dir: str | Path, split: str, strict: bool = False) -> S
 
 
 class EmbeddingDataset(Dataset):
-    """One video's real (unpadded) rows per item, read from the memmap.
+    """One video's rows per item, read from the memmap: every real (unpadded) row, or its TSN segments.
 
-    An item key is an index, or `(index, epoch)` from a training sampler: the pair seeds the
-    augmentation, so a sample's frames depend on (seed, epoch, index) alone, in any worker.
+    An item key is an index (evaluation), or `(index, epoch)` from a training sampler: the pair seeds the
+    augmentation and the segment draw, so a sample's frames depend on (seed, epoch, index) alone, in any worker.
+    Which rows an item holds is `frame_indices` (indices into the video's frames): (T,) for a training item or a
+    single evaluation view, (V, T) for V evaluation views, and the item's features have that shape plus D.
     """
 
-    def __init__(self, info: SplitInfo, augment: TemporalAugment | None = None, seed: int = 0) -> None:
+    def __init__(self, info: SplitInfo, augment: TemporalAugment | None = None, seed: int = 0,
+                 segments: Segments | None = None) -> None:
         self.info = info
         self.augment = augment if augment is not None and augment.enabled else None
+        self.segments = segments if segments is not None else Segments()
         self.seed = int(seed)
         self._data: np.ndarray | None = None
 
@@ -174,27 +182,50 @@ class EmbeddingDataset(Dataset):
     def __len__(self) -> int:
         return len(self.info)
 
+    def frame_indices(self, index: int, epoch: int | None = None) -> np.ndarray:
+        """Indices into video `index`'s frames that its item holds, in the order fed.
+
+        Training (`epoch` given): the temporal augmentation's frames, then one random frame per segment of those
+        (one generator, augmentation first: without segments the draws are the ones runs made before segments
+        existed). Evaluation: every frame, or the segments' (V, T) views, V = 1 squeezed to (T,)."""
+        length = int(self.info.lengths[index])
+        if epoch is not None:
+            rng = item_rng(self.seed, epoch, index)
+            idx = self.augment(length, rng) if self.augment is not None else np.arange(length)
+            return idx[self.segments.train(len(idx), rng)] if self.segments.enabled else idx
+        views = self.segments.eval(length)
+        return views[0] if len(views) == 1 else views
+
     def __getitem__(self, key: int | tuple[int, int]) -> tuple[np.ndarray, int, int]:
         index, epoch = key if isinstance(key, tuple) else (key, None)
-        row, length = int(self.info.rows[index]), int(self.info.lengths[index])
-        feats = np.array(self.data[row, :length], dtype=np.float32)  # a private, writable copy
-        if self.augment is not None and epoch is not None:
-            feats = feats[self.augment(length, item_rng(self.seed, epoch, index))]
-        return feats, int(self.info.labels[index]), int(index)
+        index = int(index)
+        idx = self.frame_indices(index, epoch)
+        rows = self.data[int(self.info.rows[index]), : int(self.info.lengths[index])]  # a view: nothing read yet
+        # advanced indexing reads only the indexed rows, into a private, writable copy
+        feats = np.asarray(rows[idx.reshape(-1)], dtype=np.float32).reshape(*idx.shape, rows.shape[-1])
+        return feats, int(self.info.labels[index]), index
 
 
-def pad_collate(batch: Sequence[tuple[np.ndarray, int, int]]) -> dict[str, torch.Tensor]:
-    """Pad to the batch's own longest video (dynamic padding), not the split's maximum."""
-    lengths = torch.tensor([len(f) for f, _, _ in batch], dtype=torch.long)
-    width, dim = int(lengths.max()), batch[0][0].shape[1]
-    feats = torch.zeros(len(batch), width, dim, dtype=torch.float32)
-    for i, (f, _, _) in enumerate(batch):
+def pad_collate(batch: Sequence[tuple[np.ndarray, int, int]]) -> dict[str, torch.Tensor | int]:
+    """Pad to the batch's own longest sequence (dynamic padding), not the split's maximum.
+
+    An item of V evaluation views, (V, T, D), gives V consecutive rows; "views" says V (every item of a batch has
+    the same number), and sampling.average_views turns the rows' logits back into one per video."""
+    views = {1 if f.ndim == 2 else f.shape[0] for f, _, _ in batch}
+    if len(views) != 1:
+        raise ValueError(f"a batch mixes items of {sorted(views)} views")
+    seqs = [seq for f, _, _ in batch for seq in (f if f.ndim == 3 else (f,))]
+    lengths = torch.tensor([len(f) for f in seqs], dtype=torch.long)
+    width, dim = int(lengths.max()), seqs[0].shape[1]
+    feats = torch.zeros(len(seqs), width, dim, dtype=torch.float32)
+    for i, f in enumerate(seqs):
         feats[i, : len(f)] = torch.as_tensor(f, dtype=torch.float32)
     return {
         "inputs": feats,
         "lengths": lengths,
         "labels": torch.tensor([lab for _, lab, _ in batch], dtype=torch.long),
         "indices": torch.tensor([i for _, _, i in batch], dtype=torch.long),
+        "views": views.pop(),
     }
 
 

@@ -2,8 +2,8 @@
 (`RunState`), and the loops `train_one_epoch` and `evaluate`, as torchvision's references/video_classification
 keeps them beside its `main`. main.py wires them; the benchmarks import them from here.
 
-A batch is {"inputs", "lengths", "labels", "indices"} whichever route collated it (routes.py), so nothing here
-knows which model or data it runs.
+A batch is {"inputs", "lengths", "labels", "indices", "views"} whichever route collated it (routes.py), so nothing
+here knows which model or data it runs; evaluation averages each video's view rows (sampling.average_views).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from models.base import VideoModel
 from precision import autocast
 from probes import ProbedDataset
 from routes import make_eval_loader
+from sampling import average_views
 from utils import BadInputError, first_names
 
 # Rank r seeds its generators with seed + RANK_SEED_STRIDE * r: distinct dropout masks per rank, the same for a given
@@ -210,11 +211,13 @@ def evaluate(
     show: bool = True,
     names: Sequence[str] | None = None,
     timing: dict[str, float] | None = None,
+    labelled: bool = True,
 ) -> tuple[MetricAccumulator, list[tuple[int, list[int], list[float]]]]:
     """This rank's sums (reduce them) and, with `collect`, (index, top-5 classes, top-5 probs) per sample.
     NaN/inf outputs (non-finite inputs) are an error naming their videos (`names`, by dataset index). A `timing`
     dict gets this rank's "seconds" (data loading included), "frames" (the model's input frames, every view
-    counted) and "videos"."""
+    counted) and "videos". An unlabelled split (`labelled` False: label_idx -1, routes.check_labelling) is only
+    predicted: the sums stay empty."""
     model.eval()
     start, frames, videos = time.perf_counter(), 0, 0
     acc = MetricAccumulator(num_classes)
@@ -224,17 +227,19 @@ def evaluate(
         lengths, labels = batch["lengths"].to(device), batch["labels"].to(device)
         with autocast(precision, device):
             logits = model(inputs, lengths)
-        logits = logits.float()
+        logits = average_views(logits.float(), batch.get("views", 1))  # each video's V view rows -> one row
         finite = torch.isfinite(logits).all(1)
         if not bool(finite.all()):
             idx = batch["indices"][~finite.cpu()].tolist()
             videos = [names[i] if names is not None else str(i) for i in idx]
             raise BadInputError(f"non-finite (NaN/inf) model outputs for {len(videos)} video(s): "
                                 f"{first_names(videos, 10)}; their inputs hold NaN/inf values")
-        loss = F.cross_entropy(logits, labels, reduction="sum")
-        acc.update(logits, labels, loss.item())  # .item() waits for the device: the time below is the work's
-        views = inputs.shape[1] if inputs.dim() == 6 else 1  # e2e test-time views (B, V, T, 3, H, W)
-        frames, videos = frames + int(lengths.sum()) * views, videos + len(lengths)
+        if labelled:
+            loss = F.cross_entropy(logits, labels, reduction="sum")
+            acc.update(logits, labels, loss.item())  # .item() waits for the device: the time below is the work's
+        else:
+            logits = logits.cpu()  # the same wait for the device, for the timing
+        frames, videos = frames + int(lengths.sum()), videos + len(labels)  # lengths: one per view row
         if collect:
             probs = logits.softmax(1).cpu()
             top = probs.topk(min(5, num_classes), 1)

@@ -8,7 +8,7 @@ and scale it with torchrun.
     torchrun --nproc_per_node=2 main.py --mode train ...
 
 Two data routes feed one training loop (routes.py): stage 2's embeddings or stage 1's frames (e2e_*); the route
-builds the splits and the model, and every batch is {"inputs", "lengths", "labels", "indices"}.
+builds the splits and the model, and every batch is {"inputs", "lengths", "labels", "indices", "views"}.
 
 Read top to bottom, as torchvision's references/video_classification/train.py: `train(args)` wires the route's
 data and model, engine.py's `Optimization` (AdamW, schedule, scaler, loss), loops (`train_one_epoch`, `evaluate`)
@@ -18,6 +18,8 @@ writes; `test(args)` evaluates a checkpoint and reports.py writes what both mode
 Every run lives in <expt_dir>/<expt_name>/<run_name>/: checkpoints/{best,last}.pth, train_log.txt,
 metrics.jsonl, tensorboard/, curves.png, and test mode's results_<split>.json, per_class_<split>.csv,
 predictions_<split>.csv and confusion_<split>.png (with --probes: probes_<split>.json, probes_per_class_<split>.csv).
+A split without labels (an official test split, label_idx -1) gets predictions_<split>.csv (true_label and correct
+empty) and a results_<split>.json saying labelled: false, without accuracy.
 """
 
 from __future__ import annotations
@@ -56,12 +58,14 @@ from reports import (
     write_epoch_outputs,
     write_probe_outputs,
     write_test_outputs,
+    write_unlabelled_outputs,
 )
 from resume import restore_run_state, resume_checkpoint, save_training_checkpoint, schedule_changes
 from routes import (
     EmbeddingRoute,
     TrainData,
     all_model_names,
+    check_labelling,
     check_num_cls,
     head_kwargs,
     load_splits,
@@ -105,7 +109,8 @@ def _run_and_head_args(p: argparse.ArgumentParser) -> None:
                    "to evaluate")
     g.add_argument("--resume", default="auto", help="train: 'auto' resumes from the run folder's "
                    "checkpoints/last.pth when it exists, 'none' starts afresh, or a checkpoint path")
-    g.add_argument("--split", default="val", help="test mode: the split to evaluate (val or test)")
+    g.add_argument("--split", default="val", help="test mode: the split to evaluate (val or test; a "
+                   "split without labels, label_idx -1, gets predictions only)")
     g.add_argument("--probes", nargs="*", choices=PROBE_NAMES, default=[], metavar="PROBE",
                    help="test mode: also evaluate with each video's frames changed, one run per probe: "
                    f"{', '.join(PROBE_NAMES)} (shuffle is seeded by --seed and the video name). Writes "
@@ -146,10 +151,6 @@ def _e2e_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--hflip", choices=FLIP_MODES, default="auto", help="horizontal flips of training clips: auto flips "
                    "and swaps the labels of mirrored classes (left/right, clockwise/anticlockwise in the class names), "
                    "and does not flip when a direction class has no mirrored partner; on: flip anyway; off: never")
-    g.add_argument("--clip_len", type=positive_int, default=None, help="frames per clip: one random frame per segment in "
-                   "training, segment centres in evaluation (default 8; test mode: the checkpoint's)")
-    g.add_argument("--num_clips", type=positive_int, default=None, help="evaluation views per video, logits averaged "
-                   "(default 1; test mode: the checkpoint's)")
     g.add_argument("--image_size", type=int_at_least(16), default=None, help="frame size fed to the backbone "
                    "(default: the backbone's own, 224 for torchvision; test mode: the checkpoint's)")
     g.add_argument("--resize", choices=RESIZE_MODES, default=None, help="evaluation resize (default: the "
@@ -165,6 +166,19 @@ def _e2e_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--init_head_from", default=None, help="start the head from this checkpoint (a head trained "
                    "by main.py on embeddings of the same classes: the two-step recipe); its hyper-parameters win")
 
+
+
+def _sampling_args(p: argparse.ArgumentParser) -> None:
+    """Which frames of a video the model sees: one rule (sampling.py) for both routes."""
+    g = p.add_argument_group("frame sampling (both routes; test mode and predict.py: the checkpoint's unless given)")
+    g.add_argument("--clip_len", "--num_segments", dest="clip_len", type=positive_int, default=None, metavar="T",
+                   help="uniform segment sampling (TSN): T equal segments per video, one random frame from each in "
+                   "training, the segment centres in evaluation; a video shorter than T repeats frames in order. "
+                   "e2e_*: the clip length (default 8). Heads over embeddings: T of the stored frames (default: every "
+                   "stored frame, no segments)")
+    g.add_argument("--num_clips", type=positive_int, default=None, metavar="K", help="evaluation views per video: view "
+                   "k takes position (k + 0.5) / K inside every segment and the K views' logits are averaged, in "
+                   "validation, test mode and --probes (default 1; heads over embeddings need --clip_len)")
 
 
 def _optimisation_args(p: argparse.ArgumentParser) -> None:
@@ -227,7 +241,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         "a CNN trained jointly with it on frames (e2e_<head>).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    for add in (_run_and_head_args, _e2e_args, _optimisation_args, _hardware_and_logging_args):
+    for add in (_run_and_head_args, _sampling_args, _e2e_args, _optimisation_args, _hardware_and_logging_args):
         add(p)
     return p
 
@@ -257,7 +271,7 @@ def check_args(args: argparse.Namespace) -> None:
     check_loggers(args.logger)  # a missing optional library, before any work
     if args.mode == "train" and args.probes:
         raise BadInputError("--probes evaluates a trained checkpoint: use it with --mode test --model_ckpt F")
-    if args.group_by_length and args.model and route_for(args.model).fixed_length:
+    if args.group_by_length and args.model and (route_for(args.model).fixed_length or args.clip_len is not None):
         raise BadInputError(f"--group_by_length groups videos by their number of embeddings; {args.model} trains on "
                             "clips that all have --clip_len frames (leave the flag out)")
     if not args.model:
@@ -278,7 +292,8 @@ def resolve_group_by_length(args: argparse.Namespace) -> bool:
     the run's log and checkpoints record it (and a resume cannot silently change it). `check_args` has refused it
     for e2e models."""
     if args.group_by_length is None:  # heads whose cost grows with a batch's padded width (their class says so)
-        args.group_by_length = args.model in head_names() and head_class(args.model).groups_by_length
+        args.group_by_length = (args.model in head_names() and head_class(args.model).groups_by_length
+                                and args.clip_len is None)  # segments: every input has --clip_len frames
     return bool(args.group_by_length)
 
 
@@ -421,7 +436,11 @@ def test(args: argparse.Namespace, dist_info: DistInfo) -> int:
     check_compatible(ckpt, args.model_ckpt, args.model)  # the model first: it decides which data route to read
     run_dir = check_writable_dir(test_run_dir(args), "the report folder (--expt_dir/--expt_name/--run_name)")
     route = route_for(ckpt.model_name)(args, ckpt)
-    info = route.load_split(args.split)
+    info = route.load_split(args.split, unlabelled=True)
+    labelled = check_labelling(info)  # an official test split without labels is predicted, not scored
+    if not labelled and args.probes:
+        raise BadInputError(f"--probes measures the accuracy lost without the order; {info.source} is unlabelled "
+                            "(label_idx -1): probe a labelled split (--split val)")
     check_num_cls(args.num_cls, info)
     check_compatible(ckpt, args.model_ckpt, None, info.num_classes, info.feature_dim, info.class_names)
     device = rank_device(dist_info, args.gpu_id)
@@ -432,7 +451,7 @@ def test(args: argparse.Namespace, dist_info: DistInfo) -> int:
                               device.type == "cuda")
     timing: dict[str, float] = {}
     acc, outputs = evaluate(model, loader, device, precision, info.num_classes, collect=True, names=info.names,
-                            show=dist_info.is_main, timing=timing)
+                            show=dist_info.is_main, timing=timing, labelled=labelled)
     acc.reduce(dist_info)
     outputs = [o for part in all_gather_objects(outputs, dist_info) for o in part]
     probe_accs = evaluate_probes(model, info, args, device, precision, dist_info)
@@ -444,11 +463,16 @@ def test(args: argparse.Namespace, dist_info: DistInfo) -> int:
                  "infer_frames_per_s": round(timing["frames"] / max(timing["seconds"], 1e-9), 1),
                  "infer_videos_per_s": round(timing["videos"] / max(timing["seconds"], 1e-9), 1)}
         report_skipped(info, run_dir)
-        results = write_test_outputs(run_dir, args.split, info, acc, outputs, extra)
-        log.info("%s: top1 %.4f top5 %.4f mean class acc %.4f loss %.4f over %d videos; reports in %s",
-                 args.split, results["top1"], results["top5"], results["mean_class_acc"], results["loss"],
-                 results["count"], run_dir)
         probes = {}
+        if not labelled:
+            results = write_unlabelled_outputs(run_dir, args.split, info, outputs, extra)
+            log.info("%s is unlabelled (label_idx -1 for all %d videos): no accuracy computed; predictions in %s",
+                     args.split, results["count"], run_dir / f"predictions_{args.split}.csv")
+        else:
+            results = write_test_outputs(run_dir, args.split, info, acc, outputs, extra)
+            log.info("%s: top1 %.4f top5 %.4f mean class acc %.4f loss %.4f over %d videos; reports in %s",
+                     args.split, results["top1"], results["top5"], results["mean_class_acc"], results["loss"],
+                     results["count"], run_dir)
         if probe_accs:
             probes = write_probe_outputs(run_dir, args.split, info.class_names, {NONE: acc, **probe_accs},
                                          {**extra, "probe_seed": args.seed})

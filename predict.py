@@ -8,7 +8,8 @@ and its frames go through the same pixels as training saw them: stage 1's shorte
 its JPEG encoding at `jpeg_quality` (video.iter_stored_frames_at_fps: the same bytes stage 1 writes, decoded as
 stage 2 reads them), then stage 2's preprocessing and the checkpoint's backbone, both rebuilt from the backbone record
 stage 2 stored (library, name, weights, seed, feature; input size, resize and crop, mean/std), the
-same uniform subsampling to stage 2's `max_len_cap`, and the stored embedding dtype. So a video gets the same
+same uniform subsampling to stage 2's `max_len_cap`, the stored embedding dtype, and the run's TSN segments and
+views of those frames when it was trained with --clip_len (logits of the views averaged). So a video gets the same
 probabilities here as through prepare_ucf101 -> prepare_data -> main.py --mode test, up to float noise.
 
 End-to-end checkpoints (`e2e_*`) are rebuilt whole from the checkpoint and sample the clip as their evaluation
@@ -63,7 +64,7 @@ from utils import (
     run_cli,
     setup_logging,
 )
-from video import VideoDecodeError, is_video_file, iter_stored_frames_at_fps, truncation_reason
+from video import IMAGE_EXTENSIONS, VideoDecodeError, is_video_file, iter_stored_frames_at_fps, truncation_reason
 from windows import Timeline, check_window, encode_stream, sliding_windows
 
 log = logging.getLogger("actionbert.predict")
@@ -77,8 +78,21 @@ THUMB_HEIGHT = 64  # pixels of the thumbnails kept for --attention_plot and --oc
 # ----------------------------------------------------------------------------------------------- inputs
 
 
-def find_videos(paths: Sequence[str | os.PathLike]) -> tuple[list[Path], list[dict[str, str]]]:
-    """Files as given, and every video file under each folder (recursively, sorted; hidden entries skipped).
+def _frame_folders(path: Path) -> list[Path]:
+    """With --source_fps: the folder itself when it holds image files (one video), else its subfolders that do
+    (a dataset's media folder of <id>/00001.jpg ..., sorted)."""
+    def has_images(folder: Path) -> bool:
+        return any(f.suffix.lower() in IMAGE_EXTENSIONS and not f.name.startswith(".") for f in folder.iterdir())
+
+    if has_images(path):
+        return [path]
+    return sorted(d for d in path.iterdir() if d.is_dir() and not d.name.startswith(".") and has_images(d))
+
+
+def find_videos(paths: Sequence[str | os.PathLike],
+                frame_folders: bool = False) -> tuple[list[Path], list[dict[str, str]]]:
+    """Files as given, and every video file under each folder (recursively, sorted; hidden entries skipped). With
+    `frame_folders` (--source_fps) a folder is a frame folder (one video), or a folder of such folders.
 
     A missing path or a folder without videos is a failure record {"file", "reason"}; a file given by name is
     tried whatever its extension (decoding then says whether it is a video)."""
@@ -86,7 +100,13 @@ def find_videos(paths: Sequence[str | os.PathLike]) -> tuple[list[Path], list[di
     failures: list[dict[str, str]] = []
     for raw in paths:
         path = Path(raw)
-        if path.is_dir():
+        if path.is_dir() and frame_folders:
+            found = _frame_folders(path)
+            if not found:
+                failures.append({"file": str(path), "reason": "folder holds no frame folders (numbered JPEG/PNG "
+                                 "frames, e.g. 00001.jpg)"})
+            videos += found
+        elif path.is_dir():
             found = []
             for root, dirs, files in os.walk(path):
                 dirs[:] = sorted(d for d in dirs if not d.startswith("."))
@@ -114,14 +134,17 @@ def _thumbnail(rgb: np.ndarray) -> np.ndarray:
     return cv2.resize(rgb, (max(1, round(w * THUMB_HEIGHT / h)), THUMB_HEIGHT), interpolation=cv2.INTER_AREA)
 
 
-def decode_video(path: str | os.PathLike, settings: FrameSettings, keep_thumbs: bool = False) -> DecodedVideo:
-    """Sample, resize, JPEG-encode and decode, and preprocess one video's frames in memory.
+def decode_video(path: str | os.PathLike, settings: FrameSettings, keep_thumbs: bool = False,
+                 source_fps: float | None = None) -> DecodedVideo:
+    """Sample, resize, JPEG-encode and decode, and preprocess one video's frames in memory (with `source_fps`, a
+    frame folder's, resampled as stage 1 does).
 
     The decoded JPEGs go through transforms.preprocess_frame, as stage 2's workers do with the stored files.
     """
     out = DecodedVideo([], [])
     info: dict[str, Any] = {}
-    frames = iter_stored_frames_at_fps(path, settings.fps, settings.frame_size, settings.jpeg_quality, info=info)
+    frames = iter_stored_frames_at_fps(path, settings.fps, settings.frame_size, settings.jpeg_quality, info=info,
+                                       source_fps=source_fps)
     for t, rgb in frames:
         out.times.append(t)
         out.frames.append(preprocess_frame(rgb, settings.spec))
@@ -151,6 +174,11 @@ class Predictor:
     device: torch.device
     precision: str
     inference: Inference  # the frame backbone of a head over embeddings, its input statistics and layout
+    source_fps: float | None = None  # --source_fps: folders are frame folders at this rate
+
+    def frame_rate_of(self, path: str | os.PathLike) -> float | None:
+        """The source rate of `path` when it is a frame folder (--source_fps given), None for a video file."""
+        return self.source_fps if self.source_fps is not None and Path(path).is_dir() else None
 
 
 def load_predictor(
@@ -284,7 +312,8 @@ def predict_video(
     """Probabilities of one video (with `attention`, the [CLS] attention maps over its frames; with `occlusion`,
     the drop of the predicted class's probability when each frame is removed), for every route: the route turns
     the decoded frames into the head's (T, D) features (and, e2e, the whole model's logits), the rest is common."""
-    decoded = decode_video(path, predictor.settings, keep_thumbs=attention or occlusion)
+    decoded = decode_video(path, predictor.settings, keep_thumbs=attention or occlusion,
+                           source_fps=predictor.frame_rate_of(path))
     enc = predictor.route.encode(predictor, decoded, batch_size, need_feats=attention or occlusion)
     head = predictor.route.head(predictor.model)
     times = [decoded.times[i] for i in enc.frames]
@@ -323,7 +352,8 @@ def predict_windows(predictor: Predictor, path: str | os.PathLike, window: float
     info: dict[str, Any] = {}
 
     def frames() -> Iterator[tuple[float, torch.Tensor]]:
-        for t, rgb in iter_stored_frames_at_fps(path, s.fps, s.frame_size, s.jpeg_quality, info=info):
+        for t, rgb in iter_stored_frames_at_fps(path, s.fps, s.frame_size, s.jpeg_quality, info=info,
+                                                source_fps=predictor.frame_rate_of(path)):
             timeline.strip.offer(t, lambda rgb=rgb: _thumbnail(rgb))
             timeline.num_frames += 1
             yield t, preprocess_frame(rgb, s.spec)
@@ -417,6 +447,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeline", default=None, metavar="OUT.png", help="with --window: the top classes' "
                    "probability over time above a strip of frames, and OUT.csv beside it (one row per window: start, "
                    "end, frames, partial, top-k). One video: OUT.png; several: OUT_<video stem>.png")
+    p.add_argument("--source_fps", type=float_in(0.0, low_open=True), default=None, metavar="R", help="the "
+                   "videos are frame folders at R fps (as stage 1's --source_fps; Jester: 12): a folder of numbered "
+                   "JPEG/PNG frames is one video, a folder of such folders one video each; resampled to the "
+                   "checkpoint's fps by stage 1's rule")
     p.add_argument("--gpu_id", type=int, default=0, help="CUDA device; the CPU is used when there is none")
     p.add_argument("--batch_size", type=positive_int, default=64, help="frames per backbone forward pass")
     p.add_argument("--precision", choices=INFERENCE_PRECISIONS, default="auto", help="backbone precision; auto: fp16 "
@@ -441,13 +475,14 @@ def main(args: argparse.Namespace) -> int:
     set_default_threads()
     device = resolve_device(args.gpu_id)
     predictor = load_predictor(args.model_ckpt, args.backbone_weights, device, args.precision)
+    predictor.source_fps = args.source_fps
     want_attention = args.attention_plot is not None
     if want_attention and not predictor.model.exposes_attention:
         raise BadInputError(
             f"--attention_plot needs a transformer head (bert, roberta, e2e_bert, e2e_roberta); {args.model_ckpt} "
             f"is a {predictor.model_name} model, which has no attention"
         )
-    videos, failures = find_videos(args.videos)
+    videos, failures = find_videos(args.videos, frame_folders=args.source_fps is not None)
     for f in failures:
         print(f"skipped {f['file']}: {f['reason']}")
     attention_paths = plot_paths(args.attention_plot, videos) if want_attention else []

@@ -52,7 +52,15 @@ from utils import (
     setup_logging,
     write_failure_report,
 )
-from video import VideoDecodeError, iter_folder_jpegs_at_fps, iter_jpeg_frames_at_fps, truncation_reason
+from video import (
+    Segment,
+    VideoDecodeError,
+    describe_segment,
+    iter_folder_jpegs_at_fps,
+    iter_jpeg_frames_at_fps,
+    segment_json,
+    truncation_reason,
+)
 from workpool import Outcome, run_isolated
 
 log = logging.getLogger("actionbert.prepare")
@@ -76,7 +84,7 @@ class VideoItem:
     rel_path: str  # relative to VIDEO_DIR: a video file, or with --source_fps a frame folder
     video_name: str
     group: str
-    segment: tuple[float, float] | None = None
+    segment: Segment | None = None
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -155,7 +163,7 @@ class ExtractTask:
     frame_size: int | None
     jpeg_quality: int
     keep_truncated: bool
-    segment: tuple[float, float] | None = None  # seconds of the video to sample
+    segment: Segment | None = None  # seconds of the video to sample, or frame numbers (video.FrameSpan)
     source_fps: float | None = None  # set: `path` is a folder of frames at this rate
 
 
@@ -234,7 +242,7 @@ def extract_video(task: ExtractTask) -> dict[str, Any]:
                 _test_fault(task.video_name)
         reason = None if task.keep_truncated else truncation_reason(info)
         if not times and task.segment is not None:
-            reason = (f"segment {task.segment[0]:g}-{task.segment[1]:g} s holds no frame (the video lasts "
+            reason = (f"{describe_segment(task.segment)} holds no frame (the video lasts "
                       f"{info.get('duration', 0.0):.2f} s)")
         if reason:
             raise VideoDecodeError(task.path, reason + " (--keep_truncated keeps such videos)")
@@ -243,7 +251,7 @@ def extract_video(task: ExtractTask) -> dict[str, Any]:
         meta = {
             **_settings(task.fps, task.frame_size, task.jpeg_quality, task.source_fps),
             "source": task.source,
-            **({} if task.segment is None else {"segment": list(task.segment)}),
+            **({} if task.segment is None else {"segment": segment_json(task.segment)}),
             **stamp,
             "num_frames": len(times),
             "timestamps": times,
@@ -288,7 +296,7 @@ def finished_meta(frames_dir: Path, item: VideoItem, settings: dict[str, Any], s
     meta = _read_meta(frames_dir / META_DIR / f"{item.video_name}.json")
     if meta is None or not isinstance(meta, dict) or not folder.is_dir() or meta.get("source") != item.rel_path:
         return None
-    if meta.get("segment") != (None if item.segment is None else list(item.segment)):
+    if meta.get("segment") != segment_json(item.segment):
         return None
     if any(meta.get(k) != v for k, v in settings.items()):
         return None
@@ -453,7 +461,7 @@ def split_records(items: list[VideoItem], class_names: list[str], metas: dict[st
             **({} if it.class_name is None else {"class_name": it.class_name}),
             "video_path": it.rel_path,
             "group": it.group,
-            **({} if it.segment is None else {"segment": list(it.segment)}),
+            **({} if it.segment is None else {"segment": segment_json(it.segment)}),
             "num_frames": metas[it.video_name]["num_frames"],
             **({} if split_id is None else {"split_id": split_id}),
         }

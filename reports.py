@@ -244,11 +244,21 @@ def write_test_outputs(
 
     `info` gives the class names and each evaluated index's video name and label (any route's SplitData)."""
     names = info.class_names
-    results = {"split": split, **acc.compute(), "num_classes": len(names), **extra}
+    results = {"split": split, "labelled": True, **acc.compute(), "num_classes": len(names), **extra}
     atomic_write_json(run_dir / f"results_{split}.json", results)
 
     atomic_write_csv(run_dir / f"per_class_{split}.csv", acc.per_class(names))
 
+    write_predictions(run_dir, split, info, outputs)
+    plot_confusion(acc.confusion.numpy(), names, run_dir / f"confusion_{split}.png",
+                   title=f"{split}: top-1 {results['top1']:.3f}, mean class acc {results['mean_class_acc']:.3f}")
+    return results
+
+
+def write_predictions(run_dir: Path, split: str, info: Any, outputs: list[tuple[int, list[int], list[float]]]) -> Path:
+    """predictions_<split>.csv: per video its true label, the top-1 and whether it is right, then the top-k with
+    probabilities. An unlabelled video (label -1) has true_label and correct empty: there is nothing to score."""
+    names = info.class_names
     buf = io.StringIO()
     k = min(5, len(names))
     writer = csv.writer(buf)
@@ -257,11 +267,22 @@ def write_test_outputs(
     for idx, classes, probs in sorted(outputs):
         true = int(info.labels[idx])
         tops = [v for c, pr in zip(classes, probs, strict=True) for v in (names[c], f"{pr:.6f}")]
-        writer.writerow([info.names[idx], names[true], names[classes[0]], int(classes[0] == true), *tops])
-    atomic_write_text(run_dir / f"predictions_{split}.csv", buf.getvalue())
+        truth = (names[true], int(classes[0] == true)) if true >= 0 else ("", "")
+        writer.writerow([info.names[idx], truth[0], names[classes[0]], truth[1], *tops])
+    path = run_dir / f"predictions_{split}.csv"
+    atomic_write_text(path, buf.getvalue())
+    return path
 
-    plot_confusion(acc.confusion.numpy(), names, run_dir / f"confusion_{split}.png",
-                   title=f"{split}: top-1 {results['top1']:.3f}, mean class acc {results['mean_class_acc']:.3f}")
+
+def write_unlabelled_outputs(run_dir: Path, split: str, info: Any, outputs: list[tuple[int, list[int], list[float]]],
+                             extra: dict[str, Any]) -> dict[str, Any]:
+    """An unlabelled split (an official test split without labels): predictions_<split>.csv as for a labelled one
+    (true_label and correct empty) and results_<split>.json saying `labelled: false`, without any accuracy (no
+    per-class table, no confusion matrix)."""
+    results = {"split": split, "labelled": False, "count": len(outputs), "num_classes": len(info.class_names),
+               **extra}
+    atomic_write_json(run_dir / f"results_{split}.json", results)
+    write_predictions(run_dir, split, info, outputs)
     return results
 
 

@@ -5,7 +5,13 @@ A route builds a split's data (`SplitData`: a Dataset, its collate, names, label
 checkpoint, or a checkpoint's head) and its frame settings (how predict.py turns a raw video into the inputs the
 model was trained on). `route_for(model_name)` is the only place that reads a model name to pick a route: the
 training and evaluation loops, test mode, the probes and predict.py only call the route. Both collates emit one
-batch layout, {"inputs", "lengths", "labels", "indices"}.
+batch layout, {"inputs", "lengths", "labels", "indices", "views"}: a video's V evaluation views are V consecutive
+rows of inputs and lengths (labels and indices stay one per video), and engine.evaluate averages their logits.
+
+Both routes sample frames by one rule (sampling.py): `--clip_len` T segments (alias `--num_segments`; TSN: a
+random frame per segment in training, the centres in evaluation) and `--num_clips` K views; the embedding route
+feeds every stored frame when --clip_len is not given. The checkpoint's data_info records both, so test mode and
+predict.py sample as the run did unless a flag says otherwise.
 
 A new data route is one class here with the methods `EmbeddingRoute` has, and one line in `route_for`.
 """
@@ -46,7 +52,7 @@ from models.e2e import (
 )
 from reports import report_skipped
 from samplers import EvalSampler, TrainSampler
-from sampling import TemporalAugment, eval_indices, subsample_indices
+from sampling import Segments, TemporalAugment, average_views, eval_indices, subsample_indices
 from transforms import ResizeSpec, normalize_batch
 from utils import BadInputError
 
@@ -78,7 +84,8 @@ class SplitData:
     """One split as the loops and the reports see it, whichever route made it.
 
     `dataset` yields (input, label, index) for a key `index` or `(index, epoch)` (samplers.TrainSampler's), and
-    `collate` batches them into {"inputs", "lengths", "labels", "indices"}.
+    `collate` batches them into {"inputs", "lengths", "labels", "indices", "views"} (a video's evaluation views as
+    consecutive rows).
     """
 
     split: str
@@ -92,7 +99,7 @@ class SplitData:
     lengths: np.ndarray | None = None  # each video's frame count (embeddings); None for clips (all clip_len)
     provenance: dict[str, Any] = field(default_factory=dict)  # the checkpoint's data_info
     skipped: list[dict[str, Any]] = field(default_factory=list)  # {"file", "reason"} of videos left out
-    time_axis: int = 0  # where time is in an item's input: 0 for (T, D) rows, -4 for (T, 3, H, W) clips
+    time_axis: int = -2  # where time is in an item's input: -2 for (T, D) or (V, T, D) rows, -4 for clips
 
     @property
     def num_classes(self) -> int:
@@ -100,6 +107,17 @@ class SplitData:
 
     def __len__(self) -> int:
         return len(self.labels)
+
+
+def check_labelling(data: SplitData) -> bool:
+    """True for a labelled split, False for an all-unlabelled one; a split of both kinds is refused: its accuracy
+    would be over a part of it that nobody chose, and its unlabelled rows could not be told from wrong ones."""
+    unlabelled = int((data.labels < 0).sum())
+    if 0 < unlabelled < len(data.labels):
+        raise BadInputError(f"{data.source}: {unlabelled} of {len(data.labels)} videos are unlabelled (label_idx -1) "
+                            "and the rest labelled; test mode takes a split that is all labelled (accuracy) or all "
+                            "unlabelled (predictions only): give the two kinds their own splits")
+    return unlabelled == 0
 
 
 @dataclass(frozen=True)
@@ -129,8 +147,8 @@ class FrameSettings:
     spec: ResizeSpec  # stage 2's (or the e2e clips') resize and crop: the backbone record's input
     max_len_cap: int | None = None  # stage 2's --max_len (embedding route)
     dtype: str = "float32"  # stored embedding dtype (embedding route)
-    clip_len: int | None = None  # end-to-end route
-    num_clips: int = 1
+    clip_len: int | None = None  # TSN segments (e2e: always; embeddings: None = every kept frame)
+    num_clips: int = 1  # evaluation views, logits averaged
 
     @property
     def image_size(self) -> int:
@@ -247,13 +265,14 @@ class EmbeddingRoute:
 
     prefix: ClassVar[str] = ""
     # main.py flags that only this route's runs use (a resume compares them); the others' are ignored here
-    own_settings: ClassVar[tuple[str, ...]] = ()
+    own_settings: ClassVar[tuple[str, ...]] = ("clip_len", "num_clips")
     fixed_length: ClassVar[bool] = False  # every input has one length (length grouping means nothing)
     # how the inputs were made, from flags: a checkpoint whose data_info lacks one has it in its args
     input_flags: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, args: argparse.Namespace, ckpt: Checkpoint | None = None) -> None:
         self.args = args
+        self.segments = embedding_segments(args, ckpt)
 
     @classmethod
     def head_name(cls, model_name: str) -> str:
@@ -265,23 +284,30 @@ class EmbeddingRoute:
         return cls.prefix + head
 
     def describe(self, data: SplitData) -> str:
-        return f"D={data.feature_dim}"
+        seg = self.segments
+        if not seg.enabled:
+            return f"D={data.feature_dim}, every stored frame"
+        return f"D={data.feature_dim}, {seg.clip_len} segments, {seg.num_clips} eval view(s)"
 
     def report_extra(self) -> dict[str, Any]:
-        """What test mode's reports record about this route's inputs."""
-        return {}
+        """What test mode's reports record about this route's inputs (clip_len None: every stored frame)."""
+        return {"clip_len": self.segments.clip_len, "num_clips": self.segments.num_clips}
 
-    def load_split(self, split: str, train: bool = False) -> SplitData:
-        """Stage 2's `<split>.npy/.json`; the training split gets the temporal augmentation."""
+    def load_split(self, split: str, train: bool = False, unlabelled: bool = False) -> SplitData:
+        """Stage 2's `<split>.npy/.json`; the training split gets the temporal augmentation. With `unlabelled` (test
+        mode) videos without a label (label_idx -1) are kept, else they are left out as bad records."""
         args = self.args
         if not args.data_dir:
             raise BadInputError(f"--data_dir is required for --model {args.model or 'of the checkpoint'} (stage 2's "
                                 "output); e2e_* models read --split_json_dir instead")
-        info = load_split_info(args.data_dir, split, args.strict)
+        info = load_split_info(args.data_dir, split, args.strict, unlabelled=unlabelled)
         augment = TemporalAugment(args.temporal_crop, args.temporal_stride, args.frame_dropout) if train else None
-        return SplitData(split, EmbeddingDataset(info, augment, args.seed), pad_collate, info.names, info.labels,
-                         info.class_names, str(info.json_path), info.feature_dim, info.lengths, info.provenance,
-                         info.skipped)
+        seg = self.segments
+        # the sampling travels in the checkpoint's data_info, beside how the embeddings were made
+        provenance = {**info.provenance, "clip_len": seg.clip_len, "num_clips": seg.num_clips}
+        return SplitData(split, EmbeddingDataset(info, augment, args.seed, seg), pad_collate, info.names,
+                         info.labels, info.class_names, str(info.json_path), info.feature_dim, info.lengths,
+                         provenance, info.skipped)
 
     def build_model(self, train_data: SplitData, sampler: TrainSampler, batch_size: int, device: torch.device,
                     dist_info: DistInfo) -> VideoModel:
@@ -330,8 +356,11 @@ class EmbeddingRoute:
         else:
             cap = None
             log.warning("%s: data_info has no max_len_cap (stage 2's --max_len); frames are not capped", data.path)
+        clip_len = data.get("clip_len")  # None (and checkpoints from before segments): every frame
         return _frame_settings(data, spec=data.backbone().resize, max_len_cap=None if cap is None else int(cap),
-                               dtype=str(data.get("dtype") or "float32"))
+                               dtype=str(data.get("dtype") or "float32"),
+                               clip_len=None if clip_len is None else int(clip_len),
+                               num_clips=int(data.get("num_clips") or 1))
 
     @staticmethod
     def inference(ckpt: Checkpoint, backbone_weights: str | None, device: torch.device) -> Inference:
@@ -352,10 +381,13 @@ class EmbeddingRoute:
 
     @staticmethod
     def encode(predictor: Any, decoded: Any, batch_size: int, need_feats: bool) -> Encoded:
-        """The kept frames (stage 2's cap) embedded by the backbone, as stage 2 stored them."""
-        keep = kept_frames(len(decoded.frames), predictor.settings)
-        feats = embed_frames(predictor, [decoded.frames[i] for i in keep], batch_size).to(predictor.device)
-        return Encoded(feats, [int(i) for i in keep])
+        """The frames the head sees (stage 2's cap, then the run's segments) embedded by the backbone as stage 2
+        stored them, each frame once. With segments, the logits of the views averaged as test mode does; the
+        head's features are the first view's."""
+        views = embedding_views(len(decoded.frames), predictor.settings)
+        feats = gather_embedded(predictor, decoded.frames, views, batch_size)
+        logits = view_logits(predictor.model, feats) if predictor.settings.clip_len is not None else None
+        return Encoded(feats[0], [int(i) for i in views[0]], logits)
 
     @staticmethod
     def window_units(predictor: Any, frames: list[torch.Tensor], batch_size: int) -> list[torch.Tensor]:
@@ -365,11 +397,10 @@ class EmbeddingRoute:
 
     @staticmethod
     def classify_window(predictor: Any, units: list[torch.Tensor], batch_size: int) -> torch.Tensor:
-        """(1, num_classes) logits of one window's units (stage 2's --max_len cap applied within the window)."""
-        keep = kept_frames(len(units), predictor.settings)
-        feats = torch.stack([units[i] for i in keep]).to(predictor.device)
-        lengths = torch.tensor([len(keep)], device=predictor.device)
-        return predictor.model(feats[None], lengths)
+        """(1, num_classes) logits of one window's units (stage 2's --max_len cap and the run's segments applied
+        within the window)."""
+        views = torch.from_numpy(embedding_views(len(units), predictor.settings))
+        return view_logits(predictor.model, torch.stack(units).to(predictor.device)[views.to(predictor.device)])
 
 
 def rebuild_backbone(ckpt: Checkpoint, override: str | None) -> tuple[torch.nn.Module, BackboneRecord]:
@@ -401,6 +432,27 @@ def kept_frames(num_frames: int, settings: FrameSettings) -> np.ndarray:
     return subsample_indices(num_frames, settings.max_len_cap)
 
 
+def embedding_views(num_frames: int, settings: FrameSettings) -> np.ndarray:
+    """(V, T) indices into a video's decoded frames that a head over embeddings sees: stage 2's cap (the rows test
+    mode reads), then the run's segments of those; without segments one view of every kept frame."""
+    keep = kept_frames(num_frames, settings)
+    return keep[Segments(settings.clip_len, settings.num_clips).eval(len(keep))]
+
+
+def gather_embedded(predictor: Any, frames: Sequence[torch.Tensor], views: np.ndarray,
+                    batch_size: int) -> torch.Tensor:
+    """(V, T, D) embeddings of `frames` at `views`, on the predictor's device: each frame used embedded once."""
+    used, where = np.unique(views, return_inverse=True)
+    feats = embed_frames(predictor, [frames[i] for i in used], batch_size).to(predictor.device)
+    return feats[torch.from_numpy(where.reshape(views.shape)).to(predictor.device)]
+
+
+def view_logits(head: torch.nn.Module, feats: torch.Tensor) -> torch.Tensor:
+    """(1, num_classes): the head on each of one video's (V, T, D) views, logits averaged as in evaluation."""
+    lengths = torch.full((feats.shape[0],), feats.shape[1], device=feats.device)
+    return average_views(head(feats, lengths), feats.shape[0])
+
+
 def embed_frames(predictor: Any, frames: Sequence[torch.Tensor], batch_size: int) -> torch.Tensor:
     """(T, D) float32 frame embeddings, rounded to the dtype stage 2 stored them in."""
     inference = predictor.inference
@@ -429,7 +481,7 @@ class ClipRoute(EmbeddingRoute):
                                               "image_size", "resize", "clip_len", "num_clips")
 
     def __init__(self, args: argparse.Namespace, ckpt: Checkpoint | None = None) -> None:
-        super().__init__(args, ckpt)
+        self.args = args  # its sampling is the clips' (clip_settings), not the embedding route's
         self.clips = clip_settings(args, ckpt)
 
     def describe(self, data: SplitData) -> str:
@@ -440,18 +492,19 @@ class ClipRoute(EmbeddingRoute):
         c = self.clips
         return {"clip_len": c.clip_len, "num_clips": c.num_clips, "image_size": c.image_size}
 
-    def load_split(self, split: str, train: bool = False) -> SplitData:
-        """Stage 1's `<split>_ucf101.json` over `frames/`; training clips are TSN-sampled and augmented."""
+    def load_split(self, split: str, train: bool = False, unlabelled: bool = False) -> SplitData:
+        """Stage 1's `<split>_ucf101.json` over `frames/`; training clips are TSN-sampled and augmented. With
+        `unlabelled` (test mode) videos without a label (label_idx -1) are accepted, else refused."""
         clips = self.clips
         path = split_json_path(clips.split_json_dir, split)
-        entries = read_split_json(path)
+        entries = read_split_json(path, unlabelled=unlabelled)
         class_names = read_class_names(clips.split_json_dir, entries)
         flip = flip_policy(class_names, getattr(self.args, "hflip", None) or "auto")
         if train:
             log.info("horizontal flips of training clips: %s", flip.reason)
         ds = ClipDataset(clips.frames_dir, entries, clips.clip_len, train=train, image_size=clips.spec,
                          num_clips=clips.num_clips, seed=self.args.seed, strict=self.args.strict,
-                         hflip=flip.enabled, flip_label_map=flip.swap)
+                         hflip=flip.enabled, flip_label_map=flip.swap, unlabelled=unlabelled)
         provenance = clip_provenance(clips.frames_dir, backbone=clips.record.backbone, weights=clips.record.weights,
                                      feature=clips.record.feature, image_size=clips.image_size,
                                      resize=clips.spec.mode, clip_len=clips.clip_len, num_clips=clips.num_clips,
@@ -546,6 +599,20 @@ class ClipRoute(EmbeddingRoute):
         """(1, num_classes) logits of the evaluation clip cut from one window's frames."""
         decoded = SimpleNamespace(frames=units)
         return ClipRoute.encode(predictor, decoded, batch_size, need_feats=False).logits
+
+
+def embedding_segments(args: argparse.Namespace, ckpt: Checkpoint | None = None) -> Segments:
+    """The embedding route's sampling: --clip_len and --num_clips, else (test mode) the checkpoint's, else every
+    frame in one view. `args` keeps what the user gave (a resume compares it with the run's)."""
+    saved = ckpt.data if ckpt is not None else {}
+    clip_len = getattr(args, "clip_len", None)
+    if clip_len is None:
+        clip_len = saved.get("clip_len")
+    num_clips = getattr(args, "num_clips", None) or saved.get("num_clips") or 1
+    if clip_len is None and num_clips != 1:
+        raise BadInputError(f"--num_clips {num_clips} takes views of --clip_len segments; without --clip_len a head "
+                            "over embeddings sees every stored frame, a single view (add --clip_len T)")
+    return Segments(None if clip_len is None else int(clip_len), int(num_clips))
 
 
 def clip_settings(args: argparse.Namespace, ckpt: Checkpoint | None = None) -> ClipSettings:

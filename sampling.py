@@ -9,6 +9,10 @@
 
 Random draws come from `item_rng(seed, epoch, index)`: a sample's frames depend on those three alone, never on
 the number of DataLoader workers or ranks, so a resumed run replays exactly.
+
+`Segments` is the same TSN rule for the embedding route (its rows are a video's frames), with "every frame" as its
+default, and `average_views` is the one place where the logits of a video's evaluation views are averaged, for both
+routes: a batch carries each video's V views as V consecutive rows and says V (routes.py's batch layout).
 """
 
 from __future__ import annotations
@@ -83,3 +87,54 @@ def eval_indices(num_frames: int, clip_len: int, num_clips: int = 1) -> np.ndarr
     """(num_clips, clip_len): view k takes position (k + 0.5) / num_clips of every segment (1 view = centres)."""
     offsets = (np.arange(num_clips) + 0.5) / num_clips
     return np.stack([segment_indices(num_frames, clip_len, np.full(clip_len, o)) for o in offsets])
+
+
+@dataclass(frozen=True)
+class Segments:
+    """Which of a video's n frames (rows) an item holds: TSN segments, or every frame when `clip_len` is None.
+
+    clip_len: T equal segments, one random frame each in training and the segment centres in evaluation
+    (`train_indices`, `eval_indices`); a video shorter than T repeats frames in order. None: every frame, as
+    stage 2 stored them (the embedding route's default).
+    num_clips: evaluation views (shifted inside the segments, logits averaged); only with clip_len.
+    """
+
+    clip_len: int | None = None
+    num_clips: int = 1
+
+    def __post_init__(self) -> None:
+        if self.clip_len is not None and self.clip_len < 1:
+            raise ValueError(f"clip_len must be >= 1 or None, got {self.clip_len}")
+        if self.num_clips < 1:
+            raise ValueError(f"num_clips must be >= 1, got {self.num_clips}")
+        if self.clip_len is None and self.num_clips != 1:
+            raise ValueError(f"{self.num_clips} views need segments (clip_len): every frame is a single view")
+
+    @property
+    def enabled(self) -> bool:
+        return self.clip_len is not None
+
+    def train(self, num_frames: int, rng: np.random.Generator) -> np.ndarray:
+        """(T,) indices of one training item (every frame without segments; no draw from `rng` then)."""
+        if self.clip_len is None:
+            return np.arange(num_frames)
+        return train_indices(num_frames, self.clip_len, rng)
+
+    def eval(self, num_frames: int) -> np.ndarray:
+        """(num_clips, T) indices of the evaluation views; (1, num_frames) without segments."""
+        if self.clip_len is None:
+            return np.arange(num_frames)[None]
+        return eval_indices(num_frames, self.clip_len, self.num_clips)
+
+
+def average_views(logits, views: int):
+    """(B * views, C) logits of B videos' consecutive view rows -> (B, C), the mean over each video's views.
+
+    Logits, not probabilities, are averaged (as TSN's consensus and mmaction2's default 'score' averaging do).
+    Works on torch tensors and NumPy arrays alike."""
+    views = int(views)
+    if views == 1:
+        return logits
+    if logits.shape[0] % views:
+        raise ValueError(f"{logits.shape[0]} rows are not whole videos of {views} views each")
+    return logits.reshape(logits.shape[0] // views, views, *logits.shape[1:]).mean(1)

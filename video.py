@@ -102,6 +102,42 @@ def _plausible_gap(nominal_fps: float | None) -> float | None:
     return 1.0 / nominal_fps
 
 
+@dataclass(frozen=True)
+class FrameSpan:
+    """A segment in frame numbers: frames `first`..`last` (0-based, both included) in presentation order from the
+    first decoded frame, as Diving48's start_frame/end_frame count them.
+
+    Exact where converting to seconds is not: the sampler takes its interval from the decoded timestamps of those
+    very frames (from frame `first`'s time to frame `last + 1`'s, or the video's end), whatever the frame rate or
+    its variations. A span past the video's last frame ends at the video's end."""
+
+    first: int
+    last: int
+
+    def __post_init__(self) -> None:
+        if isinstance(self.first, bool) or isinstance(self.last, bool) or not (0 <= int(self.first) <= int(self.last)):
+            raise ValueError(f"a frame span needs 0 <= first <= last, got {self.first}..{self.last}")
+
+    def __str__(self) -> str:
+        return f"frames {self.first}-{self.last}"
+
+
+Segment = tuple[float, float] | FrameSpan  # seconds (start, end), or frame numbers
+
+
+def segment_json(segment: Segment | None) -> list[float] | dict[str, list[int]] | None:
+    """How metadata and split JSONs record a segment: [start, end] seconds, or {"frames": [first, last]}."""
+    if segment is None:
+        return None
+    if isinstance(segment, FrameSpan):
+        return {"frames": [segment.first, segment.last]}
+    return [float(segment[0]), float(segment[1])]
+
+
+def describe_segment(segment: Segment) -> str:
+    return str(segment) if isinstance(segment, FrameSpan) else f"segment {segment[0]:g}-{segment[1]:g} s"
+
+
 class TimestampSampler:
     """Streams decoded timestamps in and says which frame covers each sample time k / fps.
 
@@ -115,6 +151,7 @@ class TimestampSampler:
 
     A `segment` (start, end) in seconds from the first frame cuts sampling to that interval: samples at
     start + k / fps while before `end` (and inside the video), or with fps = 0 the frames shown from start to end.
+    A FrameSpan is the interval its frames are shown: start and end are set from their timestamps as they stream in.
     Without one, a non-empty video gives at least one sample; a segment past the video's end gives none.
     """
 
@@ -123,13 +160,17 @@ class TimestampSampler:
         fps: float,
         nominal_fps: float | None = None,
         tolerance: float = TIME_TOLERANCE,
-        segment: tuple[float, float] | None = None,
+        segment: Segment | None = None,
     ) -> None:
         if not math.isfinite(fps) or fps < 0:
             raise ValueError(f"fps must be a finite number >= 0, got {fps}")
-        self.start, self.end = (0.0, math.inf) if segment is None else (float(segment[0]), float(segment[1]))
-        if not (0 <= self.start < self.end):
-            raise ValueError(f"segment must have 0 <= start < end, got {segment}")
+        self.span = segment if isinstance(segment, FrameSpan) else None
+        if self.span is not None:  # both unknown (never reached) until the span's frames stream in
+            self.start, self.end = math.inf, math.inf
+        else:
+            self.start, self.end = (0.0, math.inf) if segment is None else (float(segment[0]), float(segment[1]))
+            if not (0 <= self.start < self.end):
+                raise ValueError(f"segment must have 0 <= start < end, got {segment}")
         self.segment = segment
         self.fps = float(fps)
         self.tolerance = tolerance
@@ -161,6 +202,7 @@ class TimestampSampler:
             self.replaced += 0 if ok else 1
             self.num_frames = 1
             self.last_time = 0.0
+            self._span_bounds(0, 0.0)
             return []
         t = timestamp - self.origin if ok else math.nan
         if not t > self.last_time:  # also catches NaN
@@ -169,10 +211,21 @@ class TimestampSampler:
         else:
             gap = t - self.last_time
             self._gaps.append(gap)
+        self._span_bounds(self.num_frames, t)
         covered = self._covered_before(t)
         self.last_time = t
         self.num_frames += 1
         return covered
+
+    def _span_bounds(self, index: int, t: float) -> None:
+        """A FrameSpan's interval: it starts at its first frame's time and ends at the time of the frame after
+        its last (until then the video's end bounds it)."""
+        if self.span is None:
+            return
+        if index == self.span.first:
+            self.start = t
+        if index == self.span.last + 1:
+            self.end = t
 
     def _covered_before(self, next_time: float) -> list[tuple[int, float]]:
         if self.fps == 0:
@@ -435,7 +488,7 @@ def _clean_starts(pts: list[int], keys: list[bool], wanted: list[int]) -> dict[i
 
 def _make_plan(
     container: av.container.InputContainer, stream: av.VideoStream, fps: float, nominal_fps: float | None,
-    segment: tuple[float, float] | None = None,
+    segment: Segment | None = None,
 ) -> _Plan | None:
     """A plan from one demux pass (no decoding), or None where packet timestamps cannot be trusted (missing,
     repeated, or a container error), in which case every frame is decoded and its own timestamp used."""
@@ -529,7 +582,7 @@ def _iter_planned(
 
 def _iter_every_frame(
     path: Path, fps: float, nominal_fps: float | None, threads: int, decoder_errors: list[int],
-    segment: tuple[float, float] | None = None,
+    segment: Segment | None = None,
 ) -> tuple[TimestampSampler, Iterator[tuple[float, av.VideoFrame]]]:
     """Decode every frame and sample from the decoded timestamps, repairing broken ones (TimestampSampler)."""
     sampler = TimestampSampler(fps, nominal_fps=nominal_fps, segment=segment)
@@ -561,7 +614,7 @@ def iter_sampled_frames(
     info: dict[str, Any] | None = None,
     threads: int = 1,
     skip_unneeded: bool = True,
-    segment: tuple[float, float] | None = None,
+    segment: Segment | None = None,
 ) -> Iterator[tuple[float, av.VideoFrame]]:
     """Yield (time in seconds, decoded frame) at times k / fps from the first frame; fps=0 yields every frame.
     A `segment` (start, end) seconds samples only that interval (TimestampSampler), and may yield nothing.
@@ -735,7 +788,7 @@ def iter_jpeg_frames_at_fps(
     *,
     info: dict[str, Any] | None = None,
     threads: int = 1,
-    segment: tuple[float, float] | None = None,
+    segment: Segment | None = None,
 ) -> Iterator[tuple[float, bytes]]:
     """(time, JPEG bytes) exactly as stage 1 writes them; a frame kept for several samples is encoded once."""
     last_frame, last_jpeg = None, b""
@@ -754,12 +807,18 @@ def iter_stored_frames_at_fps(
     rgb: bool = True,
     info: dict[str, Any] | None = None,
     threads: int = 1,
+    source_fps: float | None = None,
 ) -> Iterator[tuple[float, np.ndarray]]:
     """The pixels stage 1 stores for a video, without writing files: its JPEGs decoded as stage 2 reads them.
-    predict.py and end-to-end evaluation on raw videos use it so they see exactly what training saw."""
+    predict.py and end-to-end evaluation on raw videos use it so they see exactly what training saw. With
+    `source_fps`, `path` is a frame folder at that rate (stage 1's --source_fps: Jester's 12 fps frames)."""
     from transforms import decode_jpeg  # here, not at the top: transforms imports torch, which stage 1 never needs
 
-    for t, data in iter_jpeg_frames_at_fps(path, fps, frame_size, quality, info=info, threads=threads):
+    if source_fps is not None:
+        jpegs = iter_folder_jpegs_at_fps(path, source_fps, fps, frame_size, quality, info=info)
+    else:
+        jpegs = iter_jpeg_frames_at_fps(path, fps, frame_size, quality, info=info, threads=threads)
+    for t, data in jpegs:
         yield t, decode_jpeg(data, rgb)
 
 
@@ -834,7 +893,7 @@ def iter_folder_jpegs_at_fps(
     frame_size: int | None,
     quality: int,
     *,
-    segment: tuple[float, float] | None = None,
+    segment: Segment | None = None,
     info: dict[str, Any] | None = None,
 ) -> Iterator[tuple[float, bytes]]:
     """(time, JPEG bytes) of a frame folder resampled to `fps` by the rule videos follow: frame i is on screen

@@ -32,6 +32,7 @@ from models import MODEL_NAMES, build_model, head_names
 from models.backbone import BackboneRecord, FrameEncoder, build_backbone, family
 from models.backbones.stages import Stage
 from models.base import VideoModel, decay_param_groups, length_mask
+from sampling import average_views
 from transforms import normalize_batch
 from utils import BadInputError
 
@@ -320,9 +321,8 @@ class EndToEndModel(VideoModel):
 
     def forward(self, clips: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         if clips.dim() == 6:  # (B, V, T, 3, H, W): average the logits of the V views
-            b, v = clips.shape[:2]
-            logits = self.forward(clips.flatten(0, 1), lengths.repeat_interleave(v))
-            return logits.view(b, v, -1).mean(1)
+            v = clips.shape[1]
+            return average_views(self.forward(clips.flatten(0, 1), lengths.repeat_interleave(v)), v)
         if clips.dim() != 5:
             raise ValueError(f"expected clips (B, T, 3, H, W) or (B, V, T, 3, H, W), got {tuple(clips.shape)}")
         lengths = lengths.to(clips.device)

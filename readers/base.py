@@ -20,7 +20,7 @@ from typing import Any
 from layout import MANIFEST
 from splits import name_key, video_group
 from utils import NAME_MAX, BadInputError, first_names, fit_name, read_json
-from video import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
+from video import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, FrameSpan, Segment
 
 log = logging.getLogger("actionbert.readers")
 
@@ -37,7 +37,8 @@ class Record:
 
     path: the video file or frame folder, relative to the media folder (-v), '/'-separated.
     label: class name; None for an unlabelled video (an official test split without labels).
-    segment: (start, end) seconds of the video to sample, None for all of it.
+    segment: (start, end) seconds of the video to sample, or a video.FrameSpan of frame numbers (Diving48's
+        start_frame/end_frame, applied to the decoded frames exactly); None for all of it.
     split: the dataset's own split ("train", "val", "test"), None where the dataset has none.
     group: videos cut from one source share a group, kept on one side of any split stage 1 makes.
     name: the video_name (frames folder, split JSON key): unique, fits a file name.
@@ -47,7 +48,7 @@ class Record:
     label: str | None
     name: str
     group: str
-    segment: tuple[float, float] | None = None
+    segment: Segment | None = None
     split: str | None = None
 
 
@@ -153,7 +154,7 @@ class Entry:
     path: str
     label: str | None
     source: str
-    segment: tuple[float, float] | None = None
+    segment: Segment | None = None
     split: str | None = None
     group: str | None = None
 
@@ -235,7 +236,7 @@ def build_records(entries: Sequence[Entry], options: ReadOptions, missing_fatal:
     Entries naming absent media are refused unless --allow_missing (or `missing_fatal=False`: datasets where
     absence is normal, Kinetics); either way they are returned as failures for failed_videos.json. An entry listed
     twice (same path and segment) is refused, naming both places."""
-    seen: dict[tuple[str, tuple[float, float] | None], str] = {}
+    seen: dict[tuple[str, Segment | None], str] = {}
     for e in entries:
         key = (e.path, e.segment)
         if key in seen:
@@ -255,7 +256,7 @@ def build_records(entries: Sequence[Entry], options: ReadOptions, missing_fatal:
 
     def key(e: Entry) -> tuple[str, str]:
         folder, file = split_rel(e.path)
-        if e.segment is None:
+        if e.segment is None or isinstance(e.segment, FrameSpan):  # a span trims a clip; the clip keeps its name
             return folder, file
         stem, ext = (file, "") if options.frames else (Path(file).stem, Path(file).suffix)
         return folder, f"{stem}_{e.segment[0]:g}-{e.segment[1]:g}s{ext}"

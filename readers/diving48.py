@@ -5,9 +5,12 @@
     ANN/Diving48_vocab.json       [["Back", "15som", "05Twis", "FREE"], ...]: class i's four attributes
     VIDEOS/<vid_name>.mp4         one flat folder
 
-The published clips are already trimmed to the dive: start_frame/end_frame count frames of that clip (0 to its
-last frame, as TRN's and mmaction2's lists use them), so the whole clip is sampled. A clip whose frame range does
-not start at 0 is kept whole, and the count of such clips is logged. Train maps to train (val carved from it,
+start_frame/end_frame number frames of the clip (0-based, both included, as TRN's and mmaction2's lists count
+them) and cut the exact-time sampling to the interval those frames are shown (a video.FrameSpan): stage 1 takes the
+interval from the decoded timestamps of those very frames, which is exact whatever the frame rate, where converting
+the numbers to seconds with a nominal rate would drift on variable-rate files. The published clips mostly span
+0..their last frame, so the whole clip is sampled; an end_frame past the clip's last frame ends at the clip's end.
+A range that is not two integers 0 <= start_frame <= end_frame is that entry's failure. Train maps to train (val carved from it,
 seeded, by source video: the YouTube id before the last `_`), test to test. Class i is named by its attributes
 joined with `_`.
 Videos not on disk are listed in failed_videos.json: a partial copy finishes (--strict fails it).
@@ -19,6 +22,7 @@ import logging
 
 from readers.base import Dataset, Entry, MediaIndex, Reader, ReadOptions, build_records, read_json_list, require_files
 from utils import BadInputError, read_json
+from video import FrameSpan
 
 log = logging.getLogger("actionbert.readers")
 
@@ -37,6 +41,13 @@ def class_names(path) -> list[str]:
     return ["_".join(v) for v in vocab]
 
 
+def frame_span(start: object, end: object) -> FrameSpan | None:
+    """The annotation's frames as a FrameSpan, or None when they are not integers 0 <= start <= end."""
+    if any(isinstance(v, bool) or not isinstance(v, int) for v in (start, end)) or not 0 <= start <= end:
+        return None
+    return FrameSpan(start, end)
+
+
 def read(options: ReadOptions) -> Dataset:
     ann = options.annotations
     assert ann is not None
@@ -52,11 +63,17 @@ def read(options: ReadOptions) -> Dataset:
                 failures.append({"file": f"{vid}.mp4", "reason": f"{where}: label {label!r} is not a class index "
                                  f"0..{len(names) - 1} of {VOCAB}"})
                 continue
-            offset += item["start_frame"] != 0
+            span = frame_span(item["start_frame"], item["end_frame"])
+            if span is None:
+                failures.append({"file": f"{vid}.mp4", "reason": f"{where}: start_frame {item['start_frame']!r} and "
+                                 f"end_frame {item['end_frame']!r} are not frame numbers 0 <= start <= end"})
+                continue
+            offset += span.first != 0
             group = vid.rsplit("_", 1)[0].casefold()  # clips of one YouTube video
-            entries.append(Entry(media.find(vid) or f"{vid}.mp4", names[label], where, split=side, group=group))
+            entries.append(Entry(media.find(vid) or f"{vid}.mp4", names[label], where, span, split=side,
+                                 group=group))
     if offset:
-        log.info("%d Diving48 clip(s) have a start_frame other than 0; their clips are sampled whole", offset)
+        log.info("%d Diving48 clip(s) start after their first frame (start_frame > 0): sampled from there", offset)
     records, missing = build_records(entries, options, missing_fatal=False)  # a partial copy: listed
     return Dataset("diving48", records, names, failures + missing)
 

@@ -124,3 +124,32 @@ def make_local_swap_task(
         videos.append(frames.astype(np.float32))
         labels.append(label)
     return videos, np.asarray(labels, dtype=np.int64)
+
+
+NUMBERED_STEP = 8  # grey level step between consecutive frames of write_numbered_video
+
+
+def write_numbered_video(path: str | Path, num_frames: int, fps: int = 10, size: tuple[int, int] = (32, 48)) -> Path:
+    """An H.264 video whose frame i is a flat grey of NUMBERED_STEP * i (i < 32), so a decoded frame says its number
+    (`frame_number`): the fixture for frame-number segments (Diving48's start_frame/end_frame)."""
+    import av
+
+    if num_frames * NUMBERED_STEP > 255:
+        raise ValueError(f"at most {255 // NUMBERED_STEP} numbered frames")
+    path = Path(path)
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=fps, options={"crf": "1", "bf": "0"})
+        stream.height, stream.width = size
+        stream.pix_fmt = "yuv420p"
+        for i in range(num_frames):
+            img = np.full((*size, 3), NUMBERED_STEP * i, np.uint8)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return path
+
+
+def frame_number(rgb: np.ndarray) -> int:
+    """The number of a write_numbered_video frame from its decoded pixels."""
+    return int(round(float(rgb.mean()) / NUMBERED_STEP))

@@ -83,9 +83,10 @@ def test_items_shapes_dtypes_and_collate(clip_frames):
     test = ClipDataset(root, entries, CLIP_LEN, train=False, image_size=SIZE, num_clips=3)
     views, _, _ = test[0]
     assert views.shape == (3, CLIP_LEN, 3, SIZE, SIZE)
-    batch = clip_collate([test[0], test[1]])
-    assert batch["inputs"].shape == (2, 3, CLIP_LEN, 3, SIZE, SIZE)
-    assert batch["lengths"].tolist() == [CLIP_LEN, CLIP_LEN] and batch["labels"].tolist() == [0, 1]
+    batch = clip_collate([test[0], test[1]])  # the views as rows: video 0's three, then video 1's
+    assert batch["inputs"].shape == (6, CLIP_LEN, 3, SIZE, SIZE) and batch["views"] == 3
+    assert torch.equal(batch["inputs"][:3], views)
+    assert batch["lengths"].tolist() == [CLIP_LEN] * 6 and batch["labels"].tolist() == [0, 1]
     assert read_class_names(root, entries) == ["c0", "c1", "c2"]
 
 
@@ -244,3 +245,13 @@ def test_a_flipped_training_clip_of_a_direction_class_takes_its_mirrored_label(t
     still = ClipDataset(tmp_path, [{"video_name": "v", "label_idx": 2}], CLIP_LEN, train=True, image_size=16,
                         crop_scale=(1.0, 1.0), hflip=True, flip_label_map=policy.swap)
     assert {still[(0, e)][1] for e in range(8)} == {2}
+
+
+def test_unlabelled_entries_only_where_asked(clip_frames):
+    """An unlabelled test split (label_idx -1) is read by test mode (`unlabelled`) and refused elsewhere."""
+    root, entries = clip_frames
+    blind = [{**e, "label_idx": -1} for e in entries]
+    with pytest.raises(BadInputError, match="unlabelled"):
+        ClipDataset(root, blind, CLIP_LEN, image_size=SIZE)
+    ds = ClipDataset(root, blind, CLIP_LEN, image_size=SIZE, unlabelled=True)
+    assert ds.labels.tolist() == [-1] * len(entries) and ds[0][1] == -1

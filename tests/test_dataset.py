@@ -17,7 +17,7 @@ from dataset import (
     stats_from_sums,
 )
 from samplers import EvalSampler
-from sampling import TemporalAugment
+from sampling import Segments, TemporalAugment, eval_indices, item_rng, train_indices
 from tests.synthetic import make_order_task, write_embedding_split
 from utils import BadInputError
 
@@ -92,6 +92,47 @@ def test_augmentation_depends_only_on_seed_epoch_index(split_dir):
     for _ in range(50):
         idx = aug(20, rng)
         assert np.all(np.diff(idx) > 0) and len(idx) >= 1
+
+
+def test_segment_items_hold_the_rows_at_their_frame_indices(split_dir):
+    """--clip_len T over embeddings: a training item is one seeded random row per segment (drawn after the
+    augmentation, from the same (seed, epoch, index) generator), an evaluation item the centres, or (V, T, D) views;
+    the features are exactly the memmap's rows at `frame_indices` (which the batch's times can follow)."""
+    path, videos, _ = split_dir
+    info = load_split_info(path, "train")
+    seg = Segments(4, 3)
+    a, b = EmbeddingDataset(info, seed=3, segments=seg), EmbeddingDataset(info, seed=3, segments=seg)
+    for i in range(len(info)):
+        n = len(videos[i])
+        train = a.frame_indices(i, 2)
+        np.testing.assert_array_equal(train, train_indices(n, 4, item_rng(3, 2, i)))
+        np.testing.assert_array_equal(a[(i, 2)][0], videos[i][train])
+        np.testing.assert_array_equal(a[(i, 2)][0], b[(i, 2)][0])  # the seed, epoch and index alone
+        views = a[i][0]
+        assert views.shape == (3, 4, 8)
+        np.testing.assert_array_equal(views, videos[i][eval_indices(n, 4, 3)])
+    assert sum(not np.array_equal(a[(i, 1)][0], a[(i, 2)][0]) for i in range(len(info))) > len(info) // 2
+    short = next(i for i, v in enumerate(videos) if len(v) < 4)  # 3 frames under 4 segments: repeated in order
+    assert a.frame_indices(short, 0).tolist() in ([0, 0, 1, 2], [0, 1, 1, 2], [0, 1, 2, 2])
+    one_view = EmbeddingDataset(info, segments=Segments(4))
+    np.testing.assert_array_equal(one_view[0][0], videos[0][eval_indices(len(videos[0]), 4)[0]])  # (T, D)
+    # the augmentation first, then segments of what it kept, one generator
+    aug = TemporalAugment(crop=0.5)
+    both = EmbeddingDataset(info, aug, seed=3, segments=seg)
+    rng = item_rng(3, 1, 5)
+    kept = aug(len(videos[5]), rng)
+    np.testing.assert_array_equal(both.frame_indices(5, 1), kept[train_indices(len(kept), 4, rng)])
+
+
+def test_collate_batches_views_as_consecutive_rows(split_dir):
+    path, videos, _ = split_dir
+    info = load_split_info(path, "train")
+    ds = EmbeddingDataset(info, segments=Segments(4, 2))
+    batch = pad_collate([ds[0], ds[1]])
+    assert batch["views"] == 2 and batch["inputs"].shape == (4, 4, 8) and batch["indices"].tolist() == [0, 1]
+    np.testing.assert_array_equal(batch["inputs"][2:].numpy(), ds[1][0])
+    with pytest.raises(ValueError, match="mixes"):
+        pad_collate([ds[0], EmbeddingDataset(info)[1]])
 
 
 def test_streamed_feature_stats_match_numpy_over_real_rows(split_dir):

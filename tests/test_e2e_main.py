@@ -155,6 +155,28 @@ def test_test_mode_reports_and_predict_on_a_raw_video_agree(demo, tmp_path):
         assert predicted[label] == pytest.approx(prob, abs=1e-4), label
 
 
+def test_test_mode_on_an_unlabelled_split_writes_predictions_only(demo, tmp_path):
+    """An e2e checkpoint on a split without labels (label_idx -1, as SSv2's test) with 2 views: the predictions of
+    the labelled run, without accuracy."""
+    best = demo["run"] / "checkpoints" / "best.pth"
+    entries = json.loads((demo["stage1"] / "test_ucf101.json").read_text())
+    blind = [{k: v for k, v in e.items() if k != "class_name"} | {"label_idx": -1} for e in entries]
+    (demo["stage1"] / "blind_ucf101.json").write_text(json.dumps(blind))
+    common = ["--mode", "test", "--model_ckpt", best, "--split_json_dir", demo["stage1"], "--num_workers", 0,
+              "--batch_size", 3, "--gpu_id", -1, "--num_clips", 2, "--expt_dir", tmp_path, "--run_name", "r"]
+    run_main(*common, "--split", "test")
+    run_main(*common, "--split", "blind")
+    results = json.loads((tmp_path / "default" / "r" / "results_blind.json").read_text())
+    assert results["labelled"] is False and results["count"] == 8 and "top1" not in results
+    rows = {}
+    for split in ("test", "blind"):
+        with open(tmp_path / "default" / "r" / f"predictions_{split}.csv") as fh:
+            rows[split] = {r["video"]: r for r in csv.DictReader(fh)}
+    for name, row in rows["blind"].items():
+        assert row["true_label"] == row["correct"] == ""
+        assert (row["top1"], row["prob1"]) == (rows["test"][name]["top1"], rows["test"][name]["prob1"])
+
+
 def _head_checkpoint(tmp_path: Path, stage1: Path, dim: int, class_names: list[str]) -> Path:
     """A bilstm head trained by main.py on (synthetic) embeddings of `dim` features and these classes."""
     data = tmp_path / f"emb{dim}"

@@ -426,3 +426,100 @@ def test_confusion_matrix_with_names_no_installed_font_draws(tmp_path, monkeypat
     monkeypatch.setattr(reports, "label_font", lambda texts: "DejaVu Sans")  # as if a covering font were found
     plot_confusion(np.eye(3), ["Biking", "Café", "Walk"], tmp_path / "cm2.png")
     assert drawn["ticks"] == ["Biking", "Café", "Walk"] and drawn["texts"] == []
+
+
+def test_segments_and_views_over_embeddings_train_test_and_probes(data_dir, tmp_path):
+    """--clip_len T (alias --num_segments) on the embedding route: recorded in the checkpoint, used by test mode by
+    default; --num_clips K views are averaged in one place (each video's probabilities are the softmax of its
+    views' mean logits), and an order-blind head gives the same accuracy under shuffle and reverse with views."""
+    from routes import model_from_checkpoint
+    from sampling import eval_indices
+
+    run_main(*train_args(data_dir, tmp_path, "seg", "--epochs", 2, "--num_segments", 4))
+    run = tmp_path / "t" / "seg"
+    ckpt_path = run / "checkpoints" / "best.pth"
+    best = load_checkpoint(ckpt_path)
+    assert (best["data_info"]["clip_len"], best["data_info"]["num_clips"]) == (4, 1)
+    assert "4 segments" in (run / "train_log.txt").read_text()
+    run_main("--mode", "test", "--model_ckpt", ckpt_path, "--data_dir", data_dir, "--split", "test",
+             "--num_workers", 0, "--batch_size", 5)
+    results = json.loads((run / "results_test.json").read_text())
+    assert (results["clip_len"], results["num_clips"], results["count"]) == (4, 1, 23)  # the checkpoint's
+    run_main("--mode", "test", "--model_ckpt", ckpt_path, "--data_dir", data_dir, "--split", "test",
+             "--num_workers", 0, "--batch_size", 5, "--num_clips", 3, "--probes", "shuffle", "reverse")
+    results = json.loads((run / "results_test.json").read_text())
+    assert (results["clip_len"], results["num_clips"], results["count"]) == (4, 3, 23)
+    # the frames: 3 views of 4 per video, every view counted in the rate
+    assert results["infer_frames_per_s"] == pytest.approx(12 * results["infer_videos_per_s"], rel=0.02)
+    probes = probe_results(run)
+    assert probes["shuffle"]["top1_drop"] == 0 and probes["reverse"]["top1_drop"] == 0  # meanpool is order-blind
+
+    model = model_from_checkpoint(__import__("checkpoint").read_checkpoint(ckpt_path))
+    meta = json.loads((data_dir / "test.json").read_text())
+    rows = np.load(data_dir / "test.npy", mmap_mode="r")
+    rec = meta["data"][0]
+    views = torch.from_numpy(np.asarray(rows[rec["video_idx"]][eval_indices(rec["video_length"], 4, 3)]))
+    with torch.no_grad():
+        probs = model(views, torch.full((3,), 4)).mean(0).softmax(-1)
+    with open(run / "predictions_test.csv") as fh:
+        row = next(r for r in csv.DictReader(fh) if r["video"] == rec["video_name"])
+    assert float(row["prob1"]) == pytest.approx(float(probs.max()), abs=1e-5)
+
+
+def test_views_without_segments_and_grouping_with_segments_are_refused(data_dir, tmp_path):
+    with pytest.raises(BadInputError, match="--num_clips 2 takes views of --clip_len segments"):
+        run_main(*train_args(data_dir, tmp_path, "v", "--epochs", 1, "--num_clips", 2))
+    with pytest.raises(BadInputError, match="--clip_len frames"):
+        run_main(*train_args(data_dir, tmp_path, "g", "--epochs", 1, "--clip_len", 4, "--model", "bilstm",
+                             "--group_by_length"))
+
+
+def test_unlabelled_split_gets_predictions_without_accuracy_and_a_mixed_one_is_refused(data_dir, tmp_path, capfd):
+    """An official test split without labels (label_idx -1, as stage 2 embeds SSv2's and Jester's): test mode writes
+    predictions_<split>.csv in the labelled format with true_label and correct empty, results saying labelled:
+    false, and one log line instead of an accuracy; a split of both kinds, and --probes on it, are refused;
+    compare_runs leaves it out of the comparison."""
+    import compare_runs
+
+    run_main(*train_args(data_dir, tmp_path, "r", "--epochs", 1))
+    ckpt = tmp_path / "t" / "r" / "checkpoints" / "best.pth"
+    data = tmp_path / "data"
+    videos, labels = make_order_task(9, num_pairs=2, dim=DIM, seed=7)
+    names = [f"class_{c}" for c in range(4)]
+    write_embedding_split(data, "test", videos, np.full(9, -1), class_names=names)
+    test = ["--mode", "test", "--model_ckpt", ckpt, "--data_dir", data, "--split", "test", "--num_workers", 0]
+    capfd.readouterr()
+    run_main(*test)
+    assert "test is unlabelled (label_idx -1 for all 9 videos): no accuracy computed" in capfd.readouterr().err
+    run = tmp_path / "t" / "r"
+    results = json.loads((run / "results_test.json").read_text())
+    assert results["labelled"] is False and results["count"] == 9 and "top1" not in results
+    with open(run / "predictions_test.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 9 and all(r["true_label"] == "" and r["correct"] == "" for r in rows)
+    assert all(r["predicted"] == r["top1"] in names and float(r["prob1"]) > 0 for r in rows)
+    assert not (run / "per_class_test.csv").exists() and not (run / "confusion_test.png").exists()
+    with pytest.raises(BadInputError, match="no label"):
+        compare_runs.correctness(run / "predictions_test.csv")
+    summary = compare_runs.summarise_run(run, "test", {"g": names[:2]})
+    assert summary.predictions is None and summary.row["test_top1"] is None and "g_top1" not in summary.row
+    with pytest.raises(BadInputError, match="unlabelled"):
+        run_main(*test, "--probes", "shuffle")
+    write_embedding_split(data, "test", videos, np.array([-1, 0, 1, 2, 3, 0, 1, 2, 3]), class_names=names)
+    with pytest.raises(BadInputError, match="1 of 9 videos are unlabelled"):
+        run_main(*test)
+    # training never takes an unlabelled video: it is a bad record, left out and named
+    write_embedding_split(data, "train", videos, np.array([-1, 0, 1, 2, 3, 0, 1, 2, 3]), class_names=names)
+    from dataset import load_split_info
+    info = load_split_info(data, "train")
+    assert len(info) == 8 and "unlabelled (label_idx -1)" in info.skipped[0]["reason"]
+
+
+def test_segment_sampling_is_deterministic_under_the_seed(data_dir, tmp_path):
+    """With --clip_len the random frame per segment comes from (seed, epoch, video) (tests/test_dataset.py pins
+    the draws): the same --seed replays the whole run exactly, another seed gives another run."""
+    for name, seed in (("a", 1), ("b", 1), ("c", 2)):
+        run_main(*train_args(data_dir, tmp_path, name, "--epochs", 2, "--clip_len", 3, "--seed", seed,
+                             "--dropout", 0.0))
+    a, b, c = (epoch_records(tmp_path / "t" / n) for n in "abc")
+    assert a == b and a != c

@@ -93,6 +93,30 @@ def test_same_probabilities_as_embedding_route(pipeline):
         assert [r.num_frames for r in timeline.results][:-1] == [2] * (pred.num_frames - 1)
 
 
+def test_segments_and_views_of_an_embedding_checkpoint_as_test_mode(pipeline, tmp_path):
+    """A head trained with --clip_len and tested with --num_clips: predict.py samples the checkpoint's segments and
+    views of stage 2's frames and averages the views' logits, so it gives test mode's probabilities; a window as
+    long as the video gives the same."""
+    common = ["--data_dir", str(pipeline["data"]), "--expt_dir", str(tmp_path), "--expt_name", "e", "--num_workers",
+              "0", "--gpu_id", "0", "--batch_size", "8"]
+    _run(main_script, ["--mode", "train", "--model", "bilstm", "--hidden_size", "16", "--epochs", "1",
+                       "--clip_len", "3", "--num_clips", "2", *common])
+    ckpt = tmp_path / "e" / "bilstm" / "checkpoints" / "best.pth"
+    _run(main_script, ["--mode", "test", "--model_ckpt", str(ckpt), "--split", "test", *common])
+    with open(tmp_path / "e" / "bilstm" / "predictions_test.csv", newline="") as fh:
+        rows = {r["video"]: r for r in csv.DictReader(fh)}
+    predictor = predict.load_predictor(ckpt)
+    assert (predictor.settings.clip_len, predictor.settings.num_clips) == (3, 2)
+    for name in sorted(rows)[:2]:
+        pred = predict.predict_video(predictor, _source(pipeline, name), occlusion=True)
+        top = int(np.argmax(pred.probs))
+        assert predictor.class_names[top] == rows[name]["top1"]
+        assert float(pred.probs[top]) == pytest.approx(float(rows[name]["prob1"]), abs=1e-4)
+        assert len(pred.times) == 3 and len(pred.occlusion.drops) == 3  # the first view's frames
+        (whole,) = predict.predict_windows(predictor, _source(pipeline, name), 1000.0, 1000.0).results
+        np.testing.assert_allclose(whole.probs, pred.probs, atol=1e-5)
+
+
 def test_same_embeddings_as_stage2(pipeline):
     """Tighter than the probabilities: the frame embeddings equal stage 2's rows (batch-shape float noise only)."""
     meta = json.loads((pipeline["data"] / "test.json").read_text())
@@ -257,6 +281,19 @@ def test_find_videos_recursive_sorted(tmp_path):
     paths = predict.plot_paths(tmp_path / "o.png", [Path("x/v 1.avi"), Path("y/v 1.avi")])
     assert [p.name for p in paths] == ["o_v_1.png", "o_v_1_2.png"]
     assert predict.plot_paths("o.png", [Path("v.avi")]) == [Path("o.png")]
+
+
+def test_find_videos_reads_frame_folders_with_source_fps(tmp_path):
+    """--source_fps: a folder of numbered frames is one video, a folder of such folders one video each."""
+    for rel in ("media/20/00001.jpg", "media/3/00001.png", "media/3/00002.png", "media/notes/readme.txt",
+                "one/00001.jpg"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"x")
+    (tmp_path / "empty").mkdir()
+    videos, failures = predict.find_videos([tmp_path / "media", tmp_path / "one", tmp_path / "empty"],
+                                           frame_folders=True)
+    assert [p.relative_to(tmp_path).as_posix() for p in videos] == ["media/20", "media/3", "one"]
+    assert [f["file"] for f in failures] == [str(tmp_path / "empty")] and "frame folders" in failures[0]["reason"]
 
 
 def test_end_to_end_checkpoint_matches_clip_dataset_eval(pipeline, tmp_path):

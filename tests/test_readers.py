@@ -17,6 +17,7 @@ from readers import READERS, ReadOptions, read_dataset, select_reader
 from readers.base import Dataset, Reader, Record
 from tests.conftest import SHARED_DATA, VIDEOS
 from utils import BadInputError, read_json
+from video import FrameSpan
 
 
 def touch(path: Path) -> None:
@@ -232,9 +233,55 @@ def test_diving48_labels_index_the_vocabulary_and_clips_of_one_video_share_a_gro
     ds = read_dataset(opts(ann, media))
     assert ds.class_names == ["Back_15som_05Twis_FREE", "Forward_25som_NoTwis_PIKE"]
     rec = {r.name: r for r in ds.records}
-    assert rec["-mmq0PT-u8k_00155"].label == "Back_15som_05Twis_FREE" and rec["abc_00001"].segment is None
+    assert rec["-mmq0PT-u8k_00155"].label == "Back_15som_05Twis_FREE"
+    assert rec["abc_00001"].segment == FrameSpan(12, 70)  # frame numbers, cut exactly by stage 1's decoder
+    assert rec["-mmq0PT-u8k_00155"].segment == FrameSpan(0, 184)
     assert rec["-mmq0PT-u8k_00155"].group == rec["-mmq0PT-u8k_00156"].group != rec["abc_00001"].group
     assert rec["zzz_00003"].split == "test" and {r.split for r in ds.records} == {"train", "test"}  # no val
+
+
+def test_diving48_frame_range_that_is_not_two_frame_numbers_is_that_entrys_failure(tmp_path):
+    ann, media = write_diving48(tmp_path)
+    items = json.loads((ann / "Diving48_V2_test.json").read_text())
+    items.append({"vid_name": "bad_00001", "label": 1, "start_frame": 40, "end_frame": 10})
+    (ann / "Diving48_V2_test.json").write_text(json.dumps(items))
+    touch(media / "bad_00001.mp4")
+    ds = read_dataset(opts(ann, media))
+    assert "bad_00001" not in {r.name for r in ds.records}
+    assert ds.failures == [{"file": "bad_00001.mp4", "reason": "Diving48_V2_test.json[1]: start_frame 40 and end_frame "
+                            "10 are not frame numbers 0 <= start <= end"}]
+
+
+def test_diving48_start_and_end_frame_cut_stage1_to_exactly_those_frames(tmp_path):
+    """Real decoding: numbered 10 fps clips; start_frame 8 / end_frame 21 at -fps 5 keeps frames 8, 10, .., 20 at
+    0.8 .. 2.0 s (the interval frames 8..21 are shown), recorded as a frame span in the manifest and split JSON."""
+    import cv2
+
+    from tests.synthetic import frame_number, write_numbered_video
+
+    ann, media = write_diving48(tmp_path)
+    train = [{"vid_name": "yt0_00001", "label": 0, "start_frame": 8, "end_frame": 21},
+             {"vid_name": "yt1_00001", "label": 1, "start_frame": 0, "end_frame": 500}]  # past the end: whole clip
+    (ann / "Diving48_V2_train.json").write_text(json.dumps(train))
+    (ann / "Diving48_V2_test.json").write_text(json.dumps([{"vid_name": "yt2_00001", "label": 0, "start_frame": 3,
+                                                            "end_frame": 5}]))
+    for f in media.iterdir():
+        f.unlink()
+    for item in (*train, {"vid_name": "yt2_00001"}):
+        write_numbered_video(media / f"{item['vid_name']}.mp4", 30, fps=10)
+    out = tmp_path / "out"
+    assert stage1("-v", media, "-o", out, "--split_dir", ann, "-fps", "5", "--val_ratio", "0") == 0
+    manifest = read_json(out / "frames" / "manifest.json")["videos"]
+    cut = manifest["yt0_00001"]
+    assert cut["segment"] == {"frames": [8, 21]}
+    assert cut["timestamps"] == pytest.approx([0.8, 1.0, 1.2, 1.4, 1.6, 1.8, 2.0])
+    numbers = [frame_number(cv2.imread(str(p))) for p in sorted((out / "frames" / "yt0_00001").glob("*.jpg"))]
+    assert numbers == [8, 10, 12, 14, 16, 18, 20]
+    assert manifest["yt1_00001"]["num_frames"] == 15  # 3 s at 5 fps
+    assert manifest["yt2_00001"]["timestamps"] == pytest.approx([0.3, 0.5])
+    records = {r["video_name"]: r for r in read_json(out / "train_ucf101.json")}
+    assert records["yt0_00001"]["segment"] == {"frames": [8, 21]}
+    assert stage1("-v", media, "-o", out, "--split_dir", ann, "-fps", "5", "--val_ratio", "0") == 0  # resumes
 
 
 def test_kinetics_missing_clips_are_listed_never_fatal(tmp_path):
@@ -480,3 +527,118 @@ def test_ssv2_layout_runs_stage1_to_a_head_and_predict(tmp_path):
     (pred,) = read_json(tmp_path / "pred.json")  # the unlabelled test video, classified from the raw .webm
     assert pred["video"].endswith("1420.webm") and pred["num_frames"] == 5
     assert all(t["label"] in SSV2_CLASSES for t in pred["topk"]) and len(pred["topk"]) == 2
+
+
+# ----- every format through stages 1-3 and predict.py (issue 19's "Tests and docs") -----------------------------
+
+
+def _numbered(path: Path, n: int = 30) -> None:
+    from tests.synthetic import write_numbered_video
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists() or path.is_symlink():
+        path.unlink()
+    write_numbered_video(path, n, fps=10)
+
+
+def _jester_media(root: Path) -> tuple[Path, Path, Path]:
+    """Jester's layout with real 12 fps frames (a moving bar), and one video file for predict.py."""
+    import cv2
+    import numpy as np
+
+    ann, media = write_jester(root)
+    for folder in media.iterdir():
+        for f in folder.iterdir():
+            f.unlink()
+        for i in range(18):
+            img = np.zeros((36, 48, 3), np.uint8)
+            img[:, 2 * i : 2 * i + 6] = 255
+            cv2.imwrite(str(folder / f"{i + 1:05d}.jpg"), img)
+    return ann, media, media / "12"  # predict.py reads the frame folder (--source_fps 12)
+
+
+def _diving48_media(root: Path) -> tuple[Path, Path, Path]:
+    ann, media = write_diving48(root)
+    train = [{"vid_name": f"yt{g}_{c:05d}", "label": g % 2, "start_frame": 2 + c, "end_frame": 25}
+             for g in range(6) for c in range(2)]
+    (ann / "Diving48_V2_train.json").write_text(json.dumps(train))
+    for f in media.iterdir():
+        f.unlink()
+    for item in (*train, {"vid_name": "zzz_00003"}):
+        _numbered(media / f"{item['vid_name']}.mp4")
+    return ann, media, media / "zzz_00003.mp4"
+
+
+def _kinetics_media(root: Path) -> tuple[Path, Path, Path]:
+    ann, media = write_kinetics(root)
+    for clip in list(media.rglob("*.mp4")):
+        _numbered(clip)
+    return ann, media, media / "test" / "0ABC_000005_000015.mp4"
+
+
+def _generic_media(root: Path) -> tuple[Path, Path, Path]:
+    media = root / "videos"
+    rows = ["path,label,start,end,split"]
+    for i in range(7):
+        _numbered(media / f"v{i}.mp4")
+    for i in range(4):  # two labelled segments of each training video
+        rows += [f"v{i}.mp4,{('Jump', 'Sit')[i % 2]},0.5,1.5,train", f"v{i}.mp4,{('Jump', 'Sit')[i % 2]},1.5,2.9,train"]
+    rows += ["v4.mp4,Jump,,,val", "v5.mp4,Sit,,,val", "v6.mp4,,,,test"]  # the test video unlabelled
+    (root / "mine.csv").write_text("\n".join(rows) + "\n")
+    return root / "mine.csv", media, media / "v6.mp4"
+
+
+FORMAT_MEDIA = {"jester": (_jester_media, ["-fps", "4"]), "diving48": (_diving48_media, ["-fps", "5", "--val_ratio",
+                "0.34"]), "kinetics": (_kinetics_media, ["-fps", "2"]), "generic": (_generic_media, ["-fps", "2"])}
+
+
+@pytest.mark.slow  # stages 1-3 and predict.py in process, per format
+@pytest.mark.parametrize("fmt", sorted(FORMAT_MEDIA))
+def test_every_format_runs_stage1_to_a_head_test_mode_and_predict(tmp_path, fmt):
+    """Each format's fixture, with real frames or decoded video: stage 1, stage 2 (--image_size 64), a meanpool
+    head with 4 segments for 1 epoch, test mode with 2 views on the test split (predictions only where the format
+    publishes it without labels), and predict.py on a raw test video (Jester: its frame folder, --source_fps 12)
+    giving test mode's probabilities under the checkpoint's own sampling."""
+    import main as main_script
+    import predict
+    import prepare_data
+
+    make, flags = FORMAT_MEDIA[fmt]
+    ann, media, video = make(tmp_path)
+    out, data, expts = tmp_path / "out", tmp_path / "data", tmp_path / "expts"
+    assert stage1("-v", media, "-o", out, "--split_dir", ann, "--frame_size", "48", *flags) == 0
+    for split in ("train", "val", "test"):
+        args = prepare_data.get_args_parser().parse_args(
+            ["-s", split, "-f", str(out / "frames"), "-j", str(out / f"{split}_ucf101.json"), "-o", str(data),
+             "--weights", "none", "--image_size", "64", "-nw", "0", "-bs", "8", "-g", "0"])
+        assert prepare_data.main(args) in (0, None)
+    common = ["--data_dir", str(data), "--expt_dir", str(expts), "--expt_name", "e", "--num_workers", "0",
+              "--gpu_id", "0", "--batch_size", "4"]
+    args = main_script.get_args_parser().parse_args(["--mode", "train", "--model", "meanpool", "--epochs", "1",
+                                                     "--clip_len", "4", *common])
+    assert main_script.main(args) in (0, None)
+    run = expts / "e" / "meanpool"
+    ckpt = run / "checkpoints" / "best.pth"
+    args = main_script.get_args_parser().parse_args(["--mode", "test", "--model_ckpt", str(ckpt), "--split", "test",
+                                                     "--num_clips", "2", *common])
+    assert main_script.main(args) in (0, None)
+    results = read_json(run / "results_test.json")
+    labelled = {r["label_idx"] >= 0 for r in read_json(out / "test_ucf101.json")} == {True}
+    assert results["labelled"] is labelled and (results["clip_len"], results["num_clips"]) == (4, 2)
+    assert ("top1" in results) is labelled and (labelled or fmt != "diving48")
+    with open(run / "predictions_test.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert rows and all((r["correct"] != "") is labelled for r in rows)
+    args = main_script.get_args_parser().parse_args(["--mode", "test", "--model_ckpt", str(ckpt), "--split", "test",
+                                                     *common])  # the checkpoint's sampling: 4 segments, 1 view
+    assert main_script.main(args) in (0, None)
+    with open(run / "predictions_test.csv") as fh:
+        tested = {r["video"]: r for r in csv.DictReader(fh)}[video.stem]
+    extra = ["--source_fps", "12"] if fmt == "jester" else []
+    args = predict.get_args_parser().parse_args(["--model_ckpt", str(ckpt), str(video), "--topk", "2", "--json",
+                                                 str(tmp_path / "pred.json"), *extra])
+    assert predict.main(args) in (0, None)
+    (pred,) = read_json(tmp_path / "pred.json")
+    assert len(pred["topk"]) == 2 and pred["num_frames"] >= 1
+    assert pred["topk"][0]["label"] == tested["top1"]
+    assert pred["topk"][0]["prob"] == pytest.approx(float(tested["prob1"]), abs=1e-4)

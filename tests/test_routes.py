@@ -18,16 +18,22 @@ def test_every_model_name_has_one_route_and_round_trips_through_its_head():
         assert route.model_name(route.head_name(name)) == name and route.head_name(name) in MODEL_NAMES
     assert route_for("bert") is EmbeddingRoute and route_for("e2e_bert") is ClipRoute
     assert ClipRoute.fixed_length and not EmbeddingRoute.fixed_length
-    assert set(ClipRoute.own_settings) >= {"backbone", "clip_len"} and EmbeddingRoute.own_settings == ()
+    assert set(ClipRoute.own_settings) >= {"backbone", "clip_len"}
+    assert EmbeddingRoute.own_settings == ("clip_len", "num_clips")  # the segments, the one sampling rule of both
 
 
 def test_both_collates_emit_one_batch_layout():
+    """Views are consecutive rows of inputs and lengths, one label and index per video, in both routes."""
     rows = [(np.ones((n, 4), dtype=np.float32), n % 2, i) for i, n in enumerate((3, 5))]
+    viewed = [(np.ones((3, 2, 4), dtype=np.float32), lab, i) for i, lab in enumerate((0, 1))]  # 3 views of 2 frames
     clips = [(torch.zeros(3, 2, 3, 8, 8, dtype=torch.uint8), lab, i) for i, lab in enumerate((0, 1))]
-    batches = [pad_collate(rows), fixed_pad_collate(7)(rows), clip_collate(clips)]
-    assert all(set(b) == {"inputs", "lengths", "labels", "indices"} for b in batches)
+    batches = [pad_collate(rows), fixed_pad_collate(7)(rows), pad_collate(viewed), clip_collate(clips)]
+    assert all(set(b) == {"inputs", "lengths", "labels", "indices", "views"} for b in batches)
     assert batches[0]["inputs"].shape == (2, 5, 4) and batches[1]["inputs"].shape == (2, 7, 4)
-    assert batches[2]["lengths"].tolist() == [2, 2] and batches[2]["inputs"].shape == (2, 3, 2, 3, 8, 8)
+    assert [b["views"] for b in batches] == [1, 1, 3, 3]
+    assert batches[2]["inputs"].shape == (6, 2, 4) and batches[2]["labels"].tolist() == [0, 1]
+    assert batches[3]["lengths"].tolist() == [2] * 6 and batches[3]["inputs"].shape == (6, 2, 3, 8, 8)
+    assert batches[3]["indices"].tolist() == [0, 1]
 
 
 def test_the_clip_route_flips_by_the_class_names(tmp_path, caplog):

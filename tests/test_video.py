@@ -611,6 +611,34 @@ def test_segment_frames_are_the_full_runs_frames_at_the_same_times(skip):
     assert [buf for _, buf in cut] == [full[t] for t, _ in cut]
 
 
+def test_frame_span_takes_its_interval_from_the_decoded_times_of_its_frames():
+    """Frames 12..24 of a 10 fps video: from frame 12's time to frame 25's; on irregular timestamps the interval is
+    the one those very frames are shown, where a frame-rate conversion would miss it; fps = 0 keeps exactly them."""
+    out = list(video._cover(TimestampSampler(2.0, segment=video.FrameSpan(12, 24)), [i / 10 for i in range(40)]))
+    assert [t for _, t, _ in out] == pytest.approx([1.2, 1.7, 2.2]) and [i for _, _, i in out] == [12, 17, 22]
+    irregular = [0.0, 0.1, 0.5, 0.55, 0.6, 1.4, 1.5, 1.6]  # frames 2..5 are shown from 0.5 s to 1.5 s
+    out = list(video._cover(TimestampSampler(4.0, segment=video.FrameSpan(2, 5)), irregular))
+    assert [t for _, t, _ in out] == pytest.approx([0.5, 0.75, 1.0, 1.25]) and [i for _, _, i in out] == [2, 4, 4, 4]
+    assert [i for _, _, i in video._cover(TimestampSampler(0.0, segment=video.FrameSpan(2, 5)), irregular)] == [
+        2, 3, 4, 5]
+    tail = list(video._cover(TimestampSampler(1.0, segment=video.FrameSpan(30, 99)), [i / 10 for i in range(40)]))
+    assert [t for _, t, _ in tail] == pytest.approx([3.0])  # past the last frame: the span ends with the video
+    assert list(video._cover(TimestampSampler(1.0, segment=video.FrameSpan(50, 60)), [0.0, 0.1])) == []
+    with pytest.raises(ValueError, match="first <= last"):
+        video.FrameSpan(5, 4)
+    assert video.segment_json(video.FrameSpan(2, 5)) == {"frames": [2, 5]} and video.segment_json((1, 2)) == [1.0, 2.0]
+
+
+@pytest.mark.parametrize("skip", [True, False])
+def test_frame_span_on_a_decoded_video_keeps_exactly_its_frames(tmp_path, skip):
+    from tests.synthetic import frame_number, write_numbered_video
+
+    path = write_numbered_video(tmp_path / "numbered.mp4", 30, fps=10)
+    out = list(video.iter_sampled_frames(path, 5.0, segment=video.FrameSpan(8, 21), skip_unneeded=skip))
+    assert [t for t, _ in out] == pytest.approx([0.8, 1.0, 1.2, 1.4, 1.6, 1.8, 2.0])
+    assert [frame_number(f.to_ndarray(format="rgb24")) for _, f in out] == [8, 10, 12, 14, 16, 18, 20]
+
+
 def _write_frame_folder(folder: Path, n: int, start: int = 1, ext: str = ".jpg", pattern: str = "{:05d}") -> None:
     """n frames whose grey level encodes their index (20 * i), numbered from `start`."""
     folder.mkdir(parents=True)
