@@ -129,7 +129,10 @@ def _run_and_head_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--kernel_size", type=int_at_least(3), default=None, help="tcn: odd temporal kernel (default 3; "
                    "block i is dilated 2**i, --num_layers blocks)")
     g.add_argument("--num_frames", type=positive_int, default=None, help="concat_linear: frames each video is "
-                   "resampled to before they are concatenated (default 8)")
+                   "resampled to before they are concatenated (default 8); trn: segments each video is resampled to, "
+                   "relations at scales 2..this (default 8)")
+    g.add_argument("--subsets_per_scale", type=positive_int, default=None, help="trn: ordered k-frame subsets per "
+                   "scale, a fixed seeded sample (default 3)")
 
 
 

@@ -59,7 +59,7 @@ def all_model_names() -> tuple[str, ...]:
     """Every --model choice: each registered head and its e2e_ model."""
     return (*head_names(), *e2e_model_names())
 HEAD_KWARGS = ("num_layers", "hidden_size", "num_heads", "intermediate_size", "dropout", "pretrained", "positions",
-               "kernel_size", "num_frames")
+               "kernel_size", "num_frames", "subsets_per_scale")
 # End-to-end clip settings: train mode's defaults; test mode takes the checkpoint's unless a flag is given.
 CLIP_DEFAULTS = {"clip_len": 8, "num_clips": 1}  # and --image_size: the backbone's own
 

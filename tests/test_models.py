@@ -30,6 +30,7 @@ HEADS = {  # name -> (build kwargs, learning rate, steps) for the order task
     "gru": ({"hidden_size": 32}, 3e-3, 200),
     "tcn": ({"hidden_size": 32, "num_layers": 3}, 3e-3, 200),
     "concat_linear": ({"num_frames": 6}, 3e-3, 200),
+    "trn": ({"hidden_size": 32, "num_frames": 6}, 3e-3, 200),
 }
 
 
@@ -109,7 +110,7 @@ def small_head(name: str, **kwargs) -> torch.nn.Module:
 ALL_HEADS = [("meanpool", {}), ("attnpool", {}), ("bilstm", {}), ("bilstm", {"pooling": "mean"}), ("bert", {}),
              ("roberta", {}), ("bert", {"positions": "none"}), ("roberta", {"positions": "none"}), ("gru", {}),
              ("tcn", {}), ("tcn", {"kernel_size": 5}), ("concat_linear", {}), ("concat_linear", {"num_frames": 3}),
-             ("attnpool", {"num_layers": 3})]
+             ("attnpool", {"num_layers": 3}), ("trn", {}), ("trn", {"num_frames": 4, "subsets_per_scale": 2})]
 ORDER_AWARE = [(n, k) for n, k in ALL_HEADS if n not in ("meanpool", "attnpool") and k.get("positions") != "none"]
 # attnpool at any depth is order-blind (V-JEPA 2's deep attentive probe: self-attention blocks without positions)
 
@@ -452,3 +453,41 @@ def test_occlusion_drops_remove_one_frame_at_a_time(name: str, kwargs: dict) -> 
             assert drops[t] == pytest.approx(float(expected), abs=1e-5)
         _, single = occlusion_drops(model, feats[:1], class_idx=0)  # one frame against an empty video
         assert single.shape == (1,) and np.isfinite(single).all()
+
+
+# ----------------------------------------------------------------------------------------------------------- trn
+
+
+def test_trn_relation_subsets_are_a_fixed_seeded_sample() -> None:
+    """Every scale 2..T has its ordered subsets: all of them where C(T, k) <= subsets_per_scale, else that many
+    distinct sorted ones, the same for the same seed (so a config rebuilds them) and another for another seed."""
+    from models.trn import relation_subsets
+
+    assert relation_subsets(4, 4, 3, seed=0).tolist() == [[0, 1, 2, 3]]
+    assert relation_subsets(4, 3, 4, seed=0).tolist() == [[0, 1, 2], [0, 1, 3], [0, 2, 3], [1, 2, 3]]
+    drawn = relation_subsets(8, 3, 5, seed=0)
+    assert drawn.shape == (5, 3) and len({tuple(r) for r in drawn.tolist()}) == 5
+    assert bool((np.diff(drawn, axis=1) > 0).all()) and drawn.min() >= 0 and drawn.max() < 8
+    assert relation_subsets(8, 3, 5, seed=0).tolist() == drawn.tolist()
+    assert relation_subsets(8, 3, 5, seed=1).tolist() != drawn.tolist()
+    model = small_head("trn", num_frames=5, subsets_per_scale=2)
+    assert model.scales == (2, 3, 4, 5) and model.subsets_5.tolist() == [[0, 1, 2, 3, 4]]
+    assert all(getattr(model, f"subsets_{k}").shape == (2, k) for k in (2, 3, 4))
+    assert not any(k.startswith("subsets_") for k in model.state_dict())  # rebuilt from the config, not stored
+
+
+def test_trn_swapping_two_segments_changes_the_relations() -> None:
+    """Order-aware by construction: a video of exactly T frames is its own segments, and swapping two of them
+    changes the logits (a mean of the same frames would not change)."""
+    model = small_head("trn", num_frames=4)
+    x = torch.randn(1, 4, DIM)
+    swapped = x[:, [1, 0, 2, 3]]
+    with torch.no_grad():
+        assert (model(swapped, torch.tensor([4])) - model(x, torch.tensor([4]))).abs().max() > 1e-4
+
+
+def test_trn_config_is_validated() -> None:
+    with pytest.raises(ValueError, match="num_frames must be >= 2"):
+        build_model("trn", DIM, 3, num_frames=1)
+    with pytest.raises(ValueError, match="subsets_per_scale"):
+        build_model("trn", DIM, 3, subsets_per_scale=0)
