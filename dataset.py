@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from sampling import TemporalAugment, item_rng
+from sampling import TemporalAugment, item_rng, subsample_indices
 from utils import BadInputError, first_names, read_json
 
 log = logging.getLogger("actionbert")
@@ -43,6 +43,27 @@ class SplitInfo:
     class_names: list[str]
     provenance: dict[str, Any] = field(default_factory=dict)
     skipped: list[dict[str, Any]] = field(default_factory=list)
+    # (n,) stage 1 frame k of each stored row (frame k is at k / fps s); None where the JSON cannot say (see
+    # `source_frames`)
+    frame_index: list[np.ndarray | None] = field(default_factory=list)
+
+    @property
+    def fps(self) -> float | None:
+        """Stage 1's sampling rate, recorded by stage 2 in the split's JSON (None for older or synthetic files)."""
+        fps = self.provenance.get("fps")
+        return None if fps is None else float(fps)
+
+    def frame_times(self, index: int) -> np.ndarray:
+        """(video_length,) float32 timestamp in seconds of each stored row of video `index`: its stage 1 frame
+        index / fps. A clear error when the JSON lacks what that takes."""
+        frames = self.frame_index[index] if self.frame_index else None
+        if self.fps is None or self.fps <= 0:
+            raise BadInputError(f"{self.json_path} records no fps, so the frames' timestamps are unknown "
+                                "(--positions time needs them; rerun prepare_data.py on stage 1's frames)")
+        if frames is None:
+            raise BadInputError(f"{self.json_path}: video {self.names[index]} skipped corrupt frames but its "
+                                "record has no frame_index, so its timestamps are unknown (rerun prepare_data.py)")
+        return (frames / self.fps).astype(np.float32)
 
     @property
     def num_classes(self) -> int:
@@ -54,6 +75,23 @@ class SplitInfo:
 
     def __len__(self) -> int:
         return len(self.rows)
+
+
+def source_frames(record: dict[str, Any], length: int) -> np.ndarray | None:
+    """Stage 1 frame index of each of a record's `length` stored rows: its `frame_index` where stage 2 wrote one
+    (it does where corrupt frames were skipped); else all frames (`num_frames` absent or equal), or stage 2's uniform
+    subsample of them (`--max_len`: sampling.subsample_indices, the one rule). None when frames were skipped and
+    not listed (older JSONs), where the rows cannot be placed in time."""
+    listed = record.get("frame_index")
+    if listed is not None:
+        frames = np.asarray(listed, dtype=np.int64)
+        return frames if frames.shape == (length,) else None
+    total = record.get("num_frames")
+    if total is None or int(total) == length:
+        return np.arange(length, dtype=np.int64)
+    if int(record.get("skipped_frames") or 0) == 0 and int(total) > length:
+        return subsample_indices(int(total), length).astype(np.int64)
+    return None
 
 
 def _npy_shape(path: Path) -> tuple[int, ...]:
@@ -101,7 +139,7 @@ def load_split_info(data_dir: str | Path, split: str, strict: bool = False) -> S
         raise BadInputError(
             f"{json_path} declares num_classes {meta['num_classes']} but lists {len(class_names)} class names"
         )
-    rows, lengths, labels, names, skipped = [], [], [], [], []
+    rows, lengths, labels, names, skipped, frame_index = [], [], [], [], [], []
     for pos, rec in enumerate(records):
         try:
             row = int(rec.get("video_idx", pos))
@@ -122,6 +160,7 @@ def load_split_info(data_dir: str | Path, split: str, strict: bool = False) -> S
             skipped.append({"file": name, "reason": reason})
             continue
         rows.append(row)
+        frame_index.append(source_frames(rec, length))
         lengths.append(length)
         labels.append(label)
         names.append(name)
@@ -143,6 +182,7 @@ def load_split_info(data_dir: str | Path, split: str, strict: bool = False) -> S
         class_names=[str(c) for c in class_names],
         provenance={k: v for k, v in meta.items() if k not in NOT_PROVENANCE},
         skipped=skipped,
+        frame_index=frame_index,
     )
 
 
@@ -151,10 +191,15 @@ class EmbeddingDataset(Dataset):
 
     An item key is an index, or `(index, epoch)` from a training sampler: the pair seeds the
     augmentation, so a sample's frames depend on (seed, epoch, index) alone, in any worker.
+
+    With `with_times`, an item is (feats, label, index, times): `times` (T,) the timestamp in seconds of each
+    row actually fed (the augmentation's picks included), for `--positions time`.
     """
 
-    def __init__(self, info: SplitInfo, augment: TemporalAugment | None = None, seed: int = 0) -> None:
+    def __init__(self, info: SplitInfo, augment: TemporalAugment | None = None, seed: int = 0,
+                 with_times: bool = False) -> None:
         self.info = info
+        self.with_times = bool(with_times)
         self.augment = augment if augment is not None and augment.enabled else None
         self.seed = int(seed)
         self._data: np.ndarray | None = None
@@ -174,28 +219,40 @@ class EmbeddingDataset(Dataset):
     def __len__(self) -> int:
         return len(self.info)
 
-    def __getitem__(self, key: int | tuple[int, int]) -> tuple[np.ndarray, int, int]:
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[Any, ...]:
         index, epoch = key if isinstance(key, tuple) else (key, None)
         row, length = int(self.info.rows[index]), int(self.info.lengths[index])
         feats = np.array(self.data[row, :length], dtype=np.float32)  # a private, writable copy
+        picks = None
         if self.augment is not None and epoch is not None:
-            feats = feats[self.augment(length, item_rng(self.seed, epoch, index))]
-        return feats, int(self.info.labels[index]), int(index)
+            picks = self.augment(length, item_rng(self.seed, epoch, index))
+            feats = feats[picks]
+        if not self.with_times:
+            return feats, int(self.info.labels[index]), int(index)
+        times = self.info.frame_times(index)
+        return feats, int(self.info.labels[index]), int(index), times if picks is None else times[picks]
 
 
-def pad_collate(batch: Sequence[tuple[np.ndarray, int, int]]) -> dict[str, torch.Tensor]:
-    """Pad to the batch's own longest video (dynamic padding), not the split's maximum."""
-    lengths = torch.tensor([len(f) for f, _, _ in batch], dtype=torch.long)
+def pad_collate(batch: Sequence[tuple[Any, ...]]) -> dict[str, torch.Tensor]:
+    """Pad to the batch's own longest video (dynamic padding), not the split's maximum. Items with a fourth
+    element (EmbeddingDataset's `with_times`) also give "times" (B, T) seconds, zero on padding."""
+    lengths = torch.tensor([len(item[0]) for item in batch], dtype=torch.long)
     width, dim = int(lengths.max()), batch[0][0].shape[1]
     feats = torch.zeros(len(batch), width, dim, dtype=torch.float32)
-    for i, (f, _, _) in enumerate(batch):
-        feats[i, : len(f)] = torch.as_tensor(f, dtype=torch.float32)
-    return {
+    for i, item in enumerate(batch):
+        feats[i, : len(item[0])] = torch.as_tensor(item[0], dtype=torch.float32)
+    out = {
         "inputs": feats,
         "lengths": lengths,
-        "labels": torch.tensor([lab for _, lab, _ in batch], dtype=torch.long),
-        "indices": torch.tensor([i for _, _, i in batch], dtype=torch.long),
+        "labels": torch.tensor([item[1] for item in batch], dtype=torch.long),
+        "indices": torch.tensor([item[2] for item in batch], dtype=torch.long),
     }
+    if all(len(item) > 3 for item in batch):
+        times = torch.zeros(len(batch), width, dtype=torch.float32)
+        for i, item in enumerate(batch):
+            times[i, : len(item[3])] = torch.as_tensor(item[3], dtype=torch.float32)
+        out["times"] = times
+    return out
 
 
 def fixed_pad_collate(max_len: int):

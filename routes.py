@@ -279,7 +279,11 @@ class EmbeddingRoute:
                                 "output); e2e_* models read --split_json_dir instead")
         info = load_split_info(args.data_dir, split, args.strict)
         augment = TemporalAugment(args.temporal_crop, args.temporal_stride, args.frame_dropout) if train else None
-        return SplitData(split, EmbeddingDataset(info, augment, args.seed), pad_collate, info.names, info.labels,
+        # every frame's timestamp travels with it where the split records its fps (the loops pass them to a head
+        # with --positions time only)
+        known = info.fps is not None and all(frames is not None for frames in info.frame_index)
+        dataset = EmbeddingDataset(info, augment, args.seed, with_times=known)
+        return SplitData(split, dataset, pad_collate, info.names, info.labels,
                          info.class_names, str(info.json_path), info.feature_dim, info.lengths, info.provenance,
                          info.skipped)
 
@@ -364,12 +368,17 @@ class EmbeddingRoute:
         return list(embed_frames(predictor, frames, batch_size))
 
     @staticmethod
-    def classify_window(predictor: Any, units: list[torch.Tensor], batch_size: int) -> torch.Tensor:
-        """(1, num_classes) logits of one window's units (stage 2's --max_len cap applied within the window)."""
+    def classify_window(predictor: Any, units: list[torch.Tensor], batch_size: int,
+                        times: Sequence[float] | None = None) -> torch.Tensor:
+        """(1, num_classes) logits of one window's units (stage 2's --max_len cap applied within the window);
+        `times`, each unit's timestamp in seconds, go to a head with --positions time (and only there)."""
         keep = kept_frames(len(units), predictor.settings)
         feats = torch.stack([units[i] for i in keep]).to(predictor.device)
         lengths = torch.tensor([len(keep)], device=predictor.device)
-        return predictor.model(feats[None], lengths)
+        if not predictor.model.uses_times:
+            return predictor.model(feats[None], lengths)
+        kept_times = torch.tensor([[float(times[i]) for i in keep]], device=predictor.device)
+        return predictor.model(feats[None], lengths, times=kept_times)
 
 
 def rebuild_backbone(ckpt: Checkpoint, override: str | None) -> tuple[torch.nn.Module, BackboneRecord]:

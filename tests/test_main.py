@@ -191,9 +191,9 @@ def test_probes_show_which_head_uses_order(data_dir, tmp_path):
 
 def test_positions_and_probes_flags_are_refused_up_front_where_they_mean_nothing(data_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(main, "rank_group", lambda: pytest.fail("work started"))
-    with pytest.raises(BadInputError, match="--positions applies to bert, roberta"):
+    with pytest.raises(BadInputError, match="--positions applies to attnpool, bert, roberta"):
         run_main(*train_args(data_dir, tmp_path, "r", "--epochs", 1, "--model", "bilstm", "--positions", "none"))
-    with pytest.raises(BadInputError, match="--positions applies to bert, roberta"):
+    with pytest.raises(BadInputError, match="--positions applies to attnpool, bert, roberta"):
         run_main(*train_args(data_dir, tmp_path, "r", "--epochs", 1, "--model", "e2e_meanpool", "--positions", "none"))
     with pytest.raises(BadInputError, match="--probes evaluates a trained checkpoint"):
         run_main(*train_args(data_dir, tmp_path, "r", "--epochs", 1, "--probes", "shuffle"))

@@ -100,7 +100,7 @@ def test_capabilities_are_declared_on_the_classes():
     caps = {n: (models.head_class(n).order_aware, models.head_class(n).has_positions,
                 models.head_class(n).groups_by_length, models.head_class(n).exposes_attention)
             for n in models.MODEL_NAMES}
-    assert caps == {"meanpool": (False, False, False, False), "attnpool": (False, False, False, False),
+    assert caps == {"meanpool": (False, False, False, False), "attnpool": (False, True, False, False),
                     "bilstm": (True, False, True, False), "bert": (True, True, True, True),
                     "roberta": (True, True, True, True), "gru": (True, False, True, False),
                     "tcn": (True, False, True, False), "concat_linear": (True, False, False, False),
