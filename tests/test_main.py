@@ -426,3 +426,21 @@ def test_confusion_matrix_with_names_no_installed_font_draws(tmp_path, monkeypat
     monkeypatch.setattr(reports, "label_font", lambda texts: "DejaVu Sans")  # as if a covering font were found
     plot_confusion(np.eye(3), ["Biking", "Café", "Walk"], tmp_path / "cm2.png")
     assert drawn["ticks"] == ["Biking", "Café", "Walk"] and drawn["texts"] == []
+
+
+def test_positions_time_trains_tests_with_probes_and_rebuilds(data_dir, tmp_path):
+    """--positions time through main.py: the batches carry the frames' times (the split's fps), the checkpoint
+    rebuilds the head with its setting, and test mode runs the probes with them; e2e refuses it up front."""
+    run_main(*train_args(data_dir, tmp_path, "timed", "--model", "attnpool", "--num_layers", 2, "--positions", "time",
+                         "--hidden_size", 16, "--num_heads", 2, "--epochs", 1))
+    run = tmp_path / "t" / "timed"
+    ckpt = load_checkpoint(run / "checkpoints" / "best.pth")
+    assert ckpt["model_config"]["positions"] == "time"
+    run_main("--mode", "test", "--model_ckpt", run / "checkpoints" / "best.pth", "--data_dir", data_dir,
+             "--split", "test", "--num_workers", 0, "--probes", "shuffle", "half")
+    probes = probe_results(run)
+    assert probes["shuffle"]["count"] == probes["none"]["count"] == 23
+    with pytest.raises(BadInputError, match="--positions time reads each frame's timestamp"):
+        main.check_args(main.get_args_parser().parse_args(["--model", "e2e_bert", "--positions", "time"]))
+    with pytest.raises(BadInputError, match="num_layers 1 has none"):
+        main.check_args(main.get_args_parser().parse_args(["--model", "attnpool", "--positions", "rotary"]))
