@@ -642,3 +642,15 @@ def test_config_without_positions_fields_rebuilds_the_old_heads() -> None:
     again = build_model(**old)
     again.load_state_dict(pool.state_dict())
     assert not again.order_aware
+
+
+def test_matched_budget_recipe_holds_similar_parameter_counts() -> None:
+    """benchmarks/head_budget.py's recipe (the README's table): every sized head within 15% of the median."""
+    import statistics
+
+    from benchmarks.head_budget import RECIPE, trainable
+
+    counts = {name: trainable(name, 512, 101, flags) for name, flags in RECIPE.items() if name != "meanpool"}
+    median = statistics.median(counts.values())
+    assert all(0.85 <= c / median <= 1.15 for c in counts.values()), counts
+    assert {name.split(" ")[0] for name in RECIPE} == set(MODEL_NAMES)  # every head has its line
