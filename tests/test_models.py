@@ -654,3 +654,18 @@ def test_matched_budget_recipe_holds_similar_parameter_counts() -> None:
     median = statistics.median(counts.values())
     assert all(0.85 <= c / median <= 1.15 for c in counts.values()), counts
     assert {name.split(" ")[0] for name in RECIPE} == set(MODEL_NAMES)  # every head has its line
+
+
+def test_occlusion_drops_keep_each_frames_own_time() -> None:
+    """predict.py --occlusion with a time-coded head: removing frame t leaves the others at their own times."""
+    from predict import occlusion_drops
+
+    model = small_head("attnpool", num_layers=2, positions="time")
+    feats = torch.randn(4, DIM)
+    times = torch.tensor([0.0, 0.5, 1.0, 1.5])
+    with torch.no_grad():
+        prob, drops = occlusion_drops(model, feats, class_idx=1, times=times)
+        full = model(feats[None], torch.tensor([4]), times=times[None]).softmax(-1)[0, 1]
+        rest = [0, 2, 3]
+        expected = full - model(feats[rest][None], torch.tensor([3]), times=times[rest][None]).softmax(-1)[0, 1]
+    assert prob == pytest.approx(float(full), abs=1e-6) and drops[1] == pytest.approx(float(expected), abs=1e-5)
