@@ -669,3 +669,16 @@ def test_occlusion_drops_keep_each_frames_own_time() -> None:
         rest = [0, 2, 3]
         expected = full - model(feats[rest][None], torch.tensor([3]), times=times[rest][None]).softmax(-1)[0, 1]
     assert prob == pytest.approx(float(full), abs=1e-6) and drops[1] == pytest.approx(float(expected), abs=1e-5)
+
+
+POSITIONED = [("bert", {**TINY, "positions": "sinusoidal"}), ("bert", {**TINY, "positions": "rotary"}),
+              ("attnpool", {"hidden_size": 32, "num_heads": 2, "num_layers": 2, "positions": "rotary"}),
+              ("attnpool", {"hidden_size": 32, "num_heads": 2, "num_layers": 2, "positions": "learned"})]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("name", "kwargs"), POSITIONED)
+def test_position_settings_learn_frame_order(name: str, kwargs: dict, one_thread: None) -> None:
+    """With the budget of test_sequence_heads_learn_frame_order, each position setting learns the order pairs (1.0
+    measured for the first three): sinusoidal and rotary carry order, and attnpool's blocks use it once given it."""
+    assert train_on_order_task(name, kwargs, 2e-3, 300) >= 0.95
