@@ -38,7 +38,7 @@ test-quick: lint $(STAMP)
 #   make demo DEMO_DIR=/tmp/d DEMO_DATA_ARGS="--groups 4 --clips 2" DEMO_EPOCHS=10
 # Defaults (measured on a 2-core CPU, see README): 12 classes x 12 groups x 3 clips, 4 test groups per class; 1 fps;
 # a random resnet18 at 64 px (it separates the demo's states well enough, at a third of the cost of 112 px).
-# The transformers, gru, tcn and concat_linear get DEMO_EPOCHS (each passes val 0.9 by epoch 3 on seed 0; the
+# The transformers, gru, tcn, concat_linear and trn get DEMO_EPOCHS (each passes val 0.9 by epoch 3 on seed 0; the
 # transformers learn the order pairs within a few epochs since their frame tokens enter at
 # the position embeddings' scale); meanpool, attnpool and bilstm reach their best val accuracy within a few epochs,
 # so their DEMO_ARGS_<head> (appended last: the last value of a flag wins) set their own. attnpool keeps one layer (the
@@ -50,7 +50,7 @@ DEMO_DATA_ARGS ?=
 DEMO_IMAGE_SIZE ?= 64
 DEMO_EPOCHS ?= 10
 DEMO_SEEDS ?= 0
-DEMO_HEADS ?= meanpool attnpool bilstm gru tcn concat_linear bert roberta
+DEMO_HEADS ?= meanpool attnpool bilstm gru tcn concat_linear trn bert roberta
 DEMO_PROBES ?= shuffle reverse static half
 DEMO_TRAIN_ARGS ?= --batch_size 16 --lr 1e-3 --hidden_size 128 --num_layers 2 --num_heads 4 --dropout 0.1 \
 	--weight_decay 0.01 --gpu_id 0 --num_workers 0 --opt_lvl 0

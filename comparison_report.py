@@ -118,8 +118,8 @@ def plot_probe_drops(group_rows: Sequence[dict[str, Any]], probes: Sequence[str]
     _save(fig, path, dpi=110)
     plt.close(fig)
     return Figure(path, "Order probes", "Top-1 drop under each probe (shuffle, reverse, static, half), mean ± std "
-                  "over the group. An order-blind head (meanpool, attnpool, --positions none) has no drop under "
-                  "shuffle and reverse; a head that uses order loses accuracy.")
+                  "over the group. An order-blind head (meanpool, attnpool without --positions, --positions none) "
+                  "has no drop under shuffle and reverse; a head that uses order loses accuracy.")
 
 
 def _mean_per_class(dicts: Sequence[dict[str, float]]) -> dict[str, float]:

@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import Dataset
 
 from layout import UNLABELLED
-from sampling import Segments, TemporalAugment, item_rng
+from sampling import Segments, TemporalAugment, item_rng, subsample_indices
 from utils import BadInputError, first_names, read_json
 
 log = logging.getLogger("actionbert")
@@ -44,6 +44,27 @@ class SplitInfo:
     class_names: list[str]
     provenance: dict[str, Any] = field(default_factory=dict)
     skipped: list[dict[str, Any]] = field(default_factory=list)
+    # (n,) stage 1 frame k of each stored row (frame k is at k / fps s); None where the JSON cannot say (see
+    # `source_frames`)
+    frame_index: list[np.ndarray | None] = field(default_factory=list)
+
+    @property
+    def fps(self) -> float | None:
+        """Stage 1's sampling rate, recorded by stage 2 in the split's JSON (None for older or synthetic files)."""
+        fps = self.provenance.get("fps")
+        return None if fps is None else float(fps)
+
+    def frame_times(self, index: int) -> np.ndarray:
+        """(video_length,) float32 timestamp in seconds of each stored row of video `index`: its stage 1 frame
+        index / fps. A clear error when the JSON lacks what that takes."""
+        frames = self.frame_index[index] if self.frame_index else None
+        if self.fps is None or self.fps <= 0:
+            raise BadInputError(f"{self.json_path} records no fps, so the frames' timestamps are unknown "
+                                "(--positions time needs them; rerun prepare_data.py on stage 1's frames)")
+        if frames is None:
+            raise BadInputError(f"{self.json_path}: video {self.names[index]} skipped corrupt frames but its "
+                                "record has no frame_index, so its timestamps are unknown (rerun prepare_data.py)")
+        return (frames / self.fps).astype(np.float32)
 
     @property
     def num_classes(self) -> int:
@@ -55,6 +76,23 @@ class SplitInfo:
 
     def __len__(self) -> int:
         return len(self.rows)
+
+
+def source_frames(record: dict[str, Any], length: int) -> np.ndarray | None:
+    """Stage 1 frame index of each of a record's `length` stored rows: its `frame_index` where stage 2 wrote one
+    (it does where corrupt frames were skipped); else all frames (`num_frames` absent or equal), or stage 2's uniform
+    subsample of them (`--max_len`: sampling.subsample_indices, the one rule). None when frames were skipped and
+    not listed (older JSONs), where the rows cannot be placed in time."""
+    listed = record.get("frame_index")
+    if listed is not None:
+        frames = np.asarray(listed, dtype=np.int64)
+        return frames if frames.shape == (length,) else None
+    total = record.get("num_frames")
+    if total is None or int(total) == length:
+        return np.arange(length, dtype=np.int64)
+    if int(record.get("skipped_frames") or 0) == 0 and int(total) > length:
+        return subsample_indices(int(total), length).astype(np.int64)
+    return None
 
 
 def _npy_shape(path: Path) -> tuple[int, ...]:
@@ -103,7 +141,7 @@ def load_split_info(data_dir: str | Path, split: str, strict: bool = False, unla
         raise BadInputError(
             f"{json_path} declares num_classes {meta['num_classes']} but lists {len(class_names)} class names"
         )
-    rows, lengths, labels, names, skipped = [], [], [], [], []
+    rows, lengths, labels, names, skipped, frame_index = [], [], [], [], [], []
     for pos, rec in enumerate(records):
         try:
             row = int(rec.get("video_idx", pos))
@@ -126,6 +164,7 @@ def load_split_info(data_dir: str | Path, split: str, strict: bool = False, unla
             skipped.append({"file": name, "reason": reason})
             continue
         rows.append(row)
+        frame_index.append(source_frames(rec, length))
         lengths.append(length)
         labels.append(label)
         names.append(name)
@@ -147,6 +186,7 @@ def load_split_info(data_dir: str | Path, split: str, strict: bool = False, unla
         class_names=[str(c) for c in class_names],
         provenance={k: v for k, v in meta.items() if k not in NOT_PROVENANCE},
         skipped=skipped,
+        frame_index=frame_index,
     )
 
 
@@ -157,11 +197,15 @@ class EmbeddingDataset(Dataset):
     augmentation and the segment draw, so a sample's frames depend on (seed, epoch, index) alone, in any worker.
     Which rows an item holds is `frame_indices` (indices into the video's frames): (T,) for a training item or a
     single evaluation view, (V, T) for V evaluation views, and the item's features have that shape plus D.
+
+    With `with_times`, an item is (feats, label, index, times): `times`, shaped like the indices, the timestamp in
+    seconds of each row actually fed (the augmentation's and the segments' picks included), for `--positions time`.
     """
 
     def __init__(self, info: SplitInfo, augment: TemporalAugment | None = None, seed: int = 0,
-                 segments: Segments | None = None) -> None:
+                 segments: Segments | None = None, with_times: bool = False) -> None:
         self.info = info
+        self.with_times = bool(with_times)
         self.augment = augment if augment is not None and augment.enabled else None
         self.segments = segments if segments is not None else Segments()
         self.seed = int(seed)
@@ -196,37 +240,47 @@ class EmbeddingDataset(Dataset):
         views = self.segments.eval(length)
         return views[0] if len(views) == 1 else views
 
-    def __getitem__(self, key: int | tuple[int, int]) -> tuple[np.ndarray, int, int]:
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[Any, ...]:
         index, epoch = key if isinstance(key, tuple) else (key, None)
         index = int(index)
         idx = self.frame_indices(index, epoch)
         rows = self.data[int(self.info.rows[index]), : int(self.info.lengths[index])]  # a view: nothing read yet
         # advanced indexing reads only the indexed rows, into a private, writable copy
         feats = np.asarray(rows[idx.reshape(-1)], dtype=np.float32).reshape(*idx.shape, rows.shape[-1])
-        return feats, int(self.info.labels[index]), index
+        if not self.with_times:
+            return feats, int(self.info.labels[index]), index
+        return feats, int(self.info.labels[index]), index, self.info.frame_times(index)[idx]
 
 
-def pad_collate(batch: Sequence[tuple[np.ndarray, int, int]]) -> dict[str, torch.Tensor | int]:
+def pad_collate(batch: Sequence[tuple[Any, ...]]) -> dict[str, torch.Tensor | int]:
     """Pad to the batch's own longest sequence (dynamic padding), not the split's maximum.
 
     An item of V evaluation views, (V, T, D), gives V consecutive rows; "views" says V (every item of a batch has
-    the same number), and sampling.average_views turns the rows' logits back into one per video."""
-    views = {1 if f.ndim == 2 else f.shape[0] for f, _, _ in batch}
+    the same number), and sampling.average_views turns the rows' logits back into one per video. Items with a fourth
+    element (EmbeddingDataset's `with_times`) also give "times" (rows, T) seconds, zero on padding."""
+    views = {1 if item[0].ndim == 2 else item[0].shape[0] for item in batch}
     if len(views) != 1:
         raise ValueError(f"a batch mixes items of {sorted(views)} views")
-    seqs = [seq for f, _, _ in batch for seq in (f if f.ndim == 3 else (f,))]
+    seqs = [seq for item in batch for seq in (item[0] if item[0].ndim == 3 else (item[0],))]
     lengths = torch.tensor([len(f) for f in seqs], dtype=torch.long)
     width, dim = int(lengths.max()), seqs[0].shape[1]
     feats = torch.zeros(len(seqs), width, dim, dtype=torch.float32)
     for i, f in enumerate(seqs):
         feats[i, : len(f)] = torch.as_tensor(f, dtype=torch.float32)
-    return {
+    out = {
         "inputs": feats,
         "lengths": lengths,
-        "labels": torch.tensor([lab for _, lab, _ in batch], dtype=torch.long),
-        "indices": torch.tensor([i for _, _, i in batch], dtype=torch.long),
+        "labels": torch.tensor([item[1] for item in batch], dtype=torch.long),
+        "indices": torch.tensor([item[2] for item in batch], dtype=torch.long),
         "views": views.pop(),
     }
+    if all(len(item) > 3 for item in batch):
+        rows = [t for item in batch for t in (item[3] if item[3].ndim == 2 else (item[3],))]
+        times = torch.zeros(len(rows), width, dtype=torch.float32)
+        for i, t in enumerate(rows):
+            times[i, : len(t)] = torch.as_tensor(t, dtype=torch.float32)
+        out["times"] = times
+    return out
 
 
 def fixed_pad_collate(max_len: int):

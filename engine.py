@@ -177,7 +177,7 @@ def train_one_epoch(
         inputs = batch["inputs"].to(device, non_blocking=True)
         lengths, labels = batch["lengths"].to(device), batch["labels"].to(device)
         with autocast(precision, device):
-            logits = model(inputs, lengths)
+            logits = model(inputs, lengths, **time_kwargs(model, batch, device))
         loss = opt.criterion(logits.float(), labels)
         loss_value = loss.item()  # one device sync per step; the check, the sums and the logs all read it
         if not math.isfinite(loss_value):
@@ -198,6 +198,18 @@ def train_one_epoch(
             break
     bar.close()
     return acc, stopped
+
+
+def time_kwargs(model: torch.nn.Module, batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, Any]:
+    """`times=` for a model that reads each frame's timestamp (`uses_times`: --positions time), nothing for the
+    others; such a model without the batch's "times" is a clear error (the split records no fps)."""
+    if not getattr(getattr(model, "module", model), "uses_times", False):  # DDP keeps the model in .module
+        return {}
+    if "times" not in batch:
+        raise BadInputError("--positions time needs each frame's timestamp, and this split's JSON does not give "
+                            "them (no fps recorded by prepare_data.py, or corrupt frames skipped without a "
+                            "frame_index); rerun prepare_data.py on stage 1's frames")
+    return {"times": batch["times"].to(device, non_blocking=True)}
 
 
 @torch.no_grad()
@@ -226,7 +238,7 @@ def evaluate(
         inputs = batch["inputs"].to(device, non_blocking=True)
         lengths, labels = batch["lengths"].to(device), batch["labels"].to(device)
         with autocast(precision, device):
-            logits = model(inputs, lengths)
+            logits = model(inputs, lengths, **time_kwargs(model, batch, device))
         logits = average_views(logits.float(), batch.get("views", 1))  # each video's V view rows -> one row
         finite = torch.isfinite(logits).all(1)
         if not bool(finite.all()):

@@ -49,6 +49,7 @@ from engine import (
 from models import MODEL_NAMES, head_class, head_config, head_names
 from models.backbone import BACKBONE_HELP, FEATURE_HELP, FEATURES, WEIGHTS_HELP
 from models.base import VideoModel
+from models.positions import POSITIONS
 from precision import PRECISIONS, training_precision
 from probes import NONE, PROBE_NAMES
 from reports import (
@@ -128,13 +129,19 @@ def _run_and_head_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--intermediate_size", type=positive_int, default=None, help="feed-forward size (bert, roberta)")
     g.add_argument("--dropout", type=probability, default=None, help="default: the head's own")
     g.add_argument("--pretrained", default=None, help="bert/roberta: Hugging Face name or local directory")
-    g.add_argument("--positions", choices=("learned", "none"), default=None, help="bert/roberta: the encoder's "
-                   "position embeddings (learned, the default) or none at all, which makes it an order-blind set "
-                   "model (the ablation that isolates attention from order)")
+    g.add_argument("--positions", choices=POSITIONS, default=None, help="bert/roberta (default learned, the "
+                   "encoder's own table) and attnpool with --num_layers 2+ (default none): learned, sinusoidal (fixed "
+                   "sin/cos), rotary (RoPE in the attention), time (each frame's real timestamp in seconds, from the "
+                   "split's fps; embeddings only) or none (an order-blind set model, the ablation that isolates "
+                   "attention from order). With --pretrained, learned keeps the pretrained table and the others "
+                   "replace it")
     g.add_argument("--kernel_size", type=int_at_least(3), default=None, help="tcn: odd temporal kernel (default 3; "
                    "block i is dilated 2**i, --num_layers blocks)")
     g.add_argument("--num_frames", type=positive_int, default=None, help="concat_linear: frames each video is "
-                   "resampled to before they are concatenated (default 8)")
+                   "resampled to before they are concatenated (default 8); trn: segments each video is resampled to, "
+                   "relations at scales 2..this (default 8)")
+    g.add_argument("--subsets_per_scale", type=positive_int, default=None, help="trn: ordered k-frame subsets per "
+                   "scale, a fixed seeded sample (default 3)")
 
 
 
@@ -281,6 +288,9 @@ def check_args(args: argparse.Namespace) -> None:
         with_positions = [n for n in head_names() if head_class(n).has_positions]
         raise BadInputError(f"--positions applies to {', '.join(with_positions)} (and e2e_ of them), not "
                             f"{args.model}: the other heads have no position embeddings to remove")
+    if args.positions == "time" and route_for(args.model).fixed_length:
+        raise BadInputError(f"--positions time reads each frame's timestamp from stage 2's embeddings; {args.model} "
+                            "trains on clips whose frames carry none (use learned, sinusoidal or rotary)")
     try:  # the head's own rules (models.base.HeadConfig.validate), before any data is read
         head_config(head, **head_kwargs(args))
     except ValueError as exc:

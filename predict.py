@@ -283,23 +283,31 @@ class Prediction:
 
 
 @torch.no_grad()
-def occlusion_drops(head: torch.nn.Module, feats: torch.Tensor, class_idx: int, chunk: int = 64) -> tuple[float, np.ndarray]:
+def occlusion_drops(head: torch.nn.Module, feats: torch.Tensor, class_idx: int, chunk: int = 64,
+                    times: torch.Tensor | None = None) -> tuple[float, np.ndarray]:
     """(P(class | all T frames), per frame t: that minus P(class | the T-1 other frames, in order)).
 
     Works for any head over (B, T, D) features and lengths: the T occluded sequences are batched (in chunks, so
     memory stays bounded for long videos) with length T-1; a one-frame video is compared with an empty one, which
-    every head scores (padding is masked)."""
+    every head scores (padding is masked). `times` (T,) seconds: a head with --positions time gets them, each
+    remaining frame keeping its own time."""
     num = feats.shape[0]
     lengths = torch.tensor([num], device=feats.device)
-    prob = float(head(feats[None], lengths).float().softmax(-1)[0, class_idx])
+    timed = times is not None and getattr(head, "uses_times", False)
+    prob = float(head(feats[None], lengths, **({"times": times[None]} if timed else {})).float().softmax(-1)[
+        0, class_idx])
     drops = np.empty(num)
     keep = ~torch.eye(num, dtype=torch.bool, device=feats.device)  # row t: every frame but t
     for start in range(0, num, chunk):
         rows = keep[start : start + chunk]
         batch = feats.new_zeros(len(rows), max(num - 1, 1), feats.shape[1])
+        kwargs = {}
         if num > 1:
             batch[:] = torch.stack([feats[r] for r in rows])
-        occluded = head(batch, torch.full((len(rows),), num - 1, device=feats.device))
+        if timed:
+            kwargs["times"] = (torch.stack([times[r] for r in rows]) if num > 1
+                               else times.new_zeros(len(rows), 1))
+        occluded = head(batch, torch.full((len(rows),), num - 1, device=feats.device), **kwargs)
         drops[start : start + len(rows)] = prob - occluded.float().softmax(-1)[:, class_idx].cpu().numpy()
     return prob, drops
 
@@ -319,19 +327,22 @@ def predict_video(
     times = [decoded.times[i] for i in enc.frames]
     thumbs = [decoded.thumbs[i] for i in enc.frames] if attention or occlusion else []
     lengths = torch.tensor([len(enc.frames)], device=predictor.device)
+    # --positions time: each frame at its time in the video (stage 1's k / fps), as in training
+    frame_times = torch.tensor(times, dtype=torch.float32, device=predictor.device)
+    timed = {"times": frame_times[None]} if getattr(head, "uses_times", False) else {}
     logits, maps = enc.logits, None
     if attention:
-        head_logits, atts = head(enc.feats[None], lengths, return_attentions=True)
+        head_logits, atts = head(enc.feats[None], lengths, return_attentions=True, **timed)
         used = head.last_frame_index[0].tolist()  # frames the head kept (it subsamples long videos)
         maps = cls_attention([a[0].cpu() for a in atts])[:, : len(used)]
         logits = head_logits if logits is None else logits
     if logits is None:
-        logits = head(enc.feats[None], lengths)
+        logits = head(enc.feats[None], lengths, **timed)
     probs = logits.float().softmax(-1)[0].cpu().numpy()
     occ = None
     if occlusion:  # of the predicted class, over every frame the head was given
         top = int(np.argmax(probs))
-        prob, drops = occlusion_drops(head, enc.feats, top)
+        prob, drops = occlusion_drops(head, enc.feats, top, times=frame_times)
         occ = Occlusion(top, prob, drops, list(times), list(thumbs))
     if attention:
         times, thumbs = [times[i] for i in used], [thumbs[i] for i in used]
@@ -365,7 +376,10 @@ def predict_windows(predictor: Predictor, path: str | os.PathLike, window: float
             if len(kept) < min_frames:
                 timeline.add(win, times, None, f"{len(kept)} frame(s); the head needs {min_frames}")
                 continue
-            logits = route.classify_window(predictor, kept, batch_size)
+            # --positions time: a window is classified as a clip that starts at its first frame, so its frames'
+            # times count from the window's start (a training video's count from its own first frame)
+            timed = {"times": [t - win.start for t in times]} if predictor.model.uses_times else {}
+            logits = route.classify_window(predictor, kept, batch_size, **timed)
             probs = logits.float().softmax(-1)[0].cpu().numpy()
             if not np.isfinite(probs).all():
                 raise BadInputError(f"the model's output is not finite (NaN/inf) in the window at {win.start:g} s")

@@ -376,8 +376,12 @@ def finalize(
     for new, p in enumerate(keep):
         plan = plans[p]
         n_bad = int(bad_arr[offsets[p] : offsets[p + 1]].sum())
-        records.append({"video_idx": new, "video_name": plan.name, "video_length": len(plan.frames) - n_bad,
-                        "label_idx": plan.label, "num_frames": plan.num_frames, "skipped_frames": n_bad})
+        record = {"video_idx": new, "video_name": plan.name, "video_length": len(plan.frames) - n_bad,
+                  "label_idx": plan.label, "num_frames": plan.num_frames, "skipped_frames": n_bad}
+        if n_bad:  # which frames the rows are (their times: frame k is at k / fps); else the rule of dataset.py
+            good = np.flatnonzero(~bad_arr[offsets[p] : offsets[p + 1]])
+            record["frame_index"] = [int(Path(plan.frames[g]).stem.split("_")[-1]) - 1 for g in good]
+        records.append(record)
     meta = {"data": records, "memmap_size": [len(keep), meta["max_len"], meta["feature_dim"]], **meta}
     meta["skipped_frames"] = sum(r["skipped_frames"] for r in records)
     write_failure_report(report, failures)

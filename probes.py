@@ -11,6 +11,14 @@ the frames of an end-to-end clip, so test mode, the e2e route and predict.py sha
 
 A head that cannot see order (meanpool, attnpool, bert --positions none) gives the same outputs under `shuffle`
 and `reverse`, up to float rounding; a head that uses order loses accuracy on the classes that need it.
+
+Timestamps (`--positions time`: items that carry each frame's time in seconds as a fourth element) stay with the
+positions, not with the frames, under the probes that change order (`shuffle`, `reverse`, `static`): a shuffled
+video is fed its frames in a new order at times 0, 1/fps, 2/fps, ... as before. Moving the times with the frames
+would hand a time-coded head the same set of (frame, time) pairs as the unchanged video, and attention over a set
+cannot tell the two apart: the probe would call an order-aware head blind. `half` changes the rate, not the
+order, so its frames keep their true times (0, 2/fps, 4/fps, ...), as a video recorded at half the rate has them
+(`probe_time_indices`).
 """
 
 from __future__ import annotations
@@ -66,6 +74,13 @@ def probe_indices(probe: str, length: int, video: str, seed: int = 0) -> np.ndar
     return np.asarray(PROBES[probe](int(length), video, seed), dtype=np.int64)
 
 
+def probe_time_indices(probe: str, length: int, video: str, seed: int = 0) -> np.ndarray:
+    """Which of a video's timestamps go with the probed frames (the module docstring): the first positions' for the
+    probes that change order, the fed frames' own for `half`."""
+    idx = probe_indices(probe, length, video, seed)
+    return idx if probe == "half" else np.arange(len(idx))
+
+
 def apply_probe(frames: Any, probe: str, video: str, seed: int = 0, time_axis: int = 0) -> Any:
     """`frames` (a NumPy array or tensor) with `probe` applied along `time_axis`."""
     idx = probe_indices(probe, frames.shape[time_axis], video, seed)
@@ -88,9 +103,13 @@ class ProbedDataset(Dataset):
     def __len__(self) -> int:
         return len(self.base)  # type: ignore[arg-type]
 
-    def __getitem__(self, key: Any) -> tuple[Any, int, int]:
-        frames, label, index = self.base[key]
-        return apply_probe(frames, self.probe, self.names[index], self.seed, self.time_axis), label, index
+    def __getitem__(self, key: Any) -> tuple[Any, ...]:
+        frames, label, index, *times = self.base[key]
+        probed = apply_probe(frames, self.probe, self.names[index], self.seed, self.time_axis)
+        if not times:
+            return probed, label, index
+        keep = probe_time_indices(self.probe, frames.shape[self.time_axis], self.names[index], self.seed)
+        return probed, label, index, np.take(np.asarray(times[0]), keep, axis=-1)  # (T,) or (V, T): time is last
 
 
 def summarise_probes(

@@ -65,7 +65,7 @@ def all_model_names() -> tuple[str, ...]:
     """Every --model choice: each registered head and its e2e_ model."""
     return (*head_names(), *e2e_model_names())
 HEAD_KWARGS = ("num_layers", "hidden_size", "num_heads", "intermediate_size", "dropout", "pretrained", "positions",
-               "kernel_size", "num_frames")
+               "kernel_size", "num_frames", "subsets_per_scale")
 # End-to-end clip settings: train mode's defaults; test mode takes the checkpoint's unless a flag is given.
 CLIP_DEFAULTS = {"clip_len": 8, "num_clips": 1}  # and --image_size: the backbone's own
 
@@ -305,9 +305,12 @@ class EmbeddingRoute:
         seg = self.segments
         # the sampling travels in the checkpoint's data_info, beside how the embeddings were made
         provenance = {**info.provenance, "clip_len": seg.clip_len, "num_clips": seg.num_clips}
-        return SplitData(split, EmbeddingDataset(info, augment, args.seed, seg), pad_collate, info.names,
-                         info.labels, info.class_names, str(info.json_path), info.feature_dim, info.lengths,
-                         provenance, info.skipped)
+        # every frame's timestamp travels with it where the split records its fps (the loops pass them to a head
+        # with --positions time only)
+        known = info.fps is not None and all(frames is not None for frames in info.frame_index)
+        dataset = EmbeddingDataset(info, augment, args.seed, seg, with_times=known)
+        return SplitData(split, dataset, pad_collate, info.names, info.labels, info.class_names, str(info.json_path),
+                         info.feature_dim, info.lengths, provenance, info.skipped)
 
     def build_model(self, train_data: SplitData, sampler: TrainSampler, batch_size: int, device: torch.device,
                     dist_info: DistInfo) -> VideoModel:
@@ -386,7 +389,9 @@ class EmbeddingRoute:
         head's features are the first view's."""
         views = embedding_views(len(decoded.frames), predictor.settings)
         feats = gather_embedded(predictor, decoded.frames, views, batch_size)
-        logits = view_logits(predictor.model, feats) if predictor.settings.clip_len is not None else None
+        logits = None
+        if predictor.settings.clip_len is not None:
+            logits = view_logits(predictor.model, feats, view_times(predictor, decoded.times, views))
         return Encoded(feats[0], [int(i) for i in views[0]], logits)
 
     @staticmethod
@@ -396,11 +401,14 @@ class EmbeddingRoute:
         return list(embed_frames(predictor, frames, batch_size))
 
     @staticmethod
-    def classify_window(predictor: Any, units: list[torch.Tensor], batch_size: int) -> torch.Tensor:
+    def classify_window(predictor: Any, units: list[torch.Tensor], batch_size: int,
+                        times: Sequence[float] | None = None) -> torch.Tensor:
         """(1, num_classes) logits of one window's units (stage 2's --max_len cap and the run's segments applied
-        within the window)."""
-        views = torch.from_numpy(embedding_views(len(units), predictor.settings))
-        return view_logits(predictor.model, torch.stack(units).to(predictor.device)[views.to(predictor.device)])
+        within the window); `times`, each unit's timestamp in seconds, go to a head with --positions time (and
+        only there)."""
+        views = embedding_views(len(units), predictor.settings)
+        feats = torch.stack(units).to(predictor.device)[torch.from_numpy(views).to(predictor.device)]
+        return view_logits(predictor.model, feats, view_times(predictor, times, views))
 
 
 def rebuild_backbone(ckpt: Checkpoint, override: str | None) -> tuple[torch.nn.Module, BackboneRecord]:
@@ -447,10 +455,20 @@ def gather_embedded(predictor: Any, frames: Sequence[torch.Tensor], views: np.nd
     return feats[torch.from_numpy(where.reshape(views.shape)).to(predictor.device)]
 
 
-def view_logits(head: torch.nn.Module, feats: torch.Tensor) -> torch.Tensor:
-    """(1, num_classes): the head on each of one video's (V, T, D) views, logits averaged as in evaluation."""
+def view_times(predictor: Any, times: Sequence[float] | None, views: np.ndarray) -> torch.Tensor | None:
+    """(V, T) seconds of the frames at `views` for a head with --positions time (None for the others)."""
+    if not predictor.model.uses_times:
+        return None
+    if times is None:
+        raise ValueError("a head with --positions time needs each frame's timestamp")
+    return torch.tensor(np.asarray(times, dtype=np.float32)[views], device=predictor.device)
+
+
+def view_logits(head: torch.nn.Module, feats: torch.Tensor, times: torch.Tensor | None = None) -> torch.Tensor:
+    """(1, num_classes): the head on each of one video's (V, T, D) views, logits averaged as in evaluation;
+    `times` (V, T) seconds for a head with --positions time."""
     lengths = torch.full((feats.shape[0],), feats.shape[1], device=feats.device)
-    return average_views(head(feats, lengths), feats.shape[0])
+    return average_views(head(feats, lengths, **({} if times is None else {"times": times})), feats.shape[0])
 
 
 def embed_frames(predictor: Any, frames: Sequence[torch.Tensor], batch_size: int) -> torch.Tensor:

@@ -25,6 +25,7 @@ _REGISTRY: dict[str, str] = {
     "gru": "models.gru:GRUHead",
     "tcn": "models.tcn:TCNHead",
     "concat_linear": "models.concat_linear:ConcatLinearHead",
+    "trn": "models.trn:TRNHead",
 }
 
 MODEL_NAMES = tuple(_REGISTRY)  # the built-in heads; `head_names()` includes registered ones

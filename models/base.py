@@ -69,8 +69,12 @@ class VideoModel(nn.Module):
     - `exposes_attention`: `forward(..., return_attentions=True)` also returns per-layer attention maps whose
       token 0 is [CLS] (predict.py's --attention_plot);
     - `order_aware`: whether the output can depend on the order of the frames (False: the probes' shuffle and
-      reverse leave it unchanged by construction);
+      reverse leave it unchanged by construction). The class attribute is the head's default config's; a head
+      whose `positions` setting decides it (attnpool, bert, roberta) sets its own on the instance, so read it
+      from the model;
     - `has_positions`: it takes `positions=` (position encodings that `--positions` chooses or removes);
+    - `uses_times`: `forward(..., times=)` needs each frame's timestamp in seconds, (B, T) (`--positions time`;
+      set on the instance like `order_aware`); the loops pass a batch's "times" only to such a model;
     - `groups_by_length`: its cost grows with a batch's padded width, so `--group_by_length` is on by default;
     - `min_frames`: the fewest frames it can classify (predict.py's sliding windows skip shorter ones);
     - `param_groups(weight_decay, lr, backbone_lr)`: its AdamW groups (by default the weight-decay rule above);
@@ -79,8 +83,9 @@ class VideoModel(nn.Module):
 
     supports_grad_checkpointing: ClassVar[bool] = False
     exposes_attention: ClassVar[bool] = False
-    order_aware: ClassVar[bool] = True
+    order_aware: bool = True
     has_positions: ClassVar[bool] = False
+    uses_times: bool = False
     groups_by_length: ClassVar[bool] = False
     min_frames: ClassVar[int] = 1
 

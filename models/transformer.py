@@ -19,9 +19,16 @@ word-embedding scale (`initializer_range` for a fresh encoder, the RMS of the pr
 `pretrained`) puts frames where text tokens sit, and order is learned within ~45 steps. The pretrained
 position table is used unchanged.
 
-`positions="none"` zeroes and freezes the position table: the encoder is then a set model (attention is
-permutation-equivariant and the [CLS] state permutation-invariant), the ablation that isolates attention
-from order.
+`positions` (models/positions.py): `learned` is the encoder's own table (the pretrained one with `pretrained`).
+Every other setting replaces that table, so each works with pretrained weights too (the rest of the encoder is
+loaded unchanged): `sinusoidal` writes the fixed sin/cos code into the table and freezes it; `rotary` zeroes and
+freezes the table and rotates every layer's queries and keys (RoPE) through its query/key projections, which
+works under every attention implementation; `time` zeroes and freezes the table and adds the code of each frame's
+timestamp (`times=`, seconds) to its token; `none` zeroes and freezes the table, and the encoder is a set model
+(attention is permutation-equivariant and the [CLS] state permutation-invariant), the ablation that isolates
+attention from order. The sinusoidal and time codes are scaled to the RMS of the frame tokens (`position_scale`,
+by default `_token_scale` below, recorded in the config), where a fresh table also sits; [CLS] gets no time code
+(it is no frame).
 
 The word-embedding table is never read (there are no tokens); it is shrunk to `pad_token_id + 1`
 rows and frozen, so checkpoints do not carry a 30k-row vocabulary and DDP sees no unused parameter.
@@ -38,11 +45,11 @@ from torch import nn
 from transformers import BertConfig, BertModel, PreTrainedConfig, PreTrainedModel, RobertaConfig, RobertaModel
 
 from models.base import HeadConfig, VideoHead, length_mask
+from models.positions import CODE_RMS, POSITIONS, RotaryLinear, check_times, sinusoidal_code, time_code
+from models.positions import uniform_frame_index as uniform_frame_index
 from utils import BadInputError
 
 logger = logging.getLogger(__name__)
-
-POSITIONS = ("learned", "none")
 
 
 @dataclass
@@ -62,6 +69,7 @@ class TransformerConfig(HeadConfig):
     encoder_config: dict[str, Any] | None = None
     positions: str = "learned"
     frame_norm: bool | None = None
+    position_scale: float | None = None  # RMS of the sinusoidal/time codes; None: the frame tokens' (recorded)
 
     def validate(self) -> None:
         super().validate()
@@ -70,23 +78,6 @@ class TransformerConfig(HeadConfig):
         if self.pretrained is None and self.encoder_config is None and self.hidden_size % self.num_heads:
             raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}: each "
                              "attention head takes an equal share of the width")
-
-
-def uniform_frame_index(lengths: torch.Tensor, width: int, max_frames: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Which frames to keep so that no video has more than `max_frames`.
-
-    Returns `(index (B, min(width, max_frames)) long, new_lengths (B,))`. A video that fits keeps
-    `0, 1, 2, ...` (entries past its length point at padding); a longer one keeps `max_frames`
-    frames spread uniformly from its first to its last real frame, in order.
-    """
-    new_width = min(width, max_frames)
-    index = torch.arange(new_width, device=lengths.device).unsqueeze(0).repeat(lengths.shape[0], 1)
-    too_long = lengths > max_frames
-    if too_long.any():
-        steps = torch.linspace(0.0, 1.0, max_frames, device=lengths.device, dtype=torch.float64)
-        last = (lengths[too_long] - 1).to(torch.float64).unsqueeze(1)
-        index[too_long] = (steps.unsqueeze(0) * last).round().long()
-    return index, lengths.clamp(max=max_frames)
 
 
 class TransformerHead(VideoHead):
@@ -137,13 +128,10 @@ class TransformerHead(VideoHead):
             encoder = self.model_class(hf_config, add_pooling_layer=False)
         encoder.set_attn_implementation(attn_implementation)
         token_scale = self._token_scale(encoder, from_table=bool(pretrained) and encoder_config is None)
+        position_scale = token_scale if cfg.position_scale is None else float(cfg.position_scale)
         self._shrink_word_embeddings(encoder)
         hf_config = encoder.config
-        if positions == "none":
-            table = encoder.embeddings.position_embeddings
-            with torch.no_grad():
-                table.weight.zero_()
-            table.requires_grad_(False)
+        self._set_positions(encoder, positions, position_scale)
 
         super().__init__(
             input_dim,
@@ -159,9 +147,13 @@ class TransformerHead(VideoHead):
             encoder_config=hf_config.to_diff_dict(),
             positions=positions,
             frame_norm=frame_norm,
+            position_scale=position_scale,
         )
         self.encoder = encoder
         self.positions = positions
+        self.order_aware = positions != "none"
+        self.uses_times = positions == "time"
+        self.position_scale = position_scale
         width = int(hf_config.hidden_size)
         self.position_offset = self._position_offset_for(hf_config)
         self.max_frames = int(hf_config.max_position_embeddings) - self.position_offset - 1
@@ -179,6 +171,26 @@ class TransformerHead(VideoHead):
     @staticmethod
     def _position_offset_for(hf_config: PreTrainedConfig) -> int:
         return 0
+
+    def _set_positions(self, encoder: PreTrainedModel, positions: str, scale: float) -> None:
+        """Make the encoder's position table what `positions` asks for (the module docstring); `learned` keeps it."""
+        if positions == "learned":
+            return
+        table = encoder.embeddings.position_embeddings
+        with torch.no_grad():
+            table.weight.zero_()
+            if positions == "sinusoidal":
+                offset = self._position_offset_for(encoder.config)
+                steps = torch.arange(table.num_embeddings - offset, dtype=torch.float32)
+                code = sinusoidal_code(steps, table.embedding_dim) * (scale / CODE_RMS)
+                table.weight[offset:] = code.to(table.weight.dtype)
+        table.requires_grad_(False)
+        if positions == "rotary":
+            heads = int(encoder.config.num_attention_heads)
+            for layer in encoder.encoder.layer:
+                attention = layer.attention.self
+                attention.query = RotaryLinear.replacing(attention.query, heads)
+                attention.key = RotaryLinear.replacing(attention.key, heads)
 
     def _load_pretrained(self, name_or_dir: str, dropout: float) -> PreTrainedModel:
         try:
@@ -230,10 +242,14 @@ class TransformerHead(VideoHead):
         return self.frame_norm(tokens) if self.frame_norm is not None else tokens
 
     def forward(
-        self, feats: torch.Tensor, lengths: torch.Tensor, return_attentions: bool = False
+        self, feats: torch.Tensor, lengths: torch.Tensor, return_attentions: bool = False,
+        times: torch.Tensor | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
         """Logits (B, num_classes); with `return_attentions`, also one (B, heads, T'+1, T'+1) attention map
-        per layer (token 0 is [CLS], token i > 0 is frame `last_frame_index[b, i - 1]`)."""
+        per layer (token 0 is [CLS], token i > 0 is frame `last_frame_index[b, i - 1]`). `times` (B, T): each
+        frame's timestamp in seconds, read only with positions "time" (and needed there)."""
+        if self.uses_times:
+            times = check_times(times, feats, type(self).__name__)
         x = self.standardize(feats, lengths)
         lengths = lengths.to(x.device)
         if x.shape[1] > self.max_frames and bool((lengths > self.max_frames).any()):
@@ -247,10 +263,15 @@ class TransformerHead(VideoHead):
         index, lengths = uniform_frame_index(lengths, x.shape[1], self.max_frames)
         if x.shape[1] > self.max_frames:
             x = torch.gather(x, 1, index.unsqueeze(-1).expand(-1, -1, x.shape[2]))
+            if times is not None:
+                times = torch.gather(times, 1, index)
         self.last_frame_index = index
 
         batch, frames = x.shape[:2]
         frame_tokens = self.frame_tokens(x)
+        if self.uses_times:  # padding's codes are masked out of attention like the padding itself
+            code = time_code(times, frame_tokens.shape[-1]) * (self.position_scale / CODE_RMS)
+            frame_tokens = frame_tokens + code.to(frame_tokens.dtype)
         # The sequence in the parameters' dtype: the encoder adds its float32 position table anyway, and [CLS]'s
         # gradient, a sum over the batch, then adds up in float32 (under fp16 autocast its half-precision sum
         # overflowed at GradScaler's initial scale, once the frame tokens were normalised to the word scale).

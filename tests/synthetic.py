@@ -153,3 +153,38 @@ def write_numbered_video(path: str | Path, num_frames: int, fps: int = 10, size:
 def frame_number(rgb: np.ndarray) -> int:
     """The number of a write_numbered_video frame from its decoded pixels."""
     return int(round(float(rgb.mean()) / NUMBERED_STEP))
+
+
+def make_random_swap_task(
+    num_samples: int,
+    num_pairs: int = 2,
+    dim: int = 16,
+    num_protos: int = 8,
+    min_repeat: int = 1,
+    max_repeat: int = 4,
+    noise: float = 0.5,
+    seed: int = 0,
+    proto_seed: int = 2468,
+) -> tuple[list[np.ndarray], np.ndarray]:
+    """Harder than make_local_swap_task: class 2i plays prototypes P0..P(K-1) in order, class 2i+1 the same with
+    two neighbouring prototypes swapped at a position drawn per video (anywhere from the first pair to the last),
+    and every prototype is held for its own number of frames (min_repeat..max_repeat, drawn per prototype), so
+    the speed changes within a video and no fixed frame slot lines up with the swap.
+
+    Each prototype keeps its own repeat count when it moves, so both classes draw the same multiset of frames: an
+    order-blind head is at chance within a pair. A head must find a local inversion wherever it is."""
+    protos = np.random.default_rng(proto_seed).normal(size=(num_pairs, num_protos, dim)).astype(np.float32)
+    rng = np.random.default_rng(seed)
+    videos, labels = [], []
+    for i in range(num_samples):
+        label = i % (2 * num_pairs)
+        order = np.arange(num_protos)
+        where = int(rng.integers(0, num_protos - 1))
+        if label % 2:
+            order[[where, where + 1]] = order[[where + 1, where]]
+        repeats = rng.integers(min_repeat, max_repeat + 1, size=num_protos)  # per prototype, kept when it moves
+        clean = protos[label // 2][np.repeat(order, repeats[order])]
+        frames = clean + noise * rng.normal(size=clean.shape).astype(np.float32)
+        videos.append(frames.astype(np.float32))
+        labels.append(label)
+    return videos, np.asarray(labels, dtype=np.int64)

@@ -159,3 +159,22 @@ def test_local_swap_task_holds_the_same_frames_in_both_classes_of_a_pair():
     b = next(v for v, y in zip(videos, labels, strict=True) if y == 1 and len(v) == 12)
     assert np.allclose(np.sort(a, axis=0), np.sort(b, axis=0))  # the same multiset of frames: a mean cannot tell
     assert not np.allclose(a, b) and np.allclose(a[:4], b[:4]) and np.allclose(a[8:], b[8:])  # only the middle
+
+
+def test_random_swap_task_swaps_neighbours_anywhere_with_the_same_frames():
+    from tests.synthetic import make_random_swap_task
+
+    videos, labels = make_random_swap_task(80, num_pairs=1, dim=4, noise=0.0, seed=5, max_repeat=1)
+    protos = videos[0]  # class 0 at one frame per prototype: the prototypes in order
+    swaps = set()
+    for v, y in zip(videos, labels, strict=True):
+        assert np.allclose(np.sort(v, axis=0), np.sort(protos, axis=0))  # the same frames in both classes
+        if y == 1:
+            moved = np.flatnonzero(~np.isclose(v, protos).all(1))
+            assert len(moved) == 2 and moved[1] == moved[0] + 1  # two neighbours exchanged
+            swaps.add(int(moved[0]))
+        else:
+            assert np.allclose(v, protos)
+    assert len(swaps) >= 5  # at many positions, not one
+    varied, _ = make_random_swap_task(20, num_pairs=1, dim=4, noise=0.0, seed=5)
+    assert len({len(v) for v in varied}) > 3  # each prototype held for its own number of frames

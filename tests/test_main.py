@@ -191,9 +191,9 @@ def test_probes_show_which_head_uses_order(data_dir, tmp_path):
 
 def test_positions_and_probes_flags_are_refused_up_front_where_they_mean_nothing(data_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(main, "rank_group", lambda: pytest.fail("work started"))
-    with pytest.raises(BadInputError, match="--positions applies to bert, roberta"):
+    with pytest.raises(BadInputError, match="--positions applies to attnpool, bert, roberta"):
         run_main(*train_args(data_dir, tmp_path, "r", "--epochs", 1, "--model", "bilstm", "--positions", "none"))
-    with pytest.raises(BadInputError, match="--positions applies to bert, roberta"):
+    with pytest.raises(BadInputError, match="--positions applies to attnpool, bert, roberta"):
         run_main(*train_args(data_dir, tmp_path, "r", "--epochs", 1, "--model", "e2e_meanpool", "--positions", "none"))
     with pytest.raises(BadInputError, match="--probes evaluates a trained checkpoint"):
         run_main(*train_args(data_dir, tmp_path, "r", "--epochs", 1, "--probes", "shuffle"))
@@ -523,3 +523,33 @@ def test_segment_sampling_is_deterministic_under_the_seed(data_dir, tmp_path):
                              "--dropout", 0.0))
     a, b, c = (epoch_records(tmp_path / "t" / n) for n in "abc")
     assert a == b and a != c
+
+
+def test_positions_time_trains_tests_with_probes_and_rebuilds(data_dir, tmp_path):
+    """--positions time through main.py: the batches carry the frames' times (the split's fps), the checkpoint
+    rebuilds the head with its setting, and test mode runs the probes with them; e2e refuses it up front."""
+    run_main(*train_args(data_dir, tmp_path, "timed", "--model", "attnpool", "--num_layers", 2, "--positions", "time",
+                         "--hidden_size", 16, "--num_heads", 2, "--epochs", 1))
+    run = tmp_path / "t" / "timed"
+    ckpt = load_checkpoint(run / "checkpoints" / "best.pth")
+    assert ckpt["model_config"]["positions"] == "time"
+    run_main("--mode", "test", "--model_ckpt", run / "checkpoints" / "best.pth", "--data_dir", data_dir,
+             "--split", "test", "--num_workers", 0, "--probes", "shuffle", "half")
+    probes = probe_results(run)
+    assert probes["shuffle"]["count"] == probes["none"]["count"] == 23
+    with pytest.raises(BadInputError, match="--positions time reads each frame's timestamp"):
+        main.check_args(main.get_args_parser().parse_args(["--model", "e2e_bert", "--positions", "time"]))
+    with pytest.raises(BadInputError, match="num_layers 1 has none"):
+        main.check_args(main.get_args_parser().parse_args(["--model", "attnpool", "--positions", "rotary"]))
+
+
+def test_positions_time_with_segments_and_views(data_dir, tmp_path):
+    """--positions time with TSN segments and test-time views: each view row carries its own frames' times, so
+    training, test mode with 2 views and the probes all run, and test mode counts every video once."""
+    run_main(*train_args(data_dir, tmp_path, "timed_seg", "--model", "attnpool", "--num_layers", 2, "--positions",
+                         "time", "--hidden_size", 16, "--num_heads", 2, "--epochs", 1, "--num_segments", 4))
+    run = tmp_path / "t" / "timed_seg"
+    run_main("--mode", "test", "--model_ckpt", run / "checkpoints" / "best.pth", "--data_dir", data_dir,
+             "--split", "test", "--num_workers", 0, "--num_clips", 2, "--probes", "shuffle", "half")
+    probes = probe_results(run)
+    assert probes["shuffle"]["count"] == probes["half"]["count"] == probes["none"]["count"] == 23

@@ -30,6 +30,7 @@ HEADS = {  # name -> (build kwargs, learning rate, steps) for the order task
     "gru": ({"hidden_size": 32}, 3e-3, 200),
     "tcn": ({"hidden_size": 32, "num_layers": 3}, 3e-3, 200),
     "concat_linear": ({"num_frames": 6}, 3e-3, 200),
+    "trn": ({"hidden_size": 32, "num_frames": 6}, 3e-3, 200),
 }
 
 
@@ -109,9 +110,21 @@ def small_head(name: str, **kwargs) -> torch.nn.Module:
 ALL_HEADS = [("meanpool", {}), ("attnpool", {}), ("bilstm", {}), ("bilstm", {"pooling": "mean"}), ("bert", {}),
              ("roberta", {}), ("bert", {"positions": "none"}), ("roberta", {"positions": "none"}), ("gru", {}),
              ("tcn", {}), ("tcn", {"kernel_size": 5}), ("concat_linear", {}), ("concat_linear", {"num_frames": 3}),
-             ("attnpool", {"num_layers": 3})]
-ORDER_AWARE = [(n, k) for n, k in ALL_HEADS if n not in ("meanpool", "attnpool") and k.get("positions") != "none"]
-# attnpool at any depth is order-blind (V-JEPA 2's deep attentive probe: self-attention blocks without positions)
+             ("attnpool", {"num_layers": 3}), ("trn", {}), ("trn", {"num_frames": 4, "subsets_per_scale": 2}),
+             ("bert", {"positions": "sinusoidal"}), ("bert", {"positions": "rotary"}),
+             ("roberta", {"positions": "sinusoidal"}), ("roberta", {"positions": "rotary"}),
+             ("attnpool", {"num_layers": 3, "positions": "learned"}), ("attnpool", {"num_layers": 2,
+                                                                                   "positions": "sinusoidal"}),
+             ("attnpool", {"num_layers": 3, "positions": "rotary"})]
+# (positions "time" needs times=: its own tests below)
+
+
+def default_positions(name: str) -> str:
+    return {"bert": "learned", "roberta": "learned", "attnpool": "none"}.get(name, "n/a")
+
+
+ORDER_AWARE = [(n, k) for n, k in ALL_HEADS if n != "meanpool" and k.get("positions", default_positions(n)) != "none"]
+# attnpool at any depth is order-blind without positions (V-JEPA 2's deep attentive probe); with them it is not
 
 
 @pytest.mark.parametrize(("name", "kwargs"), ORDER_AWARE)
@@ -119,7 +132,15 @@ def test_order_aware_heads_see_reversed_frames(name: str, kwargs: dict) -> None:
     """The converse of the order-blind test below: reversing each video's real frames changes the logits of every
     head that is order-aware by construction, and its class says so."""
     model = small_head(name, **kwargs)
-    assert type(model).order_aware
+    assert model.order_aware
+    if kwargs.get("positions") == "rotary" and name in ("bert", "roberta"):
+        # rotary acts through the attention scores only, and a fresh encoder's query/key weights (std 0.02) give
+        # scores near zero, so attention is almost uniform and the rotation's effect faint (5e-5, measured): weights
+        # as a trained encoder's (x30 here: 0.02) show it
+        with torch.no_grad():
+            for layer in model.encoder.encoder.layer:
+                layer.attention.self.query.weight.mul_(30)
+                layer.attention.self.key.weight.mul_(30)
     rng = np.random.default_rng(4)
     videos = [rng.normal(size=(n, DIM)).astype(np.float32) for n in (6, 9, 4)]
     x, lengths = pad_batch(videos)
@@ -389,8 +410,8 @@ def test_positions_none_has_no_trainable_position_table() -> None:
     table = model.encoder.embeddings.position_embeddings.weight
     assert not table.requires_grad and bool((table == 0).all())
     assert model.config["positions"] == "none"
-    with pytest.raises(ValueError, match="positions"):
-        build_model("bert", DIM, 3, **TINY, positions="sinusoidal")
+    with pytest.raises(ValueError, match="unknown positions"):
+        build_model("bert", DIM, 3, **TINY, positions="absolute")
 
 
 @pytest.mark.parametrize("name", ["bert", "roberta"])
@@ -452,3 +473,212 @@ def test_occlusion_drops_remove_one_frame_at_a_time(name: str, kwargs: dict) -> 
             assert drops[t] == pytest.approx(float(expected), abs=1e-5)
         _, single = occlusion_drops(model, feats[:1], class_idx=0)  # one frame against an empty video
         assert single.shape == (1,) and np.isfinite(single).all()
+
+
+# ----------------------------------------------------------------------------------------------------------- trn
+
+
+def test_trn_relation_subsets_are_a_fixed_seeded_sample() -> None:
+    """Every scale 2..T has its ordered subsets: all of them where C(T, k) <= subsets_per_scale, else that many
+    distinct sorted ones, the same for the same seed (so a config rebuilds them) and another for another seed."""
+    from models.trn import relation_subsets
+
+    assert relation_subsets(4, 4, 3, seed=0).tolist() == [[0, 1, 2, 3]]
+    assert relation_subsets(4, 3, 4, seed=0).tolist() == [[0, 1, 2], [0, 1, 3], [0, 2, 3], [1, 2, 3]]
+    drawn = relation_subsets(8, 3, 5, seed=0)
+    assert drawn.shape == (5, 3) and len({tuple(r) for r in drawn.tolist()}) == 5
+    assert bool((np.diff(drawn, axis=1) > 0).all()) and drawn.min() >= 0 and drawn.max() < 8
+    assert relation_subsets(8, 3, 5, seed=0).tolist() == drawn.tolist()
+    assert relation_subsets(8, 3, 5, seed=1).tolist() != drawn.tolist()
+    model = small_head("trn", num_frames=5, subsets_per_scale=2)
+    assert model.scales == (2, 3, 4, 5) and model.subsets_5.tolist() == [[0, 1, 2, 3, 4]]
+    assert all(getattr(model, f"subsets_{k}").shape == (2, k) for k in (2, 3, 4))
+    assert not any(k.startswith("subsets_") for k in model.state_dict())  # rebuilt from the config, not stored
+
+
+def test_trn_swapping_two_segments_changes_the_relations() -> None:
+    """Order-aware by construction: a video of exactly T frames is its own segments, and swapping two of them
+    changes the logits (a mean of the same frames would not change)."""
+    model = small_head("trn", num_frames=4)
+    x = torch.randn(1, 4, DIM)
+    swapped = x[:, [1, 0, 2, 3]]
+    with torch.no_grad():
+        assert (model(swapped, torch.tensor([4])) - model(x, torch.tensor([4]))).abs().max() > 1e-4
+
+
+def test_trn_config_is_validated() -> None:
+    with pytest.raises(ValueError, match="num_frames must be >= 2"):
+        build_model("trn", DIM, 3, num_frames=1)
+    with pytest.raises(ValueError, match="subsets_per_scale"):
+        build_model("trn", DIM, 3, subsets_per_scale=0)
+
+
+# ------------------------------------------------------------------------------------------- position encodings
+
+TIMED = [("bert", {"positions": "time"}), ("roberta", {"positions": "time"}),
+         ("attnpool", {"num_layers": 2, "positions": "time"})]
+
+
+@pytest.mark.parametrize(("name", "kwargs"), TIMED)
+def test_time_positions_mask_padding_and_read_the_real_times(name: str, kwargs: dict) -> None:
+    """positions "time": padding (features and times) never matters, each video scores alone as batched; the same
+    frames at other times (another rate) give other logits, where an index code could not tell; no times is a clear
+    error, not a silent index code."""
+    model = small_head(name, **kwargs)
+    assert model.uses_times and model.order_aware
+    rng = np.random.default_rng(0)
+    videos = [rng.normal(size=(n, DIM)).astype(np.float32) for n in (3, 7, 5)]
+    x, lengths = pad_batch(videos)
+    times = torch.arange(x.shape[1], dtype=torch.float32).repeat(3, 1) * 0.5  # 2 fps
+    noisy_x, noisy_t = x.clone(), times.clone()
+    pad = ~(torch.arange(x.shape[1]).unsqueeze(0) < lengths.unsqueeze(1))
+    noisy_x[pad], noisy_t[pad] = 1e4, 1e4
+    with torch.no_grad():
+        logits = model(x, lengths, times=times)
+        torch.testing.assert_close(model(noisy_x, lengths, times=noisy_t), logits, rtol=0, atol=1e-5)
+        for i, video in enumerate(videos):
+            alone = model(torch.from_numpy(video)[None], torch.tensor([len(video)]), times=times[i : i + 1, : len(video)])
+            torch.testing.assert_close(alone[0], logits[i], rtol=1e-5, atol=1e-5)
+        assert (model(x, lengths, times=times * 2) - logits).abs().max() > 1e-4  # the same frames at 1 fps
+        reversed_ = pad_batch([v[::-1].copy() for v in videos])[0]
+        assert (model(reversed_, lengths, times=times) - logits).abs().max() > 1e-4
+    with pytest.raises(ValueError, match="needs each frame's timestamp"):
+        model(x, lengths)
+
+
+def test_time_code_is_the_same_at_the_same_second_whatever_the_rate() -> None:
+    """A frame at 1.0 s is frame 4 at 4 fps and frame 2 at 2 fps: the same code; index codes would differ."""
+    from models.positions import sinusoidal_code, time_code
+
+    at_4fps, at_2fps = torch.arange(8) / 4.0, torch.arange(4) / 2.0
+    torch.testing.assert_close(time_code(at_4fps[None], 32)[0, 4], time_code(at_2fps[None], 32)[0, 2])
+    assert (sinusoidal_code(torch.tensor(4.0), 32) - sinusoidal_code(torch.tensor(2.0), 32)).abs().max() > 0.1
+
+
+def test_rotary_scores_depend_on_the_positions_difference_only() -> None:
+    """RoPE's defining property: <R(m) q, R(n) k> = <R(m + s) q, R(n + s) k>; and it is no identity."""
+    from models.positions import apply_rotary
+
+    q, k = torch.randn(1, 1, 2, 8), torch.randn(1, 1, 2, 8)
+
+    def score(m: float, n: float) -> torch.Tensor:
+        return (apply_rotary(q, torch.tensor([m])) * apply_rotary(k, torch.tensor([n]))).sum(-1)
+
+    torch.testing.assert_close(score(3.0, 1.0), score(10.0, 8.0), rtol=1e-5, atol=1e-5)
+    assert (score(3.0, 1.0) - score(1.0, 1.0)).abs().max() > 1e-3
+    with pytest.raises(ValueError, match="even width"):
+        apply_rotary(torch.randn(1, 2, 1, 5), torch.arange(2.0))
+
+
+@pytest.mark.parametrize("name", ["bert", "roberta"])
+def test_sinusoidal_and_rotary_replace_the_learned_table(name: str) -> None:
+    """sinusoidal: the fixed code written into the table (after RoBERTa's offset) at the frame tokens' scale, frozen;
+    rotary and time: the table zeroed and frozen, rotary's queries and keys rotated in every layer."""
+    from models.positions import RotaryLinear, sinusoidal_code
+
+    model = small_head(name, positions="sinusoidal")
+    table = model.encoder.embeddings.position_embeddings.weight
+    offset = model.position_offset
+    assert not table.requires_grad and bool((table[:offset] == 0).all())
+    code = sinusoidal_code(torch.arange(table.shape[0] - offset, dtype=torch.float32), table.shape[1])
+    torch.testing.assert_close(table[offset:], code * model.position_scale * 2**0.5)
+    assert 0.5 < table[offset:].pow(2).mean().sqrt().item() / model.position_scale < 2.0
+    for positions in ("rotary", "time"):
+        model = small_head(name, positions=positions)
+        table = model.encoder.embeddings.position_embeddings.weight
+        assert not table.requires_grad and bool((table == 0).all())
+        layers = model.encoder.encoder.layer
+        assert all(isinstance(layer.attention.self.query, RotaryLinear) == (positions == "rotary") for layer in layers)
+        assert all(isinstance(layer.attention.self.key, RotaryLinear) == (positions == "rotary") for layer in layers)
+
+
+@pytest.mark.parametrize("positions", ["sinusoidal", "rotary", "time"])
+def test_pretrained_minilm_with_other_positions_keeps_the_rest_of_its_weights(positions: str) -> None:
+    """--pretrained with positions other than learned: the pretrained position table is replaced, every other
+    encoder weight is MiniLM's own, and a checkpoint's config rebuilds the same head without the directory."""
+    model = build_model("bert", DIM, 4, pretrained=str(MINILM), positions=positions).eval()
+    on_disk = {k.removeprefix("bert."): v for k, v in load_file(MINILM / "model.safetensors").items()}
+    encoder = model.encoder.state_dict()
+    for key, value in on_disk.items():
+        if key.startswith("pooler.") or key in ("embeddings.position_ids", "embeddings.word_embeddings.weight"):
+            continue
+        if key == "embeddings.position_embeddings.weight":
+            assert not torch.equal(encoder[key], value)
+            continue
+        torch.testing.assert_close(encoder[key], value, rtol=0, atol=0)
+    x, lengths, times = torch.randn(2, 5, DIM), torch.tensor([5, 3]), torch.arange(5.0).repeat(2, 1)
+    with torch.no_grad():
+        logits = model(x, lengths, times=times)
+    config = {k: v for k, v in model.config.items() if k != "pretrained"}
+    rebuilt = build_model(**config).eval()
+    rebuilt.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt(x, lengths, times=times), logits)
+
+
+def test_attnpool_positions_need_self_attention_blocks_and_learned_ones_subsample_long_videos(caplog) -> None:
+    with pytest.raises(ValueError, match="num_layers 1 has none"):
+        build_model("attnpool", DIM, 3, positions="sinusoidal")
+    model = small_head("attnpool", num_layers=2, positions="learned", max_positions=4)
+    assert model.position_table.requires_grad and model.config["positions"] == "learned"
+    x = torch.randn(1, 9, DIM)
+    with caplog.at_level(logging.WARNING, logger="models.attnpool"), torch.no_grad():
+        logits = model(x, torch.tensor([9]))
+        torch.testing.assert_close(logits, model(x[:, [0, 3, 5, 8]], torch.tensor([4])))  # first to last, uniform
+    assert any("subsampling" in r.getMessage() for r in caplog.records)
+    assert not small_head("attnpool", num_layers=3).order_aware  # the default stays order-blind
+
+
+def test_config_without_positions_fields_rebuilds_the_old_heads() -> None:
+    """Checkpoints from before these settings: bert/roberta configs without `position_scale`, attnpool ones without
+    `positions`/`max_positions` rebuild the heads they were (learned positions; an order-blind attnpool)."""
+    bert = small_head("bert")
+    old = {k: v for k, v in bert.config.items() if k != "position_scale"}
+    rebuilt = build_model(**old)
+    rebuilt.load_state_dict(bert.state_dict())
+    assert rebuilt.positions == "learned" and rebuilt.order_aware
+    pool = small_head("attnpool", num_layers=2)
+    old = {k: v for k, v in pool.config.items() if k not in ("positions", "max_positions")}
+    again = build_model(**old)
+    again.load_state_dict(pool.state_dict())
+    assert not again.order_aware
+
+
+def test_matched_budget_recipe_holds_similar_parameter_counts() -> None:
+    """benchmarks/head_budget.py's recipe (the README's table): every sized head within 15% of the median."""
+    import statistics
+
+    from benchmarks.head_budget import RECIPE, trainable
+
+    counts = {name: trainable(name, 512, 101, flags) for name, flags in RECIPE.items() if name != "meanpool"}
+    median = statistics.median(counts.values())
+    assert all(0.85 <= c / median <= 1.15 for c in counts.values()), counts
+    assert {name.split(" ")[0] for name in RECIPE} == set(MODEL_NAMES)  # every head has its line
+
+
+def test_occlusion_drops_keep_each_frames_own_time() -> None:
+    """predict.py --occlusion with a time-coded head: removing frame t leaves the others at their own times."""
+    from predict import occlusion_drops
+
+    model = small_head("attnpool", num_layers=2, positions="time")
+    feats = torch.randn(4, DIM)
+    times = torch.tensor([0.0, 0.5, 1.0, 1.5])
+    with torch.no_grad():
+        prob, drops = occlusion_drops(model, feats, class_idx=1, times=times)
+        full = model(feats[None], torch.tensor([4]), times=times[None]).softmax(-1)[0, 1]
+        rest = [0, 2, 3]
+        expected = full - model(feats[rest][None], torch.tensor([3]), times=times[rest][None]).softmax(-1)[0, 1]
+    assert prob == pytest.approx(float(full), abs=1e-6) and drops[1] == pytest.approx(float(expected), abs=1e-5)
+
+
+POSITIONED = [("bert", {**TINY, "positions": "sinusoidal"}), ("bert", {**TINY, "positions": "rotary"}),
+              ("attnpool", {"hidden_size": 32, "num_heads": 2, "num_layers": 2, "positions": "rotary"}),
+              ("attnpool", {"hidden_size": 32, "num_heads": 2, "num_layers": 2, "positions": "learned"})]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("name", "kwargs"), POSITIONED)
+def test_position_settings_learn_frame_order(name: str, kwargs: dict, one_thread: None) -> None:
+    """With the budget of test_sequence_heads_learn_frame_order, each position setting learns the order pairs (1.0
+    measured for the first three): sinusoidal and rotary carry order, and attnpool's blocks use it once given it."""
+    assert train_on_order_task(name, kwargs, 2e-3, 300) >= 0.95

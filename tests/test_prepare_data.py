@@ -305,6 +305,8 @@ def test_missing_videos_and_corrupt_frames(reference, fixture_frames, tmp_path, 
     keep = [k for k in range(bikes_rec["num_frames"]) if k not in (2, 5)]
     np.testing.assert_allclose(arr[0, : len(keep)], ref_arr[ref_idx["bikes_c000"], keep], rtol=1e-5, atol=1e-6)
     assert np.all(arr[0, len(keep) :] == 0)
+    # ...and its record says which stage 1 frames its rows are (their times, k / fps, for --positions time)
+    assert bikes_rec["frame_index"] == keep and all("frame_index" not in r for r in meta["data"][1:])
 
 
 def test_max_len_dtype_and_class_name_fallback(fixture_frames, tmp_path, caplog):

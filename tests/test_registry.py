@@ -100,7 +100,37 @@ def test_capabilities_are_declared_on_the_classes():
     caps = {n: (models.head_class(n).order_aware, models.head_class(n).has_positions,
                 models.head_class(n).groups_by_length, models.head_class(n).exposes_attention)
             for n in models.MODEL_NAMES}
-    assert caps == {"meanpool": (False, False, False, False), "attnpool": (False, False, False, False),
+    assert caps == {"meanpool": (False, False, False, False), "attnpool": (False, True, False, False),
                     "bilstm": (True, False, True, False), "bert": (True, True, True, True),
                     "roberta": (True, True, True, True), "gru": (True, False, True, False),
-                    "tcn": (True, False, True, False), "concat_linear": (True, False, False, False)}
+                    "tcn": (True, False, True, False), "concat_linear": (True, False, False, False),
+                    "trn": (True, False, False, False)}
+
+
+def test_trn_trains_through_main_py_rebuilds_and_is_an_e2e_model_too(tmp_path, one_thread):
+    """The built-in trn head: a short run of main.py on synthetic order pairs, its checkpoint rebuilds the same
+    relations (same logits), and e2e_trn exists through the registry."""
+    from models.e2e import build_e2e_model
+
+    for split, n, seed in (("train", 32, 0), ("val", 16, 1)):
+        videos, labels = make_order_task(n, num_pairs=1, dim=8, seed=seed)
+        write_embedding_split(tmp_path / "data", split, videos, labels)
+    args = main.get_args_parser().parse_args([
+        "--mode", "train", "--model", "trn", "--data_dir", str(tmp_path / "data"), "--expt_dir", str(tmp_path),
+        "--expt_name", "x", "--run_name", "trn", "--epochs", "1", "--batch_size", "8", "--num_workers", "0",
+        "--hidden_size", "16", "--num_frames", "4", "--subsets_per_scale", "2"])
+    assert main.main(args) == 0
+    ckpt = read_checkpoint(tmp_path / "x" / "trn" / "checkpoints" / "last.pth")
+    assert ckpt.model_name == "trn" and ckpt.model.config["num_frames"] == 4
+    assert ckpt.model.config["subsets_per_scale"] == 2
+    model = model_from_checkpoint(ckpt).eval()
+    again = models.build_model(**ckpt.model.config).eval()
+    again.load_state_dict(model.state_dict())
+    x, lengths = torch.randn(2, 5, 8), torch.tensor([5, 3])
+    with torch.no_grad():
+        torch.testing.assert_close(again(x, lengths), model(x, lengths))
+    assert "e2e_trn" in e2e_model_names()
+    e2e = build_e2e_model("e2e_trn", num_classes=2, backbone="resnet18", weights="none", hidden_size=8,
+                          num_frames=3).eval()
+    with torch.no_grad():
+        assert e2e(torch.randint(0, 256, (1, 3, 3, 32, 32), dtype=torch.uint8), torch.tensor([3])).shape == (1, 2)
