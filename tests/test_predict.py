@@ -93,17 +93,19 @@ def test_same_probabilities_as_embedding_route(pipeline):
         assert [r.num_frames for r in timeline.results][:-1] == [2] * (pred.num_frames - 1)
 
 
-def test_segments_and_views_of_an_embedding_checkpoint_as_test_mode(pipeline, tmp_path):
+@pytest.mark.parametrize("head", [["bilstm"], ["attnpool", "--num_layers", "2", "--num_heads", "2", "--positions", "time"]],
+                         ids=["bilstm", "attnpool_time"])
+def test_segments_and_views_of_an_embedding_checkpoint_as_test_mode(pipeline, tmp_path, head):
     """A head trained with --clip_len and tested with --num_clips: predict.py samples the checkpoint's segments and
     views of stage 2's frames and averages the views' logits, so it gives test mode's probabilities; a window as
-    long as the video gives the same."""
+    long as the video gives the same. With --positions time each view's frames carry their own seconds in both."""
     common = ["--data_dir", str(pipeline["data"]), "--expt_dir", str(tmp_path), "--expt_name", "e", "--num_workers",
               "0", "--gpu_id", "0", "--batch_size", "8"]
-    _run(main_script, ["--mode", "train", "--model", "bilstm", "--hidden_size", "16", "--epochs", "1",
+    _run(main_script, ["--mode", "train", "--model", *head, "--hidden_size", "16", "--epochs", "1",
                        "--clip_len", "3", "--num_clips", "2", *common])
-    ckpt = tmp_path / "e" / "bilstm" / "checkpoints" / "best.pth"
+    ckpt = tmp_path / "e" / head[0] / "checkpoints" / "best.pth"
     _run(main_script, ["--mode", "test", "--model_ckpt", str(ckpt), "--split", "test", *common])
-    with open(tmp_path / "e" / "bilstm" / "predictions_test.csv", newline="") as fh:
+    with open(tmp_path / "e" / head[0] / "predictions_test.csv", newline="") as fh:
         rows = {r["video"]: r for r in csv.DictReader(fh)}
     predictor = predict.load_predictor(ckpt)
     assert (predictor.settings.clip_len, predictor.settings.num_clips) == (3, 2)
