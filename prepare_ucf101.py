@@ -237,6 +237,35 @@ def _test_fault(video_name: str) -> None:
             raise RuntimeError(f"test fault injected on {video_name}")
 
 
+def video_meta(task: ExtractTask, stamp: dict[str, int] | None, times: list[float], info: dict[str, Any]
+               ) -> dict[str, Any]:
+    """The record of one sampled video (its settings, source, stamp, timestamps, timing), or VideoDecodeError
+    when the sampling cannot be kept: a truncated video (unless --keep_truncated), a segment holding no frame, a
+    source that vanished. Stage 1 and prepare_data.py --videos_dir both judge a video by it."""
+    reason = None if task.keep_truncated else truncation_reason(info)
+    if not times and task.segment is not None:
+        reason = (f"segment {task.segment[0]:g}-{task.segment[1]:g} s holds no frame (the video lasts "
+                  f"{info.get('duration', 0.0):.2f} s)")
+    if reason:
+        raise VideoDecodeError(task.path, reason + " (--keep_truncated keeps such videos)")
+    if stamp is None:
+        raise VideoDecodeError(task.path, "unreadable (it vanished while being read)")
+    meta = {
+        **_settings(task.fps, task.frame_size, task.jpeg_quality, task.source_fps),
+        "source": task.source,
+        **({} if task.segment is None else {"segment": list(task.segment)}),
+        **stamp,
+        "num_frames": len(times),
+        "timestamps": times,
+        "timing": info.get("timing", "decoded"),
+    }
+    if info.get("replaced_timestamps"):
+        meta["replaced_timestamps"] = info["replaced_timestamps"]
+    if info.get("decoder_errors"):
+        meta["decoder_errors"] = info["decoder_errors"]
+    return meta
+
+
 def extract_video(task: ExtractTask) -> dict[str, Any]:
     """Write one video's frames to frames/.tmp/<name>, its metadata to frames/.meta/<name>.json, then rename the
     folder into place. Returns {"video_name", "meta"}, {"video_name", "failure"} for a video that cannot be
@@ -263,27 +292,7 @@ def extract_video(task: ExtractTask) -> dict[str, Any]:
             times.append(round(t, 6))
             if k == 0:
                 _test_fault(task.video_name)
-        reason = None if task.keep_truncated else truncation_reason(info)
-        if not times and task.segment is not None:
-            reason = (f"segment {task.segment[0]:g}-{task.segment[1]:g} s holds no frame (the video lasts "
-                      f"{info.get('duration', 0.0):.2f} s)")
-        if reason:
-            raise VideoDecodeError(task.path, reason + " (--keep_truncated keeps such videos)")
-        if stamp is None:
-            raise VideoDecodeError(task.path, "unreadable (it vanished while being read)")
-        meta = {
-            **_settings(task.fps, task.frame_size, task.jpeg_quality, task.source_fps),
-            "source": task.source,
-            **({} if task.segment is None else {"segment": list(task.segment)}),
-            **stamp,
-            "num_frames": len(times),
-            "timestamps": times,
-            "timing": info.get("timing", "decoded"),
-        }
-        if info.get("replaced_timestamps"):
-            meta["replaced_timestamps"] = info["replaced_timestamps"]
-        if info.get("decoder_errors"):
-            meta["decoder_errors"] = info["decoder_errors"]
+        meta = video_meta(task, stamp, times, info)
         atomic_write_json(frames_dir / META_DIR / f"{task.video_name}.json", meta, indent=None, durable=False)
         final = frames_dir / task.video_name
         if final.is_dir() and not final.is_symlink():  # a folder without matching metadata, e.g. an older run's
@@ -596,12 +605,12 @@ def _main(args: argparse.Namespace, video_dir: Path, out_dir: Path, plan: Plan) 
 
 
 def write_outputs(args: argparse.Namespace, out_dir: Path, plan: Plan, metas: dict[str, dict[str, Any]],
-                  failures: list[dict[str, str]]) -> int:
-    """The run's shared outputs from every video's metadata: the manifest, classInd.txt, the split JSONs and the
-    failure report (what a whole run and a merge of shards both end with), then the exit summary."""
-    frames_dir = out_dir / "frames"
+                  failures: list[dict[str, str]], manifest: Path | None = None) -> int:
+    """The run's shared outputs from every video's metadata: the manifest (`manifest`, by default in frames/),
+    classInd.txt, the split JSONs and the failure report (what a whole run, a merge of shards and
+    prepare_data.py --videos_dir all end with), then the exit summary."""
     settings = _settings(args.frame_rate, args.frame_size, args.jpeg_quality, plan.source_fps)
-    atomic_write_json(frames_dir / MANIFEST, build_manifest(metas, settings))
+    atomic_write_json(manifest or out_dir / "frames" / MANIFEST, build_manifest(metas, settings))
 
     outputs, class_names = split_outputs(plan, metas, args)
     write_class_index(out_dir / CLASS_INDEX, class_names)
