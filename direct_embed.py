@@ -346,6 +346,7 @@ def write_split_embeddings(out_dir: Path, plan: p1.Plan, metas: dict[str, dict[s
             arr[v, : len(p.frames)] = rows[subsample_indices(p.num_frames, args.max_len)]
         arr.flush()
         del arr
+        (out_dir / f"{side}.json").unlink(missing_ok=True)  # the JSON must never describe another .npy
         os.replace(npy_tmp, out_dir / f"{side}.npy")
         data = [{"video_idx": v, "video_name": p.name, "video_length": len(p.frames), "label_idx": p.label,
                  "num_frames": p.num_frames, "skipped_frames": 0} for v, p in enumerate(plans)]
