@@ -10,8 +10,9 @@ Each video is decoded in a worker process (workpool.run_isolated, as stage 1 doe
 fails only its video), sampled at exact times by video.py, and by default passed through JPEG at --jpeg_quality in
 memory, exactly as stage 1 stores it, so the pixels equal the two-stage route's and predict.py reproduces them
 (--jpeg_quality 0 feeds the decoded pixels as they are: no JPEG loss, but predict.py, which re-encodes as stage 1
-does, then refuses the checkpoint). The backbone runs in this process on each video's frames in batches of up to
--bs (a video's rows depend on it alone, never on timing or on other videos). Each finished video's rows go to
+does, then refuses the checkpoint). The backbone runs in this process on groups of --group_videos consecutive videos
+of the name-sorted list, their frames cut into -bs batches together (a video's rows depend on its group alone,
+never on timing or on where a killed run stopped). Each finished video's rows go to
 DATA/.videos/<name>.npy with its record, so a killed run rerun with the same command skips them; the split files
 are assembled from them at the end, byte-identical to an uninterrupted run.
 """
@@ -250,7 +251,8 @@ def embed_videos(args: argparse.Namespace) -> int:
         store = out_dir / STORE_DIR
         key = {**settings, "backbone": rec.backbone, "weights": rec.weights, "seed": rec.seed,
                "feature": rec.feature, "image_size": rec.image_size, "resize": rec.resize.mode,
-               "precision": precision, "batch_size": args.batch_size, "feature_dim": None}
+               "precision": precision, "batch_size": args.batch_size, "group_videos": args.group_videos,
+               "feature_dim": None}
         metas, failures = _embed_all(plan, video_dir, store, s1, embedder, settings, key, args)
         code = p1.write_outputs(s1, out_dir, plan, metas, [*plan.failures, *failures.values()],
                                 manifest=out_dir / p1.MANIFEST)
@@ -259,50 +261,78 @@ def embed_videos(args: argparse.Namespace) -> int:
         return code
 
 
+def video_groups(items: list[p1.VideoItem], size: int) -> list[list[p1.VideoItem]]:
+    """Consecutive runs of `size` videos of the name-sorted plan: the frames of one group's videos are embedded
+    together (cut into -bs batches), so short videos still fill batches, and a frame's batch-mates depend on its
+    group alone, never on timing or on where a killed run stopped."""
+    ordered = sorted(items, key=lambda it: it.video_name)
+    return [ordered[i : i + size] for i in range(0, len(ordered), size)]
+
+
 def _embed_all(plan: p1.Plan, video_dir: Path, store: Path, s1: argparse.Namespace, embedder: Embedder,
                settings: dict[str, Any], key: dict[str, Any], args: argparse.Namespace,
                ) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, str]]]:
-    """Embed every video of the plan not stored already; ({video_name: record}, {video_name: failure})."""
+    """Embed every group of videos that is not wholly stored already (a group is the unit of resume: a rerun
+    redoes a group with any unfinished or failed video, all of it, so its batches are the same as before);
+    ({video_name: record}, {video_name: failure})."""
     store.mkdir(parents=True, exist_ok=True)
     key["feature_dim"] = embedder.built_record().dim  # part of what a stored row means
     check_store(store, key)
-    metas, tasks = {}, []
-    for item in plan.to_extract:
-        source = video_dir / item.rel_path
-        meta = stored_video(store, item, settings, key, source)
-        if meta is not None:
-            metas[item.video_name] = meta
+    metas, tasks, group_of, groups = {}, [], [], video_groups(plan.to_extract, args.group_videos)
+    for g, group in enumerate(groups):
+        stored = {it.video_name: stored_video(store, it, settings, key, video_dir / it.rel_path) for it in group}
+        if all(meta is not None for meta in stored.values()):
+            metas.update(stored)
             continue
-        ex = p1.ExtractTask(item.video_name, item.rel_path, str(source), str(store), s1.frame_rate, s1.frame_size,
-                            s1.jpeg_quality, s1.keep_truncated, item.segment, plan.source_fps)
-        tasks.append(DecodeTask(ex, embedder.record.resize))
+        for item in group:  # in plan order: groups complete roughly one after another, so few wait in memory
+            ex = p1.ExtractTask(item.video_name, item.rel_path, str(video_dir / item.rel_path), str(store),
+                                s1.frame_rate, s1.frame_size, s1.jpeg_quality, s1.keep_truncated, item.segment,
+                                plan.source_fps)
+            tasks.append(DecodeTask(ex, embedder.record.resize))
+            group_of.append(g)
     if metas:
         log.info("%d video(s) already embedded, skipping them", len(metas))
-    tasks.sort(key=lambda t: (-p1._file_size(t.extract.path), t.extract.video_name))  # long ones first
     failures: dict[str, dict[str, str]] = {}
+    waiting: dict[int, dict[int, dict[str, Any]]] = {}  # group -> {task index: decoded result}
+    sizes = {g: group_of.count(g) for g in set(group_of)}
     bar = tqdm(total=len(plan.to_extract), initial=len(metas), desc="embedding videos", unit="video",
                dynamic_ncols=True)
     outcomes = run_isolated(decode_video, tasks, min(s1.workers, max(1, len(tasks))), s1.video_timeout or None,
                             initializer=p1._init_worker, initargs=(args.verbose,))
     with contextlib.closing(outcomes), bar:
         for outcome in outcomes:
-            ex = tasks[outcome.index].extract
-            res = _decoded(outcome, ex)
-            if "meta" in res:
-                rows = embedder.rows(res["frames"])
-                bad = int((~np.isfinite(rows).all(1)).sum())
-                if bad:
-                    res = {"failure": {"file": ex.source, "reason": f"the backbone's embedding of {bad} frame(s) "
-                                                                    "is not finite (NaN/inf)"}}
-                else:
-                    meta = {**res["meta"], "embedding": key}
-                    save_rows(store, ex.video_name, rows, meta)
-                    metas[ex.video_name] = meta
-            if "failure" in res:
-                failures[ex.video_name] = res["failure"]
-                log.warning("%s: %s", res["failure"]["file"], res["failure"]["reason"])
-            bar.update(1)
+            g = group_of[outcome.index]
+            waiting.setdefault(g, {})[outcome.index] = _decoded(outcome, tasks[outcome.index].extract)
+            if len(waiting[g]) < sizes[g]:
+                continue
+            done = waiting.pop(g)
+            _embed_group([(tasks[i].extract, done[i]) for i in sorted(done)], embedder, store, key, metas, failures)
+            bar.update(len(done))
     return metas, failures
+
+
+def _embed_group(results: list[tuple[p1.ExtractTask, dict[str, Any]]], embedder: Embedder, store: Path,
+                 key: dict[str, Any], metas: dict[str, dict[str, Any]], failures: dict[str, dict[str, str]]) -> None:
+    """Embed the decoded videos of one group together, in plan order, and store each video's rows; a video whose
+    decoding failed, or whose rows are not finite, is listed instead."""
+    good = [(ex, res) for ex, res in results if "meta" in res]
+    rows = embedder.rows(np.concatenate([res["frames"] for _, res in good])) if good else None
+    start = 0
+    for ex, res in results:
+        if "meta" in res:
+            n = len(res["frames"])
+            mine, start = rows[start : start + n], start + n
+            bad = int((~np.isfinite(mine).all(1)).sum())
+            if bad:
+                res = {"failure": {"file": ex.source, "reason": f"the backbone's embedding of {bad} frame(s) is "
+                                                                "not finite (NaN/inf)"}}
+            else:
+                meta = {**res["meta"], "embedding": key}
+                save_rows(store, ex.video_name, np.ascontiguousarray(mine), meta)
+                metas[ex.video_name] = meta
+        if "failure" in res:
+            failures[ex.video_name] = res["failure"]
+            log.warning("%s: %s", res["failure"]["file"], res["failure"]["reason"])
 
 
 def _decoded(outcome: Outcome, ex: p1.ExtractTask) -> dict[str, Any]:

@@ -571,6 +571,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     d.add_argument("--source_fps", type=nonnegative_float, default=None, help="stage 1's --source_fps")
     d.add_argument("--keep_truncated", action="store_true", help="stage 1's --keep_truncated")
     d.add_argument("--video_timeout", type=nonnegative_float, default=3600.0, help="stage 1's --video_timeout")
+    d.add_argument("--group_videos", type=positive_int, default=16,
+                   help="videos (consecutive in name order) whose frames are batched together: short videos fill "
+                        "-bs batches; a rerun redoes a group with any unfinished or failed video")
     return p
 
 

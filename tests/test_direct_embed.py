@@ -89,7 +89,8 @@ def test_a_bad_video_fails_only_itself_and_a_rerun_resumes(demo, tmp_path):
     (videos / "Triangle" / "v_Triangle_g09_c01.avi").write_text("not a video\n")
     crashing = sorted((videos / "GrowingDisc").iterdir())[0].stem
     out = tmp_path / "out"
-    args = ["--videos_dir", videos, "-fps", "1", "-o", out, "-nw", "2", "--split_ratio", "0.5", *COMMON]
+    args = ["--videos_dir", videos, "-fps", "1", "-o", out, "-nw", "2", "--split_ratio", "0.5", "--group_videos", "2",
+            *COMMON]
     cli("prepare_data.py", *args, env={"ACTIONBERT_TEST_FAULT": f"segfault:{crashing}"})
     failed = {f["file"]: f["reason"] for f in json.loads((out / "failed_videos.json").read_text())}
     assert set(failed) == {"Triangle/v_Triangle_g09_c01.avi", f"GrowingDisc/{crashing}.avi"}
@@ -98,11 +99,13 @@ def test_a_bad_video_fails_only_itself_and_a_rerun_resumes(demo, tmp_path):
     assert len(data) == 5 and crashing not in data  # the 5 other videos (of 6 demo videos) are embedded
 
     before = snapshot(out)
-    proc = cli("prepare_data.py", *args)  # no fault now: the crashed video is redone, the others skipped
-    assert "already embedded" in proc.stderr
+    # No fault now: the groups (pairs in name order) holding the crashed and the unreadable video are redone; the
+    # other two pairs, 4 videos, are skipped.
+    proc = cli("prepare_data.py", *args)
+    assert "4 video(s) already embedded" in proc.stderr
     after = snapshot(out)
     assert crashing in json.loads((out / "manifest.json").read_text())["videos"]
-    assert all(after[k] == v for k, v in before.items() if k.startswith(".videos/"))  # stored rows untouched
+    assert all(after[k] == v for k, v in before.items() if k.startswith(".videos/"))  # redone rows: same bytes
 
     ref = tmp_path / "ref"  # one uninterrupted run without the fault ends with the same bytes
     cli("prepare_data.py", *args[:5], ref, *args[6:])
@@ -127,3 +130,12 @@ def test_predict_refuses_rows_made_from_raw_pixels():
     data = DataRecord("run/best.pth", ["a"], {"fps": 1.0, "frame_size": None, "jpeg_quality": None})
     with pytest.raises(BadInputError, match="raw pixels .*--jpeg_quality 0"):
         _frame_settings(data)
+
+
+def test_video_groups_are_consecutive_runs_of_the_sorted_names():
+    from direct_embed import video_groups
+    from prepare_ucf101 import VideoItem
+
+    items = [VideoItem("A", f"A/{n}.mp4", n, n) for n in "edcba"]
+    assert [[it.video_name for it in g] for g in video_groups(items, 2)] == [["a", "b"], ["c", "d"], ["e"]]
+    assert video_groups(items[::-1], 2) == video_groups(items, 2)  # the reader's order does not matter
