@@ -59,6 +59,7 @@ from models.backbone import (
     resolve_backbone,
 )
 from precision import INFERENCE_PRECISIONS, resolve_precision
+from readers import READERS
 from sampling import subsample_indices
 from threads import set_default_threads
 from transforms import RESIZE_MODES, FrameError, ResizeSpec, as_resize_spec, load_frame, normalize_batch
@@ -67,6 +68,7 @@ from utils import (
     atomic_write_json,
     atomic_write_text,
     check_writable_dir,
+    float_in,
     int_at_least,
     log_failure_summary,
     nonnegative_float,
@@ -520,10 +522,12 @@ def extract(
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("-s", "--split", required=True, type=split_name,
-                   help="split name: output files are <out_dir>/<split>.npy/.json")
-    p.add_argument("-f", "--frames_dir", required=True, help="frames/ folder of stage 1 (<video_name>/frame_*.jpg)")
-    p.add_argument("-j", "--json_file", required=True, help="split JSON of stage 1 (list of {video_name, label_idx})")
+    p.add_argument("-s", "--split", type=split_name, default=None,
+                   help="split name: output files are <out_dir>/<split>.npy/.json (required unless --videos_dir)")
+    p.add_argument("-f", "--frames_dir", default=None,
+                   help="frames/ folder of stage 1 (<video_name>/frame_*.jpg; required unless --videos_dir)")
+    p.add_argument("-j", "--json_file", default=None,
+                   help="split JSON of stage 1 (list of {video_name, label_idx}; required unless --videos_dir)")
     p.add_argument("-o", "--out_dir", required=True)
     p.add_argument("-m", "--model", default="resnet18", help=BACKBONE_HELP)
     p.add_argument("--weights", default=None, help=WEIGHTS_HELP)
@@ -551,6 +555,29 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="seconds between flushing the memmap and recording finished frames (what a killed run keeps); "
                         "0 = after every batch. Outputs do not depend on it")
     p.add_argument("-v", "--verbose", action="store_true")
+    d = p.add_argument_group(
+        "straight from videos (--videos_dir, in place of -s/-f/-j: stage 1's inputs and rules, no JPEG files on "
+        "disk; every split is written, with stage 1's split files; -nw is the number of decoding processes)")
+    d.add_argument("--videos_dir", default=None, help="stage 1's -v: <Class>/<video>.<ext>, or what --split_dir names")
+    d.add_argument("--split_dir", "--annotations", dest="split_dir", default=None, help="stage 1's --split_dir")
+    d.add_argument("--dataset", default=None, choices=tuple(READERS), help="stage 1's --dataset")
+    d.add_argument("--split_id", type=int, default=1, choices=(1, 2, 3), help="stage 1's --split_id")
+    d.add_argument("--split_ratio", type=float_in(0.0, 1.0, low_open=True), default=0.8,
+                   help="stage 1's -s: train share of the random split (seeded by --seed, as stage 1's)")
+    d.add_argument("--val_ratio", type=float_in(0.0, 1.0, high_open=True), default=0.1, help="stage 1's --val_ratio")
+    d.add_argument("--allow_missing", action="store_true", help="stage 1's --allow_missing")
+    d.add_argument("-fps", "--frame_rate", type=nonnegative_float, default=1.0, help="stage 1's -fps")
+    d.add_argument("--frame_size", type=positive_int, default=None, help="stage 1's --frame_size")
+    d.add_argument("--jpeg_quality", type=int_at_least(0), default=95,
+                   help="frames pass through JPEG at this quality in memory, as stage 1 stores them (the outputs "
+                        "equal stage 1 + stage 2's, and predict.py reproduces them); 0 = the decoded pixels as they "
+                        "are (no JPEG loss; predict.py then refuses the checkpoint)")
+    d.add_argument("--source_fps", type=nonnegative_float, default=None, help="stage 1's --source_fps")
+    d.add_argument("--keep_truncated", action="store_true", help="stage 1's --keep_truncated")
+    d.add_argument("--video_timeout", type=nonnegative_float, default=3600.0, help="stage 1's --video_timeout")
+    d.add_argument("--group_videos", type=positive_int, default=16,
+                   help="videos (consecutive in name order) whose frames are batched together: short videos fill "
+                        "-bs batches; a rerun redoes a group with any unfinished or failed video")
     return p
 
 
@@ -569,6 +596,20 @@ def validate_args(args: argparse.Namespace) -> None:
             raise BadInputError(f"{flag} must be >= {low}, got {value}")
     if args.max_len is not None and args.max_len < 1:
         raise BadInputError(f"--max_len must be >= 1, got {args.max_len}")
+    if getattr(args, "videos_dir", None) is not None:
+        given = [flag for flag, value in (("-s", args.split), ("-f", args.frames_dir), ("-j", args.json_file)) if value]
+        if given:
+            raise BadInputError(f"--videos_dir reads the videos and writes every split: drop {', '.join(given)}")
+        if not 0 <= args.jpeg_quality <= 100:
+            raise BadInputError(f"--jpeg_quality must be in 0..100 (0 = no JPEG), got {args.jpeg_quality}")
+        if args.source_fps is not None and (args.source_fps <= 0 or not args.jpeg_quality):
+            raise BadInputError("--source_fps needs a rate > 0 and a --jpeg_quality (frame folders are re-encoded)")
+        check_writable_dir(args.out_dir, "-o/--out_dir")
+        return
+    missing = [flag for flag, value in (("-s/--split", args.split), ("-f/--frames_dir", args.frames_dir),
+                                        ("-j/--json_file", args.json_file)) if value is None]
+    if missing:
+        raise BadInputError(f"{', '.join(missing)} required (or --videos_dir to read videos directly)")
     if not Path(args.frames_dir).is_dir():
         raise BadInputError(f"frames folder not found: {args.frames_dir}")
     check_writable_dir(args.out_dir, "-o/--out_dir")
@@ -577,6 +618,10 @@ def validate_args(args: argparse.Namespace) -> None:
 def main(args: argparse.Namespace) -> int:
     setup_logging(args.verbose)
     validate_args(args)
+    if args.videos_dir is not None:
+        from direct_embed import embed_videos  # here: direct_embed builds on this module
+
+        return embed_videos(args)
     with rank_group() as info:  # one rank's failure stops every rank, with its message
         # one run per split: two writing one memmap would interleave their rows and progress logs
         with main_rank_lock(info, args.out_dir, f".lock.{args.split}", what=f"split {args.split!r} of this folder"):

@@ -13,6 +13,12 @@ finished videos whose source is unchanged and ends with the same bytes as an uni
 Videos are decoded in worker processes, one video per worker at a time (workpool.run_isolated): a video that
 raises, crashes its worker or runs past --video_timeout is listed in failed_videos.json and the rest finish.
 OUT is locked for the run (utils.OutputLock): a second run on the same OUT is refused at once.
+
+Across machines: `--shard I --num_shards N` extracts only videos I, I+N, I+2N, ... of the sorted video list into
+the shared OUT (any number of shards at once, each resumable like a whole run) and records what it did in
+OUT/.shards/shard-I-of-N.json; `--merge_shards N`, with the same arguments, checks that every shard is complete
+and was run with these settings and writes the split JSONs, classInd.txt, manifest and failure report once,
+byte-identical to one machine's run.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
+import hashlib
 import json
 import logging
 import os
@@ -67,6 +74,7 @@ log = logging.getLogger("actionbert.prepare")
 
 TMP_DIR = ".tmp"
 META_DIR = ".meta"
+SHARDS_DIR = ".shards"  # OUT/.shards/shard-I-of-N.json: what each --shard run extracted
 VIDEO_TIMEOUT_S = 3600.0  # default of --video_timeout: far above any real video (UCF-101 takes ~0.1 s each)
 # Errors writing frames that no other video could escape either: the stage stops instead of listing them all.
 FATAL_WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
@@ -132,8 +140,26 @@ def get_args_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="keep videos that decode far shorter than their header declares (left out by default)",
     )
+    p.add_argument("--shard", type=int_at_least(0), default=None,
+                   help="with --num_shards N: extract only this shard (0..N-1) of the sorted video list into OUT, "
+                        "for one of N machines sharing OUT; no split JSON or manifest is written (see --merge_shards)")
+    p.add_argument("--num_shards", type=positive_int, default=None, help="how many shards --shard counts")
+    p.add_argument("--merge_shards", type=positive_int, default=None, metavar="N",
+                   help="after all N shards finished: check them and write the split JSONs, classInd.txt, manifest "
+                        "and failure report, as one run would (pass the shards' other arguments unchanged)")
     p.add_argument("--verbose", action="store_true", help="debug logging (with the traceback of unexpected errors)")
     return p
+
+
+def check_shard_args(args: argparse.Namespace) -> None:
+    """--shard and --num_shards come together and agree; --merge_shards goes alone."""
+    shard, num = getattr(args, "shard", None), getattr(args, "num_shards", None)
+    if (shard is None) != (num is None):
+        raise BadInputError("--shard and --num_shards go together (e.g. --shard 0 --num_shards 4)")
+    if shard is not None and shard >= num:
+        raise BadInputError(f"--shard must be in 0..{num - 1} with --num_shards {num}, got {shard}")
+    if shard is not None and getattr(args, "merge_shards", None) is not None:
+        raise BadInputError("--merge_shards runs after the shards, not as one of them: drop --shard/--num_shards")
 
 
 def _positive_float(text: str) -> float:
@@ -165,6 +191,11 @@ class ExtractTask:
     keep_truncated: bool
     segment: Segment | None = None  # seconds of the video to sample, or frame numbers (video.FrameSpan)
     source_fps: float | None = None  # set: `path` is a folder of frames at this rate
+    tmp_dir: str | None = None  # where the video is assembled (default frames/.tmp; a shard has its own)
+
+    @property
+    def tmp(self) -> Path:
+        return Path(self.tmp_dir or Path(self.frames_dir) / TMP_DIR) / self.video_name
 
 
 def _settings(fps: float, frame_size: int | None, jpeg_quality: int, source_fps: float | None = None) -> dict[str, Any]:
@@ -214,13 +245,42 @@ def _test_fault(video_name: str) -> None:
             raise RuntimeError(f"test fault injected on {video_name}")
 
 
+def video_meta(task: ExtractTask, stamp: dict[str, int] | None, times: list[float], info: dict[str, Any]
+               ) -> dict[str, Any]:
+    """The record of one sampled video (its settings, source, stamp, timestamps, timing), or VideoDecodeError
+    when the sampling cannot be kept: a truncated video (unless --keep_truncated), a segment holding no frame, a
+    source that vanished. Stage 1 and prepare_data.py --videos_dir both judge a video by it."""
+    reason = None if task.keep_truncated else truncation_reason(info)
+    if not times and task.segment is not None:
+        reason = (f"{describe_segment(task.segment)} holds no frame (the video lasts "
+                  f"{info.get('duration', 0.0):.2f} s)")
+    if reason:
+        raise VideoDecodeError(task.path, reason + " (--keep_truncated keeps such videos)")
+    if stamp is None:
+        raise VideoDecodeError(task.path, "unreadable (it vanished while being read)")
+    meta = {
+        **_settings(task.fps, task.frame_size, task.jpeg_quality, task.source_fps),
+        "source": task.source,
+        **({} if task.segment is None else {"segment": segment_json(task.segment)}),
+        **stamp,
+        "num_frames": len(times),
+        "timestamps": times,
+        "timing": info.get("timing", "decoded"),
+    }
+    if info.get("replaced_timestamps"):
+        meta["replaced_timestamps"] = info["replaced_timestamps"]
+    if info.get("decoder_errors"):
+        meta["decoder_errors"] = info["decoder_errors"]
+    return meta
+
+
 def extract_video(task: ExtractTask) -> dict[str, Any]:
     """Write one video's frames to frames/.tmp/<name>, its metadata to frames/.meta/<name>.json, then rename the
     folder into place. Returns {"video_name", "meta"}, {"video_name", "failure"} for a video that cannot be
     decoded, or {"video_name", "fatal"} when frames cannot be written at all (a full disk). Any other exception
     propagates, after the temporary folder is removed: the worker pool makes it the video's failure."""
     frames_dir = Path(task.frames_dir)
-    tmp = frames_dir / TMP_DIR / task.video_name
+    tmp = task.tmp
     stamp = source_stamp(task.path)  # before decoding: a source changed meanwhile is redone by the next run
     times: list[float] = []
     info: dict[str, Any] = {}
@@ -240,27 +300,7 @@ def extract_video(task: ExtractTask) -> dict[str, Any]:
             times.append(round(t, 6))
             if k == 0:
                 _test_fault(task.video_name)
-        reason = None if task.keep_truncated else truncation_reason(info)
-        if not times and task.segment is not None:
-            reason = (f"{describe_segment(task.segment)} holds no frame (the video lasts "
-                      f"{info.get('duration', 0.0):.2f} s)")
-        if reason:
-            raise VideoDecodeError(task.path, reason + " (--keep_truncated keeps such videos)")
-        if stamp is None:
-            raise VideoDecodeError(task.path, "unreadable (it vanished while being read)")
-        meta = {
-            **_settings(task.fps, task.frame_size, task.jpeg_quality, task.source_fps),
-            "source": task.source,
-            **({} if task.segment is None else {"segment": segment_json(task.segment)}),
-            **stamp,
-            "num_frames": len(times),
-            "timestamps": times,
-            "timing": info.get("timing", "decoded"),
-        }
-        if info.get("replaced_timestamps"):
-            meta["replaced_timestamps"] = info["replaced_timestamps"]
-        if info.get("decoder_errors"):
-            meta["decoder_errors"] = info["decoder_errors"]
+        meta = video_meta(task, stamp, times, info)
         atomic_write_json(frames_dir / META_DIR / f"{task.video_name}.json", meta, indent=None, durable=False)
         final = frames_dir / task.video_name
         if final.is_dir() and not final.is_symlink():  # a folder without matching metadata, e.g. an older run's
@@ -339,14 +379,15 @@ def _fmt(settings: dict[str, Any]) -> str:
 
 def extract_all(
     items: list[VideoItem], video_dir: Path, frames_dir: Path, args: argparse.Namespace,
-    source_fps: float | None = None,
-) -> tuple[dict[str, dict[str, Any]], list[dict[str, str]]]:
-    """Extract every video not already done; returns ({video_name: meta}, failures). Completion order does not
-    matter: every output is keyed by video name."""
+    source_fps: float | None = None, shard: str | None = None,
+) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, str]]]:
+    """Extract every video not already done; returns ({video_name: meta}, {video_name: failure}). Completion order
+    does not matter: every output is keyed by video name. `shard` (its name) assembles videos in its own
+    frames/.tmp/<shard>, so shards sharing one frames folder never clear each other's unfinished videos."""
     settings = _settings(args.frame_rate, args.frame_size, args.jpeg_quality, source_fps)
     frames_dir.mkdir(parents=True, exist_ok=True)
     check_frames_settings(frames_dir, settings)
-    tmp = frames_dir / TMP_DIR
+    tmp = frames_dir / TMP_DIR if shard is None else frames_dir / TMP_DIR / shard
     if tmp.is_dir():
         leftovers = [e.name for e in sorted_entries(tmp)]
         if leftovers:
@@ -364,7 +405,8 @@ def extract_all(
         if (frames_dir / item.video_name).is_dir():
             changed.append(item.rel_path)
         tasks.append(ExtractTask(item.video_name, item.rel_path, str(source), str(frames_dir), args.frame_rate,
-                                 args.frame_size, args.jpeg_quality, args.keep_truncated, item.segment, source_fps))
+                                 args.frame_size, args.jpeg_quality, args.keep_truncated, item.segment, source_fps,
+                                 None if shard is None else str(tmp)))
     if metas:
         log.info("%d video(s) already extracted, skipping them", len(metas))
     if changed:
@@ -372,7 +414,7 @@ def extract_all(
                  "incomplete): %s", len(changed), first_names(changed))
     # Largest files first, so a long video does not start last and leave the other workers idle at the end.
     tasks.sort(key=lambda t: (-_file_size(t.path), t.video_name))
-    failures: list[dict[str, str]] = []
+    failures: dict[str, dict[str, str]] = {}
     timeout = args.video_timeout or None
     bar = tqdm(total=len(items), initial=len(metas), desc="extracting frames", unit="video", dynamic_ncols=True)
     outcomes = run_isolated(extract_video, tasks, min(args.workers, max(1, len(tasks))), timeout,
@@ -386,11 +428,14 @@ def extract_all(
             if "meta" in res:
                 metas[task.video_name] = res["meta"]
             else:
-                failures.append(res["failure"])
+                failures[task.video_name] = res["failure"]
                 log.warning("%s: %s", res["failure"]["file"], res["failure"]["reason"])
             bar.update(1)
     if tmp.is_dir():
         shutil.rmtree(tmp)
+    if shard is not None:
+        with contextlib.suppress(OSError):  # the last shard to finish removes frames/.tmp; the others leave it
+            (frames_dir / TMP_DIR).rmdir()
     return metas, failures
 
 
@@ -400,7 +445,7 @@ def _result_of(outcome: Outcome, task: ExtractTask, frames_dir: Path, settings: 
     video's failure (the traceback at debug level), unless the video was complete on disk before it happened."""
     if outcome.ok:
         return outcome.result
-    shutil.rmtree(frames_dir / TMP_DIR / task.video_name, ignore_errors=True)
+    shutil.rmtree(task.tmp, ignore_errors=True)
     if outcome.kind != "error":  # died or killed after renaming its folder into place: nothing is lost
         item = VideoItem(None, task.source, task.video_name, "", task.segment)
         meta = finished_meta(frames_dir, item, settings, Path(task.path))
@@ -519,9 +564,18 @@ def plan_run(args: argparse.Namespace, video_dir: Path) -> Plan:
 
 def main(args: argparse.Namespace) -> int:
     setup_logging(args.verbose)
+    check_shard_args(args)
     video_dir, out_dir = Path(args.video_dir), check_writable_dir(args.out_dir, "-o/--out_dir")
     plan = plan_run(args, video_dir)  # every refusal of the inputs comes before OUT is created
+    if args.merge_shards is not None:
+        with OutputLock(out_dir, what="stage-1 output folder"):  # exclusive: no shard is running
+            return merge_shards(args, video_dir, out_dir, plan)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if args.shard is not None:
+        name = shard_name(args.shard, args.num_shards)
+        with OutputLock(out_dir, what="stage-1 output folder", shared=True), \
+                OutputLock(out_dir / SHARDS_DIR, f"{name}.lock", what=f"stage-1 {name}"):
+            return run_shard(args, video_dir, out_dir, plan)
     with OutputLock(out_dir, what="stage-1 output folder"):
         return _main(args, video_dir, out_dir, plan)
 
@@ -554,12 +608,17 @@ def split_outputs(plan: Plan, metas: dict[str, dict[str, Any]], args: argparse.N
 
 
 def _main(args: argparse.Namespace, video_dir: Path, out_dir: Path, plan: Plan) -> int:
-    frames_dir = out_dir / "frames"
-    failures = list(plan.failures)
-    metas, extract_failures = extract_all(plan.to_extract, video_dir, frames_dir, args, plan.source_fps)
-    failures += extract_failures
+    metas, extract_failures = extract_all(plan.to_extract, video_dir, out_dir / "frames", args, plan.source_fps)
+    return write_outputs(args, out_dir, plan, metas, [*plan.failures, *extract_failures.values()])
+
+
+def write_outputs(args: argparse.Namespace, out_dir: Path, plan: Plan, metas: dict[str, dict[str, Any]],
+                  failures: list[dict[str, str]], manifest: Path | None = None) -> int:
+    """The run's shared outputs from every video's metadata: the manifest (`manifest`, by default in frames/),
+    classInd.txt, the split JSONs and the failure report (what a whole run, a merge of shards and
+    prepare_data.py --videos_dir all end with), then the exit summary."""
     settings = _settings(args.frame_rate, args.frame_size, args.jpeg_quality, plan.source_fps)
-    atomic_write_json(frames_dir / MANIFEST, build_manifest(metas, settings))
+    atomic_write_json(manifest or out_dir / "frames" / MANIFEST, build_manifest(metas, settings))
 
     outputs, class_names = split_outputs(plan, metas, args)
     write_class_index(out_dir / CLASS_INDEX, class_names)
@@ -579,6 +638,123 @@ def _main(args: argparse.Namespace, video_dir: Path, out_dir: Path, plan: Plan) 
         log.error("--strict: %d input(s) left out, see %s", len(failures), report)
         return 1
     return 0
+
+
+# ----- shards across machines ----------------------------------------------------------------------------------
+
+
+def shard_name(shard: int, num_shards: int) -> str:
+    return f"shard-{shard}-of-{num_shards}"
+
+
+def shard_items(items: list[VideoItem], shard: int, num_shards: int) -> list[VideoItem]:
+    """Shard `shard`'s videos: every num_shards-th of the list sorted by video name, from position `shard`. It
+    depends on the names alone (never on timing or file sizes), so every machine computes the same disjoint
+    shares, which differ in length by at most one video."""
+    ordered = sorted(items, key=lambda it: it.video_name)
+    return ordered[shard::num_shards]
+
+
+def plan_digest(plan: Plan) -> str:
+    """Hash of what the run extracts and how its splits are formed: the videos of each side with their labels,
+    groups and segments, and the class list. Shards whose plans differ (other split files, another --split_id, a
+    video folder that lists otherwise on one machine) would merge into a wrong whole."""
+    sides = {side: [[it.video_name, it.rel_path, it.class_name, it.group, it.segment] for it in items]
+             for side, items in plan.sides.items()}
+    blob = [plan.dataset.format, plan.official, plan.dataset.split_id if plan.official else None,
+            plan.dataset.class_names, plan.source_fps, sides]
+    return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()
+
+
+def shard_identity(args: argparse.Namespace, plan: Plan) -> dict[str, Any]:
+    """What every shard and the merge must agree on: frame settings, the options that decide failures and
+    splits, and the plan's digest. Stored in each shard's record and compared key by key at the merge."""
+    return {
+        **_settings(args.frame_rate, args.frame_size, args.jpeg_quality, plan.source_fps),
+        "keep_truncated": bool(args.keep_truncated),
+        "split_ratio": args.split_ratio,
+        "seed": args.seed,
+        "val_ratio": args.val_ratio,
+        "split_id": plan.dataset.split_id if plan.official else None,
+        "num_videos": len(plan.to_extract),
+        "plan_sha256": plan_digest(plan),
+    }
+
+
+def shard_record_path(out_dir: Path, shard: int, num_shards: int) -> Path:
+    return out_dir / SHARDS_DIR / f"{shard_name(shard, num_shards)}.json"
+
+
+def run_shard(args: argparse.Namespace, video_dir: Path, out_dir: Path, plan: Plan) -> int:
+    """Extract this shard's videos into OUT/frames and write its record (last, atomically: a record means the
+    shard is complete). A rerun skips the videos already done, like a whole run."""
+    name = shard_name(args.shard, args.num_shards)
+    items = shard_items(plan.to_extract, args.shard, args.num_shards)
+    log.info("%s: %d of the %d video(s)", name, len(items), len(plan.to_extract))
+    metas, failures = extract_all(items, video_dir, out_dir / "frames", args, plan.source_fps, shard=name)
+    record = {"shard": args.shard, "num_shards": args.num_shards, **shard_identity(args, plan),
+              "videos": sorted(it.video_name for it in items),  # sorted: a rerun writes the same bytes
+              "metas": dict(sorted(metas.items())), "failures": dict(sorted(failures.items()))}
+    path = shard_record_path(out_dir, args.shard, args.num_shards)
+    atomic_write_json(path, record, indent=None)
+    log.info("%s done: %d video(s) extracted, %d failed; recorded in %s. When all %d shards are done, run the same "
+             "command with --merge_shards %d instead of --shard/--num_shards", name, len(metas), len(failures), path,
+             args.num_shards, args.num_shards)
+    for failure in sorted(failures.values(), key=lambda f: f["file"]):
+        log.warning("  %s: %s", failure["file"], failure["reason"])
+    if args.strict and failures:
+        log.error("--strict: %d video(s) of %s failed, see %s", len(failures), name, path)
+        return 1
+    return 0
+
+
+def read_shard_record(out_dir: Path, shard: int, num_shards: int, identity: dict[str, Any],
+                      expected: list[str]) -> dict[str, Any]:
+    """Shard `shard`'s record, refused (one BadInputError naming the shard and its file) when it is missing, was
+    run with other settings or another plan, or does not account for exactly its share of the videos."""
+    name, path = shard_name(shard, num_shards), shard_record_path(out_dir, shard, num_shards)
+    rerun = f"rerun it: the same command with --shard {shard} --num_shards {num_shards} instead of --merge_shards"
+    record = _read_meta(path)
+    if record is None:
+        what = "is missing" if not path.exists() else "cannot be read"
+        raise BadInputError(f"{name} is not complete: its record {path} {what} (the shard never finished); {rerun}")
+    if not isinstance(record, dict) or not isinstance(record.get("metas"), dict) \
+            or not isinstance(record.get("failures"), dict):
+        raise BadInputError(f"{name}: {path} is not a shard record; {rerun}")
+    diffs = [f"{k}={record.get(k)!r} (this merge: {v!r})" for k, v in identity.items() if record.get(k) != v]
+    if diffs:
+        raise BadInputError(f"{name} ({path}) does not match this merge: it was run with {', '.join(diffs)}. Merge "
+                            f"with the shards' own arguments, or {rerun} and this merge's arguments")
+    done = set(record["metas"]) | set(record["failures"])
+    if done != set(expected):
+        missing, extra = sorted(set(expected) - done), sorted(done - set(expected))
+        raise BadInputError(f"{name} ({path}) does not account for its share of the videos (missing: "
+                            f"{first_names(missing) or 'none'}; not its own: {first_names(extra) or 'none'}); "
+                            f"{rerun}")
+    return record
+
+
+def merge_shards(args: argparse.Namespace, video_dir: Path, out_dir: Path, plan: Plan) -> int:
+    """Check every shard's record against this command and the frames on disk, then write the outputs a whole
+    run writes, from the shards' metadata: the same bytes as one machine's run with these arguments."""
+    num, frames_dir = args.merge_shards, out_dir / "frames"
+    identity = shard_identity(args, plan)
+    metas: dict[str, dict[str, Any]] = {}
+    failures = list(plan.failures)  # the reader's own (missing files, stray entries) are every shard's: once
+    for shard in range(num):
+        expected = [it.video_name for it in shard_items(plan.to_extract, shard, num)]
+        record = read_shard_record(out_dir, shard, num, identity, expected)
+        for video, meta in record["metas"].items():
+            n = meta.get("num_frames") if isinstance(meta, dict) else None
+            if not isinstance(n, int) or n < 1 or not (frames_dir / video / frame_name(n - 1)).is_file():
+                raise BadInputError(f"{shard_name(shard, num)} recorded {video} as extracted but its frames are "
+                                    f"missing under {frames_dir / video}; rerun that shard")
+        metas.update(record["metas"])
+        failures += record["failures"].values()
+    if (frames_dir / TMP_DIR).is_dir():  # unfinished videos of killed shard runs, redone since (no shard runs now)
+        shutil.rmtree(frames_dir / TMP_DIR)
+    log.info("merging %d shard(s): %d video(s) extracted, %d failed", num, len(metas), len(failures) - len(plan.failures))
+    return write_outputs(args, out_dir, plan, metas, failures)
 
 
 if __name__ == "__main__":

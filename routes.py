@@ -185,8 +185,13 @@ def _frame_settings(data: Any, **route: Any) -> FrameSettings:
         raise BadInputError(f"{data.path}: data_info fps is null (stage 2 found no frames manifest); cannot tell "
                             "at which rate to sample the video")
     frame_size = data.require("frame_size")
+    quality = data.require("jpeg_quality")
+    if quality is None:
+        raise BadInputError(f"{data.path}: data_info jpeg_quality is null: the embeddings were made from raw pixels "
+                            "(prepare_data.py --videos_dir --jpeg_quality 0), which predict.py cannot reproduce (it "
+                            "passes frames through JPEG as stage 1 stores them); embed with a --jpeg_quality and retrain")
     return FrameSettings(fps=float(fps), frame_size=None if frame_size is None else int(frame_size),
-                         jpeg_quality=int(data.require("jpeg_quality")), **route)
+                         jpeg_quality=int(quality), **route)
 
 
 # ----------------------------------------------------------------------------------------------- loaders

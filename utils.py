@@ -186,24 +186,29 @@ def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int | None = 1,
 
 
 class OutputLock:
-    """An exclusive lock on an output folder, so two runs never write the same outputs at once.
+    """A lock on an output folder, so two runs never write the same outputs at once.
 
     `fcntl.flock` on a lock file in the folder that holds the holder's pid: the kernel releases it when the
     holder exits in any way (kill -9 included), so a stale lock is impossible and a crashed run needs no cleanup.
-    A second run is refused at once with a BadInputError naming the holder. Not for NFS before v4 (no flock)."""
+    A second run is refused at once with a BadInputError naming the holder. Not for NFS before v4 (no flock).
 
-    def __init__(self, folder: str | os.PathLike, name: str = ".lock", what: str = "output folder") -> None:
+    `shared=True` takes it shared: any number of shared holders at once (stage 1's --shard runs, each on its own
+    videos), none beside an exclusive one (a whole run or the merge). Shared holders write no pid."""
+
+    def __init__(self, folder: str | os.PathLike, name: str = ".lock", what: str = "output folder",
+                 shared: bool = False) -> None:
         self.path = Path(folder) / name
         self.what = what
+        self.shared = shared
         self.fd: int | None = None
 
     def acquire(self) -> OutputLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, (fcntl.LOCK_SH if self.shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except OSError as exc:
-            holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip() or "unknown"
+            holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip() or "unknown: shard runs hold it shared"
             os.close(fd)
             if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                 raise BadInputError(f"cannot lock {self.path}: {exc.strerror or exc}") from None
@@ -211,14 +216,16 @@ class OutputLock:
                 f"{self.path.parent} is in use by another run (pid {holder}, holding {self.path}); wait for it to "
                 f"finish or stop it: two runs writing one {self.what} would corrupt it"
             ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        if not self.shared:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self.fd = fd
         return self
 
     def release(self) -> None:
         if self.fd is not None:
-            os.ftruncate(self.fd, 0)  # an idle lock file is empty: outputs of two runs compare byte for byte
+            if not self.shared:
+                os.ftruncate(self.fd, 0)  # an idle lock file is empty: outputs of two runs compare byte for byte
             os.close(self.fd)  # closing drops the flock; the file stays (unlinking it would race a new holder)
             self.fd = None
 

@@ -10,5 +10,6 @@ PY=${PY:-.venv/bin/python}
 "$PY" benchmarks/bench_embed.py -nw 2 -m timm:vit_small_patch16_224 --weights none
 "$PY" benchmarks/bench_backbones.py
 "$PY" benchmarks/bench_memory.py
+"$PY" benchmarks/bench_direct.py --demo_args "--groups 6 --clips 2 --test_groups 2"
 "$PY" benchmarks/bench_train.py --num_batches 4
 "$PY" benchmarks/bench_e2e.py --backbones resnet18 resnet50 --steps 2 --batch_size 8

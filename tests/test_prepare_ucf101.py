@@ -720,3 +720,117 @@ def test_frame_folders_are_resampled_and_bad_ones_listed(tmp_path):
     # and one frames folder cannot mix frames of video files with frames of frame folders
     proc = run("-v", vids, "-o", out, "-fps", "1", "--source_fps", "5", check=2)
     assert "source_fps=4.0" in proc.stderr and "source_fps=5.0" in proc.stderr
+
+
+# ----------------------------------------------------------------------------------------------- shards
+
+
+def test_shard_items_are_a_balanced_disjoint_cover_of_the_sorted_names():
+    from prepare_ucf101 import VideoItem, shard_items
+
+    items = [VideoItem("A", f"A/{n}.mp4", n, n) for n in ("e", "b", "g", "a", "d", "c", "f")]
+    shares = [shard_items(items, i, 3) for i in range(3)]
+    names = [[it.video_name for it in share] for share in shares]
+    assert names == [["a", "d", "g"], ["b", "e"], ["c", "f"]]  # every third of the sorted list
+    assert shard_items(list(reversed(items)), 1, 3) == shares[1]  # the order the reader lists them in is irrelevant
+    assert [it.video_name for it in shard_items(items, 7, 9)] == []  # more shards than videos: an empty share
+
+
+@pytest.mark.parametrize(("argv", "words"), [
+    (["--shard", "0"], "go together"),
+    (["--num_shards", "2"], "go together"),
+    (["--shard", "2", "--num_shards", "2"], r"in 0\.\.1"),
+    (["--shard", "0", "--num_shards", "2", "--merge_shards", "2"], "drop --shard"),
+])
+def test_bad_shard_flags_are_refused(argv, words):
+    from prepare_ucf101 import check_shard_args
+    from utils import BadInputError
+
+    with pytest.raises(BadInputError, match=words):
+        check_shard_args(get_args_parser().parse_args(["-v", "v", "-o", "o", *argv]))
+
+
+def shard_inputs(root: Path) -> dict[str, str]:
+    """The shared clips, synthetic videos of three codecs and the kinds of bad input, in one folder of classes."""
+    from tests.fuzz_corpus import encode_clip
+
+    expected = make_bad_inputs(root)
+    link(root / "Shared" / "bikes.mp4", "bikes.mp4")
+    link(root / "Shared" / "v_Shared_g01_c01.mp4", "carphone_pristine.mp4")
+    link(root / "Shared" / "v_Shared_g02_c01.avi", "tree.avi")
+    (root / "Synthetic").mkdir()
+    encode_clip(root / "Synthetic" / "s0.mkv", "libx264", frames=40, options={"preset": "ultrafast"})
+    encode_clip(root / "Synthetic" / "s1.mpg", "mpeg2video", fmt="mpeg", frames=30)
+    encode_clip(root / "Synthetic" / "s2.avi", "mpeg4", size=(96, 80), frames=50, rate=10)
+    return expected
+
+
+def without_shard_records(snap: dict[str, bytes]) -> dict[str, bytes]:
+    return {k: v for k, v in snap.items() if not k.startswith(".shards/")}
+
+
+@pytest.mark.slow  # launches the stage-1 CLI five times
+def test_two_shards_merged_equal_one_run_byte_for_byte(tmp_path):
+    vids = tmp_path / "videos"
+    expected = shard_inputs(vids)
+    common = ["-v", vids, "-fps", "2", "--frame_size", "40", "--jpeg_quality", "90", "-s", "0.5", "--workers", "1"]
+    ref = tmp_path / "ref"
+    run(*common, "-o", ref)
+
+    out = tmp_path / "out"
+    cmds = [[sys.executable, SCRIPT, *map(str, common), "-o", str(out), "--shard", str(i), "--num_shards", "2"]
+            for i in range(2)]
+    procs = [subprocess.Popen(cmd, cwd=ROOT, stderr=subprocess.PIPE, text=True) for cmd in cmds]  # at once
+    for proc in procs:
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0 and "Traceback" not in err, err[-3000:]
+    assert not (out / "train_ucf101.json").exists() and not (out / "frames" / "manifest.json").exists()
+    assert not (out / "classInd.txt").exists() and not (out / "frames" / ".tmp").exists()
+    records = [json.loads((out / ".shards" / f"shard-{i}-of-2.json").read_text()) for i in range(2)]
+    shares = [set(r["metas"]) | set(r["failures"]) for r in records]
+    assert not shares[0] & shares[1] and abs(len(shares[0]) - len(shares[1])) <= 1
+
+    proc = run(*common, "-o", out, "--merge_shards", "2")
+    assert "5 input(s) left out" not in proc.stderr and "7 input(s) left out" in proc.stderr
+    ref_snap, out_snap = snapshot(ref), without_shard_records(snapshot(out))
+    assert sorted(out_snap) == sorted(ref_snap)
+    assert out_snap == ref_snap  # split JSONs, classInd, manifest, failure report, .meta and every frame file
+    failed = json.loads((out / "failed_videos.json").read_text())
+    assert [f["file"] for f in failed] == sorted(expected)  # each shard's bad videos and the reader's, once
+
+    # a rerun of a shard skips its finished videos and rewrites the same record
+    before = snapshot(out)
+    proc = run(*common, "-o", out, "--shard", "1", "--num_shards", "2")
+    assert "already extracted" in proc.stderr
+    assert snapshot(out) == before
+
+
+@pytest.mark.slow  # launches the stage-1 CLI
+def test_merge_refuses_a_missing_or_mismatched_shard(tmp_path):
+    vids = tmp_path / "videos"
+    for i in range(3):
+        link(vids / "A" / f"v_A_g0{i}_c01.mp4", "carphone_pristine.mp4")
+        link(vids / "B" / f"v_B_g0{i}_c01.mp4", "carphone_pristine.mp4")
+    out = tmp_path / "out"
+    common = ["-v", vids, "-o", out, "-fps", "1", "--frame_size", "32", "--workers", "1"]
+    run(*common, "--shard", "0", "--num_shards", "2")
+    proc = run(*common, "--merge_shards", "2", check=2)
+    assert "shard-1-of-2 is not complete" in proc.stderr and "--shard 1 --num_shards 2" in proc.stderr
+    assert not (out / "train_ucf101.json").exists() and not (out / "frames" / "manifest.json").exists()
+
+    run(*common, "--seed", "3", "--shard", "1", "--num_shards", "2")  # the splits' seed differs from shard 0's
+    proc = run(*common, "--merge_shards", "2", check=2)
+    assert "shard-1-of-2" in proc.stderr and "seed=3 (this merge: 0)" in proc.stderr
+    proc = run(*common, "--jpeg_quality", "80", "--merge_shards", "2", check=2)
+    assert "shard-0-of-2" in proc.stderr and "jpeg_quality=95 (this merge: 80)" in proc.stderr
+    link(vids / "B" / "v_B_g09_c01.mp4", "carphone_pristine.mp4")  # the video list changed after the shards ran
+    proc = run(*common, "--seed", "3", "--merge_shards", "2", check=2)
+    assert "shard-0-of-2" in proc.stderr and "num_videos=6 (this merge: 7)" in proc.stderr
+    assert not (out / "train_ucf101.json").exists()
+
+    (vids / "B" / "v_B_g09_c01.mp4").unlink()
+    run(*common, "--seed", "3", "--shard", "0", "--num_shards", "2")  # shard 0 again, with shard 1's seed
+    run(*common, "--seed", "3", "--merge_shards", "2")
+    assert len(json.loads((out / "frames" / "manifest.json").read_text())["videos"]) == 6
+    proc = run(*common, "--seed", "3", "--merge_shards", "3", check=2)  # shards of another count are not these
+    assert "shard-0-of-3 is not complete" in proc.stderr

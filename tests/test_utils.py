@@ -88,6 +88,15 @@ def test_lock_in_one_process_is_exclusive(tmp_path):
         OutputLock(tmp_path, what="run folder").acquire()
 
 
+def test_shared_holders_coexist_and_exclude_an_exclusive_one(tmp_path):
+    with OutputLock(tmp_path, shared=True), OutputLock(tmp_path, shared=True):
+        assert (tmp_path / ".lock").read_text() == ""  # shared holders write no pid
+        with pytest.raises(BadInputError, match="shard runs hold it shared"):
+            OutputLock(tmp_path).acquire()
+    with OutputLock(tmp_path), pytest.raises(BadInputError, match=f"pid {os.getpid()}"):
+        OutputLock(tmp_path, shared=True).acquire()
+
+
 def test_writable_checks(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(BadInputError, match="-o .* is a file"):
