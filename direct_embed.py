@@ -49,6 +49,7 @@ from video import (
     iter_folder_jpegs_at_fps,
     iter_jpeg_frames_at_fps,
     iter_sampled_frames,
+    segment_json,
 )
 from workpool import Outcome, run_isolated
 
@@ -126,7 +127,7 @@ def stored_video(store: Path, item: p1.VideoItem, settings: dict[str, Any], key:
     meta = _read_json(store / f"{item.video_name}.json")
     if not isinstance(meta, dict) or meta.get("embedding") != key or meta.get("source") != item.rel_path:
         return None
-    if meta.get("segment") != (None if item.segment is None else list(item.segment)):
+    if meta.get("segment") != segment_json(item.segment):
         return None
     if any(meta.get(k) != v for k, v in settings.items()):
         return None

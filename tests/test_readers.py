@@ -7,6 +7,9 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,7 +18,7 @@ import prepare_ucf101
 import readers
 from readers import READERS, ReadOptions, read_dataset, select_reader
 from readers.base import Dataset, Reader, Record
-from tests.conftest import SHARED_DATA, VIDEOS
+from tests.conftest import ROOT, SHARED_DATA, VIDEOS
 from utils import BadInputError, read_json
 from video import FrameSpan
 
@@ -282,6 +285,17 @@ def test_diving48_start_and_end_frame_cut_stage1_to_exactly_those_frames(tmp_pat
     records = {r["video_name"]: r for r in read_json(out / "train_ucf101.json")}
     assert records["yt0_00001"]["segment"] == {"frames": [8, 21]}
     assert stage1("-v", media, "-o", out, "--split_dir", ann, "-fps", "5", "--val_ratio", "0") == 0  # resumes
+
+    # prepare_data.py --videos_dir cuts the same frames, records the same span, and a rerun finds them done
+    direct_args = [sys.executable, str(ROOT / "prepare_data.py"), "--videos_dir", str(media), "--split_dir", str(ann),
+                   "-fps", "5", "--val_ratio", "0", "-o", str(tmp_path / "direct"), "-nw", "0", "-m", "resnet18",
+                   "--weights", "none", "--image_size", "32", "-bs", "1"]
+    for rerun in (False, True):
+        proc = subprocess.run(direct_args, cwd=ROOT, capture_output=True, text=True, timeout=600,
+                              env={**os.environ, "OMP_NUM_THREADS": "1"})
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert ("3 video(s) already embedded" in proc.stderr) == rerun, proc.stderr[-3000:]
+    assert (tmp_path / "direct" / "manifest.json").read_bytes() == (out / "frames" / "manifest.json").read_bytes()
 
 
 def test_kinetics_missing_clips_are_listed_never_fatal(tmp_path):
