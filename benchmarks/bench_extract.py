@@ -62,6 +62,19 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="instead, clips in UCF-101's format (MPEG-4 part 2 in AVI, 320x240, 25 fps; with and without B-frames) "
         "transcoded from the shared clips",
     )
+    p.add_argument(
+        "--gop",
+        type=int,
+        default=12,
+        help="keyframe interval of the --ucf_like clips: 12 (FFmpeg's default for its MPEG-4 encoder, and the short "
+        "interval of UCF-101's XviD files), or 300 (XviD's maximum interval) for files with few keyframes",
+    )
+    p.add_argument(
+        "--issue_mix",
+        action="store_true",
+        help="instead, the kinds of file issue 22 measured, transcoded from the shared clips: MPEG-2 in MPEG-PS, "
+        "1280x720 H.264 with AAC audio in MP4, MPEG-4 part 2 in AVI (each codec's FFmpeg default keyframe interval)",
+    )
     p.add_argument("--report", default=str(ROOT / "BENCHMARKS.md"), help="markdown file the table is appended to")
     return p
 
@@ -174,36 +187,77 @@ def file_create_ms(folder: Path, n: int = 500, size: int = 100_000) -> float:
     return 1000 * elapsed / n
 
 
-def make_ucf_like(shared: Path, out_dir: Path, seconds: float = 20.0) -> list[Path]:
-    """Two clips shaped like UCF-101's (XviD = MPEG-4 part 2, AVI, 320x240, 25 fps, 800 kb/s), one without and one
-    with B-frames, from the frames of bikes.mp4 then vtest.avi."""
+def _source_frames(shared: Path, width: int, height: int, count: int):
+    """`count` RGB frames at width x height: the frames of bikes.mp4 then vtest.avi, as many as needed."""
     import av
 
-    out = []
-    for bf in (0, 2):
-        path = out_dir / f"ucf_like_bf{bf}.avi"
-        with av.open(str(path), "w") as container:
-            stream = container.add_stream("mpeg4", rate=25, options={"bf": str(bf), "g": "300"})
-            stream.width, stream.height, stream.pix_fmt, stream.bit_rate = 320, 240, "yuv420p", 800_000
-            n = 0
-            for src in ("bikes.mp4", "vtest.avi"):
-                with av.open(str(shared / src)) as source:
-                    for frame in source.decode(video=0):
-                        if n >= seconds * 25:
-                            break
-                        img = frame.to_ndarray(format="rgb24", width=320, height=240)
-                        container.mux(stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")))
-                        n += 1
-            container.mux(stream.encode())
-        out.append(path)
-    return out
+    n = 0
+    for src in ("bikes.mp4", "vtest.avi"):
+        with av.open(str(shared / src)) as source:
+            for frame in source.decode(video=0):
+                if n >= count:
+                    return
+                yield frame.to_ndarray(format="rgb24", width=width, height=height)
+                n += 1
+
+
+def _transcode(path: Path, shared: Path, codec: str, size: tuple[int, int], rate: int, seconds: float,
+               options: dict[str, str], bit_rate: int, audio: bool = False) -> Path:
+    """One clip of the benchmark's own making (the shared clips' frames, re-encoded), with an AAC tone beside the
+    video when `audio`, interleaved by time as a muxer writes a real file."""
+    import av
+    import numpy as np
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec, rate=rate, options=options)
+        stream.width, stream.height, stream.pix_fmt, stream.bit_rate = size[0], size[1], "yuv420p", bit_rate
+        sound = container.add_stream("aac", rate=48000) if audio else None
+        samples = 0
+        for n, img in enumerate(_source_frames(shared, size[0], size[1], int(seconds * rate))):
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")))
+            while sound is not None and samples < (n + 1) * 48000 / rate:
+                t = (samples + np.arange(1024)) / 48000
+                tone = (0.1 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)[None, :]
+                chunk = av.AudioFrame.from_ndarray(tone, format="fltp", layout="mono")
+                chunk.sample_rate, chunk.pts = 48000, samples
+                container.mux(sound.encode(chunk))
+                samples += 1024
+        container.mux(stream.encode())
+        if sound is not None:
+            container.mux(sound.encode())
+    return path
+
+
+def make_ucf_like(shared: Path, out_dir: Path, seconds: float = 20.0, gop: int = 12) -> list[Path]:
+    """Two clips shaped like UCF-101's (XviD = MPEG-4 part 2, AVI, 320x240, 25 fps, 800 kb/s), one without and one
+    with B-frames, a keyframe every `gop` frames, from the frames of bikes.mp4 then vtest.avi."""
+    return [
+        _transcode(out_dir / f"ucf_like_bf{bf}.avi", shared, "mpeg4", (320, 240), 25, seconds,
+                   {"bf": str(bf), "g": str(gop)}, 800_000)
+        for bf in (0, 2)
+    ]
+
+
+def make_issue_mix(shared: Path, out_dir: Path, seconds: float = 20.0) -> list[Path]:
+    """Issue 22's kinds of file: MPEG-2 (MPEG-PS, 720x576, 25 fps), 1280x720 H.264 at 30 fps with AAC audio (MP4),
+    MPEG-4 part 2 (AVI, 640x480, 30 fps), each with its encoder's default keyframe interval and B-frames."""
+    return [
+        _transcode(out_dir / "mix_mpeg2.mpg", shared, "mpeg2video", (720, 576), 25, seconds, {"bf": "2"},
+                   4_000_000),
+        _transcode(out_dir / "mix_h264_720p.mp4", shared, "libx264", (1280, 720), 30, seconds,
+                   {"preset": "veryfast"}, 3_000_000, audio=True),
+        _transcode(out_dir / "mix_mpeg4.avi", shared, "mpeg4", (640, 480), 30, seconds, {}, 1_500_000),
+    ]
 
 
 def main(args: argparse.Namespace) -> None:
     logging.basicConfig(level=logging.WARNING)
-    made = tempfile.TemporaryDirectory(prefix="bench_ucf_like_") if args.ucf_like else None
+    made = tempfile.TemporaryDirectory(prefix="bench_made_") if args.ucf_like or args.issue_mix else None
     if made is not None:
-        sources = make_ucf_like(Path(args.videos), Path(made.name))
+        if args.ucf_like:
+            sources = make_ucf_like(Path(args.videos), Path(made.name), gop=args.gop)
+        else:
+            sources = make_issue_mix(Path(args.videos), Path(made.name))
         args.clips = [p.name for p in sources]
     else:
         sources = [Path(args.videos) / c for c in args.clips]
