@@ -18,6 +18,7 @@ import importlib.metadata
 import logging
 import math
 import multiprocessing
+import multiprocessing.forkserver
 import os
 import platform
 import resource
@@ -124,6 +125,11 @@ def time_extract(video_dir: Path, out_dir: Path, args: argparse.Namespace) -> tu
     )
     start, cpu = time.perf_counter(), cpu_seconds()
     code = prepare_ucf101.main(cli)
+    # The stage's workers are children of multiprocessing's fork server, not of this process: stopping (and
+    # reaping) the server counts their CPU time here, and makes each round pay the server's start as a run does.
+    server = getattr(multiprocessing.forkserver, "_forkserver", None)
+    if server is not None:
+        server._stop()
     elapsed, cpu = time.perf_counter() - start, cpu_seconds() - cpu
     if code:
         raise SystemExit(f"prepare_ucf101 failed with exit code {code}")
