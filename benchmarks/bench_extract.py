@@ -311,6 +311,8 @@ def main(args: argparse.Namespace) -> None:
         made.cleanup()
 
     command = "python benchmarks/bench_extract.py " + shlex.join(sys.argv[1:])
+    # issue 22's targets: above the decode limit on UCF-101-shaped files, at least at it on its mix of sources
+    target = ">= 1.2" if args.ucf_like else ">= 1.0" if args.issue_mix else ">= 0.9"
     size = args.frame_size or "original"
     lines = [
         "",
@@ -320,7 +322,8 @@ def main(args: argparse.Namespace) -> None:
         f"- command: `{command}`",
         f"- input: {', '.join(args.clips)} x {copies} ({len(paths)} videos, {frames_decoded} frames decoded); "
         f"extraction at {args.fps:g} fps, frame size {size}, JPEG quality {args.jpeg_quality}, "
-        f"{args.workers} worker processes; best of {args.rounds} round(s)",
+        f"{args.workers} worker processes; best of {args.rounds} round(s)"
+        + (f"; keyframe every {args.gop} frames" if args.ucf_like else ""),
         f"- frames written under {args.work_dir}: creating and writing one 100 kB file there costs "
         f"{create_ms:.2f} ms of CPU",
         f"- load average (1 min) at the end: {os.getloadavg()[0]:.1f} (other jobs share the cores when above "
@@ -334,7 +337,7 @@ def main(args: argparse.Namespace) -> None:
         f"| prepare_ucf101.py (whole stage) | {extract_s:.2f} | {extract_cpu:.2f} | {frames_decoded / extract_s:.0f} "
         f"| {frames_kept} |",
         "",
-        f"extract/decode = **{ratio:.3f}** (wall, best of each; target >= 0.9); median of the {args.rounds} paired "
+        f"extract/decode = **{ratio:.3f}** (wall, best of each; target {target}); median of the {args.rounds} paired "
         f"round ratios {paired:.3f}: "
         + ", ".join(f"{d[0] / e[0]:.3f}" for d, e in zip(decode_runs, extract_runs, strict=True))
         + f"; CPU-time ratio {cpu_ratio:.3f}; against OpenCV's grab loop {grab_s / extract_s:.3f}",
