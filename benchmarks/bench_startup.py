@@ -50,7 +50,7 @@ def heavy_loaded(module: str) -> list[str]:
 
 
 def main(args: argparse.Namespace) -> None:
-    rows = ["| command | wall s (fastest of %d) | heavy libraries loaded at import |" % args.repeats, "|---|---|---|"]
+    rows = [f"| command | wall s (fastest of {args.repeats}) | heavy libraries loaded at import |", "|---|---|---|"]
     bare = wall([sys.executable, "-c", "pass"], args.repeats)
     rows.append(f"| `python -c pass` (the interpreter alone) | {bare:.2f} | - |")
     for script in COMMANDS:
