@@ -44,3 +44,17 @@ def test_stage_1_and_its_decode_workers_do_not_import_torch():
     """Stage 1's workers are forked from a server that imports prepare_ucf101 and its task function's module: torch
     there would cost every run ~2 s and gain nothing."""
     assert "torch" not in loaded_after("import prepare_ucf101, workpool, video")
+
+
+def test_resolving_the_default_backbone_does_not_import_torchvision():
+    """Stage 2 resolves its backbone before its decode workers start; torchvision (~1.5 s) loads later, when the
+    model is built, while the workers decode. An unknown bare name is still refused with the torchvision list."""
+    code = ("import sys; from models.backbone import parse_backbone, resolve_backbone\n"
+            "assert parse_backbone('resnet18') == ('torchvision', 'resnet18')\n"
+            "resolve_backbone('resnet18', 'none', 'pooled', None, None, seed=0)\n"
+            "assert 'torchvision' not in sys.modules, 'torchvision imported'\n"
+            "from utils import BadInputError\n"
+            "try:\n    parse_backbone('resnet1800')\nexcept BadInputError as exc:\n    assert 'resnet18' in str(exc)\n"
+            "else:\n    raise AssertionError('unknown name accepted')")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
