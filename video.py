@@ -462,15 +462,39 @@ class _PlanMismatch(Exception):
     """The decoder's frames disagree with the packet timestamps; the caller decodes every frame instead."""
 
 
-def _clean_starts(pts: list[int], keys: list[bool], wanted: list[int]) -> dict[int, int]:
+def _mpeg4_intra(data: bytes) -> bool:
+    """Whether an MPEG-4 part 2 packet holds an I-VOP: the two bits after the VOP start code 00 00 01 B6 are 00."""
+    i = data.find(b"\x00\x00\x01\xb6")
+    return 0 <= i <= len(data) - 5 and data[i + 4] >> 6 == 0
+
+
+def _mpeg12_intra(data: bytes) -> bool:
+    """Whether an MPEG-1/2 packet holds an I-picture: picture_coding_type (3 bits after the 10-bit temporal
+    reference that follows the picture start code 00 00 01 00) is 1."""
+    i = data.find(b"\x00\x00\x01\x00")
+    return 0 <= i <= len(data) - 6 and ((data[i + 4] << 8 | data[i + 5]) >> 3) & 7 == 1
+
+
+# Codecs whose B-frames refer only to the two anchors (I- or P-frames) either side of them in presentation order and
+# whose P-frames refer only to the anchor before them: MPEG-1, MPEG-2 and MPEG-4 part 2 (XviD/DivX, UCF-101's
+# codec). There, decoding from any I-frame gives every frame presented at or after it exactly as decoding everything
+# does; only the B-frames that present before it (an open group's leading ones) need the group before. So every
+# I-frame can start decoding, not only those opening a closed group, which these encoders rarely write. H.264 and
+# HEVC may refer further back, so only closed groups count there. The picture type is read from the packet's own
+# header, since a container's keyframe flag can be wrong (AVI).
+_INTRA_PICTURE = {"mpeg1video": _mpeg12_intra, "mpeg2video": _mpeg12_intra, "mpeg4": _mpeg4_intra}
+
+
+def _clean_starts(pts: list[int], keys: list[bool], wanted: list[int], open_groups: bool = False) -> dict[int, int]:
     """For each wanted pts, the decode-order index of the last keyframe at or before its packet that presents at or
     before it and opens a closed group (no later packet of its group presents earlier: nothing after it refers to
-    the frames before it). Decoding from there gives the wanted frame exactly as decoding everything does. 0 (the
-    first packet) where there is none."""
+    the frames before it), or with `open_groups` (codecs in _INTRA_PICTURE, `keys` then marking true I-frames) any
+    keyframe. Decoding from there gives the wanted frame exactly as decoding everything does. 0 (the first packet)
+    where there is none."""
     clean, k = [], 0
     while k < len(pts):
         nxt = next((j for j in range(k + 1, len(pts)) if keys[j]), len(pts))
-        if keys[k] and all(p > pts[k] for p in pts[k + 1 : nxt]):
+        if keys[k] and (open_groups or all(p > pts[k] for p in pts[k + 1 : nxt])):
             clean.append(k)
         k = nxt
     index = {p: i for i, p in enumerate(pts)}
@@ -492,6 +516,7 @@ def _make_plan(
 ) -> _Plan | None:
     """A plan from one demux pass (no decoding), or None where packet timestamps cannot be trusted (missing,
     repeated, or a container error), in which case every frame is decoded and its own timestamp used."""
+    intra = _INTRA_PICTURE.get(stream.codec_context.name)
     try:
         pts, key_flags = [], []
         for packet in container.demux(stream):
@@ -500,7 +525,8 @@ def _make_plan(
             if packet.pts is None:
                 return None
             pts.append(packet.pts)
-            key_flags.append(bool(packet.is_keyframe))
+            key = bool(packet.is_keyframe)
+            key_flags.append(key and (intra is None or intra(bytes(packet))))
         keys = all(key_flags)
         time_base = stream.time_base
     except av.FFmpegError:
@@ -514,7 +540,7 @@ def _make_plan(
         by_frame.setdefault(order[index], []).append(t)
     if sampler.replaced:
         return None
-    starts = _clean_starts(pts, key_flags, list(by_frame))
+    starts = _clean_starts(pts, key_flags, list(by_frame), open_groups=intra is not None)
     return _Plan(set(pts), sorted(by_frame.items()), keys, sampler, starts)
 
 

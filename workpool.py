@@ -8,9 +8,15 @@ process sentinel at once (`multiprocessing.connection.wait`), so nothing can blo
 flight when one worker dies). A worker that does not answer a stop within a second is killed, so shutdown cannot
 hang either.
 
-Workers are spawned (a clean interpreter, not a fork of a parent whose OpenCV or torch thread pools would not
-survive fork), start with SIGINT ignored (Ctrl-C is the parent's to report, in one line), and die with the parent
-(Linux PR_SET_PDEATHSIG, else a poll of the parent's pid between tasks).
+Workers are forked from a fork server (multiprocessing's "forkserver" start method; "spawn" where it is missing):
+a clean single-threaded process, not a fork of a parent whose OpenCV or torch thread pools would not survive fork,
+that imports the parent's main script and the task function's module once. Each worker is then a fork of it that
+pays no interpreter start or imports of its own: spawning every worker cost each one about 0.4 s of CPU (Python's
+start and the imports of prepare_ucf101, OpenCV, PyAV, NumPy), on the critical path of a short run, and again for
+every replacement of a dead worker. A worker takes the parent's environment as it is when the worker starts (the
+server's was fixed when it started), like a spawned one. Workers start with SIGINT ignored (Ctrl-C is the parent's
+to report, in one line), and die with the parent (Linux PR_SET_PDEATHSIG on the server, which exits when the parent
+does, and on the worker; else a poll of the parent's pid between tasks).
 """
 
 from __future__ import annotations
@@ -63,25 +69,39 @@ def death_reason(exitcode: int | None) -> str:
     return f"its worker process exited with code {exitcode}"
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, but not ours to signal
+        return True
+    return True
+
+
 def _die_with_parent(parent_pid: int) -> None:
-    """Ask Linux to SIGKILL this process when its parent dies; elsewhere the idle loop polls the parent's pid."""
+    """Ask Linux to SIGKILL this process when its parent (the fork server, or the run's process when spawned) dies;
+    elsewhere the idle loop polls the run's pid."""
     with contextlib.suppress(Exception):
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+    if not _alive(parent_pid):  # the run died before prctl took effect (the server exits with it)
         os._exit(0)
 
 
 def _worker_main(conn: Connection, fn: Callable[[Any], Any], initializer: Callable[..., None] | None,
-                 initargs: tuple, parent_pid: int) -> None:
+                 initargs: tuple, parent_pid: int, environ: dict[str, str]) -> None:
     """Serve tasks one at a time: (index, task) in, (index, ok, result | (error, traceback)) out; None stops."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _die_with_parent(parent_pid)
+    if os.environ != environ:  # the fork server's environment is the parent's when the server started
+        os.environ.clear()
+        os.environ.update(environ)
     if initializer is not None:
         initializer(*initargs)
     while True:
         while not conn.poll(1.0):
-            if os.getppid() != parent_pid:
+            if not _alive(parent_pid):
                 return
         try:
             msg = conn.recv()
@@ -110,16 +130,28 @@ class _Worker:
     started: float = 0.0
 
 
+def _context(fn: Callable[[Any], Any]) -> multiprocessing.context.BaseContext:
+    """The fork server's context, its preload the main script and `fn`'s module (a server already running, e.g.
+    started by an earlier pool of this process, keeps its own: the workers then import what it lacks); spawn where
+    there is no fork server (Windows)."""
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    ctx = multiprocessing.get_context("forkserver")
+    module = getattr(fn, "__module__", None)
+    ctx.set_forkserver_preload(["__main__"] + ([module] if module and module != "__main__" else []))
+    return ctx
+
+
 class _Pool:
     def __init__(self, fn, workers, initializer, initargs) -> None:
-        self.ctx = multiprocessing.get_context("spawn")
+        self.ctx = _context(fn)
         self.fn, self.size, self.initializer, self.initargs = fn, workers, initializer, initargs
         self.workers: list[_Worker] = []
 
     def start_worker(self) -> _Worker:
         parent, child = self.ctx.Pipe(duplex=True)
         proc = self.ctx.Process(target=_worker_main, args=(child, self.fn, self.initializer, self.initargs,
-                                                           os.getpid()), daemon=True)
+                                                           os.getpid(), dict(os.environ)), daemon=True)
         # SIG_IGN is inherited through exec: a Ctrl-C during the worker's start-up cannot print a traceback.
         old = signal.signal(signal.SIGINT, signal.SIG_IGN)
         try:

@@ -6,6 +6,8 @@ cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 "$PY" benchmarks/bench_extract.py --workers 2 --min_seconds 30 --rounds 3
 "$PY" benchmarks/bench_extract.py --workers 2 --min_seconds 30 --rounds 3 --ucf_like
+"$PY" benchmarks/bench_extract.py --workers 2 --min_seconds 30 --rounds 3 --issue_mix
+"$PY" benchmarks/bench_startup.py --repeats 5 --report BENCHMARKS.md
 "$PY" benchmarks/bench_embed.py -nw 2
 "$PY" benchmarks/bench_embed.py -nw 2 -m timm:vit_small_patch16_224 --weights none
 "$PY" benchmarks/bench_backbones.py

@@ -75,6 +75,13 @@ def family(source: str) -> ModuleType:
     return importlib.import_module(FAMILIES[source])
 
 
+# Torchvision classifiers present in every torchvision this project supports, so a bare name among them needs no
+# `import torchvision` to be recognised: that import costs ~1.5 s, and stage 2 resolves its backbone before it
+# starts its decode workers (their resize comes from the record) but builds the model after, so the import then
+# overlaps the workers' decoding instead of delaying it (issue 22: the whole command against the forward pass).
+_LONG_STANDING_TORCHVISION = frozenset({"resnet18", "resnet34", "resnet50", "resnet101", "resnet152"})
+
+
 def parse_backbone(name: str) -> tuple[str, str]:
     """(source, library name) of a --model/--backbone value: 'timm:X', 'hf:X', 'torchvision:X' or a bare torchvision
     name. One error lists the three forms for anything else."""
@@ -83,6 +90,8 @@ def parse_backbone(name: str) -> tuple[str, str]:
         return prefix, rest
     if sep:
         raise BadInputError(f"unknown backbone {name!r}: use {NAME_FORMS}")
+    if name in _LONG_STANDING_TORCHVISION:  # known without importing torchvision (see the set's comment)
+        return "torchvision", name
     names = family("torchvision").classification_model_names()  # a bare name is a torchvision one
     if name not in names:
         some = ", ".join(n for n in names if n.startswith(("resnet", "efficientnet_b", "convnext")))

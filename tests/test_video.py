@@ -549,9 +549,10 @@ def test_no_decodable_frame_has_its_own_reason(tmp_path, mpeg_ps):
     (".mkv", "libx264", {"g": "10", "bf": "3"}, 0.6),  # closed groups (x264's default)
     (".mkv", "libx264", {"g": "10", "bf": "3", "x264-params": "open-gop=1"}, 0.6),  # groups that refer back
     (".avi", "msmpeg4", {"g": "5"}, 0.6),  # no B-frames, no reordering: skipping groups is the only saving
-    # AVI flags every P-frame of MPEG-4 with B-frames as a keyframe: no group counts as clean, so only the unkept
-    # B-frames are skipped (a jump to a falsely flagged frame would be caught and decoded in full instead)
-    (".avi", "mpeg4", {"g": "8", "bf": "2"}, 0.9),
+    # MPEG-4 part 2 with B-frames: open groups (leading B-frames refer to the group before), which any I-frame can
+    # start for the frames presented after it (_INTRA_PICTURE); the picture type is read from the packet itself
+    (".avi", "mpeg4", {"g": "8", "bf": "2"}, 0.6),
+    (".ts", "mpeg2video", {"g": "12", "bf": "2"}, 0.6),  # MPEG-2 in MPEG-TS, open groups likewise
 ])
 def test_groups_between_kept_frames_are_skipped_exactly(tmp_path, monkeypatch, suffix, codec, options, most_sent):
     """Where keyframes are closer than the kept frames (1 fps of 25 fps video), decoding starts at the clean
@@ -568,6 +569,49 @@ def test_groups_between_kept_frames_are_skipped_exactly(tmp_path, monkeypatch, s
     assert len(sent) < 125 * most_sent, len(sent)
 
 
+def _smooth_frames(n: int) -> list[np.ndarray]:
+    """A slowly moving gradient: frames an encoder codes as P- and B-frames between its periodic I-frames (noise,
+    as in the tests above, makes it code every anchor as an I-frame)."""
+    yy, xx = np.mgrid[0:48, 0:64]
+    return [np.stack([(xx * 4 + 2 * i) % 256, (yy * 5 + i) % 256, (xx + yy + 3 * i) % 256], -1).astype(np.uint8)
+            for i in range(n)]
+
+
+@pytest.mark.parametrize(("suffix", "codec"), [(".avi", "mpeg4"), (".ts", "mpeg2video")])
+def test_open_groups_start_at_true_i_frames_only(tmp_path, monkeypatch, suffix, codec):
+    """MPEG-4 part 2 / MPEG-2 with B-frames and P-frame anchors (UCF-101's shape, keyframe every 12 frames): decoding
+    starts at the I-frame before each kept frame although its group is open, a frame whose container flag says
+    keyframe but whose header says P is never a start, and the frames are those of decoding everything."""
+    path = _write(tmp_path / f"o{suffix}", _smooth_frames(125), codec, "yuv420p", rate=25,
+                  options={"g": "12", "bf": "2"})
+    every = list(iter_frames_at_fps(path, 1.0, skip_unneeded=False))
+    real = video._clean_starts
+    seen = {}
+
+    def spy(pts, keys, wanted, open_groups=False):
+        seen.update(keys=keys, open_groups=open_groups)
+        return real(pts, keys, wanted, open_groups)
+
+    monkeypatch.setattr(video, "_clean_starts", spy)
+    sent = packets_sent(monkeypatch)
+    planned = list(iter_frames_at_fps(path, 1.0))
+    assert seen["open_groups"] and 8 <= sum(seen["keys"]) <= 12  # about one true I-frame per 12 frames
+    assert [t for t, _ in planned] == [t for t, _ in every] == [0.0, 1.0, 2.0, 3.0, 4.0]
+    for (_, a), (_, b) in zip(planned, every, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert len(sent) < 125 * 0.6, len(sent)
+
+
+def test_picture_type_is_read_from_the_packet():
+    """The I/P/B type comes from the picture header, not from the container's keyframe flag."""
+    assert video._mpeg4_intra(b"\x00\x00\x01\xb0\x01\x00\x00\x01\xb6\x10") is True  # VOL header, then I-VOP
+    assert video._mpeg4_intra(b"\x00\x00\x01\xb6\x50") is False  # P-VOP (01)
+    assert video._mpeg4_intra(b"\x00\x00\x01\xb6") is False  # cut before the type
+    assert video._mpeg12_intra(b"\x00\x00\x01\x00\x00\x0f\xff") is True  # type 1 after temporal reference 0
+    assert video._mpeg12_intra(b"\x00\x00\x01\x00\x00\x17\xff") is False  # type 2 (P)
+    assert video._mpeg12_intra(b"\x00\x00\x01\xb3") is False  # a sequence header alone
+
+
 def test_a_false_keyframe_flag_is_caught_and_decoded_in_full(tmp_path, monkeypatch):
     """A container that flags a frame as a keyframe when it is not: the jump to it is detected on the decoded
     frame and the video decoded in full, with the right frames."""
@@ -577,8 +621,8 @@ def test_a_false_keyframe_flag_is_caught_and_decoded_in_full(tmp_path, monkeypat
     every = list(iter_frames_at_fps(path, 1.0, skip_unneeded=False))
     real = video._clean_starts
 
-    def lying(pts, keys, wanted):  # every packet "a keyframe": the plan jumps to P-frames
-        return real(pts, [True] * len(keys), wanted)
+    def lying(pts, keys, wanted, open_groups=False):  # every packet "a keyframe": the plan jumps to P-frames
+        return real(pts, [True] * len(keys), wanted, open_groups)
 
     monkeypatch.setattr(video, "_clean_starts", lying)
     planned = list(iter_frames_at_fps(path, 1.0))

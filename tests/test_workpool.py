@@ -33,6 +33,10 @@ def task(x):
         time.sleep(3600)
     if kind == "unpicklable":
         return lambda: n
+    if kind == "env":
+        return os.environ.get("WORKPOOL_TEST_VALUE")
+    if kind == "parent":
+        return os.getppid()
     return n * n
 
 
@@ -85,3 +89,22 @@ def test_a_worker_whose_pipe_closes_before_it_exits_is_named_by_its_exit():
 def test_death_reason_words():
     assert "SIGKILL" in death_reason(-9) and "out of memory" in death_reason(-9)
     assert death_reason(3) == "its worker process exited with code 3"
+
+
+def test_workers_see_the_parents_environment_as_it_is_when_they_start(monkeypatch):
+    """The fork server keeps the environment it started with; a worker takes the parent's current one (stage 1's
+    fault injection and any setting a caller exports between runs depend on it)."""
+    list(run_isolated(task, [("ok", 1)], 1))  # the fork server is running now, without the variable
+    monkeypatch.setenv("WORKPOOL_TEST_VALUE", "set later")
+    got = outcomes([("env", 0)], workers=1)
+    assert got[0].result == "set later"
+
+
+def test_workers_and_their_replacements_are_forks_of_one_server():
+    """Workers come from a fork server (which imported the task's module once), not from this process: a
+    replacement for a worker that died is forked by the same server, not started as a fresh interpreter."""
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        pytest.skip("no fork server on this platform")
+    got = outcomes([("parent", 0), ("segfault", 0), ("parent", 0)], workers=1)
+    server = got[0].result
+    assert server != os.getpid() and got[1].kind == "died" and got[2].result == server
