@@ -394,6 +394,7 @@ def test_bad_backbone_weights_are_named_as_typed(tiny_ckpt, tmp_path):
     assert str(exc.value).startswith(f"--backbone_weights {junk}") and "weights_only" not in str(exc.value)
 
 
+@pytest.mark.needs_shared_data  # reads two of the shared clips
 def test_any_error_in_one_video_is_that_videos_line(tiny_ckpt, tmp_path, monkeypatch, capsys):
     """Any exception while classifying one video (not only a VideoDecodeError) skips it with one line."""
     from tests.conftest import VIDEOS
