@@ -340,14 +340,7 @@ def _decoded(outcome: Outcome, ex: p1.ExtractTask) -> dict[str, Any]:
     """A worker's outcome as decode_video's result: a raise, a dead worker or a timeout fails only its video."""
     if outcome.ok:
         return outcome.result
-    if outcome.kind == "error":
-        log.debug("%s: traceback of the unexpected error:\n%s", ex.source, outcome.traceback)
-        reason = f"unexpected error while decoding ({outcome.error}); --verbose logs its traceback"
-    elif outcome.kind == "timeout":
-        reason = f"decoding {outcome.error} (--video_timeout); its worker was stopped"
-    else:
-        reason = f"{outcome.error} while decoding it"
-    return {"failure": {"file": ex.source, "reason": reason}}
+    return {"failure": p1.outcome_failure(outcome, ex.source, "decoding", "decoding")}
 
 
 def write_split_embeddings(out_dir: Path, plan: p1.Plan, metas: dict[str, dict[str, Any]], s1: argparse.Namespace,

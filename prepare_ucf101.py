@@ -451,14 +451,20 @@ def _result_of(outcome: Outcome, task: ExtractTask, frames_dir: Path, settings: 
         meta = finished_meta(frames_dir, item, settings, Path(task.path))
         if meta is not None:
             return {"video_name": task.video_name, "meta": meta}
+    return {"video_name": task.video_name, "failure": outcome_failure(outcome, task.source, "extracting", "extraction")}
+
+
+def outcome_failure(outcome: Outcome, source: str, doing: str, work: str) -> dict[str, str]:
+    """The failure record of a video whose worker raised (the traceback at debug level), died or timed out, in the
+    words of the stage: `doing` "extracting" / `work` "extraction" for stage 1, "decoding" for the direct route."""
     if outcome.kind == "error":
-        log.debug("%s: traceback of the unexpected error:\n%s", task.source, outcome.traceback)
-        reason = f"unexpected error while extracting ({outcome.error}); --verbose logs its traceback"
+        log.debug("%s: traceback of the unexpected error:\n%s", source, outcome.traceback)
+        reason = f"unexpected error while {doing} ({outcome.error}); --verbose logs its traceback"
     elif outcome.kind == "timeout":
-        reason = f"extraction {outcome.error} (--video_timeout); its worker was stopped"
+        reason = f"{work} {outcome.error} (--video_timeout); its worker was stopped"
     else:
-        reason = f"{outcome.error} while extracting it"
-    return {"video_name": task.video_name, "failure": {"file": task.source, "reason": reason}}
+        reason = f"{outcome.error} while {doing} it"
+    return {"file": source, "reason": reason}
 
 
 def _init_worker(verbose: bool) -> None:
