@@ -444,19 +444,11 @@ def test_ssv2_through_stage1_keeps_the_official_val_and_an_unlabelled_test(tmp_p
 
 @pytest.mark.slow  # stage 1 and stage 2 (a backbone) in process
 def test_jester_frames_through_stage1_and_an_unlabelled_test_split_through_stage2(tmp_path):
-    import cv2
     import numpy as np
 
     import prepare_data
 
-    ann, media = write_jester(tmp_path)
-    for folder in media.iterdir():  # real frames: 18 at 12 fps (1.5 s), a moving bar
-        for f in folder.iterdir():
-            f.unlink()
-        for i in range(18):
-            img = np.zeros((36, 48, 3), np.uint8)
-            img[:, 2 * i : 2 * i + 6] = 255
-            cv2.imwrite(str(folder / f"{i + 1:05d}.jpg"), img)
+    ann, media, _ = _jester_media(tmp_path)  # real frames: 18 at 12 fps (1.5 s), a moving bar
     out = tmp_path / "out"
     assert stage1("-v", media, "-o", out, "--split_dir", ann, "-fps", "4") == 0  # 12 fps from the format
     manifest = read_json(out / "frames" / "manifest.json")
