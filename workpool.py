@@ -15,8 +15,11 @@ pays no interpreter start or imports of its own: spawning every worker cost each
 start and the imports of prepare_ucf101, OpenCV, PyAV, NumPy), on the critical path of a short run, and again for
 every replacement of a dead worker. A worker takes the parent's environment as it is when the worker starts (the
 server's was fixed when it started), like a spawned one. Workers start with SIGINT ignored (Ctrl-C is the parent's
-to report, in one line), and die with the parent (Linux PR_SET_PDEATHSIG on the server, which exits when the parent
-does, and on the worker; else a poll of the parent's pid between tasks).
+to report, in one line), and die with the parent the moment it dies, even mid-task: each worker holds the read end of
+a pipe whose only write end is the parent's, and a thread in the worker kills it when that pipe hits EOF (the kernel
+closes it when the parent dies, by SIGKILL too). Waiting for the fork server to exit first (Linux PR_SET_PDEATHSIG,
+which the worker sets as well) took 0.15 s on a quiet machine and longer under load: long enough for a killed stage-1
+run's orphan to go on writing into the temporary folder that the resumed run was clearing.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import logging
 import multiprocessing
 import os
 import signal
+import threading
 import time
 import traceback
 from collections import deque
@@ -89,10 +93,20 @@ def _die_with_parent(parent_pid: int) -> None:
         os._exit(0)
 
 
-def _worker_main(conn: Connection, fn: Callable[[Any], Any], initializer: Callable[..., None] | None,
-                 initargs: tuple, parent_pid: int, environ: dict[str, str]) -> None:
+def _watch_lifeline(lifeline: Connection) -> None:
+    """Block until the parent's end of the lifeline closes (nothing is ever sent on it), then die at once: no
+    finalisation, no half-written file finished after the run that asked for it is gone."""
+    with contextlib.suppress(Exception):
+        lifeline.recv()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _worker_main(conn: Connection, lifeline: Connection, fn: Callable[[Any], Any],
+                 initializer: Callable[..., None] | None, initargs: tuple, parent_pid: int,
+                 environ: dict[str, str]) -> None:
     """Serve tasks one at a time: (index, task) in, (index, ok, result | (error, traceback)) out; None stops."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    threading.Thread(target=_watch_lifeline, args=(lifeline,), name="lifeline", daemon=True).start()
     _die_with_parent(parent_pid)
     if os.environ != environ:  # the fork server's environment is the parent's when the server started
         os.environ.clear()
@@ -126,6 +140,7 @@ def _worker_main(conn: Connection, fn: Callable[[Any], Any], initializer: Callab
 class _Worker:
     process: multiprocessing.process.BaseProcess
     conn: Connection
+    lifeline: Connection  # the write end: closing it (or the parent's death) kills the worker
     index: int | None = None  # the task it holds
     started: float = 0.0
 
@@ -150,7 +165,8 @@ class _Pool:
 
     def start_worker(self) -> _Worker:
         parent, child = self.ctx.Pipe(duplex=True)
-        proc = self.ctx.Process(target=_worker_main, args=(child, self.fn, self.initializer, self.initargs,
+        life_r, life_w = self.ctx.Pipe(duplex=False)
+        proc = self.ctx.Process(target=_worker_main, args=(child, life_r, self.fn, self.initializer, self.initargs,
                                                            os.getpid(), dict(os.environ)), daemon=True)
         # SIG_IGN is inherited through exec: a Ctrl-C during the worker's start-up cannot print a traceback.
         old = signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -159,7 +175,8 @@ class _Pool:
         finally:
             signal.signal(signal.SIGINT, old)
         child.close()
-        worker = _Worker(proc, parent)
+        life_r.close()
+        worker = _Worker(proc, parent, life_w)
         self.workers.append(worker)
         return worker
 
@@ -168,6 +185,7 @@ class _Pool:
             worker.process.kill()
         worker.process.join()
         worker.conn.close()
+        worker.lifeline.close()
         self.workers.remove(worker)
 
     def shutdown(self) -> None:
@@ -185,6 +203,7 @@ class _Pool:
                 w.process.kill()
                 w.process.join()
             w.conn.close()
+            w.lifeline.close()
         self.workers.clear()
 
 

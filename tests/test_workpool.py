@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from workpool import death_reason, run_isolated
+from workpool import _alive, death_reason, run_isolated
 
 
 def task(x):
@@ -37,6 +37,10 @@ def task(x):
         return os.environ.get("WORKPOOL_TEST_VALUE")
     if kind == "parent":
         return os.getppid()
+    if kind == "report_then_hang":  # n is a file: this worker's pid and its parent's, then sleep until killed
+        with open(n, "w") as f:
+            f.write(f"{os.getpid()} {os.getppid()}\n")
+        time.sleep(3600)
     return n * n
 
 
@@ -108,3 +112,61 @@ def test_workers_and_their_replacements_are_forks_of_one_server():
     got = outcomes([("parent", 0), ("segfault", 0), ("parent", 0)], workers=1)
     server = got[0].result
     assert server != os.getpid() and got[1].kind == "died" and got[2].result == server
+
+
+RUN_THEN_HANG = """
+import sys
+sys.path[:0] = [{root!r}, {tests!r}]
+from test_workpool import task
+from workpool import run_isolated
+list(run_isolated(task, [("report_then_hang", {report!r})], 1))
+"""
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGSTOP"), reason="stops the fork server with SIGSTOP")
+def test_a_busy_worker_dies_with_its_run_even_while_the_fork_server_lives(tmp_path):
+    """A SIGKILLed run's busy worker dies at once, not when the fork server gets round to exiting: the server is
+    held stopped here, and the worker must still go (an orphan that outlived its stage-1 run went on writing into the
+    temporary folder that the resumed run was clearing, in a loaded CI run)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    here = Path(__file__).resolve().parent
+    report = tmp_path / "worker.pid"
+    script = RUN_THEN_HANG.format(root=str(here.parent), tests=str(here), report=str(report))
+    run = subprocess.Popen([sys.executable, "-c", script])
+    deadline = time.monotonic() + 60
+    while not (report.exists() and report.read_text().endswith("\n")) and time.monotonic() < deadline:
+        assert run.poll() is None, "the run exited before its worker started"
+        time.sleep(0.02)
+    worker, server = map(int, report.read_text().split())
+    stopped = server != run.pid
+    try:
+        if stopped:
+            os.kill(server, signal.SIGSTOP)
+        run.kill()
+        run.wait()
+        deadline = time.monotonic() + 10
+        while _running(worker) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert not _running(worker), "the worker outlived its run"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(worker, signal.SIGKILL)
+        if stopped:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(server, signal.SIGKILL)
+                os.kill(server, signal.SIGCONT)
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (a worker's parent, the fork server, reaps it only once it runs again)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return _alive(pid)
+
