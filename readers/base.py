@@ -209,17 +209,45 @@ def _holds_images(folder: str) -> bool:
         return False
 
 
-def read_json_list(path: Path, keys: Sequence[str], what: str) -> list[dict[str, Any]]:
-    """A JSON file holding a list of objects that each have `keys`; refused in one line naming the file, the
-    first bad item and what was expected."""
+class EntryFile:
+    """One annotation file of a published dataset, read entry by entry. An entry that cannot be read (a damaged
+    or hand-edited copy: a cut line, a missing key, a time that is not a number) is that entry's failure, listed in
+    failed_videos.json with the file, its line or item and what is wrong, while the rest of the file is used, as
+    for a clip that is not on disk. A file none of whose entries can be read is of another format: refused in one
+    line naming it and its first bad entry."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.read, self.bad = path, 0, []
+
+    def ok(self) -> None:
+        self.read += 1
+
+    def fail(self, file: str, reason: str) -> None:
+        self.bad.append({"file": file, "reason": reason})
+
+    def failures(self) -> list[dict[str, str]]:
+        if self.bad and not self.read:
+            raise BadInputError(f"{self.path}: none of its {len(self.bad)} entr{'y' if len(self.bad) == 1 else 'ies'} "
+                                f"can be read; the first: {self.bad[0]['reason']}")
+        return self.bad
+
+
+def read_json_list(path: Path, keys: Sequence[str], what: str, entries: EntryFile) -> list[tuple[int, dict[str, Any]]]:
+    """The (index, object) items of a JSON list whose objects have `keys`; an item that is not such an object is
+    `entries`' failure. A file that is not a list is refused in one line naming it and what was expected."""
     data = read_json(path, what)
     if not isinstance(data, list):
         raise BadInputError(f"{path}: expected a list of {{{', '.join(keys)}}} objects ({what}), "
                             f"not {type(data).__name__}")
+    items = []
     for n, item in enumerate(data):
-        if not isinstance(item, dict) or any(k not in item for k in keys):
-            raise BadInputError(f"{path}: item {n} is not an object with {', '.join(keys)} ({what}): {item!r:.120}")
-    return data
+        if isinstance(item, dict) and all(k in item for k in keys):
+            entries.ok()
+            items.append((n, item))
+        else:
+            entries.fail(f"{path.name}[{n}]", f"{path.name}[{n}]: not an object with {', '.join(keys)} ({what}): "
+                         f"{item!r:.120}")
+    return items
 
 
 def require_files(folder: Path, names: Sequence[str], fmt: str) -> None:

@@ -20,7 +20,17 @@ from __future__ import annotations
 
 import logging
 
-from readers.base import Dataset, Entry, MediaIndex, Reader, ReadOptions, build_records, read_json_list, require_files
+from readers.base import (
+    Dataset,
+    Entry,
+    EntryFile,
+    MediaIndex,
+    Reader,
+    ReadOptions,
+    build_records,
+    read_json_list,
+    require_files,
+)
 from utils import BadInputError, read_json
 from video import FrameSpan
 
@@ -56,8 +66,11 @@ def read(options: ReadOptions) -> Dataset:
     media = MediaIndex(options, depth=1)
     entries, failures, offset = [], [], 0
     for side, file_name in FILES.items():
-        items = read_json_list(ann / file_name, ("vid_name", "label", "start_frame", "end_frame"), "Diving48 list")
-        for n, item in enumerate(items):
+        listed = EntryFile(ann / file_name)
+        items = read_json_list(ann / file_name, ("vid_name", "label", "start_frame", "end_frame"), "Diving48 list",
+                               listed)
+        failures += listed.failures()
+        for n, item in items:
             vid, label, where = str(item["vid_name"]), item["label"], f"{file_name}[{n}]"
             if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < len(names):
                 failures.append({"file": f"{vid}.mp4", "reason": f"{where}: label {label!r} is not a class index "

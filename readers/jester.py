@@ -15,8 +15,18 @@ from __future__ import annotations
 
 import dataclasses
 
-from readers.base import Dataset, Entry, MediaIndex, Reader, ReadOptions, build_records, read_csv_rows, require_files
-from utils import BadInputError, read_lines
+from readers.base import (
+    Dataset,
+    Entry,
+    EntryFile,
+    MediaIndex,
+    Reader,
+    ReadOptions,
+    build_records,
+    read_csv_rows,
+    require_files,
+)
+from utils import read_lines
 
 PREFIX = "jester-v1-"
 LABELS = PREFIX + "labels.csv"
@@ -41,16 +51,20 @@ def read(options: ReadOptions) -> Dataset:
         path = ann / f"{PREFIX}{file_side}.csv"
         if side == "test" and not path.is_file():
             continue
+        listed = EntryFile(path)
         for n, row in enumerate(read_csv_rows(path, delimiter=";"), 1):
             where = f"{path.name}:{n}"
-            if len(row) != (1 if side == "test" else 2):
-                raise BadInputError(f"{path}: line {n} is not `{'id' if side == 'test' else 'id;label'}` "
-                                    f"(semicolon-separated): {';'.join(row)!r}")
+            if len(row) != (1 if side == "test" else 2) or not row[0]:
+                listed.fail(where, f"{where}: not `{'id' if side == 'test' else 'id;label'}` (semicolon-separated): "
+                            f"{';'.join(row)!r}")
+                continue
+            listed.ok()
             label = None if side == "test" else row[1]
             if label is not None and label not in known:
                 failures.append({"file": row[0], "reason": f"{where}: label {label!r} is not in {LABELS}"})
                 continue
             entries.append(Entry(media.find(row[0]) or row[0], label, where, split=side))
+        failures += listed.failures()
     records, missing = build_records(entries, options, missing_fatal=False)  # a partial copy: listed
     return Dataset("jester", records, names, failures + missing, source_fps=SOURCE_FPS)
 

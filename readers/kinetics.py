@@ -6,7 +6,7 @@
 
 The clips are already cut to [time_start, time_end], so each is sampled whole. Many YouTube videos are gone:
 clips that are not on disk are counted and listed in failed_videos.json, never fatal (--strict makes the run
-exit non-zero). The `split` column maps train, val/validate and test to train, val and test; clips of one
+exit non-zero), and so is a line that cannot be read (readers.base.EntryFile). The `split` column maps train, val/validate and test to train, val and test; clips of one
 YouTube video share a group.
 """
 
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from readers.base import Dataset, Entry, MediaIndex, Reader, ReadOptions, build_records, read_csv_rows
+from readers.base import Dataset, Entry, EntryFile, MediaIndex, Reader, ReadOptions, build_records, read_csv_rows
 from readers.generic import SPLIT_NAMES
 from utils import BadInputError
 
@@ -47,32 +47,41 @@ def read(options: ReadOptions) -> Dataset:
     ann = options.annotations
     assert ann is not None
     media = MediaIndex(options, depth=3)  # VIDEOS/<split>/<label>/<clip>.mp4 at most
-    entries = []
+    entries, failures = [], []
     for path in _csvs(ann):
         header = _header(path)
         if header is None:
             raise BadInputError(f"{path}: not a Kinetics CSV (expected the header {','.join(HEADER)}[,is_cc])")
+        listed = EntryFile(path)
         for n, row in enumerate(read_csv_rows(path)[1:], 2):
             where = f"{path.name}:{n}"
-            if len(row) != len(header):
-                raise BadInputError(f"{path}: line {n} has {len(row)} field(s), the header {len(header)}")
-            f = dict(zip(header, row, strict=True))
+            f = dict(zip(header, row, strict=False))
             try:
-                stem = clip_stem(f["youtube_id"], f["time_start"], f["time_end"])
-            except ValueError:
-                raise BadInputError(f"{path}: line {n}: time_start/time_end are not numbers: {row!r}") from None
+                stem = clip_stem(f["youtube_id"], f["time_start"], f["time_end"]) if f.get("youtube_id") else None
+            except (KeyError, ValueError, OverflowError):
+                stem = None
             split = SPLIT_NAMES.get(f.get("split", "").casefold())
-            if split is None:
-                raise BadInputError(f"{path}: line {n}: split {f.get('split')!r} is none of train, val, test")
-            label = f.get("label") or None
-            found = media.find(stem, label)
-            entries.append(Entry(found or f"{stem}.mp4", label, where, split=split, group=f["youtube_id"].casefold()))
+            if len(row) != len(header):
+                listed.fail(f"{stem}.mp4" if stem else where,
+                            f"{where}: {len(row)} field(s), the header {len(header)}: {','.join(row)!r:.120}")
+            elif stem is None:
+                listed.fail(where, f"{where}: no youtube_id, or time_start/time_end are not numbers: "
+                            f"{','.join(row)!r:.120}")
+            elif split is None:
+                listed.fail(f"{stem}.mp4", f"{where}: split {f.get('split')!r} is none of train, val, test")
+            else:
+                listed.ok()
+                label = f.get("label") or None
+                found = media.find(stem, label)
+                entries.append(Entry(found or f"{stem}.mp4", label, where, split=split,
+                                     group=f["youtube_id"].casefold()))
+        failures += listed.failures()
     if not entries:
         raise BadInputError(f"{ann}: no Kinetics clips listed")
     records, missing = build_records(entries, options, missing_fatal=False)
     # The classes the CSVs name, not those with clips on disk: a class whose clips are all gone keeps its index.
     names = sorted({e.label for e in entries if e.label is not None})
-    return Dataset("kinetics", records, names, missing)
+    return Dataset("kinetics", records, names, failures + missing)
 
 
 READER = Reader(
