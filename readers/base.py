@@ -217,18 +217,21 @@ class EntryFile:
     line naming it and its first bad entry."""
 
     def __init__(self, path: Path) -> None:
-        self.path, self.read, self.bad = path, 0, []
+        self.path, self.read, self.bad, self.first = path, 0, [], ""
 
     def ok(self) -> None:
         self.read += 1
 
-    def fail(self, file: str, reason: str) -> None:
-        self.bad.append({"file": file, "reason": reason})
+    def fail(self, where: str, reason: str, video: str | None = None) -> None:
+        """The entry at `where` (`file:line`, `file[item]`) cannot be used; `video`: the clip it names, where known
+        (the failure's "file", else `where` is)."""
+        self.first = self.first or f"{where}: {reason}"
+        self.bad.append({"file": video, "reason": f"{where}: {reason}"} if video else {"file": where, "reason": reason})
 
     def failures(self) -> list[dict[str, str]]:
         if self.bad and not self.read:
             raise BadInputError(f"{self.path}: none of its {len(self.bad)} entr{'y' if len(self.bad) == 1 else 'ies'} "
-                                f"can be read; the first: {self.bad[0]['reason']}")
+                                f"can be read; the first: {self.first}")
         return self.bad
 
 
@@ -245,8 +248,7 @@ def read_json_list(path: Path, keys: Sequence[str], what: str, entries: EntryFil
             entries.ok()
             items.append((n, item))
         else:
-            entries.fail(f"{path.name}[{n}]", f"{path.name}[{n}]: not an object with {', '.join(keys)} ({what}): "
-                         f"{item!r:.120}")
+            entries.fail(f"{path.name}[{n}]", f"not an object with {', '.join(keys)} ({what}): {item!r:.120}")
     return items
 
 

@@ -55,7 +55,7 @@ def read(options: ReadOptions) -> Dataset:
         for n, row in enumerate(read_csv_rows(path, delimiter=";"), 1):
             where = f"{path.name}:{n}"
             if len(row) != (1 if side == "test" else 2) or not row[0]:
-                listed.fail(where, f"{where}: not `{'id' if side == 'test' else 'id;label'}` (semicolon-separated): "
+                listed.fail(where, f"not `{'id' if side == 'test' else 'id;label'}` (semicolon-separated): "
                             f"{';'.join(row)!r}")
                 continue
             listed.ok()

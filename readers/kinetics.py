@@ -61,14 +61,13 @@ def read(options: ReadOptions) -> Dataset:
             except (KeyError, ValueError, OverflowError):
                 stem = None
             split = SPLIT_NAMES.get(f.get("split", "").casefold())
+            clip = f"{stem}.mp4" if stem else None
             if len(row) != len(header):
-                listed.fail(f"{stem}.mp4" if stem else where,
-                            f"{where}: {len(row)} field(s), the header {len(header)}: {','.join(row)!r:.120}")
+                listed.fail(where, f"{len(row)} field(s), the header {len(header)}: {','.join(row)!r:.120}", clip)
             elif stem is None:
-                listed.fail(where, f"{where}: no youtube_id, or time_start/time_end are not numbers: "
-                            f"{','.join(row)!r:.120}")
+                listed.fail(where, f"no youtube_id, or time_start/time_end are not numbers: {','.join(row)!r:.120}")
             elif split is None:
-                listed.fail(f"{stem}.mp4", f"{where}: split {f.get('split')!r} is none of train, val, test")
+                listed.fail(where, f"split {f.get('split')!r} is none of train, val, test", clip)
             else:
                 listed.ok()
                 label = f.get("label") or None
