@@ -217,7 +217,8 @@ class EntryFile:
     line naming it and its first bad entry."""
 
     def __init__(self, path: Path) -> None:
-        self.path, self.read, self.bad, self.first = path, 0, [], ""
+        self.path, self.read = path, 0
+        self.bad: list[tuple[str, str, str | None]] = []  # (where, reason, video)
 
     def ok(self) -> None:
         self.read += 1
@@ -225,31 +226,34 @@ class EntryFile:
     def fail(self, where: str, reason: str, video: str | None = None) -> None:
         """The entry at `where` (`file:line`, `file[item]`) cannot be used; `video`: the clip it names, where known
         (the failure's "file", else `where` is)."""
-        self.first = self.first or f"{where}: {reason}"
-        self.bad.append({"file": video, "reason": f"{where}: {reason}"} if video else {"file": where, "reason": reason})
+        self.bad.append((where, reason, video))
 
     def failures(self) -> list[dict[str, str]]:
         if self.bad and not self.read:
+            where, reason, _ = self.bad[0]
             raise BadInputError(f"{self.path}: none of its {len(self.bad)} entr{'y' if len(self.bad) == 1 else 'ies'} "
-                                f"can be read; the first: {self.first}")
-        return self.bad
+                                f"can be read; the first: {where}: {reason}")
+        return [{"file": video, "reason": f"{where}: {reason}"} if video else {"file": where, "reason": reason}
+                for where, reason, video in self.bad]
 
 
-def read_json_list(path: Path, keys: Sequence[str], what: str, entries: EntryFile) -> list[tuple[int, dict[str, Any]]]:
-    """The (index, object) items of a JSON list whose objects have `keys`; an item that is not such an object is
-    `entries`' failure. A file that is not a list is refused in one line naming it and what was expected."""
+def read_json_list(path: Path, keys: Sequence[str], what: str) -> tuple[list[tuple[int, dict[str, Any]]],
+                                                                         list[dict[str, str]]]:
+    """The (index, object) items of a JSON list whose objects have `keys`, and the failures of the items that are
+    not such objects (EntryFile: refused when none is). A file that is not a list is refused in one line naming it
+    and what was expected."""
     data = read_json(path, what)
     if not isinstance(data, list):
         raise BadInputError(f"{path}: expected a list of {{{', '.join(keys)}}} objects ({what}), "
                             f"not {type(data).__name__}")
-    items = []
+    listed, items = EntryFile(path), []
     for n, item in enumerate(data):
         if isinstance(item, dict) and all(k in item for k in keys):
-            entries.ok()
+            listed.ok()
             items.append((n, item))
         else:
-            entries.fail(f"{path.name}[{n}]", f"not an object with {', '.join(keys)} ({what}): {item!r:.120}")
-    return items
+            listed.fail(f"{path.name}[{n}]", f"not an object with {', '.join(keys)} ({what}): {item!r:.120}")
+    return items, listed.failures()
 
 
 def require_files(folder: Path, names: Sequence[str], fmt: str) -> None:

@@ -20,17 +20,7 @@ from __future__ import annotations
 
 import logging
 
-from readers.base import (
-    Dataset,
-    Entry,
-    EntryFile,
-    MediaIndex,
-    Reader,
-    ReadOptions,
-    build_records,
-    read_json_list,
-    require_files,
-)
+from readers.base import Dataset, Entry, MediaIndex, Reader, ReadOptions, build_records, read_json_list, require_files
 from utils import BadInputError, read_json
 from video import FrameSpan
 
@@ -66,10 +56,8 @@ def read(options: ReadOptions) -> Dataset:
     media = MediaIndex(options, depth=1)
     entries, failures, offset = [], [], 0
     for side, file_name in FILES.items():
-        listed = EntryFile(ann / file_name)
-        items = read_json_list(ann / file_name, ("vid_name", "label", "start_frame", "end_frame"), "Diving48 list",
-                               listed)
-        failures += listed.failures()
+        items, bad = read_json_list(ann / file_name, ("vid_name", "label", "start_frame", "end_frame"), "Diving48 list")
+        failures += bad
         for n, item in items:
             vid, label, where = str(item["vid_name"]), item["label"], f"{file_name}[{n}]"
             if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < len(names):

@@ -6,8 +6,8 @@
 
 The clips are already cut to [time_start, time_end], so each is sampled whole. Many YouTube videos are gone:
 clips that are not on disk are counted and listed in failed_videos.json, never fatal (--strict makes the run
-exit non-zero), and so is a line that cannot be read (readers.base.EntryFile). The `split` column maps train, val/validate and test to train, val and test; clips of one
-YouTube video share a group.
+exit non-zero), and so is a line that cannot be read (readers.base.EntryFile). The `split` column maps train,
+val/validate and test to train, val and test; clips of one YouTube video share a group.
 """
 
 from __future__ import annotations

@@ -14,17 +14,7 @@ Videos not on disk are listed in failed_videos.json: a partial copy finishes (--
 
 from __future__ import annotations
 
-from readers.base import (
-    Dataset,
-    Entry,
-    EntryFile,
-    MediaIndex,
-    Reader,
-    ReadOptions,
-    build_records,
-    read_json_list,
-    require_files,
-)
+from readers.base import Dataset, Entry, MediaIndex, Reader, ReadOptions, build_records, read_json_list, require_files
 from splits import name_key
 from utils import BadInputError, read_json
 
@@ -67,10 +57,8 @@ def read(options: ReadOptions) -> Dataset:
         path = ann / f"{PREFIX}{file_side}.json"
         if side == "test" and not path.is_file():
             continue
-        listed = EntryFile(path)
-        items = read_json_list(path, ("id",) if side == "test" else ("id", "template"), f"SSv2 {file_side} list",
-                               listed)
-        failures += listed.failures()
+        items, bad = read_json_list(path, ("id",) if side == "test" else ("id", "template"), f"SSv2 {file_side} list")
+        failures += bad
         for n, item in items:
             vid, where = str(item["id"]), f"{path.name}[{n}]"
             label = None

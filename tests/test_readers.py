@@ -179,28 +179,28 @@ def test_a_wrong_file_in_a_detected_layout_names_the_file_and_what_was_expected(
         read_dataset(opts(ann, media))
 
 
-def _damage(name: str, ann: Path) -> tuple[str, list[str]]:
-    """Append entries a damaged copy holds to one of the format's files; returns the file and the entries' places."""
+def _damage(name: str, ann: Path) -> list[str]:
+    """Append entries a damaged copy holds to one of the format's files; returns the entries' places."""
     if name == "ssv2":
         path = ann / "something-something-v2-train.json"
         items = json.loads(path.read_text())
         path.write_text(json.dumps([*items, {"id": "7"}, "junk"]))  # an item without its template, not an object
-        return path.name, [f"{path.name}[{len(items)}]", f"{path.name}[{len(items) + 1}]"]
+        return [f"{path.name}[{len(items)}]", f"{path.name}[{len(items) + 1}]"]
     if name == "diving48":
         path = ann / "Diving48_V2_train.json"
         items = json.loads(path.read_text())
         path.write_text(json.dumps([*items, {"vid_name": "cut_00001", "label": 0}]))
-        return path.name, [f"{path.name}[{len(items)}]"]
+        return [f"{path.name}[{len(items)}]"]
     if name == "jester":
         path = ann / "jester-v1-train.csv"
         lines = path.read_text().splitlines()
         path.write_text("\n".join([*lines, "777", "778;Swiping Left;extra"]) + "\n")
-        return path.name, [f"{path.name}:{len(lines) + 1}", f"{path.name}:{len(lines) + 2}"]
+        return [f"{path.name}:{len(lines) + 1}", f"{path.name}:{len(lines) + 2}"]
     path = ann / "train.csv"
     lines = path.read_text().splitlines()
     path.write_text("\n".join([*lines, "abseiling,cutshort,1", "abseiling,xyz,one,11,train,0",
                                "abseiling,xyz,1,11,holdout,0"]) + "\n")
-    return path.name, [f"{path.name}:{len(lines) + k}" for k in (1, 2, 3)]
+    return [f"{path.name}:{len(lines) + k}" for k in (1, 2, 3)]
 
 
 @pytest.mark.parametrize("name", sorted(WRITERS))
@@ -209,7 +209,7 @@ def test_a_damaged_annotation_entry_is_listed_and_the_rest_is_read(tmp_path, nam
     listed with its file and place, and every readable entry of the file gives the same records as before."""
     ann, media = WRITERS[name](tmp_path)
     before = read_dataset(opts(ann, media))
-    file_name, places = _damage(name, ann)
+    places = _damage(name, ann)
     after = read_dataset(opts(ann, media))
     assert after.records == before.records and after.class_names == before.class_names
     new = [f for f in after.failures if f not in before.failures]
